@@ -1,0 +1,45 @@
+"""lifecycle: a framework-agnostic lifecycle manager for Python services.
+
+Declare components and their dependencies; lifecycle starts them in order,
+keeps readiness truthful, and on SIGTERM drains and stops them in reverse
+order under per-component timeouts, so that a rolling deploy loses nothing.
+
+Everything public is importable from here; the ``_``-prefixed modules are
+private and may change at any time.
+"""
+
+from ._errors import Cancelled as Cancelled
+from ._errors import ConfigError as ConfigError
+from ._errors import CycleError as CycleError
+from ._errors import DuplicateComponent as DuplicateComponent
+from ._errors import InvalidTransition as InvalidTransition
+from ._errors import LifecycleError as LifecycleError
+from ._errors import StartupError as StartupError
+from ._errors import UnknownDependency as UnknownDependency
+from ._tokens import DEADLINE_EXCEEDED as DEADLINE_EXCEEDED
+from ._tokens import CancelSource as CancelSource
+from ._tokens import CancelToken as CancelToken
+from ._tokens import DeadlineTimer as DeadlineTimer
+from ._tokens import cancel_scope as cancel_scope
+from ._tokens import current_token as current_token
+from ._tokens import use_token as use_token
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "DEADLINE_EXCEEDED",
+    "CancelSource",
+    "CancelToken",
+    "Cancelled",
+    "ConfigError",
+    "CycleError",
+    "DeadlineTimer",
+    "DuplicateComponent",
+    "InvalidTransition",
+    "LifecycleError",
+    "StartupError",
+    "UnknownDependency",
+    "cancel_scope",
+    "current_token",
+    "use_token",
+]

@@ -1,0 +1,30 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import LogCapture
+
+from tests.fakes import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock at t=1000 that moves only with ``advance``."""
+    return FakeClock()
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    """Capture structlog events (reset per test; the capture is not thread-safe,
+    so read it after the threads that log have been joined)."""
+    capture = LogCapture()
+    structlog.configure(processors=[capture], cache_logger_on_first_use=False)
+    try:
+        yield capture.entries
+    finally:
+        structlog.reset_defaults()
