@@ -8,14 +8,27 @@ Everything public is importable from here; the ``_``-prefixed modules are
 private and may change at any time.
 """
 
+from ._app import App as App
+from ._app import ShutdownPlan as ShutdownPlan
 from ._errors import Cancelled as Cancelled
 from ._errors import ConfigError as ConfigError
 from ._errors import CycleError as CycleError
 from ._errors import DuplicateComponent as DuplicateComponent
 from ._errors import InvalidTransition as InvalidTransition
 from ._errors import LifecycleError as LifecycleError
+from ._errors import NotAComponent as NotAComponent
 from ._errors import StartupError as StartupError
 from ._errors import UnknownDependency as UnknownDependency
+from ._inflight import InFlight as InFlight
+from ._inflight import Refused as Refused
+from ._inflight import Ticket as Ticket
+from ._runners import AsyncioRunner as AsyncioRunner
+from ._runners import ThreadedRunner as ThreadedRunner
+from ._runners import run as run
+from ._scheduler import ComponentInfo as ComponentInfo
+from ._states import AppState as AppState
+from ._states import ComponentState as ComponentState
+from ._states import ExitCode as ExitCode
 from ._tokens import DEADLINE_EXCEEDED as DEADLINE_EXCEEDED
 from ._tokens import CancelSource as CancelSource
 from ._tokens import CancelToken as CancelToken
@@ -28,18 +41,31 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEADLINE_EXCEEDED",
+    "App",
+    "AppState",
+    "AsyncioRunner",
     "CancelSource",
     "CancelToken",
     "Cancelled",
+    "ComponentInfo",
+    "ComponentState",
     "ConfigError",
     "CycleError",
     "DeadlineTimer",
     "DuplicateComponent",
+    "ExitCode",
+    "InFlight",
     "InvalidTransition",
     "LifecycleError",
+    "NotAComponent",
+    "Refused",
+    "ShutdownPlan",
     "StartupError",
+    "ThreadedRunner",
+    "Ticket",
     "UnknownDependency",
     "cancel_scope",
     "current_token",
+    "run",
     "use_token",
 ]

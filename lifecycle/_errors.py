@@ -6,7 +6,8 @@ The tree::
      ├── ConfigError(LifecycleError, ValueError)   the declaration is invalid
      │    ├── CycleError                           components depend on each other in a loop
      │    ├── UnknownDependency                    depends_on names nothing registered
-     │    └── DuplicateComponent                   two components share a name
+     │    ├── DuplicateComponent                   two components share a name
+     │    └── NotAComponent(ConfigError, TypeError) no start, run or stop to call
      ├── StartupError                              a component failed to start
      └── InvalidTransition(LifecycleError, RuntimeError)  an illegal state change
 
@@ -32,6 +33,7 @@ __all__ = [
     "DuplicateComponent",
     "InvalidTransition",
     "LifecycleError",
+    "NotAComponent",
     "StartupError",
     "UnknownDependency",
 ]
@@ -106,6 +108,14 @@ class DuplicateComponent(ConfigError):
             f"a component named {name!r} is already registered; "
             f"pass a different name= to app.add(...)"
         )
+
+
+class NotAComponent(ConfigError, TypeError):
+    """The object given to ``app.add`` has none of ``start``, ``run``, ``stop``.
+
+    Subclasses `ConfigError` and `TypeError`. The message says what to
+    register instead (an instance, a decorated function).
+    """
 
 
 class StartupError(LifecycleError):

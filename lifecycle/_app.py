@@ -1,0 +1,585 @@
+"""`App`: the registry users talk to, its introspection, its report and its plan."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar, overload
+
+import attrs
+import structlog
+
+from ._components import Component, describe, normalize, resource, resource_value, worker
+from ._errors import ConfigError, DuplicateComponent, UnknownDependency
+from ._graph import Graph, analyze, critical_path
+from ._scheduler import ComponentInfo, NodeSpec
+from ._states import AppState, ComponentState, ExitCode
+from ._tokens import CancelSource, CancelToken
+
+__all__ = ["App", "ShutdownPlan"]
+
+_log = structlog.get_logger("lifecycle")
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def _check_seconds(value: object, what: str, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be a number of seconds, not {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ConfigError(f"{what} must be >= 0 seconds (math.inf for no limit), got {value!r}")
+    return seconds
+
+
+def _check_health(health: object) -> tuple[str, int] | None:
+    if health is None:
+        return None
+    if isinstance(health, int) and not isinstance(health, bool):
+        health = ("127.0.0.1", health)
+    if (
+        isinstance(health, tuple)
+        and len(health) == 2
+        and isinstance(health[0], str)
+        and isinstance(health[1], int)
+        and 0 <= health[1] <= 65535
+    ):
+        return (health[0], health[1])
+    raise ConfigError(
+        f"health must be a port number, a (host, port) tuple or None, got {health!r}; "
+        f"e.g. health=8081 or health=('0.0.0.0', 8081)"
+    )
+
+
+@attrs.frozen
+class ShutdownPlan:
+    """The worst case of a shutdown, computed from the declared timeouts.
+
+    Attributes:
+        drain_delay: the app's drain delay.
+        path: the chain of components whose stop timeouts add up to the
+            longest wait, in stop order (each must wait for the one before).
+        path_timeouts: the stop_timeout of each component on ``path``.
+        worst_case: ``drain_delay + sum(path_timeouts)``.
+        shutdown_timeout: the app's global bound.
+        fits: ``worst_case <= shutdown_timeout``: when False, a slow shutdown
+            is cut by the global deadline before the last components stop.
+    """
+
+    drain_delay: float
+    path: tuple[str, ...]
+    path_timeouts: tuple[float, ...]
+    worst_case: float
+    shutdown_timeout: float
+
+    @property
+    def fits(self) -> bool:
+        """Whether the worst case fits in ``shutdown_timeout``."""
+        return self.worst_case <= self.shutdown_timeout
+
+    def describe(self) -> str:
+        """One line: ``drain 5s + api 10s -> db 10s = 25s of 30s``."""
+        steps = " -> ".join(
+            f"{n} {t:g}s" for n, t in zip(self.path, self.path_timeouts, strict=True)
+        )
+        verdict = "fits" if self.fits else "OVERRUNS"
+        return (
+            f"drain {self.drain_delay:g}s + {steps or 'nothing'} = {self.worst_case:g}s, "
+            f"{verdict} shutdown_timeout {self.shutdown_timeout:g}s"
+        )
+
+
+@attrs.define(eq=False)
+class _Entry:
+    component: Component
+    depends_on: tuple[object, ...]
+    start_timeout: float | None
+    stop_timeout: float | None
+    critical: bool
+
+
+class App:
+    """The components of a service, their dependencies and their timeouts.
+
+    Args:
+        name: for logs and reports.
+        shutdown_timeout: bounds the whole shutdown, drain delay included.
+        drain_delay: after a shutdown request, seconds to keep serving with
+            readiness off before the first stop (so load balancers notice).
+        stop_timeout: default per-component bound on its stop phase.
+        start_timeout: default per-component bound on ``start``.
+        health: serve ``/livez``, ``/readyz``, ``/startupz`` and ``/status``
+            on this port (loopback) or ``(host, port)``, from the start of
+            startup to the very end of shutdown. In a pod use
+            ``("0.0.0.0", 8081)`` so the kubelet can reach it. None: off.
+
+    Example::
+
+        app = lifecycle.App("shop", drain_delay=5, shutdown_timeout=30)
+        db = app.add(Pool(dsn))
+        app.add(HttpServer(port=8080), depends_on=[db])
+
+        @app.worker(depends_on=[db])
+        def mailer(token):
+            while not token.wait(1.0):
+                send_pending()
+
+        sys.exit(lifecycle.run(app))
+
+    Added in 0.1.
+    """
+
+    def __init__(
+        self,
+        name: str = "app",
+        *,
+        shutdown_timeout: float = 30.0,
+        drain_delay: float = 0.0,
+        stop_timeout: float = 10.0,
+        start_timeout: float = 30.0,
+        health: tuple[str, int] | int | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"the app's name must be a non-empty str, got {name!r}")
+        self.name = name
+        self.shutdown_timeout = _check_seconds(shutdown_timeout, "shutdown_timeout") or 0.0
+        self.drain_delay = _check_seconds(drain_delay, "drain_delay") or 0.0
+        self.stop_timeout = _check_seconds(stop_timeout, "stop_timeout") or 0.0
+        self.start_timeout = _check_seconds(start_timeout, "start_timeout") or 0.0
+        self.health_address = _check_health(health)
+        self._entries: dict[str, _Entry] = {}
+        self._names_by_id: dict[int, str] = {}
+        self._infos: dict[str, ComponentInfo] = {}
+        self._lock = threading.Lock()
+        self._state = AppState.NEW
+        self._frozen = False
+        # Written by request_shutdown (from any thread or a signal handler);
+        # read by `ready` and by the runner when it binds.
+        self._shutdown_reason: str | None = None
+        self._shutdown_source = CancelSource()
+        self._shutdown_deadline: float | None = None
+        self._notify: Callable[[str], None] | None = None
+        self.exit_code: ExitCode | None = None
+        """The exit code once the app finished, else None."""
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r} {self._state} components={len(self._entries)}>"
+
+    # -- registration ------------------------------------------------------
+
+    def add(
+        self,
+        component: T,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[object] = (),
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        critical: bool = True,
+    ) -> T:
+        """Register a component; return it (so it can be named in ``depends_on``).
+
+        Args:
+            component: an object with any of ``start(token)``, ``run(token)``,
+                ``stop(token)`` (plain or async) and optionally ``ready()``.
+            name: unique name; defaults to the class name in lower case
+                (``-2``, ``-3``... appended when taken).
+            depends_on: names or component objects this one needs; they start
+                before it and stop after it. May be registered later.
+            start_timeout: bound on ``start``; the app's default if None.
+            stop_timeout: bound on the stop phase; the app's default if None.
+            critical: if False, a failure in ``run`` is reported but does not
+                stop the app.
+
+        Raises:
+            DuplicateComponent: ``name`` is taken.
+            NotAComponent: the object has no start, run or stop.
+            ConfigError: a negative or NaN timeout, or the app already started.
+
+        A component that defines ``lifecycle_bind(app)`` has it called here,
+        once: that is how server components find the app's `shutdown_token`
+        and deadline without being handed the app twice.
+
+        Example::
+
+            db = app.add(Database(dsn), stop_timeout=5)
+            app.add(Api(), name="api", depends_on=[db])
+        """
+        return self._register(
+            component,
+            lambda n: normalize(component, n),
+            name=name,
+            depends_on=depends_on,
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+            critical=critical,
+        )
+
+    @overload
+    def worker(self, fn: F, /) -> F: ...
+
+    @overload
+    def worker(
+        self,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[object] = (),
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        critical: bool = True,
+    ) -> Callable[[F], F]: ...
+
+    def worker(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[object] = (),
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        critical: bool = True,
+    ) -> F | Callable[[F], F]:
+        """Register ``fn(token)`` (or ``async fn(token)``) as a long-running worker.
+
+        The function is the component's ``run``: it starts once its
+        dependencies run and must return when its token is cancelled (at its
+        stop phase). Returns the function, usable in ``depends_on``.
+
+        Example::
+
+            @app.worker(depends_on=["db"], critical=False)
+            async def reindex(token):
+                while not await token.wait_async(60):
+                    await rebuild_index()
+        """
+
+        def register(f: F) -> F:
+            return self._register(
+                f,
+                lambda n: worker(f, n),
+                name=name,
+                depends_on=depends_on,
+                start_timeout=start_timeout,
+                stop_timeout=stop_timeout,
+                critical=critical,
+            )
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def resource(self, fn: F, /) -> F: ...
+
+    @overload
+    def resource(
+        self,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[object] = (),
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        critical: bool = True,
+    ) -> Callable[[F], F]: ...
+
+    def resource(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[object] = (),
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        critical: bool = True,
+    ) -> F | Callable[[F], F]:
+        """Register a generator function: code before ``yield`` starts, code after stops.
+
+        Plain or async generators; the function may take one argument, a
+        token. What it yields is available as ``app.value(fn)``.
+
+        Example::
+
+            @app.resource(stop_timeout=5)
+            def pool():
+                p = create_pool(dsn)
+                yield p
+                p.close()
+        """
+
+        def register(f: F) -> F:
+            return self._register(
+                f,
+                lambda n: resource(f, n),
+                name=name,
+                depends_on=depends_on,
+                start_timeout=start_timeout,
+                stop_timeout=stop_timeout,
+                critical=critical,
+            )
+
+        return register(fn) if fn is not None else register
+
+    def _register(
+        self,
+        obj: T,
+        build: Callable[[str], Component],
+        *,
+        name: str | None,
+        depends_on: Iterable[object],
+        start_timeout: float | None,
+        stop_timeout: float | None,
+        critical: bool,
+    ) -> T:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError(f"name must be a non-empty str, got {name!r}")
+        label = name or describe(obj)
+        start_s = _check_seconds(start_timeout, f"start_timeout of {label!r}", allow_none=True)
+        stop_s = _check_seconds(stop_timeout, f"stop_timeout of {label!r}", allow_none=True)
+        if isinstance(depends_on, str | bytes):
+            depends_on = (depends_on,)
+        deps = tuple(depends_on)
+        with self._lock:
+            if self._frozen:
+                raise ConfigError(
+                    f"cannot add {label!r}: app {self.name!r} has already started; "
+                    f"declare every component before running the app"
+                )
+            if name is None:
+                name = label
+                n = 2
+                while name in self._entries:
+                    name = f"{label}-{n}"
+                    n += 1
+            elif name in self._entries:
+                raise DuplicateComponent(name)
+            if id(obj) in self._names_by_id:
+                raise DuplicateComponent(self._names_by_id[id(obj)])
+            component = build(name)
+            bind = getattr(obj, "lifecycle_bind", None)
+            if callable(bind):
+                bind(self)
+            self._entries[name] = _Entry(component, deps, start_s, stop_s, critical)
+            self._names_by_id[id(obj)] = name
+            self._infos[name] = ComponentInfo(name, critical=critical)
+        return obj
+
+    # -- introspection -----------------------------------------------------
+
+    @property
+    def state(self) -> AppState:
+        """The app's `AppState`."""
+        return self._state
+
+    @property
+    def components(self) -> Mapping[str, ComponentInfo]:
+        """Name -> `ComponentInfo` (state, error, timings), in registration order."""
+        return MappingProxyType(self._infos)
+
+    @property
+    def shutdown_token(self) -> CancelToken:
+        """A token cancelled the moment shutdown is requested (when readiness turns off).
+
+        Servers watch it to start draining: keep serving, but answer with
+        ``Connection: close``. Component ``run`` tokens are *not* cancelled
+        then; they are at the component's own stop phase.
+
+        Example::
+
+            app.shutdown_token.on_cancel(lambda: log.info("draining"))
+        """
+        return self._shutdown_source.token
+
+    @property
+    def shutdown_deadline(self) -> float | None:
+        """``time.monotonic()`` value by which the shutdown must end; None before a request."""
+        return self._shutdown_deadline
+
+    @property
+    def shutdown_reason(self) -> str | None:
+        """Why the shutdown was requested, or None."""
+        return self._shutdown_reason
+
+    @property
+    def ready(self) -> bool:
+        """Whether the app should receive traffic.
+
+        True while RUNNING, until a shutdown is requested (it turns False
+        synchronously in `request_shutdown`), and while every component's
+        ``ready()`` (where defined) returns True. A non-critical component
+        that failed is shown in the report but does not make the app unready.
+        """
+        if self._shutdown_reason is not None or self._state is not AppState.RUNNING:
+            return False
+        for entry_name, entry in self._entries.items():
+            info = self._infos[entry_name]
+            if info.state is not ComponentState.RUNNING:
+                if info.critical or info.state is not ComponentState.FAILED:
+                    return False
+                continue
+            probe = entry.component.ready
+            if probe is None:
+                continue
+            try:
+                if not probe():
+                    return False
+            except Exception:  # noqa: BLE001 - a probe that raises means "not ready"
+                return False
+        return True
+
+    def value(self, component: object) -> Any:
+        """What a ``@app.resource`` generator yielded (None before it started).
+
+        Example::
+
+            conn = app.value(pool)      # or app.value("pool")
+        """
+        name = self._resolve(component, asker=None)
+        return resource_value(self._entries[name].component)
+
+    def graph(self) -> Graph:
+        """The validated dependency graph.
+
+        Raises:
+            UnknownDependency, CycleError: the declaration is invalid.
+        """
+        declared = {
+            name: [self._resolve(d, asker=name) for d in entry.depends_on]
+            for name, entry in self._entries.items()
+        }
+        return analyze(declared)
+
+    def start_order(self) -> list[str]:
+        """Every component name, each after its dependencies.
+
+        Raises:
+            UnknownDependency, CycleError: the declaration is invalid.
+        """
+        return list(self.graph().order)
+
+    def plan(self) -> ShutdownPlan:
+        """The worst-case shutdown: drain delay + the heaviest chain of stop timeouts.
+
+        Example::
+
+            >>> app.plan().describe()
+            'drain 5s + api 10s -> db 10s = 25s, fits shutdown_timeout 30s'
+        """
+        graph = self.graph()
+        total, path = critical_path(graph, self._stop_timeout)
+        return ShutdownPlan(
+            drain_delay=self.drain_delay,
+            path=path,
+            path_timeouts=tuple(self._stop_timeout(n) for n in path),
+            worst_case=self.drain_delay + total,
+            shutdown_timeout=self.shutdown_timeout,
+        )
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-ready snapshot: the app and every component's state, error and timings."""
+        components = {}
+        for name, info in self._infos.items():
+            components[name] = {
+                "state": info.state.value,
+                "critical": info.critical,
+                "error": None if info.error is None else f"{type(info.error).__name__}: "
+                f"{info.error}",
+                "timed_out": info.timed_out,
+                "start_seconds": _round(info.start_duration),
+                "stop_seconds": _round(info.stop_duration),
+                "stop_called": info.stop_called,
+            }
+        return {
+            "app": self.name,
+            "state": self._state.value,
+            "ready": self.ready,
+            "exit_code": None if self.exit_code is None else int(self.exit_code),
+            "shutdown_reason": self._shutdown_reason,
+            "components": components,
+        }
+
+    # -- control -----------------------------------------------------------
+
+    def request_shutdown(self, reason: str = "requested") -> None:
+        """Ask the app to shut down. Thread-safe, signal-safe, idempotent.
+
+        Readiness turns False before this returns; the runner then drains and
+        stops. Calling it before the app runs makes ``run()`` return at once.
+        """
+        if self._shutdown_reason is not None:
+            return
+        self._shutdown_reason = reason
+        self._shutdown_deadline = time.monotonic() + self.shutdown_timeout
+        self._shutdown_source.cancel(reason)
+        notify = self._notify
+        if notify is not None:
+            notify(reason)
+
+    # -- used by the runners -------------------------------------------------
+
+    def _stop_timeout(self, name: str) -> float:
+        own = self._entries[name].stop_timeout
+        return self.stop_timeout if own is None else own
+
+    def _start_timeout(self, name: str) -> float:
+        own = self._entries[name].start_timeout
+        return self.start_timeout if own is None else own
+
+    def _resolve(self, ref: object, asker: str | None) -> str:
+        """The name of a dependency given by name or by object.
+
+        With ``asker`` (resolving depends_on), an unknown *name* is left for
+        analyze() to report with the closest match; an unknown object is
+        reported here. Without it (a lookup), anything unknown is a KeyError.
+        """
+        name = ref if isinstance(ref, str) else self._names_by_id.get(id(ref))
+        if name is None and asker is not None:
+            raise UnknownDependency(asker, describe(ref), list(self._entries), None)
+        if asker is None and name not in self._entries:
+            raise KeyError(
+                f"{ref!r} is not a component of app {self.name!r} "
+                f"(registered: {', '.join(self._entries) or 'none'})"
+            )
+        assert name is not None
+        return name
+
+    def _node_specs(self, graph: Graph) -> list[NodeSpec]:
+        specs = []
+        for name in graph.order:
+            entry = self._entries[name]
+            c = entry.component
+            self._infos[name].depends_on = graph.depends_on[name]
+            specs.append(
+                NodeSpec(
+                    name,
+                    start_timeout=self._start_timeout(name),
+                    stop_timeout=self._stop_timeout(name),
+                    critical=entry.critical,
+                    has_start=c.start is not None,
+                    has_run=c.run is not None,
+                    has_stop=c.stop is not None,
+                )
+            )
+        return specs
+
+    def _component(self, name: str) -> Component:
+        return self._entries[name].component
+
+    def _freeze(self) -> None:
+        with self._lock:
+            if self._frozen:
+                raise ConfigError(
+                    f"app {self.name!r} was already run (it is {self._state}); an App runs "
+                    f"once: build a new App to run again"
+                )
+            self._frozen = True
+
+    @property
+    def _any_async(self) -> bool:
+        return any(e.component.is_async for e in self._entries.values())
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)

@@ -1,0 +1,717 @@
+"""The sans-I/O scheduler: every ordering and failure decision, and nothing else.
+
+A runner feeds it events — *start of X returned*, *stop of Y raised*, *a
+shutdown was requested*, *time is now T* — and gets back a list of actions to
+carry out: start X with this deadline, cancel Z's run token, stop Y, abandon
+W, finish with exit code C. It owns no thread, no event loop and no clock;
+time comes in with every event. That is what lets the threaded and asyncio
+runners share every rule, and what lets the tests drive thousands of random
+graphs, durations and failures through it on a fake clock.
+
+The rules it implements are DESIGN.md's "Ordering and failure semantics" 1-9.
+Invariants (checked by the property tests):
+
+* A component starts only when every dependency is RUNNING (entered).
+* A component's stop phase begins only when every dependent that began
+  starting has *settled* (its start failed, or its stop phase ended).
+* Every *entered* component (its start returned, or it has no start) gets
+  exactly one stop phase, unless the shutdown deadline passes first.
+* Events for a phase that was abandoned, or that never began, are ignored:
+  late answers from abandoned threads change nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import attrs
+
+from ._errors import Cancelled
+from ._graph import Graph
+from ._states import (
+    AppState,
+    ComponentState,
+    ExitCode,
+    check_app_move,
+    check_component_move,
+)
+
+__all__ = [
+    "Abandon",
+    "Action",
+    "AppStarted",
+    "CancelRun",
+    "CancelStart",
+    "ComponentInfo",
+    "Finished",
+    "NodeSpec",
+    "RunComponent",
+    "Scheduler",
+    "StartComponent",
+    "StopComponent",
+]
+
+Phase = Literal["start", "run", "stop"]
+
+
+@attrs.frozen
+class NodeSpec:
+    """What the scheduler needs to know of one component."""
+
+    name: str
+    start_timeout: float
+    stop_timeout: float
+    critical: bool = True
+    has_start: bool = True
+    has_run: bool = False
+    has_stop: bool = True
+
+
+@attrs.define(eq=False)
+class ComponentInfo:
+    """The live record of one component: state, error and timings.
+
+    ``app.components[name]`` returns these. Times are values of the runner's
+    monotonic clock; durations are in seconds.
+
+    Attributes:
+        name: the component's name.
+        state: its `ComponentState`.
+        error: the exception that failed it (None while healthy).
+        critical: whether its failure stops the app.
+        depends_on: the names it depends on.
+        start_began / start_ended / stop_began / stop_ended: phase times or None.
+        timed_out: the phase that overran ("start" or "stop"), or None.
+        stop_called: whether its ``stop`` was called (exactly once, or never).
+        run_error: what ``run`` raised, if it did.
+    """
+
+    name: str
+    critical: bool = True
+    depends_on: tuple[str, ...] = ()
+    state: ComponentState = ComponentState.NEW
+    error: BaseException | None = None
+    start_began: float | None = None
+    start_ended: float | None = None
+    stop_began: float | None = None
+    stop_ended: float | None = None
+    timed_out: Phase | None = None
+    stop_called: bool = False
+    run_error: BaseException | None = None
+
+    @property
+    def start_duration(self) -> float | None:
+        """Seconds ``start`` took, or None if it did not end."""
+        if self.start_began is None or self.start_ended is None:
+            return None
+        return self.start_ended - self.start_began
+
+    @property
+    def stop_duration(self) -> float | None:
+        """Seconds the stop phase took (waiting for ``run`` included), or None."""
+        if self.stop_began is None or self.stop_ended is None:
+            return None
+        return self.stop_ended - self.stop_began
+
+
+# -- actions ---------------------------------------------------------------
+
+
+@attrs.frozen
+class StartComponent:
+    """Call the component's ``start`` with a token that expires at ``deadline``."""
+
+    name: str
+    deadline: float
+
+
+@attrs.frozen
+class RunComponent:
+    """Call the component's ``run`` with a fresh token (no deadline)."""
+
+    name: str
+
+
+@attrs.frozen
+class CancelStart:
+    """Cancel the token of the component's ``start`` in progress."""
+
+    name: str
+    reason: str
+
+
+@attrs.frozen
+class CancelRun:
+    """Cancel the component's ``run`` token: its stop phase has begun."""
+
+    name: str
+    reason: str
+
+
+@attrs.frozen
+class StopComponent:
+    """Call the component's ``stop`` with a token that expires at ``deadline``."""
+
+    name: str
+    deadline: float
+
+
+@attrs.frozen
+class Abandon:
+    """The component overran ``phase``: log where it is stuck, cancel its token, leave it."""
+
+    name: str
+    phase: Phase
+    reason: str
+
+
+@attrs.frozen
+class AppStarted:
+    """Every component started: the app is RUNNING."""
+
+
+@attrs.frozen
+class Finished:
+    """The app is done; exit with ``exit_code``."""
+
+    exit_code: ExitCode
+
+
+Action = (
+    StartComponent
+    | RunComponent
+    | CancelStart
+    | CancelRun
+    | StopComponent
+    | Abandon
+    | AppStarted
+    | Finished
+)
+
+ComponentObserver = Callable[[ComponentInfo, ComponentState, ComponentState, float], None]
+AppObserver = Callable[[AppState, AppState, float], None]
+
+
+@attrs.define(eq=False)
+class _Node:
+    spec: NodeSpec
+    info: ComponentInfo
+    deps: tuple[_Node, ...] = ()
+    users: tuple[_Node, ...] = ()
+    waiting_deps: int = 0  # dependencies not yet entered
+    unsettled_users: int = 0  # dependents that began starting and have not settled
+    entered: bool = False  # start returned (or there was none): must get a stop phase
+    settled: bool = False  # nothing more will happen to it
+    start_active: bool = False
+    start_cancelled: bool = False
+    run_active: bool = False
+    stop_phase: bool = False  # its stop phase began
+    stop_active: bool = False  # its stop() is running
+    stop_deadline: float = math.inf  # the deadline of its stop phase
+    epoch: int = 0  # bumps on every phase change; stale timer entries carry an old one
+
+
+class Scheduler:
+    """Decides what happens next; a runner carries it out.
+
+    Every method takes ``now`` (the runner's monotonic time) and returns the
+    actions to carry out, in order. Not thread-safe: a runner feeds it from
+    one thread or one event loop.
+
+    Args:
+        graph: the validated dependency graph.
+        specs: one `NodeSpec` per name in the graph.
+        infos: the records to keep up to date (``app.components``); created if omitted.
+        shutdown_timeout: bounds the whole shutdown, drain delay included.
+        drain_delay: seconds between readiness turning off and the first stop.
+        on_component: called on every component transition
+            ``(info, from_state, to_state, seconds_in_from_state)``.
+        on_app: called on every app transition ``(from, to, now)``.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        specs: Iterable[NodeSpec],
+        *,
+        shutdown_timeout: float,
+        drain_delay: float = 0.0,
+        infos: dict[str, ComponentInfo] | None = None,
+        on_component: ComponentObserver | None = None,
+        on_app: AppObserver | None = None,
+        name: str = "app",
+    ) -> None:
+        by_name = {spec.name: spec for spec in specs}
+        if set(by_name) != set(graph.order):
+            raise ValueError("specs and graph name different components")
+        self.name = name
+        self.shutdown_timeout = shutdown_timeout
+        self.drain_delay = drain_delay
+        self._on_component = on_component
+        self._on_app = on_app
+        infos = infos if infos is not None else {}
+        self._nodes: dict[str, _Node] = {}
+        for n in graph.order:
+            info = infos.get(n)
+            if info is None:
+                info = infos[n] = ComponentInfo(
+                    n, critical=by_name[n].critical, depends_on=graph.depends_on[n]
+                )
+            self._nodes[n] = _Node(by_name[n], info)
+        for n, node in self._nodes.items():
+            node.deps = tuple(self._nodes[d] for d in graph.depends_on[n])
+            node.users = tuple(self._nodes[u] for u in graph.dependents[n])
+            node.waiting_deps = len(node.deps)
+        self.infos = infos
+
+        self.state = AppState.NEW
+        self._state_since = 0.0
+        self.exit_code: ExitCode | None = None
+        self.shutdown_reason: str | None = None
+        self.shutdown_deadline: float | None = None
+        self.startup_failure: tuple[str, str] | None = None
+        self._failed = False
+        self._timed_out = False
+        self._entered_count = 0
+        self._busy = 0  # starts in progress + entered nodes not yet settled
+        self._timers: list[tuple[float, int, str, str, int]] = []
+        self._seq = itertools.count()
+
+    # -- queries -----------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True once `Finished` was emitted."""
+        return self.exit_code is not None
+
+    @property
+    def shutting_down(self) -> bool:
+        """True from the shutdown request (or the startup failure) on."""
+        return self.shutdown_deadline is not None or self.done
+
+    def next_deadline(self) -> float | None:
+        """When to call `tick` next at the latest, or None if no timer is pending."""
+        while self._timers:
+            when, _, kind, name, epoch = self._timers[0]
+            if self._timer_live(kind, name, epoch):
+                return when
+            heapq.heappop(self._timers)
+        return None
+
+    def active(self) -> list[tuple[str, Phase]]:
+        """The calls in progress, ``(name, phase)``: for stuck diagnostics."""
+        found: list[tuple[str, Phase]] = []
+        for n, node in self._nodes.items():
+            if node.start_active:
+                found.append((n, "start"))
+            if node.run_active:
+                found.append((n, "run"))
+            if node.stop_active:
+                found.append((n, "stop"))
+        return found
+
+    # -- events ------------------------------------------------------------
+
+    def begin(self, now: float) -> list[Action]:
+        """Start the app: every component without dependencies starts now."""
+        actions: list[Action] = []
+        self._move_app(AppState.STARTING, now)
+        if not self._nodes:
+            self._move_app(AppState.RUNNING, now)
+            actions.append(AppStarted())
+            return actions
+        # Collect the roots first: starting one without a start() enters it at
+        # once, which may bring a dependent's waiting_deps to 0 mid-loop.
+        roots = [node for node in self._nodes.values() if node.waiting_deps == 0]
+        for node in roots:
+            self._start(node, now, actions)
+        return actions
+
+    def start_finished(self, name: str, now: float) -> list[Action]:
+        """The component's ``start`` returned."""
+        node = self._nodes[name]
+        actions: list[Action] = []
+        if not node.start_active:
+            return actions  # abandoned: a late answer
+        node.start_active = False
+        node.epoch += 1
+        node.info.start_ended = now
+        self._busy -= 1
+        self._enter(node, now, actions)
+        return actions
+
+    def start_failed(self, name: str, now: float, error: BaseException) -> list[Action]:
+        """The component's ``start`` raised ``error``."""
+        node = self._nodes[name]
+        actions: list[Action] = []
+        if not node.start_active:
+            return actions
+        node.start_active = False
+        node.epoch += 1
+        node.info.start_ended = now
+        self._busy -= 1
+        node.info.error = error
+        self._move(node, ComponentState.FAILED, now)
+        aborted = node.start_cancelled and isinstance(error, Cancelled)
+        if not aborted:
+            self._startup_failed(node, f"{error.__class__.__name__}: {error}", now, actions)
+        self._settle(node, now, actions)
+        return actions
+
+    def run_finished(
+        self, name: str, now: float, error: BaseException | None = None
+    ) -> list[Action]:
+        """The component's ``run`` returned (``error`` None) or raised ``error``."""
+        node = self._nodes[name]
+        actions: list[Action] = []
+        if not node.run_active:
+            return actions
+        node.run_active = False
+        if node.stop_phase:
+            # The expected end: its token was cancelled. Cancelled is no error.
+            if error is not None and not isinstance(error, Cancelled):
+                node.info.run_error = error
+                self._fail(node, error, now)
+            self._after_run(node, now, actions)
+            return actions
+        if error is not None:
+            node.info.run_error = error
+            self._fail(node, error, now)
+        if not node.spec.critical:
+            return actions  # the report shows it; the app stays up
+        what = "failed" if error is not None else "finished"
+        if self.state is AppState.STARTING and error is not None:
+            self._startup_failed(
+                node, f"run() raised {error.__class__.__name__}: {error}", now, actions
+            )
+        else:
+            if error is not None:
+                self._failed = True
+            actions.extend(
+                self.request_shutdown(now, f"critical component {name!r} {what} in run()")
+            )
+        return actions
+
+    def stop_finished(
+        self, name: str, now: float, error: BaseException | None = None
+    ) -> list[Action]:
+        """The component's ``stop`` returned (``error`` None) or raised ``error``."""
+        node = self._nodes[name]
+        actions: list[Action] = []
+        if not node.stop_active:
+            return actions
+        node.stop_active = False
+        if error is not None:
+            self._fail(node, error, now)
+        self._end_stop(node, now, actions)
+        return actions
+
+    def request_shutdown(self, now: float, reason: str = "requested") -> list[Action]:
+        """Begin the shutdown (idempotent: the first reason wins).
+
+        While starting this aborts the start; while running it begins the
+        drain delay; afterwards it does nothing.
+        """
+        actions: list[Action] = []
+        if self.shutdown_reason is None:
+            self.shutdown_reason = reason
+        if self.state is AppState.NEW:
+            # Nothing started: finish at once, cleanly.
+            self._move_app(AppState.STARTING, now)
+            self._begin_shutdown(now, actions)
+        elif self.state is AppState.STARTING and self.shutdown_deadline is None:
+            self._begin_shutdown(now, actions)
+        elif self.state is AppState.RUNNING:
+            self.shutdown_deadline = now + self.shutdown_timeout
+            self._arm(self.shutdown_deadline, "shutdown", "", 0)
+            self._move_app(AppState.DRAINING, now)
+            drain_end = min(now + self.drain_delay, self.shutdown_deadline)
+            if self.drain_delay <= 0:
+                self._begin_stopping(now, actions)
+            else:
+                self._arm(drain_end, "drain", "", 0)
+        return actions
+
+    def tick(self, now: float) -> list[Action]:
+        """Time is ``now``: fire every deadline that has passed."""
+        actions: list[Action] = []
+        while self._timers and self._timers[0][0] <= now and not self.done:
+            _, _, kind, name, epoch = heapq.heappop(self._timers)
+            if not self._timer_live(kind, name, epoch):
+                continue
+            if kind == "drain":
+                self._begin_stopping(now, actions)
+            elif kind == "shutdown":
+                self._shutdown_expired(now, actions)
+            elif kind == "start":
+                self._start_expired(self._nodes[name], now, actions)
+            else:
+                self._stop_expired(self._nodes[name], now, actions)
+        return actions
+
+    # -- internals ---------------------------------------------------------
+
+    def _timer_live(self, kind: str, name: str, epoch: int) -> bool:
+        if kind == "drain":
+            return self.state is AppState.DRAINING
+        if kind == "shutdown":
+            return not self.done
+        node = self._nodes[name]
+        if node.epoch != epoch:
+            return False
+        return node.start_active if kind == "start" else node.stop_phase and not node.settled
+
+    def _arm(self, when: float, kind: str, name: str, epoch: int) -> None:
+        if math.isfinite(when):
+            heapq.heappush(self._timers, (when, next(self._seq), kind, name, epoch))
+
+    def _move(self, node: _Node, target: ComponentState, now: float) -> None:
+        info = node.info
+        before = info.state
+        if before is target:
+            return
+        check_component_move(info.name, before, target)
+        since = {
+            ComponentState.STARTING: info.start_began,
+            ComponentState.RUNNING: info.start_ended,
+            ComponentState.STOPPING: info.stop_began,
+        }.get(before)
+        info.state = target
+        if self._on_component is not None:
+            self._on_component(info, before, target, 0.0 if since is None else now - since)
+
+    def _fail(self, node: _Node, error: BaseException, now: float) -> None:
+        """Mark FAILED (once; the first error is kept) and count it for the exit code."""
+        if node.info.error is None:
+            node.info.error = error
+        if node.info.state is not ComponentState.FAILED:
+            self._move(node, ComponentState.FAILED, now)
+        if node.spec.critical or node.stop_phase:
+            self._failed = True
+
+    def _move_app(self, target: AppState, now: float) -> None:
+        before = self.state
+        check_app_move(self.name, before, target)
+        self.state = target
+        self._state_since = now
+        if self._on_app is not None:
+            self._on_app(before, target, now)
+
+    def _start(self, node: _Node, now: float, actions: list[Action]) -> None:
+        node.info.start_began = now
+        self._move(node, ComponentState.STARTING, now)
+        for dep in node.deps:
+            dep.unsettled_users += 1
+        if not node.spec.has_start:
+            node.info.start_ended = now
+            self._enter(node, now, actions)
+            return
+        node.start_active = True
+        node.epoch += 1
+        self._busy += 1
+        deadline = now + node.spec.start_timeout
+        self._arm(deadline, "start", node.spec.name, node.epoch)
+        actions.append(StartComponent(node.spec.name, deadline))
+
+    def _enter(self, node: _Node, now: float, actions: list[Action]) -> None:
+        """Its start returned: it is RUNNING and owes a stop phase."""
+        node.entered = True
+        self._busy += 1
+        self._entered_count += 1
+        self._move(node, ComponentState.RUNNING, now)
+        if self.shutting_down:
+            # Aborting or rolling back: no run, no dependents; it is already
+            # stoppable unless a dependent is still settling.
+            if node.unsettled_users == 0:
+                self._begin_stop(node, now, actions)
+            return
+        if node.spec.has_run:
+            node.run_active = True
+            actions.append(RunComponent(node.spec.name))
+        for user in node.users:
+            user.waiting_deps -= 1
+            if user.waiting_deps == 0:
+                self._start(user, now, actions)
+        if self._entered_count == len(self._nodes) and self.state is AppState.STARTING:
+            self._move_app(AppState.RUNNING, now)
+            actions.append(AppStarted())
+
+    def _startup_failed(self, node: _Node, why: str, now: float, actions: list[Action]) -> None:
+        self._failed = True
+        if self.state is not AppState.STARTING:
+            return
+        if self.startup_failure is None:
+            self.startup_failure = (node.spec.name, why)
+            if self.shutdown_reason is None:
+                self.shutdown_reason = f"component {node.spec.name!r} failed to start"
+        if self.shutdown_deadline is None:
+            self._begin_shutdown(now, actions)
+
+    def _begin_shutdown(self, now: float, actions: list[Action]) -> None:
+        """Abort or roll back a start: cancel starts, stop what entered."""
+        self.shutdown_deadline = now + self.shutdown_timeout
+        self._arm(self.shutdown_deadline, "shutdown", "", 0)
+        self._move_app(AppState.STOPPING, now)
+        reason = self.shutdown_reason or "shutdown"
+        for node in self._nodes.values():
+            if node.start_active and not node.start_cancelled:
+                node.start_cancelled = True
+                actions.append(CancelStart(node.spec.name, reason))
+        self._stop_ready(now, actions)
+
+    def _begin_stopping(self, now: float, actions: list[Action]) -> None:
+        """The drain delay is over: stop in reverse dependency order."""
+        self._move_app(AppState.STOPPING, now)
+        self._stop_ready(now, actions)
+
+    def _stop_ready(self, now: float, actions: list[Action]) -> None:
+        for node in self._nodes.values():
+            if node.entered and not node.stop_phase and node.unsettled_users == 0:
+                self._begin_stop(node, now, actions)
+        self._maybe_finish(now, actions)
+
+    def _begin_stop(self, node: _Node, now: float, actions: list[Action]) -> None:
+        node.stop_phase = True
+        node.epoch += 1
+        node.info.stop_began = now
+        if node.info.state is ComponentState.RUNNING:
+            self._move(node, ComponentState.STOPPING, now)
+        assert self.shutdown_deadline is not None
+        deadline = min(now + node.spec.stop_timeout, self.shutdown_deadline)
+        node.stop_deadline = deadline
+        self._arm(deadline, "stop", node.spec.name, node.epoch)
+        if node.run_active:
+            actions.append(CancelRun(node.spec.name, self.shutdown_reason or "shutdown"))
+            return
+        self._after_run(node, now, actions)
+
+    def _after_run(self, node: _Node, now: float, actions: list[Action]) -> None:
+        if node.spec.has_stop:
+            node.stop_active = True
+            node.info.stop_called = True
+            actions.append(StopComponent(node.spec.name, node.stop_deadline))
+        else:
+            self._end_stop(node, now, actions)
+
+    def _end_stop(self, node: _Node, now: float, actions: list[Action]) -> None:
+        node.info.stop_ended = now
+        if node.info.state is ComponentState.STOPPING:
+            self._move(node, ComponentState.STOPPED, now)
+        self._settle(node, now, actions)
+
+    def _settle(self, node: _Node, now: float, actions: list[Action]) -> None:
+        """Nothing more will happen to ``node``: its dependencies may stop."""
+        node.settled = True
+        node.epoch += 1
+        if node.entered:
+            self._busy -= 1
+        for dep in node.deps:
+            dep.unsettled_users -= 1
+            if (
+                self.shutting_down
+                and self.state is AppState.STOPPING
+                and dep.unsettled_users == 0
+                and dep.entered
+                and not dep.stop_phase
+            ):
+                self._begin_stop(dep, now, actions)
+        self._maybe_finish(now, actions)
+
+    def _maybe_finish(self, now: float, actions: list[Action]) -> None:
+        if self.done or self.state is not AppState.STOPPING or self._busy:
+            return
+        if self._timed_out:
+            code = ExitCode.TIMEOUT
+        elif self._failed:
+            code = ExitCode.FAILED
+        else:
+            code = ExitCode.OK
+        self.exit_code = code
+        self._move_app(AppState.STOPPED if code is ExitCode.OK else AppState.FAILED, now)
+        actions.append(Finished(code))
+
+    def _start_expired(
+        self, node: _Node, now: float, actions: list[Action], *, by_shutdown: bool = False
+    ) -> None:
+        name = node.spec.name
+        if by_shutdown:
+            why = (
+                f"start() of {name!r} was still running when the shutdown_timeout of "
+                f"{self.shutdown_timeout:g}s passed; abandoned"
+            )
+        else:
+            why = (
+                f"start() of {name!r} did not return within its start_timeout of "
+                f"{node.spec.start_timeout:g}s; abandoned"
+            )
+        error = TimeoutError(why)
+        node.info.timed_out = "start"
+        actions.append(Abandon(name, "start", why))
+        node.start_active = False
+        node.epoch += 1
+        node.info.start_ended = now
+        self._busy -= 1
+        node.info.error = error
+        self._move(node, ComponentState.FAILED, now)
+        if not by_shutdown:
+            self._startup_failed(node, why, now, actions)
+        self._settle(node, now, actions)
+
+    def _stop_expired(self, node: _Node, now: float, actions: list[Action]) -> None:
+        name = node.spec.name
+        shutdown_cut = self.shutdown_deadline is not None and now >= self.shutdown_deadline
+        limit = (
+            f"the shutdown_timeout of {self.shutdown_timeout:g}s"
+            if shutdown_cut
+            else f"its stop_timeout of {node.spec.stop_timeout:g}s"
+        )
+        waiting = "run() did not return" if node.run_active else "stop() did not return"
+        error = TimeoutError(f"{waiting} for {name!r} within {limit}; abandoned")
+        node.info.timed_out = "stop"
+        actions.append(Abandon(name, "run" if node.run_active else "stop", str(error)))
+        node.run_active = False
+        node.stop_active = False
+        self._timed_out = True
+        if node.info.error is None:
+            node.info.error = error
+        if node.info.state is not ComponentState.FAILED:
+            self._move(node, ComponentState.FAILED, now)
+        self._end_stop(node, now, actions)
+
+    def _shutdown_expired(self, now: float, actions: list[Action]) -> None:
+        """The global deadline: abandon what runs; what never stopped never will."""
+        self._timed_out = True
+        if self.state is AppState.DRAINING:
+            self._move_app(AppState.STOPPING, now)
+        for node in self._nodes.values():
+            if node.start_active:
+                node.start_cancelled = True
+                self._start_expired(node, now, actions, by_shutdown=True)
+        for node in self._nodes.values():
+            if node.settled or not node.entered:
+                continue
+            if node.stop_phase:
+                self._stop_expired(node, now, actions)
+                continue
+            # Never reached its stop phase: not stopped, but not left running blind.
+            error = TimeoutError(
+                f"{node.spec.name!r} was not stopped: the shutdown_timeout of "
+                f"{self.shutdown_timeout:g}s passed while components depending on it "
+                f"were still stopping"
+            )
+            if node.run_active:
+                actions.append(Abandon(node.spec.name, "run", str(error)))
+                node.run_active = False
+            if node.info.error is None:
+                node.info.error = error
+            node.info.timed_out = "stop"
+            if node.info.state is not ComponentState.FAILED:
+                self._move(node, ComponentState.FAILED, now)
+            node.stop_phase = True
+            node.info.stop_ended = now
+            self._settle(node, now, actions)
+        self._maybe_finish(now, actions)
