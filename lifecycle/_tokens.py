@@ -107,7 +107,9 @@ class DeadlineTimer:
     ) -> None:
         self.clock = clock
         self._threaded = threaded
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: a signal handler that cancels a token with a deadline
+        # calls _forget while the interrupted code may be inside this lock.
+        self._cond = threading.Condition(threading.RLock())
         # Heap of (deadline, seq, weakref to token). Entries of tokens that
         # were cancelled otherwise stay until due, counted in _stale, and are
         # swept out when they are more than half of the heap.
@@ -182,7 +184,7 @@ class DeadlineTimer:
     def _after_fork(self) -> None:
         # The thread does not exist in a forked child; locks may be held by
         # threads that vanished. Start over with fresh ones.
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = threading.Condition(threading.RLock())
         self._thread = None
         if self._threaded and self._heap:
             self._thread = threading.Thread(
@@ -291,6 +293,10 @@ class CancelToken:
                         p._children = weakref.WeakSet()
                     p._children.add(self)
             self._parents = live if cause is None else ()
+        if cause is None:
+            # A parent cancelled re-entrantly (a signal handler) inside the
+            # block above may have missed this child; catch up, as on_cancel does.
+            cause = next((p._reason for p in live if p.cancelled), None)
         if cause is not None:
             _cancel_tree(self, cause)
         elif own is not None and own_is_earliest:
@@ -357,11 +363,13 @@ class CancelToken:
         """
         seconds = _check_timeout(timeout)
         with _LOCK:
-            if self.cancelled:
-                return True
-            if self._event is None:
+            if self._event is None and not self.cancelled:
                 self._event = threading.Event()
             event = self._event
+        # Checked after the lock too: a cancel that ran re-entrantly (a signal
+        # handler) before the event existed will not set it.
+        if self.cancelled or event is None:
+            return True
         return event.wait(seconds)
 
     async def wait_async(self, timeout: float | None = None) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def log_events() -> Iterator[list[dict[str, Any]]]:
+def log_events() -> Iterator[list[MutableMapping[str, Any]]]:
     """Capture structlog events (reset per test; the capture is not thread-safe,
     so read it after the threads that log have been joined)."""
     capture = LogCapture()

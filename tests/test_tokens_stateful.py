@@ -1,0 +1,215 @@
+"""Stateful property test of the token tree against a simple model.
+
+Hypothesis grows a random forest of sources (roots, children, linked sources,
+some with timeouts on a fake clock), cancels and closes them, moves time on and
+fires due deadlines, registers and detaches callbacks; after every step the
+real tokens must agree with the model.
+
+The model: a node is cancelled iff it was cancelled or closed itself, or one of
+its parents (ancestors, linked inputs) was, or a deadline of it or an ancestor
+passed and was fired. Its reason is the reason of the first cause in time. A
+node born under already cancelled parents takes the reason of the first
+cancelled one in argument order (its causes all precede its birth).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
+
+from lifecycle import DEADLINE_EXCEEDED, CancelSource, DeadlineTimer
+from tests.fakes import FakeClock
+
+# Binary fractions keep the fake clock's sums exact.
+TIMEOUTS = st.sampled_from([None, None, 0, 0.5, 1, 2, 3.5, 8])
+ADVANCES = st.sampled_from([0, 0.5, 1, 2, 4])
+REASONS = st.sampled_from(["r1", "r2", "shutdown", "closed", DEADLINE_EXCEEDED])
+
+
+@dataclass(eq=False)
+class Node:
+    """One source and what the model expects of its token."""
+
+    source: CancelSource
+    parents: list[Node]
+    deadline: float | None
+    scheduled: bool  # its own deadline is earlier than every parent's
+    cancelled: bool = False
+    reason: str | None = None
+    children: list[Node] = field(default_factory=list)
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Callback:
+    """A registered on_cancel callback, its call count and the model's view of it."""
+
+    node: Node
+    calls: list[int] = field(default_factory=list)
+    detach: object = None
+    detached: bool = False  # detached in time: must never run
+    expected_calls: int = 0
+
+
+class TokenForest(RuleBasedStateMachine):
+    """Random forests of sources checked against the model after every step."""
+
+    nodes = Bundle("nodes")
+    callbacks = Bundle("callbacks")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.timer = DeadlineTimer(self.clock, threaded=False)
+        self.all_nodes: list[Node] = []
+        self.all_callbacks: list[Callback] = []
+
+    # -- the model -------------------------------------------------------------
+
+    def model_cancel(self, node: Node, reason: str) -> None:
+        """Cancel ``node`` and every live descendant with ``reason`` (first cause wins)."""
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            if current.cancelled:
+                continue
+            current.cancelled = True
+            current.reason = reason
+            for callback in current.callbacks:
+                if not callback.detached:
+                    callback.expected_calls = 1
+            stack.extend(current.children)
+
+    def add_node(self, source: CancelSource, parents: list[Node], timeout: float | None) -> Node:
+        inherited = min((p.deadline for p in parents if p.deadline is not None), default=None)
+        own = None if timeout is None else self.clock() + timeout
+        scheduled = own is not None and (inherited is None or own < inherited)
+        node = Node(source, parents, own if scheduled else inherited, scheduled)
+        self.all_nodes.append(node)
+        cause = next((p for p in parents if p.cancelled), None)
+        if cause is not None:
+            self.model_cancel(node, cause.reason or "")
+        else:
+            for parent in parents:
+                parent.children.append(node)
+            if scheduled and timeout == 0:
+                self.model_cancel(node, DEADLINE_EXCEEDED)
+        return node
+
+    # -- rules -----------------------------------------------------------------
+
+    @initialize(target=nodes, timeout=TIMEOUTS)
+    def first_root(self, timeout):
+        source = CancelSource(timeout=timeout, timer=self.timer)
+        return self.add_node(source, [], timeout)
+
+    @rule(target=nodes, timeout=TIMEOUTS)
+    def new_root(self, timeout):
+        source = CancelSource(timeout=timeout, timer=self.timer)
+        return self.add_node(source, [], timeout)
+
+    @rule(target=nodes, parent=nodes, timeout=TIMEOUTS)
+    def new_child(self, parent, timeout):
+        source = CancelSource(parent.source.token, timeout=timeout)
+        return self.add_node(source, [parent], timeout)
+
+    @rule(
+        target=nodes,
+        inputs=st.lists(nodes, min_size=1, max_size=3),
+        timeout=TIMEOUTS,
+    )
+    def new_linked(self, inputs, timeout):
+        source = CancelSource.linked(
+            *(n.source.token for n in inputs), timeout=timeout, timer=self.timer
+        )
+        return self.add_node(source, list(inputs), timeout)
+
+    @rule(node=nodes, reason=REASONS)
+    def cancel(self, node, reason):
+        node.source.cancel(reason)
+        self.model_cancel(node, reason)
+
+    @rule(node=nodes)
+    def close(self, node):
+        node.source.close()
+        self.model_cancel(node, "closed")
+
+    @rule(seconds=ADVANCES)
+    def advance_and_fire(self, seconds):
+        now = self.clock.advance(seconds)
+        self.timer.fire_due()
+        # Same reason for every deadline, so the firing order does not matter.
+        for node in self.all_nodes:
+            if node.scheduled and node.deadline is not None and node.deadline <= now:
+                self.model_cancel(node, DEADLINE_EXCEEDED)
+
+    @rule(target=callbacks, node=nodes)
+    def register(self, node):
+        callback = Callback(node)
+        callback.detach = node.source.token.on_cancel(lambda: callback.calls.append(1))
+        node.callbacks.append(callback)
+        self.all_callbacks.append(callback)
+        if node.cancelled:
+            callback.expected_calls = 1
+        return callback
+
+    @rule(callback=callbacks)
+    def detach(self, callback):
+        expected = not callback.detached and callback.expected_calls == 0
+        assert callable(callback.detach)
+        actual = callback.detach()
+        if expected:
+            callback.detached = True
+        assert expected == actual
+
+    # -- invariants ------------------------------------------------------------
+
+    @invariant()
+    def tokens_match_model(self):
+        for node in self.all_nodes:
+            token = node.source.token
+            assert (node.cancelled, node.reason) == (token.cancelled, token.reason)
+
+    @invariant()
+    def deadlines_match_model(self):
+        for node in self.all_nodes:
+            token = node.source.token
+            remaining = token.remaining()
+            assert node.deadline == token.deadline
+            assert (remaining is None) == (node.deadline is None)
+            assert remaining is None or remaining >= 0
+
+    @invariant()
+    def callbacks_ran_as_expected(self):
+        for callback in self.all_callbacks:
+            assert callback.expected_calls == len(callback.calls)
+
+    @invariant()
+    def only_live_children_registered(self):
+        for node in self.all_nodes:
+            registered = node.source.token._children
+            actual = set() if registered is None else set(registered)
+            expected = (
+                set()
+                if node.cancelled
+                else {c.source.token for c in node.children if not c.cancelled}
+            )
+            assert expected == actual
+
+
+TokenForest.TestCase.settings = settings(
+    max_examples=300,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_token_forest = TokenForest.TestCase
