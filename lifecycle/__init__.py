@@ -19,6 +19,7 @@ from ._errors import LifecycleError as LifecycleError
 from ._errors import NotAComponent as NotAComponent
 from ._errors import StartupError as StartupError
 from ._errors import UnknownDependency as UnknownDependency
+from ._health import HealthServer as HealthServer
 from ._inflight import InFlight as InFlight
 from ._inflight import Refused as Refused
 from ._inflight import Ticket as Ticket
@@ -54,6 +55,7 @@ __all__ = [
     "DeadlineTimer",
     "DuplicateComponent",
     "ExitCode",
+    "HealthServer",
     "InFlight",
     "InvalidTransition",
     "LifecycleError",

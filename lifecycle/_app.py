@@ -508,16 +508,26 @@ class App:
         Readiness turns False before this returns; the runner then drains and
         stops. Calling it before the app runs makes ``run()`` return at once.
         """
-        if self._shutdown_reason is not None:
+        if not self._mark_shutdown(reason):
             return
-        self._shutdown_reason = reason
-        self._shutdown_deadline = time.monotonic() + self.shutdown_timeout
-        self._shutdown_source.cancel(reason)
         notify = self._notify
         if notify is not None:
             notify(reason)
 
     # -- used by the runners -------------------------------------------------
+
+    def _mark_shutdown(self, reason: str) -> bool:
+        """Flip readiness and cancel `shutdown_token`; False if already done.
+
+        Also used by the runner when the scheduler itself decides to shut
+        down (a critical component crashed), so that servers drain then too.
+        """
+        if self._shutdown_reason is not None:
+            return False
+        self._shutdown_reason = reason
+        self._shutdown_deadline = time.monotonic() + self.shutdown_timeout
+        self._shutdown_source.cancel(reason)
+        return True
 
     def _stop_timeout(self, name: str) -> float:
         own = self._entries[name].stop_timeout
