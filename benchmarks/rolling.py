@@ -25,6 +25,9 @@ SERVERS_DIR = ROOT / "tests" / "e2e" / "servers"
 SERVERS: dict[str, list[str]] = {
     "naive": [sys.executable, str(SERVERS_DIR / "naive.py")],
     "stdlib_shutdown": [sys.executable, str(SERVERS_DIR / "stdlib_shutdown.py")],
+    "lifecycle http": [sys.executable, str(SERVERS_DIR / "lc_http.py")],
+    "lifecycle asyncio": [sys.executable, str(SERVERS_DIR / "lc_asyncio.py")],
+    "lifecycle wsgi": [sys.executable, str(SERVERS_DIR / "lc_wsgi.py")],
 }
 
 HEADER = (

@@ -8,8 +8,10 @@ Everything public is importable from here; the ``_``-prefixed modules are
 private and may change at any time.
 """
 
+from ._aioserver import AsyncStreamServer as AsyncStreamServer
 from ._app import App as App
 from ._app import ShutdownPlan as ShutdownPlan
+from ._asgi import ASGIMiddleware as ASGIMiddleware
 from ._errors import Cancelled as Cancelled
 from ._errors import ConfigError as ConfigError
 from ._errors import CycleError as CycleError
@@ -42,8 +44,10 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEADLINE_EXCEEDED",
+    "ASGIMiddleware",
     "App",
     "AppState",
+    "AsyncStreamServer",
     "AsyncioRunner",
     "CancelSource",
     "CancelToken",

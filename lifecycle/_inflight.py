@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import attrs
-
 from ._errors import LifecycleError
 from ._tokens import CancelToken
 
@@ -41,9 +39,11 @@ class Refused(LifecycleError):  # noqa: N818 - reads as "the work was refused"
         )
 
 
-@attrs.define(eq=False)
 class Ticket:
     """One unit of work in progress.
+
+    A plain slotted class rather than an attrs one: one is made per request,
+    so its construction is on every server's hot path.
 
     Attributes:
         label: what it is (``"GET /orders"``), for the report of what was cut.
@@ -53,10 +53,17 @@ class Ticket:
         id: unique per process.
     """
 
-    label: str
-    began: float
-    long_lived: bool = False
-    id: int = attrs.field(factory=lambda: next(_ids))
+    __slots__ = ("began", "id", "label", "long_lived")
+
+    def __init__(self, label: str, began: float, long_lived: bool = False) -> None:
+        self.label = label
+        self.began = began
+        self.long_lived = long_lived
+        self.id = next(_ids)
+
+    def __repr__(self) -> str:
+        kind = " long-lived" if self.long_lived else ""
+        return f"<Ticket #{self.id} {self.label!r}{kind} began={self.began:.3f}>"
 
 
 class InFlight:

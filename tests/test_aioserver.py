@@ -1,0 +1,592 @@
+"""AsyncStreamServer: drain with Connection: close, refuse after stop, finish in-flight work.
+
+Real sockets on 127.0.0.1. Requests are held in flight with events, never with
+sleeps; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+import lifecycle
+from lifecycle._aioserver import CUT_MARGIN, AsyncStreamServer
+
+BOUND = 10.0  # seconds: the bound of every wait on something that should happen at once
+
+Route = Callable[[str, lifecycle.CancelToken], Awaitable[tuple[int, bytes]]]
+
+
+# -- a minimal HTTP/1.1 keep-alive handler and client -------------------------------
+
+
+def http_handler(get_server: Callable[[], AsyncStreamServer], route: Route):
+    """A keep-alive HTTP/1.1 handler: one ``server.request()`` per request."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server = get_server()
+        while line := await reader.readline():
+            async with server.request(line.decode("latin-1").strip()) as token:
+                while await reader.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # headers: this handler needs none
+                target = line.split()[1].decode("latin-1")
+                status, body = await route(target, token)
+                close = server.draining
+                head = (
+                    f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n"
+                    + ("Connection: close\r\n" if close else "")
+                    + "\r\n"
+                )
+                writer.write(head.encode() + body)
+                await writer.drain()
+            if close:
+                return
+
+    return handle
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def closes(self) -> bool:
+        return self.headers.get("connection", "").lower() == "close"
+
+
+async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str) -> Response:
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    await writer.drain()
+    return await read_response(reader)
+
+
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    async with asyncio.timeout(BOUND):
+        status_line = await reader.readline()
+        if not status_line:
+            raise ConnectionError("closed with no response")
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers["content-length"]))
+    return Response(int(status_line.split()[1]), headers, body)
+
+
+async def at_eof(reader: asyncio.StreamReader) -> bool:
+    """True once the server closed the connection (bounded)."""
+    async with asyncio.timeout(BOUND):
+        return await reader.read() == b""
+
+
+_clients: list[asyncio.StreamWriter] = []  # closed by run() at the end of each test
+
+
+async def connect(server: AsyncStreamServer):
+    reader, writer = await asyncio.open_connection(*server.address)
+    _clients.append(writer)
+    return reader, writer
+
+
+class Held:
+    """``/hold`` requests wait for ``release``; ``entered`` says one is in the handler."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.tokens: list[lifecycle.CancelToken] = []
+
+    async def route(self, target: str, token: lifecycle.CancelToken) -> tuple[int, bytes]:
+        self.tokens.append(lifecycle.current_token())
+        if target == "/hold":
+            self.entered.set()
+            await self.release.wait()
+        return 200, b"ok"
+
+
+class Gate:
+    """A component that depends on the server: while its stop waits, the server drains."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def stop(self, token: lifecycle.CancelToken) -> None:
+        self.stopping.set()
+        await self.open.wait()
+
+
+def watch_stop(server: AsyncStreamServer, waiting=None):
+    """An event set when stop, with its listener closed, first waits for the work in flight."""
+    waiting = asyncio.Event() if waiting is None else waiting
+    original = server.tracker.wait_idle_async
+
+    async def wait_idle_async(*args, **kwargs):
+        waiting.set()
+        return await original(*args, **kwargs)
+
+    server.tracker.wait_idle_async = wait_idle_async  # type: ignore[method-assign]
+    return waiting
+
+
+def serve_http(route: Route, **kwargs) -> AsyncStreamServer:
+    holder: list[AsyncStreamServer] = []
+    server = AsyncStreamServer(http_handler(lambda: holder[0], route), **kwargs)
+    holder.append(server)
+    return server
+
+
+def run(main):
+    async def bounded():
+        try:
+            async with asyncio.timeout(30):
+                return await main()
+        finally:
+            for writer in _clients:
+                writer.close()
+            _clients.clear()
+
+    return asyncio.run(bounded())
+
+
+# -- basics ------------------------------------------------------------------------------
+
+
+def test_port_zero_listens_on_an_ephemeral_port_and_is_ready():
+    """start() with port 0 binds a free port; ready() is True until stop."""
+
+    async def main():
+        server = serve_http(Held().route)
+        await server.start()
+        assert server.port > 0
+        assert server.address == ("127.0.0.1", server.port)
+        assert server.ready() is True
+        reader, writer = await connect(server)
+        assert (await get(reader, writer, "/")).status == 200
+        writer.close()
+        await server.stop(lifecycle.CancelSource(timeout=5).token)
+        assert server.ready() is False
+
+    run(main)
+
+
+def test_stop_returns_at_once_when_nothing_is_in_flight():
+    """With idle keep-alive connections only, stop returns long before its deadline."""
+
+    async def main():
+        server = serve_http(Held().route, unit="request")
+        await server.start()
+        reader, writer = await connect(server)
+        assert (await get(reader, writer, "/")).status == 200
+        began = time.monotonic()
+        await server.stop(lifecycle.CancelSource(timeout=10).token)
+        assert time.monotonic() - began < 1.0
+        assert await at_eof(reader)
+        assert server.connections == 0
+
+    run(main)
+
+
+def test_address_before_start_raises():
+    """The address of a server that has not started is an error that says what to do."""
+    server = serve_http(Held().route)
+    with pytest.raises(RuntimeError, match="before start"):
+        _ = server.address
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"port": -1}, ValueError),
+        ({"port": 70000}, ValueError),
+        ({"backlog": 0}, ValueError),
+        ({"unit": "stream"}, ValueError),
+    ],
+)
+def test_invalid_arguments_are_rejected(kwargs, error):
+    """A bad port, backlog or unit is rejected at construction."""
+    with pytest.raises(error):
+        serve_http(Held().route, **kwargs)
+
+
+def test_start_twice_raises():
+    """A server starts once."""
+
+    async def main():
+        server = serve_http(Held().route)
+        await server.start()
+        try:
+            with pytest.raises(RuntimeError, match="already started"):
+                await server.start()
+        finally:
+            await server.stop(lifecycle.CancelSource(timeout=5).token)
+
+    run(main)
+
+
+def test_request_outside_a_handler_raises():
+    """server.request() outside one of its connection handlers is an error."""
+    server = serve_http(Held().route)
+    with pytest.raises(RuntimeError, match="inside a connection handler"):
+        server.request("GET /")
+
+
+def test_a_raising_handler_is_logged_and_the_server_goes_on(log_events):
+    """A handler's exception is logged with the peer; other connections are served."""
+
+    async def main():
+        async def handle(reader, writer):
+            if await reader.readline() == b"boom\n":
+                raise ValueError("boom")
+            writer.write(b"fine\n")
+
+        server = AsyncStreamServer(handle)
+        await server.start()
+        reader, writer = await connect(server)
+        writer.write(b"boom\n")
+        assert await at_eof(reader)
+        reader, writer = await connect(server)
+        writer.write(b"hello\n")
+        assert await reader.readline() == b"fine\n"
+        await server.stop(lifecycle.CancelSource(timeout=5).token)
+
+    run(main)
+    errors = [e for e in log_events if e["event"] == "connection handler raised"]
+    assert len(errors) == 1
+    assert errors[0]["peer"].startswith("127.0.0.1:")
+
+
+# -- the drain ------------------------------------------------------------------------------
+
+
+def test_during_drain_responses_say_close_and_new_connections_are_accepted():
+    """Once shutdown is requested, every response says Connection: close; new clients are served."""
+
+    async def main():
+        held = Held()
+        server = serve_http(held.route)
+        gate = Gate()
+        app = lifecycle.App("t")
+        app.add(server, name="http")
+        app.add(gate, depends_on=[server])
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        reader, writer = await connect(server)
+        before = await get(reader, writer, "/")
+        stopping = asyncio.create_task(runner.stop("test"))
+        await asyncio.wait_for(gate.stopping.wait(), BOUND)
+        assert server.draining is True
+        assert app.ready is False
+        during = await get(reader, writer, "/")  # same keep-alive connection
+        assert await at_eof(reader)
+        reader2, writer2 = await connect(server)  # a new connection during the drain
+        fresh = await get(reader2, writer2, "/")
+        assert await at_eof(reader2)
+        gate.open.set()
+        assert await asyncio.wait_for(stopping, BOUND) == lifecycle.ExitCode.OK
+        assert (before.status, before.closes) == (200, False)
+        assert (during.status, during.closes) == (200, True)
+        assert (fresh.status, fresh.closes) == (200, True)
+
+    run(main)
+
+
+def test_current_token_carries_the_shutdown_deadline_once_shutdown_was_requested():
+    """Before shutdown a request's token has no deadline; during the drain, the shutdown's."""
+
+    async def main():
+        held = Held()
+        server = serve_http(held.route)
+        gate = Gate()
+        app = lifecycle.App("t", shutdown_timeout=20)
+        app.add(server)
+        app.add(gate, depends_on=[server])
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        reader, writer = await connect(server)
+        await get(reader, writer, "/")
+        stopping = asyncio.create_task(runner.stop("test"))
+        await asyncio.wait_for(gate.stopping.wait(), BOUND)
+        await get(reader, writer, "/")
+        gate.open.set()
+        await asyncio.wait_for(stopping, BOUND)
+        before, during = held.tokens
+        assert before.deadline is None
+        assert app.shutdown_deadline is not None
+        assert during.deadline == pytest.approx(app.shutdown_deadline, abs=0.05)
+        assert during.cancelled is True  # the request ended: its scope closed
+
+    run(main)
+
+
+# -- the stop ------------------------------------------------------------------------------
+
+
+def test_in_flight_request_at_stop_finishes_with_connection_close():
+    """A request in flight when stop begins is answered, with Connection: close."""
+
+    async def main():
+        held = Held()
+        server = serve_http(held.route)
+        app = lifecycle.App("t")
+        app.add(server)
+        waiting = watch_stop(server)
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        reader, writer = await connect(server)
+        writer.write(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(held.entered.wait(), BOUND)
+        stopping = asyncio.create_task(runner.stop("test"))
+        await asyncio.wait_for(waiting.wait(), BOUND)
+        held.release.set()
+        response = await read_response(reader)
+        assert await at_eof(reader)
+        assert await asyncio.wait_for(stopping, BOUND) == lifecycle.ExitCode.OK
+        assert (response.status, response.body, response.closes) == (200, b"ok", True)
+
+    run(main)
+
+
+def test_after_stop_begins_new_connections_are_refused():
+    """Once stop has closed the listening socket, the kernel refuses new connections."""
+
+    async def main():
+        held = Held()
+        server = serve_http(held.route)
+        app = lifecycle.App("t")
+        app.add(server)
+        waiting = watch_stop(server)
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        reader, writer = await connect(server)
+        writer.write(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(held.entered.wait(), BOUND)
+        stopping = asyncio.create_task(runner.stop("test"))
+        await asyncio.wait_for(waiting.wait(), BOUND)
+        assert server.ready() is False
+        with pytest.raises(ConnectionRefusedError):
+            await connect(server)
+        held.release.set()
+        assert (await read_response(reader)).status == 200
+        assert await asyncio.wait_for(stopping, BOUND) == lifecycle.ExitCode.OK
+
+    run(main)
+
+
+def test_idle_keep_alive_connections_close_at_stop_while_mid_request_ones_finish():
+    """At stop a request in flight is answered, and idle keep-alive connections are closed."""
+
+    async def main():
+        held = Held()
+        server = serve_http(held.route)
+        app = lifecycle.App("t", stop_timeout=10)
+        app.add(server)
+        waiting = watch_stop(server)
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        idle_r, idle_w = await connect(server)
+        assert (await get(idle_r, idle_w, "/")).closes is False  # now idle, keep-alive
+        busy_r, busy_w = await connect(server)
+        busy_w.write(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(held.entered.wait(), BOUND)
+        began = time.monotonic()
+        stopping = asyncio.create_task(runner.stop("test"))
+        await asyncio.wait_for(waiting.wait(), BOUND)
+        held.release.set()
+        response = await read_response(busy_r)
+        assert await at_eof(idle_r)  # ended by stop, not by its deadline
+        assert await asyncio.wait_for(stopping, BOUND) == lifecycle.ExitCode.OK
+        assert time.monotonic() - began < 2.0
+        assert (response.status, response.closes) == (200, True)
+
+    run(main)
+
+
+def test_a_request_on_an_idle_connection_during_stop_is_still_served():
+    """While stop waits for work in flight, a request on an idle kept-alive connection is served."""
+
+    async def main():
+        held = Held()
+        server = serve_http(held.route)
+        app = lifecycle.App("t")
+        app.add(server)
+        waiting = watch_stop(server)
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        idle_r, idle_w = await connect(server)
+        assert (await get(idle_r, idle_w, "/")).status == 200
+        busy_r, busy_w = await connect(server)
+        busy_w.write(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(held.entered.wait(), BOUND)
+        stopping = asyncio.create_task(runner.stop("test"))
+        await asyncio.wait_for(waiting.wait(), BOUND)
+        late = await get(idle_r, idle_w, "/")  # the LB had not noticed yet
+        held.release.set()
+        assert (await read_response(busy_r)).status == 200
+        assert await asyncio.wait_for(stopping, BOUND) == lifecycle.ExitCode.OK
+        assert (late.status, late.closes) == (200, True)
+
+    run(main)
+
+
+def test_unit_request_ends_connections_that_never_sent_a_request():
+    """With unit="request" a connection that never sent anything does not hold stop up."""
+
+    async def main():
+        server = serve_http(Held().route, unit="request")
+        await server.start()
+        reader, _ = await connect(server)
+        began = time.monotonic()
+        await server.stop(lifecycle.CancelSource(timeout=10).token)
+        assert time.monotonic() - began < 1.0
+        assert await at_eof(reader)
+
+    run(main)
+
+
+def test_connection_unit_handler_is_waited_for_at_stop():
+    """A handler that never marks requests is one unit of work: stop waits for it."""
+
+    async def main():
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def handle(reader, writer):
+            await reader.readline()
+            entered.set()
+            await release.wait()
+            writer.write(b"done\n")
+            await writer.drain()
+
+        server = AsyncStreamServer(handle)
+        await server.start()
+        waiting = watch_stop(server)
+        reader, writer = await connect(server)
+        writer.write(b"go\n")
+        await asyncio.wait_for(entered.wait(), BOUND)
+        stopping = asyncio.create_task(server.stop(lifecycle.CancelSource(timeout=10).token))
+        await asyncio.wait_for(waiting.wait(), BOUND)
+        assert not stopping.done()
+        release.set()
+        assert await asyncio.wait_for(reader.readline(), BOUND) == b"done\n"
+        await asyncio.wait_for(stopping, BOUND)
+
+    run(main)
+
+
+def test_long_lived_request_token_is_cancelled_at_stop():
+    """A long-lived stream is not waited for: its token is cancelled and it ends by itself."""
+
+    async def main():
+        streaming = asyncio.Event()
+        seen: list[str | None] = []
+        holder: list[AsyncStreamServer] = []
+
+        async def handle(reader, writer):
+            await reader.readline()
+            async with holder[0].request("SUBSCRIBE news", long_lived=True) as token:
+                assert lifecycle.current_token() is token
+                streaming.set()
+                await token.wait_async()
+                seen.append(token.reason)
+                writer.write(b"bye\n")
+                await writer.drain()
+
+        server = AsyncStreamServer(handle)
+        holder.append(server)
+        app = lifecycle.App("t")
+        app.add(server)
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        reader, writer = await connect(server)
+        writer.write(b"SUBSCRIBE news\n")
+        await asyncio.wait_for(streaming.wait(), BOUND)
+        began = time.monotonic()
+        assert await asyncio.wait_for(runner.stop("test"), BOUND) == lifecycle.ExitCode.OK
+        assert time.monotonic() - began < 2.0  # not held until the stop deadline
+        assert await asyncio.wait_for(reader.readline(), BOUND) == b"bye\n"
+        assert seen == ["server stopping"]
+
+    run(main)
+
+
+@pytest.mark.realtime
+def test_stuck_handler_is_cut_at_the_deadline_and_named_in_the_log(log_events):
+    """A handler that ignores its token is cut just before the deadline and logged by name."""
+
+    async def main():
+        held = Held()
+        server = serve_http(held.route)
+        app = lifecycle.App("t", stop_timeout=0.5)
+        app.add(server, name="http")
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        reader, writer = await connect(server)
+        writer.write(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")  # never released
+        await asyncio.wait_for(held.entered.wait(), BOUND)
+        began = time.monotonic()
+        code = await asyncio.wait_for(runner.stop("test"), BOUND)
+        spent = time.monotonic() - began
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await read_response(reader)
+        return code, spent
+
+    code, spent = run(main)
+    assert code == lifecycle.ExitCode.OK  # the stop cut the work itself, within its bound
+    assert 0.5 - 2 * CUT_MARGIN <= spent < 1.0
+    cut = [e for e in log_events if e["event"] == "work cut at the stop deadline"]
+    assert len(cut) == 1
+    assert cut[0]["component"].startswith("tcp:127.0.0.1:")
+    assert cut[0]["requests"] == ["GET /hold HTTP/1.1"]
+    assert [line.split(" (")[0] for line in cut[0]["running"]] == ["GET /hold HTTP/1.1"]
+
+
+# -- under the threaded runner ------------------------------------------------------------
+
+
+def test_threaded_runner_serves_on_its_private_loop_and_finishes_in_flight_work():
+    """Under ThreadedRunner the server runs on the private loop; stop finishes a held request."""
+    entered, release = threading.Event(), threading.Event()
+
+    async def route(target, token):
+        if target == "/hold":
+            entered.set()
+            await asyncio.to_thread(release.wait, BOUND)
+        return 200, b"ok"
+
+    server = serve_http(route)
+    waiting = watch_stop(server, threading.Event())
+    app = lifecycle.App("t")
+    app.add(server)
+    runner = lifecycle.ThreadedRunner(app, signals=None)
+    runner.start()
+    results: list[tuple[int, str | None]] = []
+
+    def client():
+        conn = http.client.HTTPConnection(*server.address, timeout=BOUND)
+        conn.request("GET", "/hold")
+        response = conn.getresponse()
+        response.read()
+        results.append((response.status, response.getheader("Connection")))
+        conn.close()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    assert entered.wait(BOUND)
+    codes: list[int] = []
+    stopper = threading.Thread(target=lambda: codes.append(runner.stop("test")))
+    stopper.start()
+    assert waiting.wait(BOUND)  # the listener is closed, stop waits for the request
+    assert app.ready is False
+    release.set()
+    thread.join(BOUND)
+    stopper.join(BOUND)
+    assert results == [(200, "close")]
+    assert codes == [lifecycle.ExitCode.OK]
+    assert server.connections == 0
