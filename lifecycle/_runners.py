@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import queue
 import signal
@@ -112,6 +111,7 @@ class _Driver:
         self._first_signal: float | None = None
         self._began = 0.0
         self._health: Any = None
+        self._threads = _CallThreads()
 
     # -- preparing ---------------------------------------------------------
 
@@ -155,6 +155,7 @@ class _Driver:
             try:
                 self._health = HealthServer(app, host, port)
                 self._health.start()
+                app.health_address = (host, self._health.port)  # the port chosen for 0
             except OSError as error:
                 message = (
                     f"app {app.name!r}: the health endpoint cannot listen on {host}:{port} "
@@ -250,7 +251,13 @@ class _Driver:
             requested = self.app.shutdown_deadline
             at = now if requested is None else min(now, requested - self.app.shutdown_timeout)
             actions = sched.request_shutdown(max(at, self._began), event[1])
-        return actions + sched.tick(now)
+        actions += sched.tick(now)
+        if sched.shutdown_reason is not None and self.app.shutdown_reason is None:
+            # The scheduler decided to shut down by itself (a critical run
+            # ended, a start failed): readiness, shutdown_token and the report
+            # must say so just as for a requested shutdown.
+            self.app.request_shutdown(sched.shutdown_reason)
+        return actions
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -303,6 +310,7 @@ class _Driver:
     async def _task_body(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         handle.task = asyncio.current_task()
         handle.task_loop = asyncio.get_running_loop()
+        handle.thread_ident = threading.get_ident()  # the loop's thread
         token = handle.source.token
         error: BaseException | None = None
         try:
@@ -313,13 +321,9 @@ class _Driver:
         self._post(("done", name, phase, error))
 
     def _start_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
-        thread = threading.Thread(
-            target=self._thread_body,
-            args=(name, phase, call, handle),
-            name=f"lifecycle:{name}.{phase}",
-            daemon=True,
+        self._threads.submit(
+            lambda: self._thread_body(name, phase, call, handle), f"lifecycle:{name}.{phase}"
         )
-        thread.start()
 
     def _abandon(self, action: Abandon) -> None:
         handle = self._handles.pop((action.name, action.phase), None)
@@ -348,6 +352,7 @@ class _Driver:
         self._log_summary(code)
         if self._health is not None:
             self._health.close()
+        self._threads.close()
         self._set_started()
         self._set_finished()
 
@@ -401,7 +406,12 @@ class _Driver:
         os._exit(code)
 
     def _report_forced(self, signum: int) -> None:
-        for (name, phase), handle in list(self._handles.items()):
+        handles: dict[tuple[str, Phase], _Handle] = {}
+        for _ in range(3):  # the control thread may change the table meanwhile
+            with contextlib.suppress(RuntimeError):
+                handles = dict(self._handles)
+                break
+        for (name, phase), handle in handles.items():
             _log.error(
                 "forced exit: component still running",
                 component=name,
@@ -414,7 +424,7 @@ class _Driver:
             app=self.app.name,
             signal=_signal_name(signum),
             exit_code=128 + signum,
-            still_running=[f"{n}.{p}" for n, p in self._handles],
+            still_running=[f"{n}.{p}" for n, p in handles],
         )
 
     # -- hooks -------------------------------------------------------------
@@ -456,15 +466,85 @@ def _is_cancel(error: BaseException) -> bool:
 
 def _stack_of(handle: _Handle) -> str:
     """Where a call is right now: its thread's frames or its task's coroutine stack."""
-    if handle.task is not None:
-        buffer = io.StringIO()
-        handle.task.print_stack(file=buffer)
-        return buffer.getvalue()
+    running = handle.task is not None and getattr(handle.task.get_coro(), "cr_running", False)
+    if handle.task is not None and not running:
+        # Task.print_stack() shows only the task's own coroutine frame; follow
+        # the chain of awaits down to where the user's code is suspended.
+        frames: list[tuple[FrameType, int]] = []
+        awaited: Any = handle.task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                break
+            frames.append((frame, frame.f_lineno))
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        if not frames:
+            return "(no stack: the task has not begun or already ended)"
+        lines = traceback.StackSummary.extract(iter(frames)).format()
+        return f"Stack of task {handle.task.get_name()!r} (most recent call last):\n" + "".join(
+            lines
+        )
+    # A thread's call, or a task running right now (blocking its loop): the
+    # frames are those of its thread.
     if handle.thread_ident is not None:
         frame = sys._current_frames().get(handle.thread_ident)
         if frame is not None:
             return "".join(traceback.format_stack(frame))
     return "(no stack: the call has not begun or already ended)"
+
+
+class _CallThreads:
+    """Daemon threads for sync calls, reused from one call to the next.
+
+    Starting a thread per call costs milliseconds on a busy machine, which a
+    layered shutdown pays once per layer. Here a thread whose call returned
+    waits for the next one; a call that never returns simply keeps its
+    thread, and the pool starts another. Idle threads end when the runner
+    finishes, or after `IDLE` seconds without work.
+    """
+
+    IDLE = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[tuple[Callable[[], None], str] | None]] = []
+        self._closed = False
+
+    def submit(self, job: Callable[[], None], name: str) -> None:
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True).start()
+        inbox.put((job, name))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for inbox in idle:
+            inbox.put(None)
+
+    def _work(self, inbox: queue.SimpleQueue[tuple[Callable[[], None], str] | None]) -> None:
+        me = threading.current_thread()
+        while True:
+            try:
+                item = inbox.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:  # still idle: leave
+                        self._idle.remove(inbox)
+                        return
+                continue  # a job was handed over just now
+            if item is None:
+                return
+            job, me.name = item
+            job()  # _thread_body: never raises
+            me.name = "lifecycle:idle"
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle.append(inbox)
 
 
 class _PrivateLoop:
@@ -795,4 +875,38 @@ def run(
             return await runner_.wait()
         return await runner_.wait()
 
-    return asyncio.run(main())
+    return _run_loop(main())
+
+
+_LEFTOVER_GRACE = 0.5
+"""Seconds `run` gives tasks still pending after the app finished (abandoned calls,
+tasks components spawned) to end once cancelled, before it closes the loop anyway."""
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """`asyncio.run`, except that the teardown is bounded.
+
+    ``asyncio.run`` cancels the tasks left over and waits for them without a
+    bound: one abandoned ``stop`` that swallows ``CancelledError`` would hold
+    the process forever, past every timeout the app declared.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+
+            async def settle() -> None:
+                if leftovers:
+                    await asyncio.wait(leftovers, timeout=_LEFTOVER_GRACE)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(loop.shutdown_asyncgens(), _LEFTOVER_GRACE)
+
+            loop.run_until_complete(settle())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()

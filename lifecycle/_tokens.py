@@ -121,7 +121,9 @@ class DeadlineTimer:
         return f"<DeadlineTimer pending={len(self._heap)} threaded={self._threaded}>"
 
     def _schedule(self, token: CancelToken, deadline: float) -> None:
-        entry = (deadline, next(_ids), weakref.ref(token))
+        # The callback counts an entry whose token was dropped before its
+        # deadline as stale, so that the sweep below reclaims it.
+        entry = (deadline, next(_ids), weakref.ref(token, self._dropped))
         with self._cond:
             if self._stale > 256 and self._stale * 2 > len(self._heap):
                 self._sweep()
@@ -135,6 +137,11 @@ class DeadlineTimer:
                 self._thread.start()
             elif self._heap[0] is entry:
                 self._cond.notify()
+
+    def _dropped(self, _ref: object) -> None:
+        # A weakref callback may run anywhere, even inside this timer's lock
+        # in the same thread: a plain increment, no lock (the count is a hint).
+        self._stale += 1
 
     def _forget(self) -> None:
         """Count one heap entry whose token no longer needs it."""

@@ -1,0 +1,1 @@
+"""Scripts run as real child processes by the signal and embedding tests."""

@@ -1,0 +1,440 @@
+"""`App`: registration, its errors, names, dependencies, plan and report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lifecycle import (
+    App,
+    AppState,
+    CancelToken,
+    ComponentState,
+    ConfigError,
+    CycleError,
+    DuplicateComponent,
+    NotAComponent,
+    ShutdownPlan,
+    UnknownDependency,
+)
+
+
+class Database:
+    def start(self, token: CancelToken) -> None:
+        pass
+
+    def stop(self, token: CancelToken) -> None:
+        pass
+
+
+class Api:
+    async def run(self, token: CancelToken) -> None:
+        await token.wait_async()
+
+
+# -- registration errors ------------------------------------------------------------
+
+
+def test_duplicate_name_is_rejected_at_once():
+    """A name registered twice raises DuplicateComponent naming it and the way out."""
+    app = App()
+    app.add(Database(), name="db")
+    with pytest.raises(DuplicateComponent) as caught:
+        app.add(Database(), name="db")
+    assert caught.value.name == "db"
+    assert str(caught.value) == (
+        "a component named 'db' is already registered; pass a different name= to app.add(...)"
+    )
+    assert list(app.components) == ["db"]
+
+
+def test_same_object_twice_is_a_duplicate():
+    """Registering one object twice (even under another name) is a DuplicateComponent."""
+    app = App()
+    db = app.add(Database(), name="db")
+    with pytest.raises(DuplicateComponent) as caught:
+        app.add(db, name="db2")
+    assert caught.value.name == "db"
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (object(), "it has no start, run or stop method; give it a start(token)"),
+        (42, "it has no start, run or stop method"),
+        (lambda: None, "decorate a function with @app.worker or @app.resource"),
+        (Database, "'Database' is a class; register an instance: app.add(Database())"),
+    ],
+    ids=["object", "int", "function", "class"],
+)
+def test_not_a_component_is_rejected_with_a_hint(obj, message):
+    """Objects without start/run/stop, and classes, raise NotAComponent saying what to do."""
+    app = App()
+    with pytest.raises(NotAComponent) as caught:
+        app.add(obj)
+    assert message in str(caught.value)
+    assert isinstance(caught.value, TypeError)
+    assert isinstance(caught.value, ConfigError)
+    assert not app.components
+
+
+def test_non_callable_phase_attribute_is_rejected():
+    """A ``start`` that is not a method names the attribute and its type."""
+
+    class Odd:
+        start = 3
+
+    with pytest.raises(NotAComponent, match="its 'start' attribute is a int, not a method"):
+        App().add(Odd(), name="odd")
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, math.nan, "5", None, True])
+@pytest.mark.parametrize("option", ["start_timeout", "stop_timeout"])
+def test_bad_component_timeouts_are_rejected(option, bad):
+    """Negative, NaN, bool and non-number timeouts raise ConfigError at add()."""
+    app = App()
+    kwargs: dict[str, Any] = {option: bad}
+    if bad is None:  # None means "the app's default" for a component
+        app.add(Database(), **kwargs)
+        return
+    with pytest.raises(ConfigError, match=f"{option} of 'database'"):
+        app.add(Database(), **kwargs)
+    assert not app.components
+
+
+@pytest.mark.parametrize("bad", [-1, math.nan, "30", None, False])
+@pytest.mark.parametrize(
+    "option", ["shutdown_timeout", "drain_delay", "stop_timeout", "start_timeout"]
+)
+def test_bad_app_timeouts_are_rejected(option, bad):
+    """The app's own timeouts must be numbers >= 0; the message names the option."""
+    kwargs: dict[str, Any] = {option: bad}
+    with pytest.raises(ConfigError, match=option):
+        App(**kwargs)
+
+
+def test_infinite_and_zero_timeouts_are_allowed():
+    """math.inf means no limit; 0 is a legal (if harsh) bound."""
+    app = App(shutdown_timeout=math.inf, drain_delay=0)
+    app.add(Database(), stop_timeout=math.inf, start_timeout=0)
+    assert app.shutdown_timeout == math.inf
+
+
+@pytest.mark.parametrize("health", ["8081", 70000, -1, True, ("host",), ("h", "80"), 1.5])
+def test_bad_health_is_rejected(health):
+    """health takes a port, a (host, port) tuple or None; the message shows an example."""
+    with pytest.raises(ConfigError, match=r"e\.g\. health=8081"):
+        App(health=health)
+
+
+@pytest.mark.parametrize(
+    ("health", "address"),
+    [(None, None), (8081, ("127.0.0.1", 8081)), (("0.0.0.0", 9000), ("0.0.0.0", 9000))],
+)
+def test_health_address(health, address):
+    """A bare port listens on loopback; a tuple is taken as is."""
+    assert App(health=health).health_address == address
+
+
+@pytest.mark.parametrize("name", ["", None, 3])
+def test_bad_names_are_rejected(name):
+    """App and component names must be non-empty strings."""
+    with pytest.raises(ConfigError, match="non-empty str"):
+        App(name)
+    with pytest.raises(ConfigError, match="non-empty str"):
+        App().add(Database(), name=name if name is not None else "")
+
+
+# -- names and dependencies ------------------------------------------------------------
+
+
+def test_default_names_are_readable_and_unique():
+    """Instances are named after their class in lower case, with -2, -3 for repeats."""
+    app = App()
+    app.add(Database())
+    app.add(Database())
+    app.add(Database())
+
+    @app.worker
+    def mailer(token: CancelToken) -> None:
+        pass
+
+    @app.resource
+    def pool():
+        yield
+
+    assert list(app.components) == ["database", "database-2", "database-3", "mailer", "pool"]
+
+
+def test_depends_on_takes_names_objects_and_a_single_string():
+    """depends_on accepts names, the registered objects, and one bare string."""
+    app = App()
+    db = app.add(Database(), name="db")
+    app.add(Api(), name="api", depends_on=[db])
+
+    @app.worker(depends_on="api")
+    def w(token: CancelToken) -> None:
+        pass
+
+    @app.worker(depends_on=[w, "db"])
+    def w2(token: CancelToken) -> None:
+        pass
+
+    graph = app.graph()
+    assert graph.depends_on["api"] == ("db",)
+    assert graph.depends_on["w"] == ("api",)
+    assert graph.depends_on["w2"] == ("w", "db")
+    assert app.start_order() == ["db", "api", "w", "w2"]
+
+
+def test_dependencies_may_be_registered_later():
+    """A dependency named before it is registered is resolved at start_order()."""
+    app = App()
+    app.add(Api(), name="api", depends_on=["db"])
+    app.add(Database(), name="db")
+    assert app.start_order() == ["db", "api"]
+
+
+def test_unknown_dependency_and_cycle_are_reported_by_start_order():
+    """start_order() raises UnknownDependency (with a suggestion) and CycleError (.cycle)."""
+    app = App()
+    app.add(Database(), name="db")
+    app.add(Api(), name="api", depends_on=["dbb"])
+    with pytest.raises(UnknownDependency) as unknown:
+        app.start_order()
+    assert (unknown.value.component, unknown.value.dependency) == ("api", "dbb")
+    assert unknown.value.suggestion == "db"
+
+    app = App()
+    app.add(Database(), name="a", depends_on=["c"])
+    app.add(Database(), name="b", depends_on=["a"])
+    app.add(Database(), name="c", depends_on=["b"])
+    with pytest.raises(CycleError) as cycle:
+        app.start_order()
+    assert cycle.value.cycle[0] == cycle.value.cycle[-1]
+    assert sorted(cycle.value.cycle[:-1]) == ["a", "b", "c"]
+
+
+def test_unregistered_object_as_dependency_is_unknown():
+    """A dependency given as an object that was never registered is an UnknownDependency."""
+    app = App()
+    app.add(Api(), name="api", depends_on=[Database()])
+    with pytest.raises(UnknownDependency, match="component 'api' depends on 'database'"):
+        app.start_order()
+
+
+def test_lifecycle_bind_is_called_once_at_add():
+    """A component's lifecycle_bind(app) is called once, when it is added."""
+    bound: list[App] = []
+
+    class Server(Database):
+        def lifecycle_bind(self, app: App) -> None:
+            bound.append(app)
+
+    app = App()
+    app.add(Server())
+    assert bound == [app]
+
+
+# -- introspection ----------------------------------------------------------------------
+
+
+def test_components_are_read_only_and_start_new():
+    """app.components maps names to ComponentInfo in registration order; it is read-only."""
+    app = App()
+    app.add(Database(), name="db", critical=False)
+    info = app.components["db"]
+    assert info.state is ComponentState.NEW
+    assert info.critical is False
+    assert info.error is None
+    with pytest.raises(TypeError):
+        app.components["x"] = info  # type: ignore[index]
+    assert app.state is AppState.NEW
+    assert repr(app) == "<App 'app' NEW components=1>"
+
+
+def _chain_app() -> App:
+    app = App("shop", drain_delay=5, shutdown_timeout=30, stop_timeout=10)
+    db = app.add(Database(), name="db")
+    app.add(Database(), name="cache", stop_timeout=2)
+    api = app.add(Api(), name="api", depends_on=[db, "cache"])
+    app.add(Api(), name="edge", depends_on=[api], stop_timeout=1)
+    return app
+
+
+def test_plan_follows_the_heaviest_chain():
+    """plan(): drain + the heaviest chain of stop timeouts, in stop order."""
+    plan = _chain_app().plan()
+    assert plan == ShutdownPlan(
+        drain_delay=5,
+        path=("edge", "api", "db"),
+        path_timeouts=(1, 10, 10),
+        worst_case=26,
+        shutdown_timeout=30,
+    )
+    assert plan.fits
+    assert plan.describe() == (
+        "drain 5s + edge 1s -> api 10s -> db 10s = 26s, fits shutdown_timeout 30s"
+    )
+
+
+def test_plan_that_overruns_says_so():
+    """A chain longer than shutdown_timeout does not fit; describe() says OVERRUNS."""
+    app = App(shutdown_timeout=15, stop_timeout=10)
+    db = app.add(Database(), name="db")
+    app.add(Database(), name="api", depends_on=[db])
+    plan = app.plan()
+    assert not plan.fits
+    assert plan.describe() == "drain 0s + api 10s -> db 10s = 20s, OVERRUNS shutdown_timeout 15s"
+
+
+def test_plan_of_an_empty_app():
+    """An empty app's plan is just the drain delay."""
+    plan = App(drain_delay=2).plan()
+    assert (plan.path, plan.worst_case, plan.fits) == ((), 2, True)
+    assert plan.describe() == "drain 2s + nothing = 2s, fits shutdown_timeout 30s"
+
+
+def test_report_shape_before_running():
+    """report() is JSON-ready: app fields and one entry per component."""
+    app = _chain_app()
+    report = app.report()
+    assert report == {
+        "app": "shop",
+        "state": "new",
+        "ready": False,
+        "exit_code": None,
+        "shutdown_reason": None,
+        "components": {
+            name: {
+                "state": "new",
+                "critical": True,
+                "error": None,
+                "timed_out": None,
+                "start_seconds": None,
+                "stop_seconds": None,
+                "stop_called": False,
+            }
+            for name in ("db", "cache", "api", "edge")
+        },
+    }
+
+
+def test_request_shutdown_before_running():
+    """request_shutdown is idempotent: first reason wins, deadline set, token cancelled."""
+    app = App(shutdown_timeout=7)
+    before = (app.shutdown_reason, app.shutdown_deadline, app.shutdown_token.cancelled)
+    assert before == (None, None, False)
+    app.request_shutdown("first")
+    deadline = app.shutdown_deadline
+    app.request_shutdown("second")
+    assert deadline is not None
+    assert (app.shutdown_reason, app.shutdown_deadline) == ("first", deadline)
+    assert app.shutdown_token.cancelled
+    assert app.shutdown_token.reason == "first"
+    assert not app.ready
+
+
+def test_value_of_unknown_component_is_a_key_error():
+    """app.value() of something not registered names what is."""
+    app = App("shop")
+    app.add(Database(), name="db")
+    with pytest.raises(KeyError, match="registered: db"):
+        app.value("nope")
+    assert app.value("db") is None
+
+
+# -- decorators ---------------------------------------------------------------------------
+
+
+def test_worker_decorator_with_and_without_arguments():
+    """@app.worker and @app.worker(...) both register and return the function."""
+    app = App()
+
+    @app.worker
+    def plain(token: CancelToken) -> None:
+        pass
+
+    @app.worker(name="named", depends_on=[plain], stop_timeout=3, critical=False)
+    async def configured(token: CancelToken) -> None:
+        pass
+
+    assert callable(plain)
+    assert plain.__name__ == "plain"
+    assert list(app.components) == ["plain", "named"]
+    assert app.components["named"].critical is False
+    assert app._stop_timeout("named") == 3
+    assert app.graph().depends_on["named"] == ("plain",)
+
+
+def test_resource_decorator_with_and_without_arguments():
+    """@app.resource and @app.resource(...) both register and return the function."""
+    app = App()
+
+    @app.resource
+    def pool() -> Iterator[str]:
+        yield "p"
+
+    @app.resource(name="client", depends_on=[pool], start_timeout=2)
+    async def client():
+        yield "c"
+
+    assert list(app.components) == ["pool", "client"]
+    assert app._start_timeout("client") == 2
+    assert app._start_timeout("pool") == 30
+
+
+def test_decorators_reject_the_wrong_kind_of_function():
+    """A generator given to worker, or a plain function to resource, says which to use."""
+    app = App()
+
+    def gen(token: CancelToken) -> Iterator[None]:
+        yield
+
+    def plain(token: CancelToken) -> None:
+        pass
+
+    with pytest.raises(NotAComponent, match=r"use @app\.resource for"):
+        app.worker(gen)
+    with pytest.raises(NotAComponent, match=r"use @app\.worker$"):
+        app.resource(plain)
+    assert not app.components
+
+
+def test_zero_argument_methods_are_components():
+    """start()/stop() without a token parameter are accepted (called without one)."""
+
+    class Closer:
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    app = App()
+    app.add(Closer())
+    component = app._component("closer")
+    assert component.start is not None
+    assert not component.start.takes_token
+
+
+def test_methods_with_two_required_arguments_are_rejected():
+    """A phase needing more than the token is a ConfigError naming the arguments."""
+
+    class Greedy:
+        def start(self, token: CancelToken, other: Any) -> None:
+            pass
+
+    with pytest.raises(ConfigError, match=r"greedy\.start\(\) takes 2 required arguments"):
+        App().add(Greedy())
+
+
+def test_adding_after_start_is_refused():
+    """Once frozen by a runner, the app refuses new components with a clear message."""
+    app = App("shop")
+    app._freeze()
+    with pytest.raises(ConfigError, match="has already started; declare every component"):
+        app.add(Database())

@@ -1,0 +1,1196 @@
+"""Behaviour of the runners: one test body, both runners (the `drive` fixture).
+
+Every wait here is bounded (`BOUND`); the tests synchronise on events, not on
+sleeps. The few that *are* about time (a timeout, a drain delay) use small
+real timeouts and are marked ``realtime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lifecycle
+from lifecycle import (
+    App,
+    AppState,
+    AsyncioRunner,
+    CancelToken,
+    ComponentState,
+    ConfigError,
+    CycleError,
+    ExitCode,
+    StartupError,
+    ThreadedRunner,
+    UnknownDependency,
+    current_token,
+)
+
+BOUND = 10.0
+"""Seconds: the most any wait in these tests may take before it fails (a hang
+detector: passing tests never wait for it)."""
+
+RUNNERS = ["thread", "asyncio"]
+THIS_FILE = str(Path(__file__).resolve())
+
+
+def line_of(marker: str) -> int:
+    """The line number in this file of the line holding ``marker`` (stack assertions)."""
+    lines = Path(__file__).read_text().splitlines()
+    found = [i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker)]
+    assert len(found) == 1, marker
+    return found[0]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = BOUND) -> None:
+    """Poll ``predicate`` (a state written by another thread) until true, bounded."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.001)
+
+
+# -- the runner fixture ---------------------------------------------------------
+
+
+class Drive:
+    """Drives one kind of runner through plain blocking calls, each bounded.
+
+    ``thread``: a `ThreadedRunner`, its blocking calls made in a helper thread.
+    ``asyncio``: an `AsyncioRunner` in a dedicated event-loop thread.
+    Either way the test thread stays free to poke the app while a call runs.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.runner: ThreadedRunner | AsyncioRunner | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: threading.Thread | None = None
+        if kind == "asyncio":
+            self.loop = asyncio.new_event_loop()
+            self.loop_thread = threading.Thread(
+                target=self.loop.run_forever, name="test:loop", daemon=True
+            )
+            self.loop_thread.start()
+
+    def __repr__(self) -> str:
+        return f"<Drive {self.kind}>"
+
+    def _submit(self, call: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        if self.loop is not None:
+
+            async def body() -> Any:
+                return await call()
+
+            return asyncio.run_coroutine_threadsafe(body(), self.loop)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(call())
+            except BaseException as error:
+                future.set_exception(error)
+
+        threading.Thread(target=run, name="test:call", daemon=True).start()
+        return future
+
+    def make(self, app: App, **kwargs: Any) -> ThreadedRunner | AsyncioRunner:
+        kwargs.setdefault("signals", None)
+        cls = ThreadedRunner if self.kind == "thread" else AsyncioRunner
+        self.runner = cls(app, **kwargs)
+        return self.runner
+
+    def start_soon(self, app: App, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Begin ``start()``; the future resolves when it returns or raises."""
+        runner = self.make(app, **kwargs)
+        return self._submit(runner.start)
+
+    def start(self, app: App, **kwargs: Any) -> None:
+        self.start_soon(app, **kwargs).result(BOUND)
+
+    def wait(self, timeout: float = BOUND) -> int:
+        assert self.runner is not None
+        return int(self._submit(self.runner.wait).result(timeout))
+
+    def stop(self, reason: str = "test", timeout: float = BOUND) -> int:
+        assert self.runner is not None
+        runner = self.runner
+        return int(self._submit(lambda: runner.stop(reason)).result(timeout))
+
+    def close(self) -> None:
+        runner = self.runner
+        if runner is not None and runner.exit_code is None and runner.scheduler is not None:
+            runner.app.request_shutdown("test teardown")
+            with contextlib.suppress(Exception):
+                self.wait()
+        if self.loop is not None and self.loop_thread is not None:
+            loop = self.loop
+
+            async def cancel_rest() -> None:
+                rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in rest:
+                    task.cancel()
+                if rest:
+                    await asyncio.wait(rest, timeout=BOUND)
+
+            asyncio.run_coroutine_threadsafe(cancel_rest(), loop).result(BOUND * 2)
+            loop.call_soon_threadsafe(loop.stop)
+            self.loop_thread.join(BOUND)
+            loop.close()
+
+
+@pytest.fixture(params=RUNNERS)
+def drive(request: pytest.FixtureRequest, log_events: list[dict[str, Any]]) -> Iterator[Drive]:
+    """The runner under test, threaded or asyncio (like anyio's ``anyio_backend``)."""
+    d = Drive(request.param)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+# -- components that write down what happens to them ---------------------------
+
+
+class Trace:
+    """A thread-safe list of ``(what, name)`` events, with bounded waits."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self._cond = threading.Condition()
+
+    def add(self, what: str, name: str) -> None:
+        with self._cond:
+            self.events.append((what, name))
+            self._cond.notify_all()
+
+    def wait_for(self, what: str, name: str, timeout: float = BOUND) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: (what, name) in self.events, timeout)
+        assert ok, f"{what} {name} did not happen; saw {self.events}"
+
+    def index(self, what: str, name: str) -> int:
+        return self.events.index((what, name))
+
+    def count(self, what: str, name: str) -> int:
+        return self.events.count((what, name))
+
+    def of(self, what: str) -> list[str]:
+        return [n for w, n in self.events if w == what]
+
+
+Hook = Callable[[CancelToken], Any]
+
+
+class Part:
+    """A sync component: traces start/stop, runs an optional hook in each."""
+
+    def __init__(
+        self, trace: Trace, name: str, *, start: Hook | None = None, stop: Hook | None = None
+    ) -> None:
+        self.trace, self.name = trace, name
+        self.on_start, self.on_stop = start, stop
+        self.threads: dict[str, str] = {}
+
+    def start(self, token: CancelToken) -> None:
+        self.threads["start"] = threading.current_thread().name
+        self.trace.add("start", self.name)
+        if self.on_start is not None:
+            self.on_start(token)
+        self.trace.add("started", self.name)
+
+    def stop(self, token: CancelToken) -> None:
+        self.threads["stop"] = threading.current_thread().name
+        self.trace.add("stop", self.name)
+        if self.on_stop is not None:
+            self.on_stop(token)
+        self.trace.add("stopped", self.name)
+
+
+class APart:
+    """The async twin of `Part`: hooks are coroutine functions."""
+
+    def __init__(
+        self, trace: Trace, name: str, *, start: Hook | None = None, stop: Hook | None = None
+    ) -> None:
+        self.trace, self.name = trace, name
+        self.on_start, self.on_stop = start, stop
+        self.threads: dict[str, str] = {}
+
+    async def start(self, token: CancelToken) -> None:
+        self.threads["start"] = threading.current_thread().name
+        self.trace.add("start", self.name)
+        if self.on_start is not None:
+            await self.on_start(token)
+        self.trace.add("started", self.name)
+
+    async def stop(self, token: CancelToken) -> None:
+        self.threads["stop"] = threading.current_thread().name
+        self.trace.add("stop", self.name)
+        if self.on_stop is not None:
+            await self.on_stop(token)
+        self.trace.add("stopped", self.name)
+
+
+def add(
+    app: App,
+    trace: Trace,
+    name: str,
+    *,
+    flavour: str = "sync",
+    depends_on: tuple[str, ...] = (),
+    start: Hook | None = None,
+    stop: Hook | None = None,
+    **kwargs: Any,
+) -> Part | APart:
+    cls = Part if flavour == "sync" else APart
+    return app.add(
+        cls(trace, name, start=start, stop=stop), name=name, depends_on=depends_on, **kwargs
+    )
+
+
+def rendezvous(mine: threading.Event, other: threading.Event) -> Hook:
+    """A start/stop hook that returns only once the other side has begun too."""
+
+    def sync(token: CancelToken) -> None:
+        mine.set()
+        assert other.wait(BOUND), "the other call never ran concurrently"
+
+    return sync
+
+
+def arendezvous(mine: threading.Event, other: threading.Event) -> Hook:
+    """The async twin of `rendezvous` (waits without blocking the loop)."""
+
+    async def hook(token: CancelToken) -> None:
+        mine.set()
+        deadline = time.monotonic() + BOUND
+        while not other.is_set():
+            assert time.monotonic() < deadline, "the other call never ran concurrently"
+            await asyncio.sleep(0.001)
+
+    return hook
+
+
+FLAVOURS = ["sync", "async"]
+
+
+def pair(flavour: str) -> tuple[Hook, Hook]:
+    a, b = threading.Event(), threading.Event()
+    make = rendezvous if flavour == "sync" else arendezvous
+    return make(a, b), make(b, a)
+
+
+def ready(app: App) -> bool:
+    """``app.ready``, read through a call (mypy narrows repeated property reads)."""
+    return app.ready
+
+
+def state(app: App) -> AppState:
+    """``app.state``, read through a call (mypy narrows repeated property reads)."""
+    return app.state
+
+
+def events_named(log: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [e for e in log if e["event"] == event]
+
+
+# -- ordering ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_start_follows_dependencies_and_independent_starts_overlap(drive, flavour):
+    """A start begins after its dependencies' starts return; independent ones run together."""
+    trace, app = Trace(), App()
+    left, right = pair(flavour)
+    add(app, trace, "db", flavour=flavour, start=left)
+    add(app, trace, "cache", flavour=flavour, start=right)
+    add(app, trace, "api", flavour=flavour, depends_on=("db", "cache"))
+    add(app, trace, "admin", flavour=flavour, depends_on=("api",))
+    drive.start(app)
+    assert app.state is AppState.RUNNING
+    for dep, user in [("db", "api"), ("cache", "api"), ("api", "admin")]:
+        assert trace.index("started", dep) < trace.index("start", user)
+    assert drive.stop() == ExitCode.OK
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_stop_is_reverse_order_and_independent_stops_overlap(drive, flavour):
+    """A stop begins after its dependents stopped; independent stops run together."""
+    trace, app = Trace(), App()
+    left, right = pair(flavour)
+    add(app, trace, "db", flavour=flavour)
+    add(app, trace, "api", flavour=flavour, depends_on=("db",), stop=left)
+    add(app, trace, "worker", flavour=flavour, depends_on=("db",), stop=right)
+    add(app, trace, "edge", flavour=flavour, depends_on=("api",))
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    for user, dep in [("edge", "api"), ("api", "db"), ("worker", "db")]:
+        assert trace.index("stopped", user) < trace.index("stop", dep)
+    for name in ("db", "api", "worker", "edge"):
+        assert trace.count("stop", name) == 1
+        assert app.components[name].state is ComponentState.STOPPED
+        assert app.components[name].stop_called
+    assert app.state is AppState.STOPPED
+
+
+def test_stop_is_called_exactly_once_and_stop_is_idempotent(drive):
+    """stop() twice, and wait() after it, return the same code; each stop ran once."""
+    trace, app = Trace(), App()
+    add(app, trace, "a")
+    add(app, trace, "b", flavour="async", depends_on=("a",))
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    assert drive.stop() == ExitCode.OK
+    assert drive.wait() == ExitCode.OK
+    assert trace.of("stop") == ["b", "a"]
+    assert app.exit_code == ExitCode.OK
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_run_token_is_cancelled_at_its_own_stop_phase(drive, flavour):
+    """A run token survives the request and the drain; it is cancelled at its stop phase."""
+    trace, app = Trace(), App(drain_delay=0.3)
+    tokens: dict[str, CancelToken] = {}
+    seen_during_dependent_stop: list[bool] = []
+
+    if flavour == "sync":
+
+        @app.worker(name="w")
+        def w(token: CancelToken) -> None:
+            tokens["w"] = token
+            trace.add("run", "w")
+            token.wait(BOUND)
+            trace.add("run-end", "w")
+
+    else:
+
+        @app.worker(name="w")
+        async def aw(token: CancelToken) -> None:
+            tokens["w"] = token
+            trace.add("run", "w")
+            await token.wait_async(BOUND)
+            trace.add("run-end", "w")
+
+    def api_stop(token: CancelToken) -> None:
+        seen_during_dependent_stop.append(tokens["w"].cancelled)
+
+    add(app, trace, "api", depends_on=("w",), stop=api_stop)
+    drive.start(app)
+    trace.wait_for("run", "w")
+    app.request_shutdown("test")
+    assert not tokens["w"].cancelled, "cancelled at the request"
+    assert drive.wait() == ExitCode.OK
+    # api's stop began after the drain; w's token was still live then, so it
+    # was live through the whole drain (cancellation is for good).
+    began, deadline = app.components["api"].stop_began, app.shutdown_deadline
+    assert began is not None
+    assert deadline is not None
+    requested = deadline - app.shutdown_timeout
+    assert began - requested >= 0.3 - 1e-6, "the drain delay was not honoured"
+    assert seen_during_dependent_stop == [False], "cancelled before its dependents stopped"
+    assert trace.index("stopped", "api") < trace.index("run-end", "w")
+    assert tokens["w"].cancelled
+
+
+# -- startup failures -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_failing_start_rolls_back_in_reverse_and_raises_startup_error(drive, flavour):
+    """A failing start stops what already started, in reverse; StartupError names it."""
+    trace, app = Trace(), App()
+
+    def boom(token: CancelToken) -> None:
+        raise RuntimeError("no route to db")
+
+    async def aboom(token: CancelToken) -> None:
+        raise RuntimeError("no route to db")
+
+    add(app, trace, "a", flavour=flavour)
+    add(app, trace, "b", flavour=flavour, depends_on=("a",))
+    add(
+        app,
+        trace,
+        "c",
+        flavour=flavour,
+        depends_on=("b",),
+        start=boom if flavour == "sync" else aboom,
+    )
+    add(app, trace, "d", flavour=flavour, depends_on=("c",))
+    with pytest.raises(StartupError) as caught:
+        drive.start(app)
+    assert caught.value.component == "c"
+    assert "no route to db" in str(caught.value)
+    assert app.shutdown_reason == "component 'c' failed to start"
+    assert app.shutdown_token.cancelled
+    assert drive.wait() == ExitCode.FAILED
+    assert trace.of("stop") == ["b", "a"]
+    assert trace.of("start") == ["a", "b", "c"]
+    assert app.components["c"].state is ComponentState.FAILED
+    assert not app.components["c"].stop_called
+    assert app.components["d"].state is ComponentState.NEW
+    assert app.state is AppState.FAILED
+
+
+@pytest.mark.realtime
+def test_start_timeout_abandons_the_start_and_fails_startup(drive, log_events):
+    """A start that overruns start_timeout is abandoned, FAILED; the rest roll back."""
+    trace, app = Trace(), App()
+    release = threading.Event()
+    add(app, trace, "db")
+    add(
+        app,
+        trace,
+        "slow",
+        depends_on=("db",),
+        start=lambda t: release.wait(BOUND),
+        start_timeout=0.1,
+    )
+    try:
+        with pytest.raises(StartupError) as caught:
+            drive.start(app)
+        assert caught.value.component == "slow"
+        assert drive.wait() == ExitCode.FAILED
+    finally:
+        release.set()
+    assert app.components["slow"].timed_out == "start"
+    assert app.components["slow"].state is ComponentState.FAILED
+    assert trace.of("stop") == ["db"]
+    stuck = events_named(log_events, "component stuck")
+    assert [e["component"] for e in stuck] == ["slow"]
+
+
+def test_critical_worker_failing_during_startup_is_a_startup_failure(drive):
+    """A critical run that raises while others still start fails the startup."""
+    trace, app = Trace(), App()
+    crashed = threading.Event()
+
+    @app.worker(name="feeder")
+    def feeder(token: CancelToken) -> None:
+        crashed.set()
+        raise ValueError("bad feed")
+
+    def slow_start(token: CancelToken) -> None:
+        assert crashed.wait(BOUND)
+        token.wait(BOUND)  # released by the abort
+        token.raise_if_cancelled()
+
+    add(app, trace, "slow", start=slow_start)
+    with pytest.raises(StartupError) as caught:
+        drive.start(app)
+    assert caught.value.component == "feeder"
+    assert drive.wait() == ExitCode.FAILED
+    assert app.components["slow"].state is ComponentState.FAILED
+    assert not app.components["slow"].stop_called
+
+
+# -- stop failures ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_stop_raising_fails_that_component_and_the_rest_still_stop(drive, flavour, log_events):
+    """A stop that raises is FAILED and logged; its dependencies still stop; exit FAILED."""
+    trace, app = Trace(), App()
+
+    def boom(token: CancelToken) -> None:
+        raise OSError("socket already closed")
+
+    async def aboom(token: CancelToken) -> None:
+        raise OSError("socket already closed")
+
+    add(app, trace, "db", flavour=flavour)
+    add(
+        app,
+        trace,
+        "api",
+        flavour=flavour,
+        depends_on=("db",),
+        stop=boom if flavour == "sync" else aboom,
+    )
+    drive.start(app)
+    assert drive.stop() == ExitCode.FAILED
+    assert trace.of("stop") == ["api", "db"]
+    assert app.components["api"].state is ComponentState.FAILED
+    assert isinstance(app.components["api"].error, OSError)
+    assert app.components["db"].state is ComponentState.STOPPED
+    raised = events_named(log_events, "stop() raised")
+    assert [e["component"] for e in raised] == ["api"]
+    assert app.state is AppState.FAILED
+
+
+def stuck_sync_stop(release: threading.Event) -> Hook:
+    def stop(token: CancelToken) -> None:
+        release.wait(BOUND)  # <stuck-sync>
+
+    return stop
+
+
+def stuck_async_stop() -> Hook:
+    async def stop(token: CancelToken) -> None:
+        await asyncio.sleep(BOUND)  # <stuck-async>
+
+    return stop
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_stop_overrun_is_abandoned_with_its_stack_and_exit_timeout(drive, flavour, log_events):
+    """A stop past stop_timeout is abandoned and logged with its stack; others stop; TIMEOUT."""
+    trace, app = Trace(), App()
+    release = threading.Event()
+    hook = stuck_sync_stop(release) if flavour == "sync" else stuck_async_stop()
+    add(app, trace, "db")
+    add(app, trace, "api", flavour=flavour, depends_on=("db",), stop=hook, stop_timeout=0.1)
+    add(app, trace, "side")
+    drive.start(app)
+    try:
+        began = time.monotonic()
+        assert drive.stop() == ExitCode.TIMEOUT
+        assert time.monotonic() - began < 2.0
+    finally:
+        release.set()
+    info = app.components["api"]
+    assert info.state is ComponentState.FAILED
+    assert info.timed_out == "stop"
+    assert trace.count("stop", "db") == 1
+    assert trace.count("stop", "side") == 1
+    assert "stopped" not in [w for w, n in trace.events if n == "api"]
+    stuck = events_named(log_events, "component stuck")
+    assert [e["component"] for e in stuck] == ["api"]
+    marker = "# <stuck-sync>" if flavour == "sync" else "# <stuck-async>"
+    stack = stuck[0]["stack"]
+    assert THIS_FILE in stack
+    assert f"line {line_of(marker)}" in stack, stack
+    assert app.report()["exit_code"] == ExitCode.TIMEOUT
+
+
+@pytest.mark.realtime
+def test_async_stop_blocking_the_private_loop_is_abandoned_with_its_stack(log_events):
+    """ThreadedRunner: an async stop that blocks its loop is still abandoned, stack and line."""
+    trace, app = Trace(), App()
+    release = threading.Event()
+
+    async def blocking(token: CancelToken) -> None:
+        release.wait(BOUND)  # <blocking-loop>
+
+    add(app, trace, "db")
+    add(app, trace, "api", flavour="async", depends_on=("db",), stop=blocking, stop_timeout=0.1)
+    runner = ThreadedRunner(app, signals=None)
+    runner.start()
+    try:
+        assert runner.stop() == ExitCode.TIMEOUT
+    finally:
+        release.set()
+    assert trace.count("stop", "db") == 1
+    (stuck,) = events_named(log_events, "component stuck")
+    assert stuck["component"] == "api"
+    assert THIS_FILE in stuck["stack"]
+    assert f"line {line_of('# <blocking-loop>')}" in stuck["stack"], stuck["stack"]
+
+
+# -- runtime failures ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_critical_run_crash_shuts_the_app_down_failed(drive, flavour):
+    """A critical run that raises stops the whole app; exit FAILED."""
+    trace, app = Trace(), App()
+    go = threading.Event()
+    add(app, trace, "db")
+
+    if flavour == "sync":
+
+        @app.worker(name="w", depends_on=["db"])
+        def w(token: CancelToken) -> None:
+            go.wait(BOUND)
+            raise KeyError("lost")
+
+    else:
+
+        @app.worker(name="w", depends_on=["db"])
+        async def aw(token: CancelToken) -> None:
+            while not go.is_set():
+                await asyncio.sleep(0.001)
+            raise KeyError("lost")
+
+    drive.start(app)
+    go.set()
+    assert drive.wait() == ExitCode.FAILED
+    assert app.components["w"].state is ComponentState.FAILED
+    assert isinstance(app.components["w"].run_error, KeyError)
+    assert "critical component 'w' failed" in (app.shutdown_reason or "")
+    assert app.shutdown_token.cancelled, "servers watching shutdown_token must drain too"
+    assert trace.of("stop") == ["db"]
+
+
+def test_critical_run_returning_shuts_down_ok(drive):
+    """A critical run that returns by itself requests a clean shutdown."""
+    trace, app = Trace(), App()
+    go = threading.Event()
+    add(app, trace, "db")
+
+    @app.worker(depends_on=["db"])
+    def batch(token: CancelToken) -> None:
+        go.wait(BOUND)
+
+    drive.start(app)
+    go.set()
+    assert drive.wait() == ExitCode.OK
+    assert "finished" in (app.shutdown_reason or "")
+    assert trace.of("stop") == ["db"]
+    assert app.components["batch"].state is ComponentState.STOPPED
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_non_critical_run_crash_keeps_the_app_up(drive, flavour):
+    """A non-critical run that raises is FAILED in the report; the app stays up and ready."""
+    trace, app = Trace(), App()
+    add(app, trace, "db")
+    done = threading.Event()
+
+    if flavour == "sync":
+
+        @app.worker(name="w", critical=False)
+        def w(token: CancelToken) -> None:
+            done.set()
+            raise KeyError("lost")
+
+    else:
+
+        @app.worker(name="w", critical=False)
+        async def aw(token: CancelToken) -> None:
+            done.set()
+            raise KeyError("lost")
+
+    drive.start(app)
+    assert done.wait(BOUND)
+    wait_until(lambda: app.components["w"].state is ComponentState.FAILED)
+    assert app.state is AppState.RUNNING
+    assert app.ready
+    assert app.report()["components"]["w"]["state"] == "failed"
+    assert drive.stop() == ExitCode.OK
+    assert trace.of("stop") == ["db"]
+
+
+# -- shutdown while starting, bounds ---------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_shutdown_during_startup_aborts_cleanly(drive, flavour):
+    """A request during startup cancels the start token, stops what started; exit OK."""
+    trace, app = Trace(), App()
+    seen: list[CancelToken] = []
+
+    def slow(token: CancelToken) -> None:
+        seen.append(token)
+        token.wait(BOUND)
+        token.raise_if_cancelled()
+
+    async def aslow(token: CancelToken) -> None:
+        seen.append(token)
+        await token.wait_async(BOUND)
+        token.raise_if_cancelled()
+
+    add(app, trace, "db")
+    add(
+        app,
+        trace,
+        "slow",
+        flavour=flavour,
+        depends_on=("db",),
+        start=slow if flavour == "sync" else aslow,
+    )
+    add(app, trace, "api", depends_on=("slow",))
+    starting = drive.start_soon(app)
+    trace.wait_for("start", "slow")
+    assert not starting.done()
+    app.request_shutdown("deploy")
+    assert starting.result(BOUND) is None  # no StartupError: an abort is no failure
+    assert drive.wait() == ExitCode.OK
+    assert seen[0].cancelled
+    assert trace.of("stop") == ["db"]
+    assert trace.count("start", "api") == 0
+    assert app.components["api"].state is ComponentState.NEW
+    assert app.state is AppState.STOPPED
+
+
+def test_shutdown_requested_before_start_starts_nothing(drive):
+    """request_shutdown before start(): start returns at once, nothing runs, exit OK."""
+    trace, app = Trace(), App()
+    add(app, trace, "db")
+    app.request_shutdown("never mind")
+    drive.start(app)
+    assert drive.wait() == ExitCode.OK
+    assert trace.events == []
+
+
+@pytest.mark.realtime
+def test_shutdown_timeout_bounds_a_stuck_stop(drive):
+    """A stop that would take longer is cut by shutdown_timeout; exit TIMEOUT."""
+    trace, app = Trace(), App(shutdown_timeout=0.3, stop_timeout=60)
+    release = threading.Event()
+    add(app, trace, "db")
+    add(app, trace, "api", depends_on=("db",), stop=lambda t: release.wait(BOUND))
+    drive.start(app)
+    began = time.monotonic()
+    try:
+        assert drive.stop() == ExitCode.TIMEOUT
+        elapsed = time.monotonic() - began
+    finally:
+        release.set()
+    assert 0.25 <= elapsed < 1.5
+    assert app.components["api"].timed_out == "stop"
+    # db's stop never began: the deadline passed while api was still stopping.
+    assert app.components["db"].state is ComponentState.FAILED
+    assert not app.components["db"].stop_called
+
+
+@pytest.mark.realtime
+def test_shutdown_timeout_includes_the_drain_delay(drive):
+    """A drain longer than shutdown_timeout is cut by it; exit TIMEOUT."""
+    trace, app = Trace(), App(shutdown_timeout=0.3, drain_delay=60)
+    add(app, trace, "db")
+    drive.start(app)
+    began = time.monotonic()
+    assert drive.stop() == ExitCode.TIMEOUT
+    assert time.monotonic() - began < 1.5
+    assert trace.count("stop", "db") == 0
+
+
+@pytest.mark.realtime
+def test_stop_token_deadline_is_bounded_by_the_shutdown_deadline(drive):
+    """The stop token's deadline is min(now + stop_timeout, shutdown deadline)."""
+    trace, app = Trace(), App(shutdown_timeout=2.0, stop_timeout=60)
+    deadlines: dict[str, float | None] = {}
+    add(app, trace, "db", stop=lambda t: deadlines.setdefault("db", t.deadline))
+    add(
+        app,
+        trace,
+        "fast",
+        stop=lambda t: deadlines.setdefault("fast", t.deadline),
+        stop_timeout=0.5,
+    )
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    shutdown_deadline = app.shutdown_deadline
+    fast_began = app.components["fast"].stop_began
+    assert shutdown_deadline is not None
+    assert fast_began is not None
+    assert deadlines["db"] == pytest.approx(shutdown_deadline, abs=0.05)
+    assert deadlines["fast"] == pytest.approx(fast_began + 0.5, abs=0.05)
+
+
+# -- readiness, tokens, mixing ----------------------------------------------------
+
+
+@pytest.mark.realtime
+def test_readiness_turns_false_synchronously_on_request(drive):
+    """app.ready is False the moment request_shutdown returns, before anything stops."""
+    trace, app = Trace(), App(drain_delay=0.5, shutdown_timeout=60)
+    add(app, trace, "db")
+    drive.start(app)
+    assert ready(app)
+    app.request_shutdown("deploy")
+    assert not ready(app)
+    assert app.shutdown_token.cancelled
+    assert trace.count("stop", "db") == 0
+    app.request_shutdown("second reason is ignored")
+    assert app.shutdown_reason == "deploy"
+    assert drive.wait() == ExitCode.OK
+    assert trace.count("stop", "db") == 1
+
+
+def test_component_ready_probe_is_honoured(drive):
+    """A component's ready() returning False (or raising) makes the app unready."""
+    app = App()
+    probe: dict[str, bool | None] = {"ready": True}
+
+    class Probe:
+        def start(self, token: CancelToken) -> None:
+            pass
+
+        def ready(self) -> bool:
+            if probe["ready"] is None:
+                raise RuntimeError("probe broke")
+            return bool(probe["ready"])
+
+    app.add(Probe())
+    assert not ready(app)  # not running yet
+    drive.start(app)
+    assert ready(app)
+    probe["ready"] = False
+    assert not ready(app)
+    probe["ready"] = None
+    assert not ready(app)
+    assert drive.stop() == ExitCode.OK
+
+
+def test_current_token_is_the_phase_token_in_every_call(drive):
+    """current_token() is the token of the call in start, run and stop, sync and async."""
+    app = App()
+    seen: dict[str, tuple[CancelToken, CancelToken]] = {}
+
+    class Sync:
+        def start(self, token: CancelToken) -> None:
+            seen["sync.start"] = (token, current_token())
+
+        def run(self, token: CancelToken) -> None:
+            seen["sync.run"] = (token, current_token())
+            token.wait(BOUND)
+
+        def stop(self, token: CancelToken) -> None:
+            seen["sync.stop"] = (token, current_token())
+
+    class Async:
+        async def start(self, token: CancelToken) -> None:
+            seen["async.start"] = (token, current_token())
+
+        async def run(self, token: CancelToken) -> None:
+            seen["async.run"] = (token, current_token())
+            await token.wait_async(BOUND)
+
+        async def stop(self, token: CancelToken) -> None:
+            seen["async.stop"] = (token, current_token())
+
+    class NoArgs:
+        def start(self) -> None:
+            seen["noargs.start"] = (current_token(), current_token())
+
+        async def stop(self) -> None:
+            seen["noargs.stop"] = (current_token(), current_token())
+
+    app.add(Sync())
+    app.add(Async())
+    app.add(NoArgs())
+    drive.start(app)
+    assert current_token().cancelled is False  # outside: the never-cancelled token
+    assert drive.stop() == ExitCode.OK
+    for key, (given, current) in seen.items():
+        assert given is current, key
+    for key in ("sync.start", "async.start", "noargs.start", "sync.stop", "noargs.stop"):
+        assert seen[key][1].deadline is not None, key
+    assert seen["sync.run"][1].deadline is None
+    assert seen["sync.run"][1].cancelled
+    assert set(seen) == {
+        "sync.start", "sync.run", "sync.stop",
+        "async.start", "async.run", "async.stop",
+        "noargs.start", "noargs.stop",
+    }  # fmt: skip
+
+
+def test_mixed_components_run_where_they_belong(drive):
+    """Sync calls run in their own threads; async calls share one event loop."""
+    trace, app = Trace(), App()
+    loops: list[tuple[str, asyncio.AbstractEventLoop]] = []
+
+    async def on_loop(token: CancelToken) -> None:
+        loops.append((threading.current_thread().name, asyncio.get_running_loop()))
+
+    s1 = add(app, trace, "s1")
+    add(app, trace, "a1", flavour="async", depends_on=("s1",), start=on_loop, stop=on_loop)
+    s2 = add(app, trace, "s2", depends_on=("a1",))
+    add(app, trace, "a2", flavour="async", depends_on=("s2",), start=on_loop)
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    assert trace.of("start") == ["s1", "a1", "s2", "a2"]
+    assert trace.of("stop") == ["a2", "s2", "a1", "s1"]
+    assert len({id(loop) for _, loop in loops}) == 1, "async components share one loop"
+    expected = "test:loop" if drive.kind == "asyncio" else "lifecycle:asyncio"
+    assert {name for name, _ in loops} == {expected}
+    assert s1.threads == {"start": "lifecycle:s1.start", "stop": "lifecycle:s1.stop"}
+    assert s2.threads == {"start": "lifecycle:s2.start", "stop": "lifecycle:s2.stop"}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_resources_start_before_yield_and_stop_after(drive, flavour):
+    """A resource's code before yield is start, after is stop; app.value gives the yield."""
+    trace, app = Trace(), App()
+    tokens: list[CancelToken] = []
+
+    if flavour == "sync":
+
+        @app.resource
+        def pool(token: CancelToken):
+            trace.add("start", "pool")
+            tokens.append(current_token())
+            yield "the pool"
+            tokens.append(current_token())
+            trace.add("stop", "pool")
+
+    else:
+
+        @app.resource
+        async def pool(token: CancelToken):
+            trace.add("start", "pool")
+            tokens.append(current_token())
+            yield "the pool"
+            tokens.append(current_token())
+            trace.add("stop", "pool")
+
+    @app.resource(depends_on=[pool], name="client")
+    def client():
+        trace.add("start", "client")
+        yield app.value(pool) + " client"
+        trace.add("stop", "client")
+
+    assert app.value(pool) is None
+    drive.start(app)
+    assert app.value(pool) == "the pool"
+    assert app.value("client") == "the pool client"
+    assert drive.stop() == ExitCode.OK
+    assert trace.events == [
+        ("start", "pool"),
+        ("start", "client"),
+        ("stop", "client"),
+        ("stop", "pool"),
+    ]
+    start_token, stop_token = tokens
+    assert start_token is not stop_token
+    assert start_token.deadline is not None
+    assert stop_token.deadline is not None
+
+
+def test_resource_yielding_twice_fails_its_stop(drive):
+    """A resource that yields twice is FAILED at stop with a message saying so."""
+    app = App()
+
+    @app.resource
+    def twice():
+        yield 1
+        yield 2
+
+    drive.start(app)
+    assert drive.stop() == ExitCode.FAILED
+    assert "yielded more than once" in str(app.components["twice"].error)
+
+
+# -- configuration errors, running once -------------------------------------------
+
+
+def test_cycle_is_a_config_error_and_nothing_starts(drive):
+    """A dependency cycle: start raises CycleError, nothing started, exit CONFIG."""
+    trace, app = Trace(), App()
+    add(app, trace, "a", depends_on=("b",))
+    add(app, trace, "b", depends_on=("a",))
+    add(app, trace, "c")
+    with pytest.raises(CycleError) as caught:
+        drive.start(app)
+    assert caught.value.cycle in (["a", "b", "a"], ["b", "a", "b"])
+    assert drive.wait() == ExitCode.CONFIG
+    assert trace.events == []
+    assert app.state is AppState.FAILED
+
+
+def test_unknown_dependency_is_a_config_error(drive):
+    """An unknown dependency: start raises UnknownDependency with a suggestion."""
+    trace, app = Trace(), App()
+    add(app, trace, "db")
+    add(app, trace, "api", depends_on=("dbb",))
+    with pytest.raises(UnknownDependency, match="did you mean 'db'"):
+        drive.start(app)
+    assert drive.wait() == ExitCode.CONFIG
+    assert trace.events == []
+
+
+@pytest.mark.parametrize("kind", ["thread", "asyncio", "auto"])
+def test_run_returns_config_for_invalid_apps(kind, log_events):
+    """lifecycle.run returns 2 for a cycle or an unknown dependency; nothing started."""
+    for bad in ({"a": ("b",), "b": ("a",)}, {"a": ("nope",)}):
+        trace, app = Trace(), App()
+        for name, deps in bad.items():
+            add(app, trace, name, depends_on=deps)
+        assert lifecycle.run(app, runner=kind, signals=None) == ExitCode.CONFIG
+        assert trace.events == []
+
+
+def test_an_app_runs_once(drive):
+    """Running an App a second time is a ConfigError that says to build a new one."""
+    trace, app = Trace(), App()
+    add(app, trace, "db")
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    with pytest.raises(ConfigError, match="an App runs once"):
+        drive.start(app)
+    with pytest.raises(ConfigError, match="already started"):
+        add(app, trace, "late")
+    assert trace.count("start", "db") == 1
+
+
+def test_empty_app_starts_and_stops(drive):
+    """An app without components runs and stops cleanly."""
+    app = App()
+    drive.start(app)
+    assert state(app) is AppState.RUNNING
+    assert drive.stop() == ExitCode.OK
+    assert state(app) is AppState.STOPPED
+
+
+# -- logging -------------------------------------------------------------------
+
+
+def test_transitions_and_summary_are_logged(drive, log_events):
+    """Each transition is an event with component, from/to state and duration; one summary."""
+    trace, app = Trace(), App()
+    add(app, trace, "db")
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    moves = [
+        (e["component"], e["from_state"], e["to_state"])
+        for e in events_named(log_events, "transition")
+    ]
+    assert moves == [
+        ("db", "NEW", "STARTING"),
+        ("db", "STARTING", "RUNNING"),
+        ("db", "RUNNING", "STOPPING"),
+        ("db", "STOPPING", "STOPPED"),
+    ]
+    assert all(isinstance(e["duration"], float) for e in events_named(log_events, "transition"))
+    (summary,) = events_named(log_events, "shutdown summary")
+    assert summary["exit_code"] == 0
+    assert summary["components"]["db"]["state"] == "stopped"
+
+
+# -- the surface: context managers, run(), signals off the main thread -------------
+
+
+def test_threaded_runner_as_context_manager(log_events):
+    """``with ThreadedRunner(app)`` starts on entry and stops on exit."""
+    trace, app = Trace(), App()
+    add(app, trace, "db")
+    with ThreadedRunner(app, signals=None) as runner:
+        assert app.ready
+    assert runner.exit_code == ExitCode.OK
+    assert trace.of("stop") == ["db"]
+
+
+def test_asyncio_runner_as_async_context_manager(log_events):
+    """``async with AsyncioRunner(app)`` starts on entry and stops on exit."""
+    trace, app = Trace(), App()
+    add(app, trace, "db", flavour="async")
+
+    async def main() -> int | None:
+        async with AsyncioRunner(app, signals=None) as runner:
+            assert app.ready
+        return runner.exit_code
+
+    assert asyncio.run(main()) == ExitCode.OK
+    assert trace.of("stop") == ["db"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "flavour", "expected_thread"),
+    [
+        ("auto", "sync", "lifecycle:"),
+        ("auto", "async", "MainThread"),
+        ("thread", "async", "lifecycle:asyncio"),
+        ("asyncio", "sync", "lifecycle:"),
+    ],
+)
+def test_run_picks_the_runner(kind, flavour, expected_thread, log_events):
+    """run(runner="auto") picks asyncio when any component is async, threads otherwise."""
+    trace, app = Trace(), App()
+    where: list[str] = []
+
+    def note(token: CancelToken) -> None:
+        where.append(threading.current_thread().name)
+        app.request_shutdown("done")
+
+    async def anote(token: CancelToken) -> None:
+        note(token)
+
+    add(app, trace, "db", flavour=flavour, start=note if flavour == "sync" else anote)
+    assert lifecycle.run(app, runner=kind, signals=None) == ExitCode.OK
+    assert where[0].startswith(expected_thread)
+
+
+def test_run_rejects_an_unknown_runner():
+    """run(runner=...) names the allowed values."""
+    with pytest.raises(ValueError, match="'auto', 'thread' or 'asyncio'"):
+        lifecycle.run(App(), runner="trio")  # type: ignore[arg-type]
+
+
+def test_runner_needs_an_app():
+    """A runner given something else than an App says so."""
+    with pytest.raises(TypeError, match=r"needs a lifecycle\.App"):
+        ThreadedRunner(object())  # type: ignore[arg-type]
+
+
+def test_signals_none_touches_no_process_state(drive):
+    """signals=None installs no handler, in or out of the main thread."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    seen: list[dict[int, Any]] = []
+    app = App()
+    add(app, Trace(), "db", start=lambda t: seen.append({s: signal.getsignal(s) for s in before}))
+    drive.start(app, signals=None)
+    assert drive.stop() == ExitCode.OK
+    assert seen == [before]
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_signals_are_not_installed_off_the_main_thread(drive, log_events):
+    """Started off the main thread, a runner installs no handler and says how to embed."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    seen: list[dict[int, Any]] = []
+    app = App()
+    add(app, Trace(), "db", start=lambda t: seen.append({s: signal.getsignal(s) for s in before}))
+    drive.start(app, signals=(signal.SIGTERM, signal.SIGINT))
+    assert drive.stop() == ExitCode.OK
+    assert seen == [before]
+    (warning,) = events_named(log_events, "signal handlers not installed")
+    assert "signals=None" in warning["hint"]
+
+
+@pytest.mark.parametrize("kind", ["thread", "asyncio"])
+def test_handlers_are_installed_in_the_main_thread_and_restored(kind, log_events):
+    """From the main thread, run() installs its handlers and puts back the previous ones."""
+    assert threading.current_thread() is threading.main_thread()
+
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not expected to run")
+
+    previous_int = signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        seen: list[Any] = []
+        app = App()
+        add(app, Trace(), "db", start=lambda t: seen.append(signal.getsignal(signal.SIGTERM)))
+        app.add(_Stopper(app))
+        assert lifecycle.run(app, runner=kind) == ExitCode.OK
+        assert seen
+        assert seen[0] is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is previous_int
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopper:
+    """Requests shutdown as soon as it runs."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def run(self, token: CancelToken) -> None:
+        self.app.request_shutdown("stopper")
+        token.wait(BOUND)
+
+
+def test_exit_codes_are_documented_values():
+    """ExitCode pins the documented numbers."""
+    assert [(c.name, int(c)) for c in ExitCode] == [
+        ("OK", 0),
+        ("FAILED", 1),
+        ("CONFIG", 2),
+        ("TIMEOUT", 3),
+    ]

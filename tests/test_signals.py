@@ -1,0 +1,433 @@
+"""Signals and exit codes, in real child processes sent real signals.
+
+Each test starts ``tests/procs/app_child.py`` (or an example) with the
+interpreter running the tests, reads its JSON-line log from the stdout pipe
+to synchronise (never a sleep to wait for something to happen), sends
+signals with ``os.kill`` and asserts the exit code, which components were
+stopped, in which order, what was logged, and that the process ended: a child
+that outlives its bound is killed by PID and the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.process
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = ROOT / "tests" / "procs" / "app_child.py"
+BOUND = 30.0
+"""Seconds: the most any wait on a child may take before the test fails (a hang
+detector, generous for loaded CI machines; passing tests never wait for it)."""
+GRACE = 1.0
+"""The runners' default signal_grace: repeats within it are coalesced."""
+RUNNERS = ["thread", "asyncio"]
+ALL = ("db", "cache", "api")
+
+
+def line_of(path: Path, marker: str) -> int:
+    found = [
+        i for i, t in enumerate(path.read_text().splitlines(), 1) if t.rstrip().endswith(marker)
+    ]
+    assert len(found) == 1, marker
+    return found[0]
+
+
+class Child:
+    """A child process whose stdout is a stream of JSON events."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.stderr: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._readers = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    self.raw.append(line)
+                else:
+                    self.events.append(event)
+                self._cond.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def describe(self) -> str:
+        tail = [json.dumps(e)[:300] for e in self.events[-25:]]
+        return (
+            f"argv={self.argv}\n--- last events:\n"
+            + "\n".join(tail)
+            + "\n--- raw stdout:\n"
+            + "".join(self.raw[-20:])
+            + "\n--- stderr:\n"
+            + "".join(self.stderr[-40:])
+        )
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = BOUND
+    ) -> dict[str, Any]:
+        """The first event matching ``predicate``, waiting for it (bounded)."""
+
+        def found() -> dict[str, Any] | None:
+            return next((e for e in self.events if predicate(e)), None)
+
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: found() is not None or self.proc.poll() is not None, timeout
+            )
+            event = found()
+        assert ok, f"event not seen in time\n{self.describe()}"
+        assert event is not None, f"the child exited first\n{self.describe()}"
+        return event
+
+    def wait_call(self, what: str, name: str) -> dict[str, Any]:
+        return self.wait_for(
+            lambda e: e["event"] == "call" and e["what"] == what and e["component"] == name
+        )
+
+    def wait_started(self) -> None:
+        self.wait_for(lambda e: e["event"] == "app started")
+
+    def kill(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = BOUND) -> int:
+        """Wait for the exit (bounded; on overrun kill by PID and fail); return the code."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"the child did not exit within {timeout}s; killed it\n{self.describe()}")
+        for reader in self._readers:
+            reader.join(BOUND)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    # -- what happened ------------------------------------------------------
+
+    def calls(self, what: str) -> list[str]:
+        return [e["component"] for e in self.events if e["event"] == "call" and e["what"] == what]
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+    def summary(self) -> dict[str, Any]:
+        (summary,) = self.named("shutdown summary")
+        return summary
+
+    def assert_stopped_once(self, names: tuple[str, ...], *, never: tuple[str, ...] = ()) -> None:
+        """Each of ``names`` had stop called exactly once; ``never`` not at all."""
+        stops = self.calls("stop")
+        for name in names:
+            assert stops.count(name) == 1, f"{name}: {stops}\n{self.describe()}"
+        for name in never:
+            assert name not in stops, f"{name} was stopped: {stops}"
+
+    def assert_before(self, first: str, then: str, what: str = "stop") -> None:
+        order = self.calls(what)
+        assert order.index(first) < order.index(then), order
+
+
+@pytest.fixture
+def child() -> Iterator[Callable[..., Child]]:
+    made: list[Child] = []
+
+    def spawn(runner: str, scenario: str) -> Child:
+        c = Child([sys.executable, str(CHILD), runner, scenario])
+        made.append(c)
+        return c
+
+    yield spawn
+    for c in made:
+        c.close()
+
+
+def assert_clean_reverse_order(c: Child) -> None:
+    """api, then cache, then db; the worker's run ended before db stopped; once each."""
+    c.assert_stopped_once(ALL)
+    c.assert_before("api", "cache")
+    c.assert_before("cache", "db")
+    calls = [(e["what"], e["component"]) for e in c.events if e["event"] == "call"]
+    assert calls.index(("run-end", "worker")) < calls.index(("stop", "db")), calls
+    assert c.calls("stop")[-1] == "db"
+
+
+# -- the matrix -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_in_reverse_order(child, runner, signum):
+    """SIGTERM or SIGINT: a graceful shutdown in reverse order, each stop once, exit 0."""
+    c = child(runner, "clean")
+    c.wait_started()
+    c.kill(signum)
+    assert c.finish() == 0, c.describe()
+    assert_clean_reverse_order(c)
+    assert c.summary()["reason"] == f"signal {signal.Signals(signum).name}"
+    assert [e["to_state"] for e in c.named("app transition")] == [
+        "STARTING", "RUNNING", "DRAINING", "STOPPING", "STOPPED",
+    ]  # fmt: skip
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_second_signal_forces_exit_with_stacks_despite_stuck_threads(child, runner):
+    """A 2nd SIGTERM past the grace exits 143 within 1 s, naming the stuck stop and its line."""
+    c = child(runner, "force")
+    c.wait_started()
+    first = time.monotonic()
+    c.kill(signal.SIGTERM)
+    c.wait_call("stop", "api")  # stuck there, with a non-daemon user thread alive
+    assert c.proc.poll() is None
+    time.sleep(max(0.0, first + GRACE + 0.2 - time.monotonic()))  # the grace is the behaviour
+    second = time.monotonic()
+    c.kill(signal.SIGTERM)
+    code = c.finish()
+    took = time.monotonic() - second
+    assert code == 128 + signal.SIGTERM, c.describe()
+    assert took < 1.0, f"forced exit took {took:.2f}s"
+    # On asyncio the stuck stop blocks the loop, so the worker cannot see its
+    # cancellation either: it is truthfully reported as still running too.
+    still = {
+        (e["component"], e["phase"]): e for e in c.named("forced exit: component still running")
+    }
+    assert set(still) - {("worker", "run")} == {("api", "stop")}
+    assert runner == "asyncio" or len(still) == 1
+    still_stop = still[("api", "stop")]
+    marker = "# <force-sync>" if runner == "thread" else "# <force-loop>"
+    assert f'"{CHILD}", line {line_of(CHILD, marker)}' in still_stop["stack"], still_stop["stack"]
+    (forced,) = c.named("forced exit")
+    assert forced["exit_code"] == 143
+    assert sorted(forced["still_running"]) == sorted(f"{n}.{p}" for n, p in still)
+    # No more user code: the dependencies of the stuck component were not stopped.
+    assert c.calls("stop") == ["api"]
+    assert not c.named("shutdown summary")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_signal_during_startup_aborts_the_start(child, runner):
+    """SIGTERM while a start runs: its token is cancelled, what started stops; exit 0."""
+    c = child(runner, "startup_signal")
+    c.wait_call("start", "slow")
+    c.kill(signal.SIGTERM)
+    assert c.finish() == 0, c.describe()
+    assert "api" not in c.calls("start")
+    c.assert_stopped_once(("cache", "db"), never=("slow", "api"))
+    c.assert_before("cache", "db")
+    assert c.summary()["components"]["slow"]["state"] == "failed"
+    assert not c.named("app started")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_start_failure_rolls_back(child, runner):
+    """A start that raises: what started stops in reverse, the rest never starts; exit 1."""
+    c = child(runner, "start_failure")
+    assert c.finish() == 1, c.describe()
+    assert "api" not in c.calls("start")
+    c.assert_stopped_once(("db",), never=("cache", "api"))
+    (raised,) = c.named("start() raised")
+    assert raised["component"] == "cache"
+    assert "RuntimeError: boom" in raised["exception"]
+    assert c.summary()["components"]["cache"]["state"] == "failed"
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_start_timeout_abandons_and_rolls_back(child, runner):
+    """A start past start_timeout is abandoned with its stack; rollback; exit 1, promptly."""
+    c = child(runner, "start_timeout")
+    assert c.finish() == 1, c.describe()
+    c.assert_stopped_once(("cache", "db"), never=("slow", "api"))
+    (stuck,) = c.named("component stuck")
+    assert (stuck["component"], stuck["phase"]) == ("slow", "start")
+    marker = "# <stuck-sync>" if runner == "thread" else "# <stuck-async>"
+    assert f'"{CHILD}", line {line_of(CHILD, marker)}' in stuck["stack"], stuck["stack"]
+    assert c.summary()["components"]["slow"]["timed_out"] == "start"
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_stop_raising_fails_but_the_rest_stop(child, runner):
+    """A stop that raises is logged; its dependencies still stop; exit 1."""
+    c = child(runner, "stop_raises")
+    c.wait_started()
+    c.kill(signal.SIGTERM)
+    assert c.finish() == 1, c.describe()
+    assert_clean_reverse_order(c)
+    (raised,) = c.named("stop() raised")
+    assert raised["component"] == "cache"
+    assert c.summary()["components"]["cache"]["state"] == "failed"
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("scenario", ["stop_overrun", "stop_stubborn"])
+def test_stop_overrun_is_abandoned_with_its_stack(child, runner, scenario):
+    """A stop past stop_timeout (even one swallowing cancellation) is abandoned; exit 3."""
+    c = child(runner, scenario)
+    c.wait_started()
+    c.kill(signal.SIGTERM)
+    assert c.finish() == 3, c.describe()
+    c.assert_stopped_once(ALL)
+    assert "api" not in c.calls("stopped")
+    c.assert_before("api", "cache")
+    (stuck,) = c.named("component stuck")
+    assert (stuck["component"], stuck["phase"]) == ("api", "stop")
+    if scenario == "stop_stubborn":
+        marker = "# <stubborn>"
+    else:
+        marker = "# <stuck-sync>" if runner == "thread" else "# <stuck-async>"
+    assert f'"{CHILD}", line {line_of(CHILD, marker)}' in stuck["stack"], stuck["stack"]
+    assert c.summary()["components"]["api"]["timed_out"] == "stop"
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_critical_run_crash_stops_the_app(child, runner):
+    """A critical worker raising shuts the app down in order; exit 1."""
+    c = child(runner, "run_crash_critical")
+    c.wait_started()
+    c.send("crash")
+    assert c.finish() == 1, c.describe()
+    c.assert_stopped_once(ALL)
+    c.assert_before("api", "cache")
+    c.assert_before("cache", "db")
+    assert "critical component 'worker' failed" in c.summary()["reason"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_non_critical_run_crash_keeps_serving(child, runner):
+    """A non-critical worker raising is reported; the app serves on until SIGTERM; exit 0."""
+    c = child(runner, "run_crash_noncritical")
+    c.wait_started()
+    c.send("crash")
+    c.wait_for(lambda e: e.get("component") == "worker" and e.get("to_state") == "FAILED")
+    assert c.proc.poll() is None
+    assert not c.calls("stop")
+    c.kill(signal.SIGTERM)
+    assert c.finish() == 0, c.describe()
+    c.assert_stopped_once(ALL)
+    assert c.summary()["components"]["worker"]["state"] == "failed"
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_signal_storm_is_one_graceful_shutdown(child, runner):
+    """100 SIGTERMs in a burst: one graceful shutdown, each stop once, exit 0."""
+    c = child(runner, "storm")
+    c.wait_started()
+    began = time.monotonic()
+    for _ in range(10):  # ten bursts of ten, spread over a few tens of ms
+        for _ in range(10):
+            c.kill(signal.SIGTERM)
+        time.sleep(0.002)
+    assert time.monotonic() - began < GRACE * 0.8, "the storm outlasted the grace"
+    assert c.finish() == 0, c.describe()
+    assert_clean_reverse_order(c)
+    assert len([e for e in c.named("app transition") if e["to_state"] == "DRAINING"]) == 1
+    assert not c.named("forced exit")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_shutdown_from_a_non_main_thread(child, runner):
+    """request_shutdown from another thread (stdin reader) stops cleanly; exit 0."""
+    c = child(runner, "clean")
+    c.wait_started()
+    c.send("stop")
+    assert c.finish() == 0, c.describe()
+    assert_clean_reverse_order(c)
+    assert c.summary()["reason"] == "stdin: stop"
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_previous_handlers_are_restored(child, runner):
+    """The child's own SIGTERM handler is bypassed while the app runs and back afterwards."""
+    c = child(runner, "restore")
+    c.wait_started()
+    c.kill(signal.SIGTERM)
+    assert c.finish() == 0, c.describe()
+    (handlers,) = c.named("handlers")
+    assert handlers["restored"] is True
+    assert handlers["own_calls_during_run"] == []
+    assert handlers["own_calls_after"] == [signal.SIGTERM]
+    assert_clean_reverse_order(c)
+
+
+# -- embedding ---------------------------------------------------------------------
+
+
+def test_example_embedded_multiprocessing():
+    """Spawned children run apps with signals=None; the parent stops them; all exit 0."""
+    example = ROOT / "examples" / "embedded_multiprocessing.py"
+    done = subprocess.run(
+        [sys.executable, str(example)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "children exit codes: [0, 0, 0]" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_example_embedded_own_signals(runner):
+    """A process owning SIGTERM forwards it to request_shutdown; the app stops; exit 0."""
+    example = ROOT / "examples" / "embedded_own_signals.py"
+    c = Child([sys.executable, str(example), runner])
+    try:
+        c.wait_for(lambda e: e["event"] == "app started")
+        c.kill(signal.SIGTERM)
+        assert c.finish() == 0, c.describe()
+        (own,) = c.named("own handler")
+        assert own["signal"] == "SIGTERM"
+        assert c.summary()["reason"] == "SIGTERM via the host's own handler"
+        (checked,) = c.named("handler untouched")
+        assert checked["ok"] is True
+    finally:
+        c.close()
