@@ -15,6 +15,7 @@ from ._asgi import ASGIMiddleware as ASGIMiddleware
 from ._errors import Cancelled as Cancelled
 from ._errors import ConfigError as ConfigError
 from ._errors import CycleError as CycleError
+from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._errors import DuplicateComponent as DuplicateComponent
 from ._errors import InvalidTransition as InvalidTransition
 from ._errors import LifecycleError as LifecycleError
@@ -22,6 +23,9 @@ from ._errors import NotAComponent as NotAComponent
 from ._errors import StartupError as StartupError
 from ._errors import UnknownDependency as UnknownDependency
 from ._health import HealthServer as HealthServer
+from ._http import HTTPServer as HTTPServer
+from ._http import TCPServer as TCPServer
+from ._http import mark_long_lived as mark_long_lived
 from ._inflight import InFlight as InFlight
 from ._inflight import Refused as Refused
 from ._inflight import Ticket as Ticket
@@ -39,6 +43,8 @@ from ._tokens import DeadlineTimer as DeadlineTimer
 from ._tokens import cancel_scope as cancel_scope
 from ._tokens import current_token as current_token
 from ._tokens import use_token as use_token
+from ._wsgi import WSGIMiddleware as WSGIMiddleware
+from ._wsgi import WSGIServer as WSGIServer
 
 __version__ = "0.1.0.dev0"
 
@@ -56,9 +62,11 @@ __all__ = [
     "ComponentState",
     "ConfigError",
     "CycleError",
+    "DeadlineExceeded",
     "DeadlineTimer",
     "DuplicateComponent",
     "ExitCode",
+    "HTTPServer",
     "HealthServer",
     "InFlight",
     "InvalidTransition",
@@ -67,11 +75,15 @@ __all__ = [
     "Refused",
     "ShutdownPlan",
     "StartupError",
+    "TCPServer",
     "ThreadedRunner",
     "Ticket",
     "UnknownDependency",
+    "WSGIMiddleware",
+    "WSGIServer",
     "cancel_scope",
     "current_token",
+    "mark_long_lived",
     "run",
     "use_token",
 ]

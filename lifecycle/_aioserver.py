@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
+from ._errors import DeadlineExceeded
 from ._inflight import InFlight, Ticket
 from ._tokens import CancelSource, CancelToken, _current, current_token
 
@@ -418,8 +419,7 @@ class AsyncStreamServer:
                     if conn.idle:
                         conn.writer.close()
                 idle = await self.tracker.wait_idle_async(cut.token)
-            if not idle:
-                self._cut()
+            cut_work = [] if idle else self._cut()
             await self._join_handlers(token)
         except BaseException:
             # The stop itself was cancelled (the runner abandoned it): leave
@@ -429,6 +429,8 @@ class AsyncStreamServer:
         finally:
             self._conns.close()
             self._server = None
+        if cut_work:
+            raise DeadlineExceeded(self.name, cut_work)
 
     def request(self, label: str = "", *, long_lived: bool = False) -> _Request:
         """Mark one unit of work on this connection: ``async with server.request("GET /"):``.
@@ -516,16 +518,19 @@ class AsyncStreamServer:
             self._connections.discard(conn)
             self.tracker.leave(conn.ticket)
 
-    def _cut(self) -> None:
-        """Log what still runs, by name, then cut it."""
-        _log.warning(
+    def _cut(self) -> list[str]:
+        """Log what still runs, by name, then cut it; return what was cut."""
+        running = self.tracker.describe()
+        _log.error(
             "work cut at the stop deadline",
             component=self.name,
             requests=sorted(c.ticket.label for c in self._connections if not c.idle),
-            running=self.tracker.describe(),
+            running=running,
             connections=len(self._connections),
+            hint="raise stop_timeout, or make these handlers honour lifecycle.current_token()",
         )
         self._cut_now()
+        return running
 
     def _cut_now(self) -> None:
         for conn in list(self._connections):

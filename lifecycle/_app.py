@@ -64,11 +64,19 @@ class ShutdownPlan:
         drain_delay: the app's drain delay.
         path: the chain of components whose stop timeouts add up to the
             longest wait, in stop order (each must wait for the one before).
-        path_timeouts: the stop_timeout of each component on ``path``.
+        path_timeouts: the longest stop phase of each component on ``path``:
+            its stop_timeout, twice for a component with both ``run`` and
+            ``stop`` (``run`` gets stop_timeout to return, then ``stop`` does).
         worst_case: ``drain_delay + sum(path_timeouts)``.
         shutdown_timeout: the app's global bound.
         fits: ``worst_case <= shutdown_timeout``: when False, a slow shutdown
             is cut by the global deadline before the last components stop.
+
+    Example::
+
+        plan = app.plan()
+        if not plan.fits:
+            raise SystemExit(f"shutdown budget: {plan.describe()}")
     """
 
     drain_delay: float
@@ -468,11 +476,11 @@ class App:
             'drain 5s + api 10s -> db 10s = 25s, fits shutdown_timeout 30s'
         """
         graph = self.graph()
-        total, path = critical_path(graph, self._stop_timeout)
+        total, path = critical_path(graph, self._stop_budget)
         return ShutdownPlan(
             drain_delay=self.drain_delay,
             path=path,
-            path_timeouts=tuple(self._stop_timeout(n) for n in path),
+            path_timeouts=tuple(self._stop_budget(n) for n in path),
             worst_case=self.drain_delay + total,
             shutdown_timeout=self.shutdown_timeout,
         )
@@ -532,6 +540,18 @@ class App:
     def _stop_timeout(self, name: str) -> float:
         own = self._entries[name].stop_timeout
         return self.stop_timeout if own is None else own
+
+    def _stop_budget(self, name: str) -> float:
+        """The longest a component's stop phase may take.
+
+        A component with both ``run`` and ``stop`` gets ``stop_timeout`` for
+        ``run`` to return once its token is cancelled, then ``stop_timeout``
+        again for ``stop`` (rule 7: stop's token expires stop_timeout after
+        stop is called).
+        """
+        c = self._entries[name].component
+        both = c.run is not None and c.stop is not None
+        return self._stop_timeout(name) * (2 if both else 1)
 
     def _start_timeout(self, name: str) -> float:
         own = self._entries[name].start_timeout

@@ -9,6 +9,7 @@ The tree::
      │    ├── DuplicateComponent                   two components share a name
      │    └── NotAComponent(ConfigError, TypeError) no start, run or stop to call
      ├── StartupError                              a component failed to start
+     ├── DeadlineExceeded(LifecycleError, TimeoutError)  work was cut at a deadline
      └── InvalidTransition(LifecycleError, RuntimeError)  an illegal state change
 
     Cancelled(BaseException)                       raised by a cancelled token
@@ -30,6 +31,7 @@ __all__ = [
     "Cancelled",
     "ConfigError",
     "CycleError",
+    "DeadlineExceeded",
     "DuplicateComponent",
     "InvalidTransition",
     "LifecycleError",
@@ -130,6 +132,26 @@ class StartupError(LifecycleError):
         self.component = component
         self.exit_code = exit_code
         super().__init__(message)
+
+
+class DeadlineExceeded(LifecycleError, TimeoutError):
+    """Work was cut at a deadline: a server's stop ended requests that had not finished.
+
+    Raised by the server components' ``stop`` after they cut what was still
+    running, so that the exit code says so (TIMEOUT) and the report names it.
+
+    Attributes:
+        cut: what was cut, oldest first (``["GET /slow (12.3s)"]``).
+    """
+
+    def __init__(self, component: str, cut: list[str]) -> None:
+        self.cut = list(cut)
+        shown = ", ".join(self.cut[:5]) + (" ..." if len(self.cut) > 5 else "")
+        super().__init__(
+            f"{component!r} cut {len(self.cut)} unfinished request(s) at its stop deadline "
+            f"({shown}); raise its stop_timeout or make the handlers honour "
+            f"lifecycle.current_token()"
+        )
 
 
 class InvalidTransition(LifecycleError, RuntimeError):

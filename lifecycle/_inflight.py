@@ -51,6 +51,14 @@ class Ticket:
         long_lived: a stream, websocket or long poll: asked to end (by
             cancelling its token) instead of being waited for.
         id: unique per process.
+
+    Example::
+
+        ticket = tracker.enter("GET /events", long_lived=True)
+        try:
+            stream_events()
+        finally:
+            tracker.leave(ticket)
     """
 
     __slots__ = ("began", "id", "label", "long_lived")
@@ -99,6 +107,7 @@ class InFlight:
         self._closed = False
         self._idle = threading.Condition(self._lock)
         self._idle_callbacks: list[Callable[[], None]] = []
+        self._waiters = 0  # threads blocked in wait_idle
         self.total = 0
         """How many units entered since creation."""
         self.refused = 0
@@ -131,13 +140,13 @@ class InFlight:
 
     def leave(self, ticket: Ticket) -> None:
         """End a unit of work (idempotent)."""
-        callbacks: list[Callable[[], None]] = []
         with self._lock:
-            if self._tickets.pop(ticket.id, None) is None:
+            if self._tickets.pop(ticket.id, None) is None or self._tickets:
                 return
-            if not self._tickets:
-                self._idle.notify_all()
-                callbacks, self._idle_callbacks = self._idle_callbacks, []
+            if not self._waiters and not self._idle_callbacks:
+                return  # the hot path: nobody waits for idle
+            self._idle.notify_all()
+            callbacks, self._idle_callbacks = self._idle_callbacks, []
         for callback in callbacks:
             callback()
 
@@ -196,16 +205,20 @@ class InFlight:
             wake = token.on_cancel(self._wake_all)
         try:
             with self._lock:
-                while not self._is_idle(ignore_long_lived=ignore_long_lived):
-                    if token is not None and token.cancelled:
-                        return False
-                    # Bounded slices: a token without a deadline still wakes us
-                    # through _wake_all; the slice only guards missed wakeups.
-                    remaining = 0.5 if end is None else min(0.5, end - self.clock())
-                    if remaining <= 0:
-                        return False
-                    self._idle.wait(remaining)
-                return True
+                self._waiters += 1
+                try:
+                    while not self._is_idle(ignore_long_lived=ignore_long_lived):
+                        if token is not None and token.cancelled:
+                            return False
+                        # Bounded slices: a token without a deadline still wakes us
+                        # through _wake_all; the slice only guards missed wakeups.
+                        remaining = 0.5 if end is None else min(0.5, end - self.clock())
+                        if remaining <= 0:
+                            return False
+                        self._idle.wait(remaining)
+                    return True
+                finally:
+                    self._waiters -= 1
         finally:
             if wake is not None:
                 wake()

@@ -189,6 +189,7 @@ class _Plan:
     deadline: float
     stop: threading.Event
     tickets: _Tickets
+    refused_backoff: float = 0.0
 
 
 def _client(plan: _Plan, stats: _ClientStats) -> None:
@@ -219,6 +220,10 @@ def _client(plan: _Plan, stats: _ClientStats) -> None:
                 if conn is not None:
                     conn.close()
                 conn = None
+                if kind == "refused" and plan.refused_backoff > 0:
+                    # What a real client does before it reconnects; bounded
+                    # by the stop event, so the run still ends on time.
+                    plan.stop.wait(plan.refused_backoff)
                 continue
             status = response.status
             if 200 <= status < 300:
@@ -249,6 +254,7 @@ def run_load(
     max_requests: int = 1_000_000,
     stop_event: threading.Event | None = None,
     request_timeout: float = 5.0,
+    refused_backoff: float = 0.0,
 ) -> LoadResult:
     """Run closed-loop load against ``http://host:port{path}`` and count every attempt.
 
@@ -265,6 +271,10 @@ def run_load(
         max_requests: Upper bound on the number of attempts over all clients.
         stop_event: When set, clients start no new request.
         request_timeout: Socket timeout for connect, send and each read, in seconds.
+        refused_backoff: Seconds a client waits after a refused connection
+            before its next attempt (0: at once). Talking to one server
+            directly, this keeps a closed listener from turning into
+            thousands of instant refusals.
 
     Returns:
         The counts, latencies and failure timeline of the run.
@@ -291,6 +301,7 @@ def run_load(
         deadline=deadline,
         stop=stop_event if stop_event is not None else threading.Event(),
         tickets=_Tickets(max_requests),
+        refused_backoff=refused_backoff,
     )
     threads = [
         threading.Thread(

@@ -88,6 +88,12 @@ class ComponentInfo:
         timed_out: the phase that overran ("start" or "stop"), or None.
         stop_called: whether its ``stop`` was called (exactly once, or never).
         run_error: what ``run`` raised, if it did.
+
+    Example::
+
+        info = app.components["db"]
+        if info.state is lifecycle.ComponentState.FAILED:
+            print(info.name, info.error, info.timed_out, info.stop_duration)
     """
 
     name: str
@@ -211,7 +217,7 @@ class _Node:
     run_active: bool = False
     stop_phase: bool = False  # its stop phase began
     stop_active: bool = False  # its stop() is running
-    stop_deadline: float = math.inf  # the deadline of its stop phase
+    stop_deadline: float = math.inf  # deadline of the wait for run(), then of stop()
     epoch: int = 0  # bumps on every phase change; stale timer entries carry an old one
 
 
@@ -407,6 +413,11 @@ class Scheduler:
         node.stop_active = False
         if error is not None:
             self._fail(node, error, now)
+            if isinstance(error, TimeoutError):
+                # The stop itself gave up at its deadline (a server cut its
+                # requests): something was abandoned, which is TIMEOUT.
+                self._timed_out = True
+                node.info.timed_out = "stop"
         self._end_stop(node, now, actions)
         return actions
 
@@ -575,12 +586,15 @@ class Scheduler:
         self._maybe_finish(now, actions)
 
     def _begin_stop(self, node: _Node, now: float, actions: list[Action]) -> None:
+        assert self.shutdown_deadline is not None
+        if now >= self.shutdown_deadline:
+            # No time left: the shutdown timer (due now) reports it as never stopped.
+            return
         node.stop_phase = True
         node.epoch += 1
         node.info.stop_began = now
         if node.info.state is ComponentState.RUNNING:
             self._move(node, ComponentState.STOPPING, now)
-        assert self.shutdown_deadline is not None
         deadline = min(now + node.spec.stop_timeout, self.shutdown_deadline)
         node.stop_deadline = deadline
         self._arm(deadline, "stop", node.spec.name, node.epoch)
@@ -591,6 +605,24 @@ class Scheduler:
 
     def _after_run(self, node: _Node, now: float, actions: list[Action]) -> None:
         if node.spec.has_stop:
+            assert self.shutdown_deadline is not None
+            if now >= self.shutdown_deadline:
+                # No time left to call stop(): the shutdown deadline excuses it (rule 3).
+                self._timed_out = True
+                node.info.timed_out = "stop"
+                if node.info.error is None:
+                    node.info.error = TimeoutError(
+                        f"stop() of {node.spec.name!r} was not called: the shutdown_timeout "
+                        f"of {self.shutdown_timeout:g}s passed while run() was ending"
+                    )
+                self._move(node, ComponentState.FAILED, now)
+                self._end_stop(node, now, actions)
+                return
+            # Rule 7: stop's token expires stop_timeout after stop() is called
+            # (not after the stop phase began), capped by the shutdown deadline.
+            node.stop_deadline = min(now + node.spec.stop_timeout, self.shutdown_deadline)
+            node.epoch += 1  # the timer of the wait for run() is stale now
+            self._arm(node.stop_deadline, "stop", node.spec.name, node.epoch)
             node.stop_active = True
             node.info.stop_called = True
             actions.append(StopComponent(node.spec.name, node.stop_deadline))
@@ -673,18 +705,25 @@ class Scheduler:
         error = TimeoutError(f"{waiting} for {name!r} within {limit}; abandoned")
         node.info.timed_out = "stop"
         actions.append(Abandon(name, "run" if node.run_active else "stop", str(error)))
-        node.run_active = False
-        node.stop_active = False
         self._timed_out = True
         if node.info.error is None:
             node.info.error = error
         if node.info.state is not ComponentState.FAILED:
             self._move(node, ComponentState.FAILED, now)
+        if node.run_active and not shutdown_cut:
+            # Rule 3: stop() is still called exactly once; only the shutdown
+            # deadline excuses it. It often is what unblocks a stuck run().
+            node.run_active = False
+            self._after_run(node, now, actions)
+            return
+        node.run_active = False
+        node.stop_active = False
         self._end_stop(node, now, actions)
 
     def _shutdown_expired(self, now: float, actions: list[Action]) -> None:
         """The global deadline: abandon what runs; what never stopped never will."""
-        self._timed_out = True
+        if self._busy:
+            self._timed_out = True  # something is abandoned (an empty app just finishes)
         if self.state is AppState.DRAINING:
             self._move_app(AppState.STOPPING, now)
         for node in self._nodes.values():
@@ -700,8 +739,8 @@ class Scheduler:
             # Never reached its stop phase: not stopped, but not left running blind.
             error = TimeoutError(
                 f"{node.spec.name!r} was not stopped: the shutdown_timeout of "
-                f"{self.shutdown_timeout:g}s passed while components depending on it "
-                f"were still stopping"
+                f"{self.shutdown_timeout:g}s passed before its stop phase could begin "
+                f"(it waits for the components that depend on it)"
             )
             if node.run_active:
                 actions.append(Abandon(node.spec.name, "run", str(error)))

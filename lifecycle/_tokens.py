@@ -88,7 +88,9 @@ class DeadlineTimer:
     The process has one, started lazily on the first deadline. Tests create
     their own with a fake ``clock`` and ``threaded=False``, then call
     `fire_due` after advancing the clock, so deadline logic runs with no sleep
-    and no thread::
+    and no thread.
+
+    Example::
 
         clock = FakeClock()
         timer = DeadlineTimer(clock, threaded=False)

@@ -1,0 +1,84 @@
+"""The public face: exactly these names, each documented, nothing private leaking."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+
+import lifecycle
+
+PUBLIC = {
+    "ASGIMiddleware",
+    "App",
+    "AppState",
+    "AsyncStreamServer",
+    "AsyncioRunner",
+    "CancelSource",
+    "CancelToken",
+    "Cancelled",
+    "ComponentInfo",
+    "ComponentState",
+    "ConfigError",
+    "CycleError",
+    "DEADLINE_EXCEEDED",
+    "DeadlineExceeded",
+    "DeadlineTimer",
+    "DuplicateComponent",
+    "ExitCode",
+    "HTTPServer",
+    "HealthServer",
+    "InFlight",
+    "InvalidTransition",
+    "LifecycleError",
+    "NotAComponent",
+    "Refused",
+    "ShutdownPlan",
+    "StartupError",
+    "TCPServer",
+    "ThreadedRunner",
+    "Ticket",
+    "UnknownDependency",
+    "WSGIMiddleware",
+    "WSGIServer",
+    "cancel_scope",
+    "current_token",
+    "mark_long_lived",
+    "run",
+    "use_token",
+}
+
+
+def test_all_is_exactly_the_public_api():
+    """__all__ lists the public names: none missing, none extra."""
+    assert set(lifecycle.__all__) == PUBLIC
+
+
+def test_every_public_name_is_importable():
+    """Every name in __all__ exists on the package."""
+    for name in lifecycle.__all__:
+        assert hasattr(lifecycle, name), name
+
+
+def test_no_private_module_leaks():
+    """The package's namespace holds no private module beyond the _-prefixed rooms."""
+    leaked = {
+        name
+        for name, value in vars(lifecycle).items()
+        if inspect.ismodule(value) and not name.startswith("_")
+    }
+    assert leaked == set()
+
+
+def test_every_public_callable_has_a_docstring_with_an_example():
+    """Classes and functions (not errors, enums, constants) document an example."""
+    missing = []
+    for name in lifecycle.__all__:
+        obj = getattr(lifecycle, name)
+        if not callable(obj) or (
+            isinstance(obj, type) and issubclass(obj, BaseException | enum.Enum)
+        ):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        if "Example" not in doc and ">>>" not in doc:
+            missing.append(name)
+    assert missing == []

@@ -1,0 +1,637 @@
+"""Tests of `lifecycle._http`: HTTPServer and TCPServer stop without losing a request.
+
+Real sockets on 127.0.0.1 and real threads. Requests are held in flight with
+`threading.Event`s set by the test, never with sleeps; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import socket
+import socketserver
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+import lifecycle
+from lifecycle import CancelSource, ExitCode, current_token
+from lifecycle._http import FIRST_REQUEST_GRACE, HTTPServer, TCPServer, mark_long_lived
+
+WAIT = 10.0  # bound on every wait expected to finish at once
+
+
+class FakeApp:
+    """What a server component reads of its App: a shutdown token and deadline."""
+
+    def __init__(self, shutdown_timeout: float = 30.0) -> None:
+        self._source = CancelSource()
+        self.shutdown_timeout = shutdown_timeout
+        self.shutdown_deadline: float | None = None
+
+    @property
+    def shutdown_token(self):
+        return self._source.token
+
+    def request_shutdown(self) -> None:
+        self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
+        self._source.cancel("test shutdown")
+
+
+class Gates:
+    """Events a test handler waits on or sets; all released at teardown."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.stuck = threading.Event()
+        self.before_read = threading.Event()
+        self.read_gate: threading.Event | None = None
+        self.nodelay: list[int] = []
+        self.reasons: list[str | None] = []
+
+    def open_all(self) -> None:
+        for event in (self.release, self.stuck, self.before_read):
+            event.set()
+        if self.read_gate is not None:
+            self.read_gate.set()
+
+
+def make_handler(gates: Gates) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def handle_one_request(self) -> None:
+            # Runs after lifecycle marked the connection as waiting for a
+            # request and before anything is read: lets a test hold bytes
+            # in the socket of an idle connection.
+            gate = gates.read_gate
+            if gate is not None and getattr(self, "_served_one", False):
+                gates.before_read.set()
+                gate.wait(WAIT)
+            super().handle_one_request()
+            self._served_one = True
+
+        def do_GET(self) -> None:
+            path = self.path.partition("?")[0]
+            if path == "/hold":
+                gates.entered.set()
+                gates.release.wait(WAIT)
+                self.reply(b"held\n")
+            elif path == "/token":
+                token = current_token()
+                info = {"deadline": token.deadline, "cancelled": token.cancelled}
+                self.reply(json.dumps(info).encode())
+            elif path == "/nodelay":
+                gates.nodelay.append(
+                    self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                )
+                self.reply(b"ok\n")
+            elif path == "/stream":
+                assert mark_long_lived()
+                token = current_token()
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"6\r\nstart\n\r\n")
+                gates.entered.set()
+                token.wait(WAIT)
+                gates.reasons.append(token.reason)
+                self.wfile.write(b"4\r\nbye\n\r\n0\r\n\r\n")
+            elif path == "/stuck":
+                gates.entered.set()
+                gates.stuck.wait(WAIT * 3)
+                self.reply(b"late\n")
+            elif path == "/unframed":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"no length\n")
+            elif path == "/keepalive":
+                self.send_response(200)
+                self.send_header("Connection", "keep-alive")
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                self.wfile.write(b"ka\n")
+            else:
+                self.reply(b"ok\n")
+
+        def reply(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def gates():
+    g = Gates()
+    yield g
+    g.open_all()
+
+
+@pytest.fixture
+def server(gates):
+    """A started HTTPServer bound to a FakeApp; stopped (bounded) at teardown."""
+    srv = HTTPServer(make_handler(gates))
+    app = FakeApp()
+    srv.lifecycle_bind(app)
+    srv.app = app  # type: ignore[attr-defined]  # for the tests
+    srv.start(CancelSource().token)
+    yield srv
+    gates.open_all()
+    srv.stop(CancelSource(timeout=WAIT).token)
+    assert srv.wait_stopped(WAIT)
+
+
+def connect(srv) -> http.client.HTTPConnection:
+    host, port = srv.address
+    conn = http.client.HTTPConnection(host, port, timeout=WAIT)
+    conn.connect()
+    return conn
+
+
+def get(conn: http.client.HTTPConnection, path: str = "/"):
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def stop_in_thread(srv, timeout: float = WAIT) -> threading.Thread:
+    thread = threading.Thread(target=srv.stop, args=(CancelSource(timeout=timeout).token,))
+    thread.start()
+    return thread
+
+
+def server_threads(srv) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"lifecycle:{srv.name} ")]
+
+
+def test_serves_keep_alive_requests_on_an_ephemeral_port(server):
+    """Several requests share one connection; responses do not say Connection: close."""
+    assert server.port != 0
+    assert server.address == ("127.0.0.1", server.port)
+    assert server.ready()
+    conn = connect(server)
+    for _ in range(3):
+        response, body = get(conn)
+        assert (response.status, body) == (200, b"ok\n")
+        assert response.getheader("Connection") is None
+        assert not response.will_close
+    assert server.tracker.total == 3
+    conn.close()
+
+
+def test_handler_sockets_have_nagle_off(server, gates):
+    """Responses are not delayed by Nagle's algorithm (lesson 5)."""
+    conn = connect(server)
+    get(conn, "/nodelay")
+    conn.close()
+    assert gates.nodelay == [1]
+    assert server.backlog == 128
+
+
+def test_in_flight_request_at_stop_finishes_with_connection_close(server, gates):
+    """A request in flight when stop begins completes, and its response says Connection: close."""
+    conn = connect(server)
+    conn.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    stopper = stop_in_thread(server)
+    assert server._listener_closed.wait(WAIT)
+    gates.release.set()
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"held\n")
+    assert response.getheader("Connection") == "close"
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    conn.close()
+
+
+def test_drain_responses_say_close_and_the_server_still_accepts(server):
+    """During the drain every response says Connection: close, and new connections are served."""
+    before = connect(server)
+    assert get(before)[0].getheader("Connection") is None
+    server.app.request_shutdown()
+    assert server.draining
+    response, _ = get(before)
+    assert response.getheader("Connection") == "close"
+    assert response.will_close
+    before.close()
+    for _ in range(3):
+        fresh = connect(server)
+        response, body = get(fresh)
+        assert (response.status, body) == (200, b"ok\n")
+        assert response.getheader("Connection") == "close"
+        fresh.close()
+    assert server.ready()
+
+
+def test_drain_rewrites_an_explicit_keep_alive(server):
+    """A handler's own 'Connection: keep-alive' becomes 'close' during the drain."""
+    server.app.request_shutdown()
+    conn = connect(server)
+    response, body = get(conn, "/keepalive")
+    assert body == b"ka\n"
+    assert response.getheader("Connection") == "close"
+    conn.close()
+
+
+def test_unframed_response_closes_the_connection(server):
+    """A response without Content-Length is delimited by closing the connection."""
+    conn = connect(server)
+    response, body = get(conn, "/unframed")
+    assert body == b"no length\n"
+    assert response.getheader("Connection") == "close"
+    conn.close()
+
+
+def test_new_connections_are_refused_once_stop_began(server, gates):
+    """After stop begins the listening socket is closed: connecting is refused, not reset."""
+    conn = connect(server)
+    conn.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    stopper = stop_in_thread(server)
+    assert server._listener_closed.wait(WAIT)
+    assert not server.ready()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(server.address, timeout=WAIT).close()
+    gates.release.set()
+    conn.getresponse().read()
+    stopper.join(WAIT)
+    conn.close()
+
+
+def test_connections_queued_in_the_backlog_are_served_at_stop(server, monkeypatch):
+    """Connections the kernel accepted before the listener closed are served, not reset."""
+    spawn = server._spawn
+    unblock = threading.Event()
+    first = threading.Event()
+
+    def slow_spawn(sock, addr):
+        if not first.is_set():
+            first.set()
+            unblock.wait(WAIT)  # the accept thread stalls: the others queue up
+        spawn(sock, addr)
+
+    monkeypatch.setattr(server, "_spawn", slow_spawn)
+    clients = []
+    for _ in range(5):
+        client = socket.create_connection(server.address, timeout=WAIT)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        clients.append(client)
+    assert first.wait(WAIT)
+    stopper = stop_in_thread(server)
+    assert server._stop_accepting.wait(WAIT)
+    unblock.set()
+    for client in clients:
+        response = http.client.HTTPResponse(client)
+        response.begin()
+        assert (response.status, response.read()) == (200, b"ok\n")
+        assert response.getheader("Connection") == "close"
+        client.close()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert server.tracker.total == 5
+
+
+def test_idle_keep_alive_connection_is_closed_at_stop(server):
+    """An idle keep-alive connection is closed by stop, and stop returns promptly."""
+    client = socket.create_connection(server.address, timeout=WAIT)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = http.client.HTTPResponse(client)
+    response.begin()
+    response.read()
+    assert not response.will_close
+    began = time.monotonic()
+    server.stop(CancelSource(timeout=WAIT).token)
+    assert time.monotonic() - began < 1.0
+    assert client.recv(100) == b""  # closed by the server, without a reset
+    client.close()
+    assert server_threads(server) == []
+
+
+def test_connection_with_a_request_already_arriving_is_served_at_stop(server, gates, monkeypatch):
+    """An idle connection with a request's bytes pending is not closed: the request is served."""
+    gates.read_gate = threading.Event()
+    swept = threading.Event()
+    close_idle = server._close_idle
+
+    def observed(now):
+        result = close_idle(now)
+        swept.set()
+        return result
+
+    monkeypatch.setattr(server, "_close_idle", observed)
+    client = socket.create_connection(server.address, timeout=WAIT)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = http.client.HTTPResponse(client)
+    first.begin()
+    first.read()
+    assert gates.before_read.wait(WAIT)  # the handler waits to read the next request
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # ... which is now pending
+    stopper = stop_in_thread(server)
+    assert swept.wait(WAIT)
+    gates.read_gate.set()
+    second = http.client.HTTPResponse(client)
+    second.begin()
+    assert (second.status, second.read()) == (200, b"ok\n")
+    assert second.getheader("Connection") == "close"
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    client.close()
+
+
+def test_idle_connection_without_pending_bytes_is_closed_even_if_its_handler_lags(
+    server, gates, monkeypatch
+):
+    """An idle connection with nothing pending is closed at stop, the handler reads EOF."""
+    gates.read_gate = threading.Event()
+    client = socket.create_connection(server.address, timeout=WAIT)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = http.client.HTTPResponse(client)
+    first.begin()
+    first.read()
+    assert gates.before_read.wait(WAIT)
+    swept = threading.Event()
+    close_idle = server._close_idle
+
+    def observed(now):
+        result = close_idle(now)
+        swept.set()
+        return result
+
+    monkeypatch.setattr(server, "_close_idle", observed)
+    stopper = stop_in_thread(server)
+    assert swept.wait(WAIT)
+    gates.read_gate.set()
+    assert client.recv(100) == b""
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    client.close()
+
+
+def test_silent_new_connection_gets_a_grace_then_is_closed(server):
+    """A connection that never sent a request is closed once its first-request grace passed."""
+    client = socket.create_connection(server.address, timeout=WAIT)
+    began = time.monotonic()
+    server.stop(CancelSource(timeout=WAIT).token)
+    spent = time.monotonic() - began
+    assert client.recv(100) == b""
+    client.close()
+    assert spent < FIRST_REQUEST_GRACE + 1.0
+
+
+def test_stuck_handler_is_cut_at_the_deadline_and_named_in_the_log(server, gates, log_events):
+    """A handler that ignores its token is cut shortly before the stop deadline and logged."""
+    conn = connect(server)
+    conn.request("GET", "/stuck")
+    assert gates.entered.wait(WAIT)
+    began = time.monotonic()
+    with pytest.raises(lifecycle.DeadlineExceeded, match="cut 1 unfinished request"):
+        server.stop(CancelSource(timeout=0.5).token)
+    spent = time.monotonic() - began
+    assert 0.3 < spent < 0.5 + 0.5
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        conn.getresponse()
+    conn.close()
+    gates.stuck.set()
+    for thread in server_threads(server):
+        thread.join(WAIT)
+    cut = [e for e in log_events if e["event"] == "work cut at the stop deadline"]
+    assert len(cut) == 1
+    assert cut[0]["component"] == server.name
+    assert [line.split(" (")[0] for line in cut[0]["running"]] == ["GET /stuck"]
+
+
+def test_long_lived_request_is_asked_to_end_at_stop(server, gates):
+    """A long-lived request's token is cancelled at stop; it ends its response gracefully."""
+    conn = connect(server)
+    conn.request("GET", "/stream")
+    response = conn.getresponse()
+    assert gates.entered.wait(WAIT)
+    began = time.monotonic()
+    server.stop(CancelSource(timeout=WAIT).token)
+    assert time.monotonic() - began < 2.0
+    assert response.read() == b"start\nbye\n"
+    assert gates.reasons == ["server stopping: long-lived request asked to end"]
+    conn.close()
+
+
+def test_request_token_carries_the_shutdown_deadline_once_requested(server):
+    """current_token() in a handler has no deadline, then the shutdown deadline once requested."""
+    conn = connect(server)
+    _, before = get(conn, "/token")
+    assert json.loads(before) == {"deadline": None, "cancelled": False}
+    server.app.request_shutdown()
+    conn.close()
+    conn = connect(server)
+    _, during = get(conn, "/token")
+    info = json.loads(during)
+    assert not info["cancelled"]
+    # Set as a timeout from "now": equal up to the time between two clock reads.
+    assert info["deadline"] == pytest.approx(server.app.shutdown_deadline, abs=0.01)
+    conn.close()
+
+
+def test_stop_with_nothing_in_flight_returns_promptly(server):
+    """stop() returns at once when no request and no connection is open; it is idempotent."""
+    began = time.monotonic()
+    server.stop(CancelSource(timeout=WAIT).token)
+    server.stop(CancelSource(timeout=WAIT).token)
+    assert time.monotonic() - began < 0.5
+    assert server.wait_stopped(0)
+    assert not server.ready()
+
+
+def test_handler_threads_are_all_joined_by_stop(server, gates):
+    """When stop returns, no connection thread of the server is left running."""
+    conns = [connect(server) for _ in range(4)]
+    for conn in conns:
+        get(conn)
+    held = connect(server)
+    held.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    stopper = stop_in_thread(server)
+    assert server._listener_closed.wait(WAIT)
+    gates.release.set()
+    held.getresponse().read()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert server_threads(server) == []
+    for conn in [*conns, held]:
+        conn.close()
+
+
+def test_rejects_what_is_not_an_http_handler():
+    """HTTPServer needs a BaseHTTPRequestHandler subclass and says what to use instead."""
+    with pytest.raises(TypeError, match="TCPServer"):
+        HTTPServer(socketserver.StreamRequestHandler)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backlog"):
+        HTTPServer(BaseHTTPRequestHandler, backlog=0)
+
+
+def test_bind_failure_names_the_address(server):
+    """A port already taken fails start with a message naming the address."""
+    other = HTTPServer(BaseHTTPRequestHandler, server.address)
+    with pytest.raises(OSError, match=f"127.0.0.1:{server.port}"):
+        other.start(CancelSource().token)
+
+
+# -- through a real App and runner ---------------------------------------------------------
+
+
+def test_in_flight_request_survives_a_runner_stop(gates):
+    """Under ThreadedRunner, stop() waits for the request in flight; its response closes."""
+    app = lifecycle.App("web", shutdown_timeout=WAIT)
+    srv = app.add(HTTPServer(make_handler(gates)))
+    runner = lifecycle.ThreadedRunner(app, signals=None)
+    runner.start()
+    conn = connect(srv)
+    conn.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    codes: list[int] = []
+    stopper = threading.Thread(target=lambda: codes.append(runner.stop("test")))
+    stopper.start()
+    assert srv._listener_closed.wait(WAIT)
+    assert not app.ready
+    gates.release.set()
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"held\n")
+    assert response.getheader("Connection") == "close"
+    stopper.join(WAIT)
+    assert codes == [ExitCode.OK]
+    assert server_threads(srv) == []
+    conn.close()
+
+
+@pytest.mark.realtime
+def test_request_during_the_drain_delay_has_the_shutdown_deadline(gates):
+    """During the app's drain delay the server serves with Connection: close and the deadline."""
+    app = lifecycle.App("web", drain_delay=1.0, shutdown_timeout=WAIT)
+    srv = app.add(HTTPServer(make_handler(gates)))
+    with lifecycle.ThreadedRunner(app, signals=None) as runner:
+        app.request_shutdown("test")
+        conn = connect(srv)
+        response, body = get(conn, "/token")
+        conn.close()
+        assert response.getheader("Connection") == "close"
+        assert json.loads(body)["deadline"] == pytest.approx(app.shutdown_deadline, abs=0.01)
+        assert runner.wait() == ExitCode.OK
+
+
+def test_stuck_request_under_a_runner_is_cut_within_the_stop_timeout(gates, log_events):
+    """With the runner, a stuck request is cut before stop_timeout; the exit code says TIMEOUT."""
+    app = lifecycle.App("web", shutdown_timeout=WAIT, stop_timeout=0.5)
+    srv = app.add(HTTPServer(make_handler(gates)), name="api")
+    runner = lifecycle.ThreadedRunner(app, signals=None)
+    runner.start()
+    conn = connect(srv)
+    conn.request("GET", "/stuck?secret=1")
+    assert gates.entered.wait(WAIT)
+    code = runner.stop("test")
+    assert srv.wait_stopped(WAIT)
+    gates.stuck.set()
+    for thread in server_threads(srv):
+        thread.join(WAIT)
+    conn.close()
+    assert code == ExitCode.TIMEOUT
+    assert app.components["api"].timed_out == "stop"
+    stop_duration = app.components["api"].stop_duration
+    assert stop_duration is not None
+    assert stop_duration < 0.5
+    cut = [e for e in log_events if e["event"] == "work cut at the stop deadline"]
+    assert [line.split(" (")[0] for line in cut[0]["running"]] == ["GET /stuck"]
+
+
+def test_serves_and_stops_under_the_asyncio_runner(gates):
+    """The threaded server is a plain component under AsyncioRunner too."""
+    app = lifecycle.App("web", shutdown_timeout=WAIT)
+    srv = app.add(HTTPServer(make_handler(gates)))
+
+    async def main() -> int:
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        conn = connect(srv)
+        conn.request("GET", "/hold")
+        assert await asyncio.to_thread(gates.entered.wait, WAIT)
+        stopping = asyncio.ensure_future(runner.stop("test"))
+        assert await asyncio.to_thread(srv._listener_closed.wait, WAIT)
+        gates.release.set()
+        response = await asyncio.to_thread(conn.getresponse)
+        assert response.getheader("Connection") == "close"
+        assert response.read() == b"held\n"
+        conn.close()
+        return await stopping
+
+    assert asyncio.run(main()) == ExitCode.OK
+
+
+# -- TCPServer ----------------------------------------------------------------------------
+
+
+def make_tcp_handler(gates: Gates) -> type[socketserver.BaseRequestHandler]:
+    class Echo(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            token = current_token()
+            token.on_cancel(self._wake)
+            gates.entered.set()
+            for line in self.rfile:
+                if line == b"stuck\n":
+                    gates.stuck.wait(WAIT * 3)
+                self.wfile.write(line)
+            gates.reasons.append(token.reason)
+
+        def _wake(self) -> None:
+            with contextlib.suppress(OSError):
+                self.request.shutdown(socket.SHUT_RD)
+
+    return Echo
+
+
+@pytest.fixture
+def tcp_server(gates):
+    srv = TCPServer(make_tcp_handler(gates), name="echo")
+    srv.start(CancelSource().token)
+    yield srv
+    gates.open_all()
+    srv.stop(CancelSource(timeout=WAIT).token)
+
+
+def test_tcp_connection_token_is_cancelled_at_stop(tcp_server, gates):
+    """A TCP handler's token is cancelled at stop; it returns and the stop completes."""
+    client = socket.create_connection(tcp_server.address, timeout=WAIT)
+    client.sendall(b"hello\n")
+    assert client.recv(100) == b"hello\n"
+    assert tcp_server.tracker.count == 1
+    tcp_server.stop(CancelSource(timeout=WAIT).token)
+    assert gates.reasons == ["server stopping"]
+    assert client.recv(100) == b""
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(tcp_server.address, timeout=WAIT).close()
+    client.close()
+    assert server_threads(tcp_server) == []
+
+
+def test_tcp_stuck_connection_is_cut_and_named(tcp_server, gates, log_events):
+    """A TCP handler that ignores its token is cut before the deadline, named by peer."""
+    client = socket.create_connection(tcp_server.address, timeout=WAIT)
+    client.sendall(b"stuck\n")
+    assert gates.entered.wait(WAIT)
+    with pytest.raises(lifecycle.DeadlineExceeded, match="cut 1 unfinished request"):
+        tcp_server.stop(CancelSource(timeout=0.5).token)
+    gates.stuck.set()
+    for thread in server_threads(tcp_server):
+        thread.join(WAIT)
+    peer = client.getsockname()
+    client.close()
+    cut = [e for e in log_events if e["event"] == "work cut at the stop deadline"]
+    assert [line.split(" (")[0] for line in cut[0]["running"]] == [
+        f"connection {peer[0]}:{peer[1]}"
+    ]

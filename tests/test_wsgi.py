@@ -1,0 +1,543 @@
+"""Tests of `lifecycle._wsgi`: WSGIServer serves WSGI zero-loss; WSGIMiddleware elsewhere.
+
+Real sockets on 127.0.0.1 and real threads; requests are held in flight with
+`threading.Event`s, never with sleeps; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIServer as WsgirefServer
+
+import pytest
+
+import lifecycle
+from lifecycle import CancelSource, ExitCode, current_token
+from lifecycle._http import mark_long_lived
+from lifecycle._wsgi import CLOSE_CONNECTION_KEY, TRACKED_KEY, WSGIMiddleware, WSGIServer
+
+WAIT = 10.0  # bound on every wait expected to finish at once
+
+
+class FakeApp:
+    """What a component reads of its App: a shutdown token and deadline."""
+
+    def __init__(self, shutdown_timeout: float = 30.0) -> None:
+        self._source = CancelSource()
+        self.shutdown_timeout = shutdown_timeout
+        self.shutdown_deadline: float | None = None
+
+    @property
+    def shutdown_token(self):
+        return self._source.token
+
+    def request_shutdown(self) -> None:
+        self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
+        self._source.cancel("test shutdown")
+
+
+class Gates:
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.stuck = threading.Event()
+        self.reasons: list[str | None] = []
+        self.environs: list[dict[str, Any]] = []
+
+    def open_all(self) -> None:
+        self.release.set()
+        self.stuck.set()
+
+
+def make_app(gates: Gates):
+    def app(environ, start_response) -> Iterable[bytes]:
+        path = environ["PATH_INFO"]
+        gates.environs.append(environ)
+        if path == "/hold":
+            gates.entered.set()
+            gates.release.wait(WAIT)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"held\n"]
+        if path == "/stream":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return (f"part{i}\n".encode() for i in range(3))
+        if path == "/long":
+            start_response("200 OK", [("Content-Type", "text/event-stream")])
+            return long_body(gates)
+        if path == "/echo":
+            data = environ["wsgi.input"].read()
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            return [data]
+        if path == "/lines":
+            lines = list(environ["wsgi.input"])
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [json.dumps([line.decode() for line in lines]).encode()]
+        if path == "/boom":
+            raise RuntimeError("boom")
+        if path == "/token":
+            token = current_token()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"deadline": token.deadline}).encode()]
+        if path == "/close":
+            start_response(
+                "200 OK",
+                [("Connection", "close"), ("Keep-Alive", "timeout=5"), ("Content-Length", "3")],
+            )
+            return [b"bye"]
+        if path == "/stuck":
+            gates.entered.set()
+            gates.stuck.wait(WAIT * 3)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+        return [b"ok\n"]
+
+    return app
+
+
+def long_body(gates: Gates) -> Iterator[bytes]:
+    assert mark_long_lived()
+    token = current_token()
+    yield b"start\n"
+    gates.entered.set()
+    token.wait(WAIT)
+    gates.reasons.append(token.reason)
+    yield b"bye\n"
+
+
+@pytest.fixture
+def gates():
+    g = Gates()
+    yield g
+    g.open_all()
+
+
+@pytest.fixture
+def server(gates):
+    srv = WSGIServer(make_app(gates))
+    app = FakeApp()
+    srv.lifecycle_bind(app)
+    srv.app = app  # type: ignore[attr-defined]  # for the tests
+    srv.start(CancelSource().token)
+    yield srv
+    gates.open_all()
+    srv.stop(CancelSource(timeout=WAIT).token)
+    assert srv.wait_stopped(WAIT)
+
+
+def connect(srv) -> http.client.HTTPConnection:
+    host, port = srv.address
+    conn = http.client.HTTPConnection(host, port, timeout=WAIT)
+    conn.connect()
+    return conn
+
+
+def request(conn, method: str = "GET", path: str = "/", **kwargs):
+    conn.request(method, path, **kwargs)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def stop_in_thread(srv, timeout: float = WAIT) -> threading.Thread:
+    thread = threading.Thread(target=srv.stop, args=(CancelSource(timeout=timeout).token,))
+    thread.start()
+    return thread
+
+
+def server_threads(srv) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"lifecycle:{srv.name} ")]
+
+
+# -- WSGIServer: serving -------------------------------------------------------------------
+
+
+def test_serves_the_app_with_keep_alive_and_a_computed_length(server, gates):
+    """A one-item body gets a Content-Length; the connection stays open for the next request."""
+    conn = connect(server)
+    for _ in range(2):
+        response, body = request(conn, path="/hold%20me?x=1", headers={"X-Thing": "a"})
+        gates.release.set()
+        assert (response.status, body) == (200, b"ok\n")
+        assert response.getheader("Connection") is None
+        assert not response.will_close
+    conn.close()
+    environ = gates.environs[0]
+    assert environ["PATH_INFO"] == "/hold me"
+    assert environ["QUERY_STRING"] == "x=1"
+    assert environ["HTTP_X_THING"] == "a"
+    assert environ["REMOTE_ADDR"] == "127.0.0.1"
+    assert environ["SERVER_PORT"] == str(server.port)
+    assert environ[TRACKED_KEY] is True
+    assert callable(environ[CLOSE_CONNECTION_KEY])
+
+
+def test_streamed_body_is_chunked_and_head_has_none(server):
+    """A generator body is sent chunked on HTTP/1.1; a HEAD response carries no body."""
+    conn = connect(server)
+    response, body = request(conn, path="/stream")
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    assert body == b"part0\npart1\npart2\n"
+    response, body = request(conn, "HEAD", "/stream")
+    assert (response.status, body) == (200, b"")
+    response, body = request(conn)
+    assert body == b"ok\n"
+    conn.close()
+
+
+def test_http_1_0_stream_is_delimited_by_close(server):
+    """An HTTP/1.0 client gets an unchunked body, delimited by the close of the connection."""
+    client = socket.create_connection(server.address, timeout=WAIT)
+    client.sendall(b"GET /stream HTTP/1.0\r\n\r\n")
+    data = b""
+    while chunk := client.recv(65536):
+        data += chunk
+    client.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head
+    assert b"chunked" not in head
+    assert body == b"part0\npart1\npart2\n"
+
+
+def test_request_bodies_with_length_or_chunked(server):
+    """wsgi.input reads a Content-Length body or a chunked one, and iterates lines."""
+    conn = connect(server)
+    response, body = request(conn, "POST", "/echo", body=b"hello body")
+    assert body == b"hello body"
+    chunks = iter([b"chu", b"nked\n", b"body"])
+    response, body = request(conn, "POST", "/echo", body=chunks, encode_chunked=True)
+    assert body == b"chunked\nbody"
+    response, body = request(conn, "POST", "/lines", body=b"a\nb\nc")
+    assert json.loads(body) == ["a\n", "b\n", "c"]
+    assert not response.will_close
+    conn.close()
+
+
+def test_unread_small_body_is_discarded_and_the_connection_kept(server):
+    """A body the app did not read is skipped so the next request parses; a huge one closes."""
+    conn = connect(server)
+    response, body = request(conn, "POST", "/", body=b"x" * 1000)
+    assert (body, response.will_close) == (b"ok\n", False)
+    response, body = request(conn)
+    assert body == b"ok\n"
+    conn.close()
+    client = socket.create_connection(server.address, timeout=WAIT)
+    client.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+    response = http.client.HTTPResponse(client)
+    response.begin()
+    assert (response.read(), response.will_close) == (b"ok\n", True)
+    client.close()
+
+
+def test_app_error_is_a_logged_500(server, log_events):
+    """An app that raises before responding gets a 500, and the error is logged with its stack."""
+    conn = connect(server)
+    response, _ = request(conn, path="/boom")
+    assert response.status == 500
+    conn.close()
+    events = [e for e in log_events if e["event"] == "WSGI app raised"]
+    assert len(events) == 1
+    assert events[0]["exc_info"] is True
+
+
+def test_app_connection_close_is_honoured_and_hop_by_hop_dropped(server):
+    """An app's own Connection: close closes the connection; other hop-by-hop headers go."""
+    conn = connect(server)
+    response, body = request(conn, path="/close")
+    assert body == b"bye"
+    assert response.getheader("Connection") == "close"
+    assert response.getheader("Keep-Alive") is None
+    conn.close()
+
+
+# -- WSGIServer: stopping ------------------------------------------------------------------
+
+
+def test_in_flight_request_at_stop_finishes_with_connection_close(server, gates):
+    """A request in flight when stop begins completes; its response says Connection: close."""
+    conn = connect(server)
+    conn.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    stopper = stop_in_thread(server)
+    assert server._listener_closed.wait(WAIT)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(server.address, timeout=WAIT).close()
+    gates.release.set()
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"held\n")
+    assert response.getheader("Connection") == "close"
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert server_threads(server) == []
+    conn.close()
+
+
+def test_drain_responses_say_close_and_new_connections_are_served(server):
+    """During the drain, WSGI responses (framed or chunked) say Connection: close."""
+    server.app.request_shutdown()
+    for path in ("/", "/stream"):
+        conn = connect(server)
+        response, body = request(conn, path=path)
+        assert response.status == 200
+        assert body
+        assert response.getheader("Connection") == "close"
+        conn.close()
+
+
+def test_request_token_has_the_shutdown_deadline(server):
+    """current_token() in the app carries the shutdown deadline once shutdown was requested."""
+    conn = connect(server)
+    assert json.loads(request(conn, path="/token")[1]) == {"deadline": None}
+    server.app.request_shutdown()
+    deadline = json.loads(request(conn, path="/token")[1])["deadline"]
+    assert deadline == pytest.approx(server.app.shutdown_deadline, abs=0.01)
+    conn.close()
+
+
+def test_long_lived_stream_ends_at_stop(server, gates):
+    """A body marked long-lived has its token cancelled at stop and ends its stream cleanly."""
+    conn = connect(server)
+    conn.request("GET", "/long")
+    response = conn.getresponse()
+    assert gates.entered.wait(WAIT)
+    began = time.monotonic()
+    server.stop(CancelSource(timeout=WAIT).token)
+    assert time.monotonic() - began < 2.0
+    assert response.read() == b"start\nbye\n"
+    assert gates.reasons == ["server stopping: long-lived request asked to end"]
+    conn.close()
+
+
+def test_stuck_app_is_cut_and_named_in_the_log(server, gates, log_events):
+    """An app stuck past the deadline is cut before it, and the log names the request."""
+    conn = connect(server)
+    conn.request("GET", "/stuck")
+    assert gates.entered.wait(WAIT)
+    with pytest.raises(lifecycle.DeadlineExceeded, match="cut 1 unfinished request"):
+        server.stop(CancelSource(timeout=0.5).token)
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        conn.getresponse()
+    conn.close()
+    gates.stuck.set()
+    for thread in server_threads(server):
+        thread.join(WAIT)
+    cut = [e for e in log_events if e["event"] == "work cut at the stop deadline"]
+    assert [line.split(" (")[0] for line in cut[0]["running"]] == ["GET /stuck"]
+
+
+def test_wsgi_app_under_a_runner_keeps_its_in_flight_request(gates):
+    """Under ThreadedRunner a WSGI request in flight at stop completes; exit code OK."""
+    app = lifecycle.App("web", shutdown_timeout=WAIT)
+    srv = app.add(WSGIServer(make_app(gates)))
+    runner = lifecycle.ThreadedRunner(app, signals=None)
+    runner.start()
+    conn = connect(srv)
+    conn.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    codes: list[int] = []
+    stopper = threading.Thread(target=lambda: codes.append(runner.stop("test")))
+    stopper.start()
+    assert srv._listener_closed.wait(WAIT)
+    gates.release.set()
+    response = conn.getresponse()
+    assert response.read() == b"held\n"
+    assert response.getheader("Connection") == "close"
+    stopper.join(WAIT)
+    assert codes == [ExitCode.OK]
+    conn.close()
+
+
+# -- WSGIMiddleware --------------------------------------------------------------------------
+
+
+class Recorder:
+    """A start_response that records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def __call__(self, status, headers, exc_info=None):
+        self.calls.append((status, headers))
+        return lambda data: None
+
+
+def environ_for(path: str = "/", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, **(extra or {})}
+
+
+def body_app(seen: list[object]):
+    def app(environ, start_response):
+        seen.append(current_token())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            seen.append(current_token())
+            yield b"a"
+            yield b"b"
+
+        return body()
+
+    return app
+
+
+def test_middleware_tracks_a_request_until_its_body_is_closed():
+    """The request counts as in flight from the call until the server closes the body."""
+    seen: list[object] = []
+    mw = WSGIMiddleware(body_app(seen), FakeApp())
+    result = mw(environ_for("/orders"), Recorder())
+    assert mw.tracker.count == 1
+    assert [t.label for t in mw.tracker.running()] == ["GET /orders"]
+    assert list(result) == [b"a", b"b"]
+    assert mw.tracker.count == 1
+    result.close()  # type: ignore[attr-defined]
+    assert mw.tracker.count == 0
+
+
+def test_middleware_token_is_current_in_the_app_and_its_body():
+    """current_token() is the request's token in the app call and while its body iterates."""
+    seen: list[object] = []
+    fake = FakeApp()
+    fake.request_shutdown()
+    mw = WSGIMiddleware(body_app(seen), fake)
+    result = mw(environ_for(), Recorder())
+    list(result)
+    result.close()  # type: ignore[attr-defined]
+    assert seen[0] is seen[1]
+    token = seen[0]
+    assert isinstance(token, lifecycle.CancelToken)
+    assert token.deadline == pytest.approx(fake.shutdown_deadline, abs=0.01)
+    assert current_token() is not token
+
+
+def test_middleware_asks_the_server_to_close_during_the_drain():
+    """While draining, the environ's close callable is called, and no hop-by-hop header added."""
+    fake = FakeApp()
+    mw = WSGIMiddleware(body_app([]), fake)
+    closed: list[bool] = []
+    recorder = Recorder()
+    mw(environ_for(extra={CLOSE_CONNECTION_KEY: lambda: closed.append(True)}), recorder).close()  # type: ignore[attr-defined]
+    assert closed == []
+    fake.request_shutdown()
+    mw(environ_for(extra={CLOSE_CONNECTION_KEY: lambda: closed.append(True)}), recorder).close()  # type: ignore[attr-defined]
+    assert closed == [True]
+    assert all("connection" not in [h.lower() for h, _ in headers] for _, headers in recorder.calls)
+
+
+def test_middleware_uses_gunicorns_force_close():
+    """Under gunicorn (start_response bound to a Response with force_close) it forces the close."""
+
+    class GunicornLikeResponse:
+        def __init__(self) -> None:
+            self.must_close = False
+
+        def force_close(self) -> None:
+            self.must_close = True
+
+        def start_response(self, status, headers, exc_info=None):
+            return lambda data: None
+
+    fake = FakeApp()
+    mw = WSGIMiddleware(body_app([]), fake)
+    response = GunicornLikeResponse()
+    mw(environ_for(), response.start_response).close()  # type: ignore[attr-defined]
+    assert not response.must_close
+    fake.request_shutdown()
+    response = GunicornLikeResponse()
+    mw(environ_for(), response.start_response).close()  # type: ignore[attr-defined]
+    assert response.must_close
+
+
+def test_middleware_passes_through_under_wsgiserver(gates):
+    """Hosted by WSGIServer, the middleware leaves tracking to the server (no double count)."""
+    mw = WSGIMiddleware(make_app(gates))
+    srv = WSGIServer(mw)
+    srv.start(CancelSource().token)
+    conn = connect(srv)
+    _, body = request(conn)
+    conn.close()
+    srv.stop(CancelSource(timeout=WAIT).token)
+    assert body == b"ok\n"
+    assert (mw.tracker.total, srv.tracker.total) == (0, 1)
+
+
+def test_middleware_stop_waits_for_requests_and_ends_long_lived_ones():
+    """stop() waits for a request in flight and cancels the token of a long-lived one."""
+    mw = WSGIMiddleware(body_app([]), FakeApp())
+    ordinary = mw(environ_for("/a"), Recorder())
+    ended = threading.Event()
+
+    def streaming(environ, start_response):
+        mark_long_lived()
+        token = current_token()
+        token.on_cancel(ended.set)
+        start_response("200 OK", [])
+        return [b"x"]
+
+    stream_mw = mw.wsgi_app
+    mw.wsgi_app = streaming
+    stream = mw(environ_for("/events"), Recorder())
+    mw.wsgi_app = stream_mw
+    stopper = threading.Thread(target=mw.stop, args=(CancelSource(timeout=WAIT).token,))
+    stopper.start()
+    ordinary.close()  # type: ignore[attr-defined]
+    assert ended.wait(WAIT)
+    stream.close()  # type: ignore[attr-defined]
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert mw.tracker.count == 0
+
+
+def test_middleware_stop_logs_requests_still_running_at_its_deadline(log_events):
+    """A request still running at the middleware's stop deadline is named in the log."""
+    mw = WSGIMiddleware(body_app([]), FakeApp())
+    result = mw(environ_for("/slow"), Recorder())
+    mw.stop(CancelSource(timeout=0.2).token)
+    result.close()  # type: ignore[attr-defined]
+    events = [e for e in log_events if e["event"] == "requests still running at the stop deadline"]
+    assert [line.split(" (")[0] for line in events[0]["cut"]] == ["GET /slow"]
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class ThreadingWsgiref(socketserver.ThreadingMixIn, WsgirefServer):
+    daemon_threads = True
+
+
+def test_middleware_in_wsgiref_keeps_the_in_flight_request(gates):
+    """Under the stdlib wsgiref server, stop waits for the request in flight; drain is legal."""
+    app = lifecycle.App("web", shutdown_timeout=WAIT)
+    mw = app.add(WSGIMiddleware(make_app(gates)))
+    httpd = make_server(
+        "127.0.0.1", 0, mw, server_class=ThreadingWsgiref, handler_class=QuietHandler
+    )
+    serving = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    try:
+        with lifecycle.ThreadedRunner(app, signals=None) as runner:
+            host, port = httpd.server_address[:2]
+            conn = http.client.HTTPConnection(str(host), int(port), timeout=WAIT)
+            conn.request("GET", "/hold")
+            assert gates.entered.wait(WAIT)
+            codes: list[int] = []
+            stopper = threading.Thread(target=lambda: codes.append(runner.stop("test")))
+            stopper.start()
+            assert mw.draining
+            gates.release.set()
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"held\n")
+            stopper.join(WAIT)
+            assert codes == [ExitCode.OK]
+            assert mw.tracker.count == 0
+            conn.close()
+    finally:
+        httpd.shutdown()
+        serving.join(WAIT)
+        httpd.server_close()
