@@ -265,19 +265,15 @@ class App:
                 while not await token.wait_async(60):
                     await rebuild_index()
         """
-
-        def register(f: F) -> F:
-            return self._register(
-                f,
-                lambda n: worker(f, n),
-                name=name,
-                depends_on=depends_on,
-                start_timeout=start_timeout,
-                stop_timeout=stop_timeout,
-                critical=critical,
-            )
-
-        return register(fn) if fn is not None else register
+        return self._decorate(
+            worker,
+            fn,
+            name=name,
+            depends_on=depends_on,
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+            critical=critical,
+        )
 
     @overload
     def resource(self, fn: F, /) -> F: ...
@@ -316,17 +312,23 @@ class App:
                 yield p
                 p.close()
         """
+        return self._decorate(
+            resource,
+            fn,
+            name=name,
+            depends_on=depends_on,
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+            critical=critical,
+        )
+
+    def _decorate(
+        self, build: Callable[[Any, str], Component], fn: F | None, **options: Any
+    ) -> F | Callable[[F], F]:
+        """What `worker` and `resource` share: usable bare or with arguments."""
 
         def register(f: F) -> F:
-            return self._register(
-                f,
-                lambda n: resource(f, n),
-                name=name,
-                depends_on=depends_on,
-                start_timeout=start_timeout,
-                stop_timeout=stop_timeout,
-                critical=critical,
-            )
+            return self._register(f, lambda n: build(f, n), **options)
 
         return register(fn) if fn is not None else register
 

@@ -341,25 +341,16 @@ class Scheduler:
         """The component's ``start`` returned."""
         node = self._nodes[name]
         actions: list[Action] = []
-        if not node.start_active:
-            return actions  # abandoned: a late answer
-        node.start_active = False
-        node.epoch += 1
-        node.info.start_ended = now
-        self._busy -= 1
-        self._enter(node, now, actions)
+        if self._end_start(node, now):
+            self._enter(node, now, actions)
         return actions
 
     def start_failed(self, name: str, now: float, error: BaseException) -> list[Action]:
         """The component's ``start`` raised ``error``."""
         node = self._nodes[name]
         actions: list[Action] = []
-        if not node.start_active:
+        if not self._end_start(node, now):
             return actions
-        node.start_active = False
-        node.epoch += 1
-        node.info.start_ended = now
-        self._busy -= 1
         node.info.error = error
         self._move(node, ComponentState.FAILED, now)
         aborted = node.start_cancelled and isinstance(error, Cancelled)
@@ -465,6 +456,16 @@ class Scheduler:
         return actions
 
     # -- internals ---------------------------------------------------------
+
+    def _end_start(self, node: _Node, now: float) -> bool:
+        """The start call of ``node`` ended; False if it was not running (a late answer)."""
+        if not node.start_active:
+            return False
+        node.start_active = False
+        node.epoch += 1
+        node.info.start_ended = now
+        self._busy -= 1
+        return True
 
     def _timer_live(self, kind: str, name: str, epoch: int) -> bool:
         if kind == "drain":
@@ -683,10 +684,7 @@ class Scheduler:
         error = TimeoutError(why)
         node.info.timed_out = "start"
         actions.append(Abandon(name, "start", why))
-        node.start_active = False
-        node.epoch += 1
-        node.info.start_ended = now
-        self._busy -= 1
+        self._end_start(node, now)
         node.info.error = error
         self._move(node, ComponentState.FAILED, now)
         if not by_shutdown:

@@ -380,23 +380,20 @@ class _Body:
 
     def read(self, size: int | None = -1) -> bytes:
         """Read up to ``size`` bytes (all that is left by default)."""
-        left = self._left
-        if size is None or size < 0 or size > left:
-            size = left
-        if size <= 0:
-            return b""
-        data: bytes = self._rfile.read(size)
-        self._left = left - len(data) if data else 0
-        return data
+        return self._read_with(self._rfile.read, size)
 
     def readline(self, size: int | None = -1) -> bytes:
         """Read one line, at most ``size`` bytes."""
+        return self._read_with(self._rfile.readline, size)
+
+    def _read_with(self, method: Callable[[int], bytes], size: int | None) -> bytes:
+        """Call ``method`` for at most what is left of the body; count what it read."""
         left = self._left
         if size is None or size < 0 or size > left:
             size = left
         if size <= 0:
             return b""
-        data: bytes = self._rfile.readline(size)
+        data = method(size)
         self._left = left - len(data) if data else 0
         return data
 
