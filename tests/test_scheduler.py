@@ -1,0 +1,515 @@
+"""The sans-I/O scheduler, one behaviour per test, driven by hand on a fake clock.
+
+The random-case invariants live in test_scheduler_properties.py; these pin
+the exact actions, states, exit codes and messages of the named situations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from lifecycle import AppState, Cancelled, ComponentState, ExitCode
+from lifecycle._graph import analyze
+from lifecycle._scheduler import (
+    Abandon,
+    AppStarted,
+    CancelRun,
+    CancelStart,
+    ComponentInfo,
+    Finished,
+    NodeSpec,
+    RunComponent,
+    Scheduler,
+    StartComponent,
+    StopComponent,
+)
+
+C = ComponentState
+
+
+def make(
+    declared: Mapping[str, Sequence[str]],
+    *,
+    shutdown_timeout: float = 30.0,
+    drain_delay: float = 0.0,
+    **specs: dict[str, object],
+) -> Scheduler:
+    """A scheduler over ``declared``; each NodeSpec has start 5s / stop 10s unless overridden."""
+    nodes = []
+    for name in declared:
+        fields: dict[str, object] = {"start_timeout": 5.0, "stop_timeout": 10.0}
+        fields.update(specs.get(name, {}))
+        nodes.append(NodeSpec(name, **fields))  # type: ignore[arg-type]
+    return Scheduler(
+        analyze(declared), nodes, shutdown_timeout=shutdown_timeout, drain_delay=drain_delay
+    )
+
+
+def running(declared: Mapping[str, Sequence[str]], **kw: object) -> Scheduler:
+    """A scheduler whose components all started at t=0 (app RUNNING)."""
+    sched = make(declared, **kw)  # type: ignore[arg-type]
+    pending = [a.name for a in sched.begin(0.0) if isinstance(a, StartComponent)]
+    while pending:
+        pending += [
+            a.name
+            for a in sched.start_finished(pending.pop(0), 0.0)
+            if isinstance(a, StartComponent)
+        ]
+    assert sched.state is AppState.RUNNING
+    return sched
+
+
+# -- starting -----------------------------------------------------------------
+
+
+def test_begin_starts_every_root_at_once_with_its_deadline():
+    """Components without dependencies all start at begin, each with now + start_timeout."""
+    sched = make({"db": (), "cache": (), "api": ("db", "cache")}, cache={"start_timeout": 2.0})
+    assert sched.begin(100.0) == [StartComponent("db", 105.0), StartComponent("cache", 102.0)]
+    assert sched.state is AppState.STARTING
+
+
+def test_dependent_starts_when_its_last_dependency_returns():
+    """A component starts only once every dependency's start returned."""
+    sched = make({"db": (), "cache": (), "api": ("db", "cache")})
+    sched.begin(0.0)
+    assert sched.start_finished("db", 1.0) == []
+    assert sched.start_finished("cache", 3.0) == [StartComponent("api", 8.0)]
+
+
+def test_app_starts_when_the_last_start_returns_and_runs_begin_on_entry():
+    """run() begins as its component enters; AppStarted comes after the last start."""
+    sched = make({"db": (), "worker": ("db",)}, worker={"has_run": True})
+    sched.begin(0.0)
+    sched.start_finished("db", 1.0)
+    assert sched.start_finished("worker", 2.0) == [RunComponent("worker"), AppStarted()]
+    assert sched.state is AppState.RUNNING
+
+
+def test_component_without_start_enters_at_once():
+    """A component without start() is RUNNING as soon as its dependencies are."""
+    sched = make({"pool": (), "api": ("pool",)}, pool={"has_start": False})
+    assert sched.begin(0.0) == [StartComponent("api", 5.0)]
+    assert sched.infos["pool"].state is C.RUNNING
+
+
+def test_root_without_start_does_not_start_its_dependent_twice():
+    """Entering a start-less root inside begin() starts its dependent exactly once."""
+    sched = make({"a": (), "b": ("a",)}, a={"has_start": False})
+    assert sched.begin(0.0) == [StartComponent("b", 5.0)]
+
+
+def test_empty_app_starts_and_stops_cleanly():
+    """An app without components starts at once and stops with OK."""
+    sched = make({})
+    assert sched.begin(0.0) == [AppStarted()]
+    assert sched.request_shutdown(1.0) == [Finished(ExitCode.OK)]
+
+
+def test_specs_must_match_the_graph():
+    """A scheduler refuses specs that name other components than the graph."""
+    with pytest.raises(ValueError, match="specs and graph name different components"):
+        Scheduler(analyze({"a": ()}), [NodeSpec("b", 1.0, 1.0)], shutdown_timeout=1.0)
+
+
+# -- start failures -------------------------------------------------------------
+
+
+def test_failing_start_rolls_back_what_started_in_reverse():
+    """A start that raises cancels starts in progress and stops what started, deepest first."""
+    sched = make({"db": (), "cache": (), "api": ("db",), "slow": ()})
+    sched.begin(0.0)
+    sched.start_finished("db", 1.0)
+    sched.start_finished("cache", 1.0)
+    actions = sched.start_failed("api", 2.0, RuntimeError("boom"))
+    assert actions == [
+        CancelStart("slow", "component 'api' failed to start"),
+        StopComponent("cache", 12.0),
+        StopComponent("db", 12.0),
+    ]
+    assert sched.state is AppState.STOPPING
+    assert sched.startup_failure == ("api", "RuntimeError: boom")
+    assert sched.infos["api"].state is C.FAILED
+
+
+def test_rollback_waits_for_a_cancelled_start_before_stopping_its_dependency():
+    """A dependency is stopped only after its starting dependent settled."""
+    sched = make({"db": (), "api": ("db",), "bad": ()})
+    sched.begin(0.0)
+    sched.start_finished("db", 1.0)
+    assert sched.start_failed("bad", 2.0, RuntimeError("boom")) == [
+        CancelStart("api", "component 'bad' failed to start")
+    ]
+    assert sched.start_failed("api", 3.0, Cancelled("x")) == [StopComponent("db", 13.0)]
+
+
+def test_rollback_exits_failed_and_never_stops_failed_or_unstarted_components():
+    """After a failed start the exit is FAILED; failed and never-started ones are not stopped."""
+    sched = make({"db": (), "api": ("db",)})
+    sched.begin(0.0)
+    assert sched.start_failed("db", 1.0, RuntimeError("boom")) == [Finished(ExitCode.FAILED)]
+    assert sched.state is AppState.FAILED
+    assert (sched.infos["db"].stop_called, sched.infos["api"].state) == (False, C.NEW)
+
+
+def test_start_timeout_abandons_the_start_and_rolls_back():
+    """A start past its start_timeout is abandoned with a message and fails the startup."""
+    sched = make({"db": (), "api": ()})
+    sched.begin(0.0)
+    sched.start_finished("api", 1.0)
+    assert sched.next_deadline() == 5.0
+    why = "start() of 'db' did not return within its start_timeout of 5s; abandoned"
+    assert sched.tick(5.0) == [Abandon("db", "start", why), StopComponent("api", 15.0)]
+    assert sched.startup_failure == ("db", why)
+    assert sched.stop_finished("api", 6.0) == [Finished(ExitCode.FAILED)]
+    assert sched.infos["db"].timed_out == "start"
+
+
+def test_non_critical_start_failure_still_fails_startup():
+    """critical=False does not excuse a failed start: startup is rolled back, FAILED."""
+    sched = make({"extra": ()}, extra={"critical": False})
+    sched.begin(0.0)
+    assert sched.start_failed("extra", 1.0, OSError("nope")) == [Finished(ExitCode.FAILED)]
+
+
+def test_critical_run_raising_during_startup_is_a_startup_failure():
+    """A critical worker that crashes while others still start fails the startup."""
+    sched = make({"w": (), "slow": ()}, w={"has_run": True})
+    sched.begin(0.0)
+    sched.start_finished("w", 1.0)
+    actions = sched.run_finished("w", 2.0, RuntimeError("crash"))
+    assert actions == [
+        CancelStart("slow", "component 'w' failed to start"),
+        StopComponent("w", 12.0),
+    ]
+    assert sched.startup_failure == ("w", "run() raised RuntimeError: crash")
+
+
+# -- aborting a start -------------------------------------------------------------
+
+
+def test_shutdown_during_startup_cancels_starts_and_exits_ok():
+    """A shutdown while starting cancels starts; a start raising Cancelled is no failure."""
+    sched = make({"db": (), "api": ("db",)})
+    sched.begin(0.0)
+    assert sched.request_shutdown(1.0, "SIGTERM") == [CancelStart("db", "SIGTERM")]
+    assert sched.start_failed("db", 2.0, Cancelled("SIGTERM")) == [Finished(ExitCode.OK)]
+    assert sched.state is AppState.STOPPED
+    assert sched.infos["api"].state is C.NEW
+
+
+def test_start_returning_after_abort_is_stopped_and_nothing_more_starts():
+    """A start that returns despite the abort is stopped at once; its dependents never start."""
+    sched = make({"db": (), "api": ("db",)})
+    sched.begin(0.0)
+    sched.request_shutdown(1.0)
+    assert sched.start_finished("db", 2.0) == [StopComponent("db", 12.0)]
+    assert sched.stop_finished("db", 3.0) == [Finished(ExitCode.OK)]
+
+
+def test_start_raising_an_error_after_abort_is_a_failure():
+    """During an abort, a start raising a real error (not Cancelled) makes the exit FAILED."""
+    sched = make({"db": ()})
+    sched.begin(0.0)
+    sched.request_shutdown(1.0)
+    assert sched.start_failed("db", 2.0, RuntimeError("boom")) == [Finished(ExitCode.FAILED)]
+
+
+def test_shutdown_before_begin_finishes_at_once():
+    """A shutdown requested before anything started finishes cleanly at once."""
+    sched = make({"db": ()})
+    assert sched.request_shutdown(0.0) == [Finished(ExitCode.OK)]
+    assert sched.infos["db"].state is C.NEW
+
+
+# -- shutting down ------------------------------------------------------------------
+
+
+def test_drain_delay_stops_nothing_and_cancels_no_run_token():
+    """While draining nothing is stopped or cancelled; stopping begins when the drain ends."""
+    sched = running({"w": ()}, drain_delay=5.0, w={"has_run": True})
+    assert sched.request_shutdown(10.0, "SIGTERM") == []
+    assert sched.next_deadline() == 15.0
+    assert (sched.tick(14.9), sched.state) == ([], AppState.DRAINING)
+    assert (sched.tick(15.0), sched.state) == ([CancelRun("w", "SIGTERM")], AppState.STOPPING)
+
+
+def test_stop_runs_in_reverse_dependency_order():
+    """Dependents stop first; a dependency stops when all its dependents finished stopping."""
+    sched = running({"db": (), "api": ("db",), "admin": ("db",)})
+    assert sched.request_shutdown(1.0) == [StopComponent("api", 11.0), StopComponent("admin", 11.0)]
+    assert sched.stop_finished("api", 2.0) == []
+    assert sched.stop_finished("admin", 4.0) == [StopComponent("db", 14.0)]
+    assert sched.stop_finished("db", 5.0) == [Finished(ExitCode.OK)]
+    assert [sched.infos[n].state for n in ("db", "api", "admin")] == [C.STOPPED] * 3
+
+
+def test_run_token_is_cancelled_at_its_own_stop_phase_then_stop_is_called():
+    """The stop phase cancels run(), waits for it to return, then calls stop()."""
+    sched = running({"db": (), "w": ("db",)}, w={"has_run": True})
+    assert sched.request_shutdown(1.0, "bye") == [CancelRun("w", "bye")]
+    assert sched.run_finished("w", 2.0, Cancelled("bye")) == [StopComponent("w", 12.0)]
+    assert sched.stop_finished("w", 3.0) == [StopComponent("db", 13.0)]
+
+
+def test_stop_deadline_counts_from_the_stop_call():
+    """stop()'s token expires stop_timeout after stop() is called, not after run() was cancelled."""
+    sched = running({"w": ()}, w={"has_run": True, "stop_timeout": 5.0})
+    sched.request_shutdown(1.0)
+    assert sched.run_finished("w", 4.0) == [StopComponent("w", 9.0)]
+    assert sched.stop_finished("w", 8.0) == [Finished(ExitCode.OK)]
+
+
+def test_stop_deadline_is_capped_by_the_shutdown_deadline():
+    """stop()'s deadline is min(now + stop_timeout, request + shutdown_timeout)."""
+    sched = running({"db": ()}, shutdown_timeout=4.0)
+    assert sched.request_shutdown(1.0) == [StopComponent("db", 5.0)]
+
+
+def test_shutdown_request_is_idempotent_and_keeps_the_first_reason():
+    """A second request changes nothing; the first reason stays."""
+    sched = running({"w": ()}, drain_delay=1.0, w={"has_run": True})
+    sched.request_shutdown(1.0, "SIGTERM")
+    assert sched.request_shutdown(1.5, "SIGINT") == []
+    assert sched.tick(2.0) == [CancelRun("w", "SIGTERM")]
+    assert sched.shutdown_reason == "SIGTERM"
+
+
+def test_component_without_run_or_stop_stops_instantly():
+    """A component with neither run nor stop settles the moment its turn comes."""
+    sched = running({"flag": (), "api": ("flag",)}, flag={"has_stop": False})
+    assert sched.request_shutdown(1.0) == [StopComponent("api", 11.0)]
+    assert sched.stop_finished("api", 2.0) == [Finished(ExitCode.OK)]
+    assert sched.infos["flag"].state is C.STOPPED
+    assert sched.infos["flag"].stop_called is False
+
+
+# -- run ending on its own ------------------------------------------------------------
+
+
+def test_critical_run_crash_requests_shutdown_and_fails_the_exit():
+    """A critical run() raising while running drains and stops the app; exit FAILED."""
+    sched = running({"w": (), "db": ()}, drain_delay=2.0, w={"has_run": True})
+    assert sched.run_finished("w", 5.0, RuntimeError("crash")) == []
+    assert sched.state is AppState.DRAINING
+    assert sched.shutdown_reason == "critical component 'w' failed in run()"
+    assert sched.infos["w"].state is C.FAILED
+    assert sched.tick(7.0) == [StopComponent("w", 17.0), StopComponent("db", 17.0)]
+    sched.stop_finished("w", 8.0)
+    assert sched.stop_finished("db", 8.0) == [Finished(ExitCode.FAILED)]
+
+
+def test_critical_run_returning_requests_a_clean_shutdown():
+    """A critical run() returning while running shuts the app down; exit OK."""
+    sched = running({"w": ()}, w={"has_run": True, "has_stop": False})
+    assert sched.run_finished("w", 5.0) == [Finished(ExitCode.OK)]
+    assert sched.shutdown_reason == "critical component 'w' finished in run()"
+
+
+def test_non_critical_run_crash_only_shows_in_the_report():
+    """A non-critical run() raising marks it FAILED; the app runs on, is still stopped, exits OK."""
+    sched = running({"w": ()}, w={"has_run": True, "critical": False})
+    assert sched.run_finished("w", 5.0, RuntimeError("crash")) == []
+    assert (sched.state, sched.infos["w"].state) == (AppState.RUNNING, C.FAILED)
+    assert isinstance(sched.infos["w"].run_error, RuntimeError)
+    assert sched.request_shutdown(6.0) == [StopComponent("w", 16.0)]
+    assert sched.stop_finished("w", 7.0) == [Finished(ExitCode.OK)]
+
+
+# -- stop failures ------------------------------------------------------------------
+
+
+def test_stop_raising_fails_the_exit_but_others_still_stop():
+    """A stop() raising marks it FAILED, exit FAILED; its dependencies still stop."""
+    sched = running({"db": (), "api": ("db",)})
+    sched.request_shutdown(1.0)
+    assert sched.stop_finished("api", 2.0, RuntimeError("close")) == [StopComponent("db", 12.0)]
+    assert sched.stop_finished("db", 3.0) == [Finished(ExitCode.FAILED)]
+    assert sched.infos["api"].state is C.FAILED
+
+
+def test_stop_overrun_is_abandoned_at_its_deadline_and_times_out():
+    """A stop() past its stop_timeout is abandoned with a message; exit TIMEOUT."""
+    sched = running({"db": (), "api": ("db",)})
+    sched.request_shutdown(1.0)
+    why = "stop() did not return for 'api' within its stop_timeout of 10s; abandoned"
+    assert sched.next_deadline() == 11.0
+    assert sched.tick(11.0) == [Abandon("api", "stop", why), StopComponent("db", 21.0)]
+    assert sched.stop_finished("db", 12.0) == [Finished(ExitCode.TIMEOUT)]
+    assert sched.infos["api"].timed_out == "stop"
+
+
+def test_timeout_wins_over_failed():
+    """With one stop raising and another overrunning, the exit code is TIMEOUT."""
+    sched = running({"a": (), "b": ()})
+    sched.request_shutdown(1.0)
+    sched.stop_finished("a", 2.0, RuntimeError("close"))
+    assert sched.tick(11.0)[-1] == Finished(ExitCode.TIMEOUT)
+
+
+def test_run_ignoring_its_token_is_abandoned_and_stop_is_still_called():
+    """A run() past stop_timeout after its cancel is abandoned; stop() is called all the same."""
+    sched = running({"w": ()}, w={"has_run": True, "stop_timeout": 2.0})
+    sched.request_shutdown(1.0)
+    why = "run() did not return for 'w' within its stop_timeout of 2s; abandoned"
+    assert sched.tick(3.0) == [Abandon("w", "run", why), StopComponent("w", 5.0)]
+    assert sched.stop_finished("w", 4.0) == [Finished(ExitCode.TIMEOUT)]
+    assert sched.infos["w"].stop_called is True
+
+
+def test_zero_stop_timeout_begun_by_a_tick_is_abandoned_in_that_tick():
+    """A stop begun by a tick with stop_timeout 0 is abandoned in the same tick."""
+    sched = running({"a": (), "b": ("a",)}, a={"stop_timeout": 0.0}, b={"stop_timeout": 1.0})
+    sched.request_shutdown(1.0)
+    actions = sched.tick(2.0)
+    assert [type(a).__name__ for a in actions] == [
+        "Abandon",
+        "StopComponent",
+        "Abandon",
+        "Finished",
+    ]
+    assert actions[-1] == Finished(ExitCode.TIMEOUT)
+
+
+# -- the shutdown deadline -----------------------------------------------------------
+
+
+def test_shutdown_deadline_abandons_what_runs_and_never_stops_the_rest():
+    """At request + shutdown_timeout, stops in progress are abandoned; waiting ones never stop."""
+    sched = running({"db": (), "api": ("db",)}, shutdown_timeout=3.0)
+    sched.request_shutdown(1.0)
+    assert sched.next_deadline() == 4.0
+    assert sched.tick(4.0) == [
+        Abandon(
+            "api",
+            "stop",
+            "stop() did not return for 'api' within the shutdown_timeout of 3s; abandoned",
+        ),
+        Finished(ExitCode.TIMEOUT),
+    ]
+    db = sched.infos["db"]
+    assert (db.state, db.stop_called) == (C.FAILED, False)
+    assert str(db.error) == (
+        "'db' was not stopped: the shutdown_timeout of 3s passed before its stop phase "
+        "could begin (it waits for the components that depend on it)"
+    )
+
+
+def test_drain_is_bounded_by_the_shutdown_timeout():
+    """A drain as long as the shutdown_timeout leaves no time: nothing is stopped, TIMEOUT."""
+    sched = running({"w": ()}, shutdown_timeout=5.0, drain_delay=5.0, w={"has_run": True})
+    sched.request_shutdown(1.0)
+    assert sched.tick(6.0) == [
+        Abandon(
+            "w",
+            "run",
+            "'w' was not stopped: the shutdown_timeout of 5s passed before its "
+            "stop phase could begin (it waits for the components that depend on it)",
+        ),
+        Finished(ExitCode.TIMEOUT),
+    ]
+
+
+def test_empty_app_with_a_drain_as_long_as_the_timeout_exits_ok():
+    """With nothing to abandon, reaching the shutdown deadline is no TIMEOUT."""
+    sched = make({}, shutdown_timeout=5.0, drain_delay=5.0)
+    sched.begin(0.0)
+    sched.request_shutdown(1.0)
+    assert sched.tick(6.0) == [Finished(ExitCode.OK)]
+
+
+def test_starts_cut_by_the_shutdown_deadline_do_not_begin_stops():
+    """Abandoning a start at the shutdown deadline does not start its dependency's stop."""
+    sched = make({"a": (), "b": ("a",)}, shutdown_timeout=3.0, b={"start_timeout": 100.0})
+    sched.begin(0.0)
+    sched.start_finished("a", 0.0)
+    assert sched.request_shutdown(1.0) == [CancelStart("b", "requested")]
+    actions = sched.tick(4.0)
+    assert [type(a) for a in actions] == [Abandon, Finished]
+    assert actions[-1] == Finished(ExitCode.TIMEOUT)
+    assert sched.infos["a"].stop_called is False
+
+
+def test_no_stop_is_called_when_run_returns_at_the_shutdown_deadline():
+    """run() returning exactly at the shutdown deadline leaves no time to call stop()."""
+    sched = running({"w": ()}, shutdown_timeout=3.0, w={"has_run": True})
+    sched.request_shutdown(1.0)
+    assert sched.run_finished("w", 4.0) == [Finished(ExitCode.TIMEOUT)]
+    assert sched.infos["w"].stop_called is False
+
+
+# -- late answers, queries, observers ---------------------------------------------------
+
+
+def test_late_answers_for_abandoned_calls_change_nothing():
+    """Answers for abandoned or never-made calls return no actions."""
+    sched = running({"a": (), "b": ()}, a={"stop_timeout": 1.0})
+    sched.request_shutdown(1.0)
+    sched.tick(2.0)
+    assert sched.stop_finished("a", 3.0) == []
+    assert sched.run_finished("b", 3.0) == []
+    assert sched.start_finished("b", 3.0) == []
+    assert sched.infos["a"].timed_out == "stop"
+
+
+def test_active_lists_calls_in_progress():
+    """active() names every call in progress, for stuck diagnostics."""
+    sched = make({"db": (), "w": ()}, w={"has_run": True})
+    sched.begin(0.0)
+    sched.start_finished("w", 0.0)
+    assert sorted(sched.active()) == [("db", "start"), ("w", "run")]
+
+
+def test_next_deadline_is_none_once_done():
+    """After Finished no timer is pending."""
+    sched = running({"db": ()})
+    sched.request_shutdown(1.0)
+    sched.stop_finished("db", 2.0)
+    assert (sched.done, sched.next_deadline()) == (True, None)
+
+
+def test_observers_see_every_transition_with_durations():
+    """on_component gets (info, from, to, seconds in from); on_app gets (from, to, now)."""
+    seen: list[tuple[str, C, C, float]] = []
+    app_seen: list[tuple[AppState, AppState, float]] = []
+
+    def on_component(info: ComponentInfo, before: C, after: C, seconds: float) -> None:
+        seen.append((info.name, before, after, seconds))
+
+    sched = Scheduler(
+        analyze({"db": ()}),
+        [NodeSpec("db", 5.0, 5.0)],
+        shutdown_timeout=10.0,
+        on_component=on_component,
+        on_app=lambda before, after, now: app_seen.append((before, after, now)),
+    )
+    sched.begin(1.0)
+    sched.start_finished("db", 3.0)
+    sched.request_shutdown(10.0)
+    sched.stop_finished("db", 10.5)
+    assert seen == [
+        ("db", C.NEW, C.STARTING, 0.0),
+        ("db", C.STARTING, C.RUNNING, 2.0),
+        ("db", C.RUNNING, C.STOPPING, 7.0),
+        ("db", C.STOPPING, C.STOPPED, 0.5),
+    ]
+    assert app_seen == [
+        (AppState.NEW, AppState.STARTING, 1.0),
+        (AppState.STARTING, AppState.RUNNING, 3.0),
+        (AppState.RUNNING, AppState.DRAINING, 10.0),
+        (AppState.DRAINING, AppState.STOPPING, 10.0),
+        (AppState.STOPPING, AppState.STOPPED, 10.5),
+    ]
+
+
+def test_given_infos_are_kept_up_to_date():
+    """The infos mapping passed in is the one updated (app.components shares it)."""
+    infos: dict[str, ComponentInfo] = {}
+    sched = Scheduler(
+        analyze({"db": ()}), [NodeSpec("db", 5.0, 5.0)], shutdown_timeout=1.0, infos=infos
+    )
+    sched.begin(0.0)
+    assert infos["db"].state is C.STARTING
+    assert infos["db"].start_began == 0.0
