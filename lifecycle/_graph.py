@@ -21,8 +21,10 @@ class Graph:
     """A validated dependency graph.
 
     Attributes:
-        order: every name, each after all of its dependencies; ties keep
-            registration order, so the order is deterministic.
+        order: every name, each after all of its dependencies. Deterministic:
+            the roots in registration order, then each name in the order it
+            became ready (breadth-first), so the same declaration always
+            gives the same order.
         layers: the start waves: layer 0 depends on nothing, layer k on
             something in layer k-1 at the deepest. Names in one layer are
             independent of each other and start concurrently.

@@ -16,6 +16,8 @@ Invariants (checked by the property tests):
   starting has *settled* (its start failed, or its stop phase ended).
 * Every *entered* component (its start returned, or it has no start) gets
   exactly one stop phase, unless the shutdown deadline passes first.
+* Nothing begins at or after the shutdown deadline: no stop phase, no
+  ``stop()`` call (there is no time left for it).
 * Events for a phase that was abandoned, or that never began, are ignored:
   late answers from abandoned threads change nothing.
 """
