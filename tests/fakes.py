@@ -1,8 +1,12 @@
-"""Test doubles shared by the suite: a fake clock (trio's MockClock idea)."""
+"""Test doubles shared by the suite: a fake clock (trio's MockClock idea), a fake app,
+and the legal state moves transcribed from DESIGN.md (independently of lifecycle._states)."""
 
 from __future__ import annotations
 
 import threading
+import time
+
+from lifecycle import AppState, CancelSource, CancelToken, ComponentState
 
 
 class FakeClock:
@@ -22,3 +26,44 @@ class FakeClock:
         with self._lock:
             self._now += seconds
             return self._now
+
+
+class FakeApp:
+    """What a server component reads of its App: a shutdown token and deadline."""
+
+    def __init__(self, shutdown_timeout: float = 30.0) -> None:
+        self._source = CancelSource()
+        self.shutdown_timeout = shutdown_timeout
+        self.shutdown_deadline: float | None = None
+
+    @property
+    def shutdown_token(self) -> CancelToken:
+        return self._source.token
+
+    def request_shutdown(self) -> None:
+        self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
+        self._source.cancel("test shutdown")
+
+
+_C = ComponentState
+_A = AppState
+
+# Transcribed from DESIGN.md "States", independently of lifecycle._states.
+LEGAL_COMPONENT_MOVES = {
+    (_C.NEW, _C.STARTING),
+    (_C.STARTING, _C.RUNNING),
+    (_C.STARTING, _C.FAILED),
+    (_C.RUNNING, _C.STOPPING),
+    (_C.RUNNING, _C.FAILED),
+    (_C.STOPPING, _C.STOPPED),
+    (_C.STOPPING, _C.FAILED),
+}
+LEGAL_APP_MOVES = {
+    (_A.NEW, _A.STARTING),
+    (_A.STARTING, _A.RUNNING),
+    (_A.STARTING, _A.STOPPING),
+    (_A.RUNNING, _A.DRAINING),
+    (_A.DRAINING, _A.STOPPING),
+    (_A.STOPPING, _A.STOPPED),
+    (_A.STOPPING, _A.FAILED),
+}

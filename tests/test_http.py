@@ -21,25 +21,9 @@ import pytest
 import lifecycle
 from lifecycle import CancelSource, ExitCode, current_token
 from lifecycle._http import FIRST_REQUEST_GRACE, HTTPServer, TCPServer, mark_long_lived
+from tests.fakes import FakeApp
 
 WAIT = 10.0  # bound on every wait expected to finish at once
-
-
-class FakeApp:
-    """What a server component reads of its App: a shutdown token and deadline."""
-
-    def __init__(self, shutdown_timeout: float = 30.0) -> None:
-        self._source = CancelSource()
-        self.shutdown_timeout = shutdown_timeout
-        self.shutdown_deadline: float | None = None
-
-    @property
-    def shutdown_token(self):
-        return self._source.token
-
-    def request_shutdown(self) -> None:
-        self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
-        self._source.cancel("test shutdown")
 
 
 class Gates:

@@ -25,6 +25,7 @@ from lifecycle._scheduler import (
     StopComponent,
 )
 from lifecycle._states import AppState, ComponentState, ExitCode
+from tests.fakes import LEGAL_APP_MOVES, LEGAL_COMPONENT_MOVES
 from tests.sim import (
     AppMove,
     ComponentMove,
@@ -40,25 +41,6 @@ from tests.strategies import Case, cases, clean_cases, one_fault_cases
 C = ComponentState
 A = AppState
 
-# Written from DESIGN.md "States", independently of lifecycle._states.
-LEGAL_COMPONENT_MOVES = {
-    (C.NEW, C.STARTING),
-    (C.STARTING, C.RUNNING),
-    (C.STARTING, C.FAILED),
-    (C.RUNNING, C.STOPPING),
-    (C.RUNNING, C.FAILED),
-    (C.STOPPING, C.STOPPED),
-    (C.STOPPING, C.FAILED),
-}
-LEGAL_APP_MOVES = {
-    (A.NEW, A.STARTING),
-    (A.STARTING, A.RUNNING),
-    (A.STARTING, A.STOPPING),
-    (A.RUNNING, A.DRAINING),
-    (A.DRAINING, A.STOPPING),
-    (A.STOPPING, A.STOPPED),
-    (A.STOPPING, A.FAILED),
-}
 
 
 class View:

@@ -14,29 +14,13 @@ from lifecycle import (
     LifecycleError,
 )
 from lifecycle._states import check_app_move, check_component_move
+from tests.fakes import LEGAL_APP_MOVES, LEGAL_COMPONENT_MOVES
 
 C = ComponentState
 A = AppState
 
-# Transcribed from DESIGN.md "States".
-COMPONENT_MOVES = {
-    (C.NEW, C.STARTING),
-    (C.STARTING, C.RUNNING),
-    (C.STARTING, C.FAILED),
-    (C.RUNNING, C.STOPPING),
-    (C.RUNNING, C.FAILED),
-    (C.STOPPING, C.STOPPED),
-    (C.STOPPING, C.FAILED),
-}
-APP_MOVES = {
-    (A.NEW, A.STARTING),
-    (A.STARTING, A.RUNNING),
-    (A.STARTING, A.STOPPING),
-    (A.RUNNING, A.DRAINING),
-    (A.DRAINING, A.STOPPING),
-    (A.STOPPING, A.STOPPED),
-    (A.STOPPING, A.FAILED),
-}
+COMPONENT_MOVES = LEGAL_COMPONENT_MOVES
+APP_MOVES = LEGAL_APP_MOVES
 
 
 @pytest.mark.parametrize(("before", "after"), list(itertools.product(C, C)))

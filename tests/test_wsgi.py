@@ -23,25 +23,9 @@ import lifecycle
 from lifecycle import CancelSource, ExitCode, current_token
 from lifecycle._http import mark_long_lived
 from lifecycle._wsgi import CLOSE_CONNECTION_KEY, TRACKED_KEY, WSGIMiddleware, WSGIServer
+from tests.fakes import FakeApp
 
 WAIT = 10.0  # bound on every wait expected to finish at once
-
-
-class FakeApp:
-    """What a component reads of its App: a shutdown token and deadline."""
-
-    def __init__(self, shutdown_timeout: float = 30.0) -> None:
-        self._source = CancelSource()
-        self.shutdown_timeout = shutdown_timeout
-        self.shutdown_deadline: float | None = None
-
-    @property
-    def shutdown_token(self):
-        return self._source.token
-
-    def request_shutdown(self) -> None:
-        self.shutdown_deadline = time.monotonic() + self.shutdown_timeout
-        self._source.cancel("test shutdown")
 
 
 class Gates:
