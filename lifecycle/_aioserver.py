@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 from ._errors import DeadlineExceeded
-from ._inflight import InFlight, Ticket
+from ._inflight import InFlight, Ticket, cut_deadline
 from ._tokens import CancelSource, CancelToken, _current, current_token
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class _Request:
         deadline = conn.server._deadline()
         if deadline is not None:
             # Shutdown was requested: the request learns when it will be cut.
-            self._source = CancelSource(token, timeout=max(0.0, deadline - time.monotonic()))
+            self._source = CancelSource(token, deadline=deadline)
             token = self._source.token
             self._reset = _current.set(token)
         return token
@@ -469,11 +469,7 @@ class AsyncStreamServer:
         shutdown = self._shutdown
         if not self._stopping and (shutdown is None or not shutdown.cancelled):
             return None  # the hot path: no shutdown requested
-        deadline = self._shutdown_deadline()
-        stop = self._stop_deadline
-        if stop is not None and (deadline is None or stop < deadline):
-            return stop
-        return deadline
+        return cut_deadline(self._shutdown_deadline(), self._stop_deadline)
 
     def _on_connect(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -486,9 +482,7 @@ class AsyncStreamServer:
         label = f"connection {peer}" + (" (idle)" if by_request else "")
         ticket = self.tracker.enter(label, long_lived=by_request)
         assert ticket is not None  # never closed
-        deadline = self._deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        source = CancelSource(self._conns.token, timeout=timeout)
+        source = CancelSource(self._conns.token, deadline=self._deadline())
         conn = _Connection(self, peer, ticket, source, writer, by_request=by_request)
         self._connections.add(conn)
         if self._closing_idle and conn.idle:

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ._aioserver import _cut_source
-from ._inflight import InFlight
+from ._inflight import InFlight, cut_deadline
 from ._tokens import CancelSource, CancelToken, _current, current_token
 
 if TYPE_CHECKING:
@@ -148,7 +147,7 @@ class ASGIMiddleware:
         source: CancelSource | None = None
         deadline = self._deadline()
         if deadline is not None:
-            source = CancelSource(token, timeout=max(0.0, deadline - time.monotonic()))
+            source = CancelSource(token, deadline=deadline)
             token = source.token
         reset = _current.set(token)
         try:
@@ -173,11 +172,7 @@ class ASGIMiddleware:
         shutdown = self._shutdown
         if not self._stopping and (shutdown is None or not shutdown.cancelled):
             return None  # the hot path: no shutdown requested
-        deadline = self._shutdown_deadline()
-        stop = self._stop_deadline
-        if stop is not None and (deadline is None or stop < deadline):
-            return stop
-        return deadline
+        return cut_deadline(self._shutdown_deadline(), self._stop_deadline)
 
     async def wait_idle(
         self, token: CancelToken | None = None, *, ignore_long_lived: bool = False

@@ -63,7 +63,7 @@ from typing import Any, ClassVar, Protocol, cast
 import structlog
 
 from ._errors import DeadlineExceeded
-from ._inflight import InFlight, Ticket
+from ._inflight import InFlight, Ticket, cut_deadline
 from ._tokens import CancelSource, CancelToken, _current, current_token, use_token
 
 __all__ = ["HTTPServer", "TCPServer", "mark_long_lived"]
@@ -553,13 +553,11 @@ class _StreamServer:
         """
         if not self._draining:
             return None
-        deadline = self._app.shutdown_deadline if self._app is not None else None
-        stop = self._stop_deadline
-        if stop is not None and (deadline is None or stop < deadline):
-            deadline = stop
+        shutdown = self._app.shutdown_deadline if self._app is not None else None
+        deadline = cut_deadline(shutdown, self._stop_deadline)
         if deadline is None:
             return None
-        return CancelSource(parent, timeout=max(0.0, deadline - time.monotonic()))
+        return CancelSource(parent, deadline=deadline)
 
     def _connection_main(self, conn: _Conn) -> None:
         try:

@@ -19,7 +19,7 @@ from typing import Any
 from ._errors import LifecycleError
 from ._tokens import CancelToken
 
-__all__ = ["InFlight", "Refused", "Ticket"]
+__all__ = ["InFlight", "Refused", "Ticket", "cut_deadline"]
 
 _ids = itertools.count(1)
 
@@ -281,3 +281,19 @@ class InFlight:
 def _resolve(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def cut_deadline(
+    shutdown_deadline: float | None, stop_deadline: float | None
+) -> float | None:
+    """When work begun now will be cut: the earlier of the shutdown and stop deadlines.
+
+    What every server and middleware gives a request that starts once the
+    shutdown was requested (``CancelSource(parent, deadline=cut_deadline(...))``),
+    so that ``current_token().deadline`` in its handler says when it ends.
+    """
+    if stop_deadline is None:
+        return shutdown_deadline
+    if shutdown_deadline is None:
+        return stop_deadline
+    return min(shutdown_deadline, stop_deadline)

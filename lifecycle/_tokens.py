@@ -82,6 +82,20 @@ def _check_timeout(timeout: object, name: str = "timeout") -> float | None:
     return value
 
 
+def _check_deadline(deadline: object) -> float | None:
+    """Validate a deadline argument: None or a number (a ``time.monotonic()`` value)."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise TypeError(
+            f"deadline must be a time.monotonic() value or None, not "
+            f"{type(deadline).__name__} ({deadline!r})"
+        )
+    if math.isnan(deadline):
+        raise ValueError("deadline must be a time.monotonic() value, got nan")
+    return float(deadline)
+
+
 class DeadlineTimer:
     """The one timer that fires the deadlines of many tokens.
 
@@ -269,6 +283,7 @@ class CancelToken:
         parents: tuple[CancelToken, ...],
         timeout: float | None,
         timer: DeadlineTimer | None,
+        deadline: float | None = None,
     ) -> CancelToken:
         self = object.__new__(cls)
         self.cancelled = False
@@ -283,7 +298,10 @@ class CancelToken:
         inherited = min(
             (p._deadline for p in parents if p._deadline is not None), default=None
         )
-        own = None if timeout is None else timer.clock() + timeout
+        now = timer.clock()
+        own = None if timeout is None else now + timeout
+        if deadline is not None and (own is None or deadline < own):
+            own = deadline
         own_is_earliest = own is not None and (inherited is None or own < inherited)
         self._deadline = own if own_is_earliest else inherited
         cause: str | None = None
@@ -312,7 +330,7 @@ class CancelToken:
             # Only a deadline earlier than every parent's needs the timer: a
             # parent's own expiry reaches the child through the tree with the
             # same reason.
-            if timeout == 0:
+            if own <= now:  # a zero timeout, or a deadline already past
                 _cancel_tree(self, DEADLINE_EXCEEDED)
             elif not math.isinf(own):
                 self._timer_entry = True
@@ -530,14 +548,18 @@ class CancelSource:
     Args:
         parent: a token whose cancellation cancels this one (with its reason).
         timeout: seconds until the token cancels itself with reason
-            ``"deadline exceeded"``; the effective deadline is the earlier of
-            this and the parent's.
+            ``"deadline exceeded"``; the effective deadline is the earliest
+            of this, ``deadline`` and the parent's.
+        deadline: the same as an absolute value of the timer's clock
+            (``time.monotonic()``), e.g. ``app.shutdown_deadline``; one
+            already past gives a token born cancelled.
         timer: the `DeadlineTimer` that fires deadlines (tests pass one with a
             fake clock); children inherit their parent's.
 
     Raises:
-        TypeError: ``parent`` is not a `CancelToken`, or ``timeout`` is no number.
-        ValueError: ``timeout`` is negative or NaN.
+        TypeError: ``parent`` is not a `CancelToken`, or ``timeout`` or
+            ``deadline`` is no number.
+        ValueError: ``timeout`` is negative or NaN, or ``deadline`` is NaN.
 
     Example::
 
@@ -557,6 +579,7 @@ class CancelSource:
         parent: CancelToken | None = None,
         *,
         timeout: float | None = None,
+        deadline: float | None = None,
         timer: DeadlineTimer | None = None,
     ) -> None:
         if parent is not None and not isinstance(parent, CancelToken):
@@ -567,13 +590,16 @@ class CancelSource:
                 else f"parent must be a CancelToken or None, not {type(parent).__name__}"
             )
         seconds = _check_timeout(timeout)
-        self.token = CancelToken._make((parent,) if parent is not None else (), seconds, timer)
+        self.token = CancelToken._make(
+            (parent,) if parent is not None else (), seconds, timer, _check_deadline(deadline)
+        )
 
     @classmethod
     def linked(
         cls,
         *tokens: CancelToken,
         timeout: float | None = None,
+        deadline: float | None = None,
         timer: DeadlineTimer | None = None,
     ) -> CancelSource:
         """A source cancelled as soon as any of ``tokens`` is (with that token's reason).
@@ -590,7 +616,7 @@ class CancelSource:
                 )
         seconds = _check_timeout(timeout)
         self = object.__new__(cls)
-        self.token = CancelToken._make(tuple(tokens), seconds, timer)
+        self.token = CancelToken._make(tuple(tokens), seconds, timer, _check_deadline(deadline))
         return self
 
     def __repr__(self) -> str:

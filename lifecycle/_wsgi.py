@@ -36,7 +36,6 @@ Added in 0.1.
 from __future__ import annotations
 
 import sys
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -181,25 +180,14 @@ class WSGIMiddleware:
         if self.draining:
             return self._call_draining(environ, start_response, ticket)
         request = _MiddlewareRequest(self, ticket, self._before.token, None)
-        reset = request.enter()
-        try:
-            result = self.wsgi_app(environ, start_response)
-        except BaseException:
-            request.end()
-            raise
-        finally:
-            request.exit(reset)
-        return _body(result, request)
+        return self._serve(request, environ, start_response)
 
     def _call_draining(
         self, environ: WSGIEnvironment, start_response: StartResponse, ticket: Ticket
     ) -> Iterable[bytes]:
         app = self._app
         deadline = app.shutdown_deadline if app is not None else None
-        source = CancelSource(
-            self._during.token,
-            timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
-        )
+        source = CancelSource(self._during.token, deadline=deadline)
         self._sources[ticket.id] = source
         request = _MiddlewareRequest(self, ticket, source.token, source)
 
@@ -211,9 +199,18 @@ class WSGIMiddleware:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
 
+        return self._serve(request, environ, closing_start)
+
+    def _serve(
+        self,
+        request: _MiddlewareRequest,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        """Call the app under the request's token; the request ends with its body."""
         reset = request.enter()
         try:
-            result = self.wsgi_app(environ, closing_start)
+            result = self.wsgi_app(environ, start_response)
         except BaseException:
             request.end()
             raise

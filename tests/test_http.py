@@ -21,9 +21,7 @@ import pytest
 import lifecycle
 from lifecycle import CancelSource, ExitCode, current_token
 from lifecycle._http import FIRST_REQUEST_GRACE, HTTPServer, TCPServer, mark_long_lived
-from tests.fakes import FakeApp
-
-WAIT = 10.0  # bound on every wait expected to finish at once
+from tests.serving import WAIT, connect, serving
 
 
 class Gates:
@@ -124,22 +122,7 @@ def gates():
 @pytest.fixture
 def server(gates):
     """A started HTTPServer bound to a FakeApp; stopped (bounded) at teardown."""
-    srv = HTTPServer(make_handler(gates))
-    app = FakeApp()
-    srv.lifecycle_bind(app)
-    srv.app = app  # type: ignore[attr-defined]  # for the tests
-    srv.start(CancelSource().token)
-    yield srv
-    gates.open_all()
-    srv.stop(CancelSource(timeout=WAIT).token)
-    assert srv.wait_stopped(WAIT)
-
-
-def connect(srv) -> http.client.HTTPConnection:
-    host, port = srv.address
-    conn = http.client.HTTPConnection(host, port, timeout=WAIT)
-    conn.connect()
-    return conn
+    yield from serving(HTTPServer(make_handler(gates)), gates.open_all)
 
 
 def get(conn: http.client.HTTPConnection, path: str = "/"):
@@ -420,7 +403,7 @@ def test_request_token_carries_the_shutdown_deadline_once_requested(server):
     info = json.loads(during)
     assert not info["cancelled"]
     # Set as a timeout from "now": equal up to the time between two clock reads.
-    assert info["deadline"] == pytest.approx(server.app.shutdown_deadline, abs=0.01)
+    assert info["deadline"] == server.app.shutdown_deadline
     conn.close()
 
 
@@ -506,7 +489,7 @@ def test_request_during_the_drain_delay_has_the_shutdown_deadline(gates):
         response, body = get(conn, "/token")
         conn.close()
         assert response.getheader("Connection") == "close"
-        assert json.loads(body)["deadline"] == pytest.approx(app.shutdown_deadline, abs=0.01)
+        assert json.loads(body)["deadline"] == app.shutdown_deadline
         assert runner.wait() == ExitCode.OK
 
 

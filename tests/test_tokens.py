@@ -1408,3 +1408,39 @@ def test_realtime_deadline_wakes_wait_async():
 
     expected = (True, DEADLINE_EXCEEDED)
     assert expected == (asyncio.run(main()), source.token.reason)
+
+
+def test_absolute_deadline_is_kept_exactly(clock, timer):
+    """deadline= sets the token's deadline to that very clock value."""
+    source = CancelSource(deadline=clock() + 7.5, timer=timer)
+    assert source.token.deadline == clock() + 7.5
+    clock.advance(7.5)
+    timer.fire_due()
+    assert source.token.reason == DEADLINE_EXCEEDED
+
+
+def test_earlier_of_timeout_and_deadline_wins(clock, timer):
+    """With both timeout= and deadline=, the earlier one is the deadline."""
+    assert CancelSource(timeout=3, deadline=clock() + 5, timer=timer).token.deadline == clock() + 3
+    assert CancelSource(timeout=5, deadline=clock() + 3, timer=timer).token.deadline == clock() + 3
+
+
+def test_deadline_already_past_is_born_cancelled(clock, timer):
+    """A deadline in the past gives a token born cancelled with the deadline reason."""
+    token = CancelSource(deadline=clock() - 1, timer=timer).token
+    assert token.cancelled
+    assert token.reason == DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize(
+    ("deadline", "error", "message"),
+    [
+        ("soon", TypeError, "deadline must be a time.monotonic"),
+        (True, TypeError, "deadline must be a time.monotonic"),
+        (math.nan, ValueError, "deadline must be a time.monotonic.*nan"),
+    ],
+)
+def test_bad_deadline_is_rejected_naming_it(deadline, error, message):
+    """deadline= that is no number, or NaN, is refused with a message naming it."""
+    with pytest.raises(error, match=message):
+        CancelSource(deadline=deadline)

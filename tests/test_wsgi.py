@@ -24,8 +24,7 @@ from lifecycle import CancelSource, ExitCode, current_token
 from lifecycle._http import mark_long_lived
 from lifecycle._wsgi import CLOSE_CONNECTION_KEY, TRACKED_KEY, WSGIMiddleware, WSGIServer
 from tests.fakes import FakeApp
-
-WAIT = 10.0  # bound on every wait expected to finish at once
+from tests.serving import WAIT, connect, serving
 
 
 class Gates:
@@ -104,22 +103,8 @@ def gates():
 
 @pytest.fixture
 def server(gates):
-    srv = WSGIServer(make_app(gates))
-    app = FakeApp()
-    srv.lifecycle_bind(app)
-    srv.app = app  # type: ignore[attr-defined]  # for the tests
-    srv.start(CancelSource().token)
-    yield srv
-    gates.open_all()
-    srv.stop(CancelSource(timeout=WAIT).token)
-    assert srv.wait_stopped(WAIT)
-
-
-def connect(srv) -> http.client.HTTPConnection:
-    host, port = srv.address
-    conn = http.client.HTTPConnection(host, port, timeout=WAIT)
-    conn.connect()
-    return conn
+    """A started WSGIServer bound to a FakeApp; stopped (bounded) at teardown."""
+    yield from serving(WSGIServer(make_app(gates)), gates.open_all)
 
 
 def request(conn, method: str = "GET", path: str = "/", **kwargs):
@@ -279,7 +264,7 @@ def test_request_token_has_the_shutdown_deadline(server):
     assert json.loads(request(conn, path="/token")[1]) == {"deadline": None}
     server.app.request_shutdown()
     deadline = json.loads(request(conn, path="/token")[1])["deadline"]
-    assert deadline == pytest.approx(server.app.shutdown_deadline, abs=0.01)
+    assert deadline == server.app.shutdown_deadline
     conn.close()
 
 
@@ -394,7 +379,7 @@ def test_middleware_token_is_current_in_the_app_and_its_body():
     assert seen[0] is seen[1]
     token = seen[0]
     assert isinstance(token, lifecycle.CancelToken)
-    assert token.deadline == pytest.approx(fake.shutdown_deadline, abs=0.01)
+    assert token.deadline == fake.shutdown_deadline
     assert current_token() is not token
 
 
