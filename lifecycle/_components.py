@@ -158,34 +158,58 @@ def worker(fn: Callable[..., Any], name: str) -> Component:
     return Component(name, fn, None, _call(fn, f"worker {name}()"), None, None, "worker")
 
 
-class _GeneratorResource:
-    """Drives a (sync) generator function as start/stop."""
+def _no_yield(name: str) -> str:
+    return (
+        f"resource {name!r} returned without yielding; a resource must "
+        f"yield exactly once (start code, yield, stop code)"
+    )
 
-    def __init__(self, fn: Callable[..., Generator[Any, None, None]], name: str) -> None:
+
+def _yielded_twice(name: str) -> str:
+    return (
+        f"resource {name!r} yielded more than once; a resource must yield "
+        f"exactly once (start code, yield, stop code)"
+    )
+
+
+class _ResourceDriver:
+    """What the sync and async generator drivers share."""
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn = fn
         self.name = name
         self.takes_token = _takes_token(fn, f"resource {name}()")
+        # The token the generator function gets: it fires when the phase
+        # token in effect (start's, then stop's) does.
         self.source = CancelSource()
-        self.gen: Generator[Any, None, None] | None = None
         self.value: Any = None
 
+    def _follow(self, token: CancelToken) -> Callable[[], bool]:
+        """Forward ``token``'s cancellation to the generator's token while a phase runs."""
+        return token.on_cancel(lambda: self.source.cancel(token.reason or "cancelled"))
+
+
+class _GeneratorResource(_ResourceDriver):
+    """Drives a (sync) generator function as start/stop."""
+
+    def __init__(self, fn: Callable[..., Generator[Any, None, None]], name: str) -> None:
+        super().__init__(fn, name)
+        self.gen: Generator[Any, None, None] | None = None
+
     def start(self, token: CancelToken) -> None:
-        detach = token.on_cancel(lambda: self.source.cancel(token.reason or "cancelled"))
+        detach = self._follow(token)
         try:
             self.gen = self.fn(self.source.token) if self.takes_token else self.fn()
             self.value = next(self.gen)
         except StopIteration:
-            raise RuntimeError(
-                f"resource {self.name!r} returned without yielding; a resource must "
-                f"yield exactly once (start code, yield, stop code)"
-            ) from None
+            raise RuntimeError(_no_yield(self.name)) from None
         finally:
             detach()
 
     def stop(self, token: CancelToken) -> None:
         if self.gen is None:
             return
-        detach = token.on_cancel(lambda: self.source.cancel(token.reason or "cancelled"))
+        detach = self._follow(token)
         try:
             next(self.gen)
         except StopIteration:
@@ -193,40 +217,30 @@ class _GeneratorResource:
         finally:
             detach()
         self.gen.close()
-        raise RuntimeError(
-            f"resource {self.name!r} yielded more than once; a resource must yield "
-            f"exactly once (start code, yield, stop code)"
-        )
+        raise RuntimeError(_yielded_twice(self.name))
 
 
-class _AsyncGeneratorResource:
+class _AsyncGeneratorResource(_ResourceDriver):
     """Drives an async generator function as start/stop."""
 
     def __init__(self, fn: Callable[..., AsyncGenerator[Any, None]], name: str) -> None:
-        self.fn = fn
-        self.name = name
-        self.takes_token = _takes_token(fn, f"resource {name}()")
-        self.source = CancelSource()
+        super().__init__(fn, name)
         self.gen: AsyncGenerator[Any, None] | None = None
-        self.value: Any = None
 
     async def start(self, token: CancelToken) -> None:
-        detach = token.on_cancel(lambda: self.source.cancel(token.reason or "cancelled"))
+        detach = self._follow(token)
         try:
             self.gen = self.fn(self.source.token) if self.takes_token else self.fn()
             self.value = await anext(self.gen)
         except StopAsyncIteration:
-            raise RuntimeError(
-                f"resource {self.name!r} returned without yielding; a resource must "
-                f"yield exactly once (start code, yield, stop code)"
-            ) from None
+            raise RuntimeError(_no_yield(self.name)) from None
         finally:
             detach()
 
     async def stop(self, token: CancelToken) -> None:
         if self.gen is None:
             return
-        detach = token.on_cancel(lambda: self.source.cancel(token.reason or "cancelled"))
+        detach = self._follow(token)
         try:
             await anext(self.gen)
         except StopAsyncIteration:
@@ -234,10 +248,7 @@ class _AsyncGeneratorResource:
         finally:
             detach()
         await self.gen.aclose()
-        raise RuntimeError(
-            f"resource {self.name!r} yielded more than once; a resource must yield "
-            f"exactly once (start code, yield, stop code)"
-        )
+        raise RuntimeError(_yielded_twice(self.name))
 
 
 def resource(fn: Callable[..., Any], name: str) -> Component:
