@@ -256,7 +256,9 @@ class _Driver:
             # The scheduler decided to shut down by itself (a critical run
             # ended, a start failed): readiness, shutdown_token and the report
             # must say so just as for a requested shutdown.
-            self.app.request_shutdown(sched.shutdown_reason)
+            # _mark_shutdown, not request_shutdown: the scheduler already
+            # knows, so no second shutdown event is posted to ourselves.
+            self.app._mark_shutdown(sched.shutdown_reason)
         return actions
 
     def _execute(self, actions: list[Action]) -> None:
