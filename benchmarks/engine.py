@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-from lifecycle._graph import Graph, analyze
-from lifecycle._scheduler import (
+from lifecycle._core.graph import Graph, analyze
+from lifecycle._core.scheduler import (
     Action,
     AppStarted,
     CancelRun,
@@ -39,7 +39,7 @@ from lifecycle._scheduler import (
     StartComponent,
     StopComponent,
 )
-from lifecycle._states import ExitCode
+from lifecycle._core.states import ExitCode
 
 SMALL, LARGE, EDGES_PER_NODE = 10_000, 100_000, 3
 

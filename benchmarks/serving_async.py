@@ -52,8 +52,8 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 
 import lifecycle
-from lifecycle._aioserver import AsyncStreamServer
-from lifecycle._asgi import ASGIMiddleware
+from lifecycle._serving.aioserver import AsyncStreamServer
+from lifecycle._serving.asgi import ASGIMiddleware
 
 TARGET = 0.97
 BODY = b"done\n"

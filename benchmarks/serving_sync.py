@@ -121,8 +121,8 @@ def serve(kind: str) -> None:
     import structlog  # noqa: PLC0415 - the child imports what it serves
 
     import lifecycle  # noqa: PLC0415
-    from lifecycle._http import HTTPServer  # noqa: PLC0415
-    from lifecycle._wsgi import WSGIMiddleware, WSGIServer  # noqa: PLC0415
+    from lifecycle._serving.http import HTTPServer  # noqa: PLC0415
+    from lifecycle._serving.wsgi import WSGIMiddleware, WSGIServer  # noqa: PLC0415
 
     # stdout carries the port line; the library's events go to stderr, warnings up.
     structlog.configure(

@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.add_argument("report", nargs="?", default=None)
     args = parser.parse_args(argv)
 
-    from . import _demo  # noqa: PLC0415 - keep `import lifecycle` free of the demo
+    from ._demo import demo as _demo  # noqa: PLC0415 - keep `import lifecycle` free of the demo
 
     if args.command == "demo":
         return _demo.main()

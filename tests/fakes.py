@@ -1,5 +1,5 @@
 """Test doubles shared by the suite: a fake clock (trio's MockClock idea), a fake app,
-and the legal state moves transcribed from DESIGN.md (independently of lifecycle._states)."""
+and the legal state moves transcribed from DESIGN.md (independently of lifecycle._core.states)."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ from typing import Literal, NamedTuple
 
 import attrs
 
-from lifecycle._errors import Cancelled
-from lifecycle._graph import Graph
-from lifecycle._scheduler import (
+from lifecycle._core.errors import Cancelled
+from lifecycle._core.graph import Graph
+from lifecycle._core.scheduler import (
     Abandon,
     Action,
     AppStarted,
@@ -45,7 +45,7 @@ from lifecycle._scheduler import (
     StartComponent,
     StopComponent,
 )
-from lifecycle._states import AppState, ComponentState, ExitCode
+from lifecycle._core.states import AppState, ComponentState, ExitCode
 
 __all__ = [
     "ActionEntry",

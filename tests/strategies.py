@@ -14,8 +14,8 @@ from typing import Literal, cast
 import attrs
 from hypothesis import strategies as st
 
-from lifecycle._graph import analyze
-from lifecycle._scheduler import NodeSpec
+from lifecycle._core.graph import analyze
+from lifecycle._core.scheduler import NodeSpec
 from tests.sim import (
     OnCancel,
     RunEnds,

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 import lifecycle
-from lifecycle._aioserver import CUT_MARGIN, AsyncStreamServer
+from lifecycle._serving.aioserver import CUT_MARGIN, AsyncStreamServer
 
 BOUND = 10.0  # seconds: the bound of every wait on something that should happen at once
 

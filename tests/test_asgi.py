@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import lifecycle
-from lifecycle._asgi import ASGIMiddleware
+from lifecycle._serving.asgi import ASGIMiddleware
 
 BOUND = 10.0
 

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from lifecycle import CancelSource, CancelToken, ConfigError, NotAComponent
-from lifecycle._components import Call, describe, normalize, resource, resource_value, worker
+from lifecycle._runtime.components import (
+    Call,
+    describe,
+    normalize,
+    resource,
+    resource_value,
+    worker,
+)
 
 
 class Full:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lifecycle import ConfigError, CycleError, DuplicateComponent, UnknownDependency
-from lifecycle._graph import analyze, critical_path
+from lifecycle._core.graph import analyze, critical_path
 
 
 def test_dependencies_come_before_their_users():

@@ -16,7 +16,7 @@ import attrs
 import pytest
 
 import lifecycle
-from lifecycle._health import MAX_CONNECTIONS, HealthServer
+from lifecycle._serving.health import MAX_CONNECTIONS, HealthServer
 
 WAIT = 10.0  # upper bound on any wait; the happy path takes milliseconds
 

@@ -1,4 +1,4 @@
-"""Tests of `lifecycle._http`: HTTPServer and TCPServer stop without losing a request.
+"""Tests of `lifecycle._serving.http`: HTTPServer and TCPServer stop without losing a request.
 
 Real sockets on 127.0.0.1 and real threads. Requests are held in flight with
 `threading.Event`s set by the test, never with sleeps; every wait is bounded.
@@ -20,7 +20,7 @@ import pytest
 
 import lifecycle
 from lifecycle import CancelSource, ExitCode, current_token
-from lifecycle._http import FIRST_REQUEST_GRACE, HTTPServer, TCPServer, mark_long_lived
+from lifecycle._serving.http import FIRST_REQUEST_GRACE, HTTPServer, TCPServer, mark_long_lived
 from tests.serving import WAIT, connect, serving
 
 

@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 import structlog
 
-from lifecycle import App, AsyncioRunner, CancelToken, ExitCode, ThreadedRunner, _tokens
+from lifecycle import App, AsyncioRunner, CancelToken, ExitCode, ThreadedRunner
+from lifecycle._core import tokens as _tokens
 
 CYCLES = 1000
 WARMUP = 50

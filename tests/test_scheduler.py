@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from lifecycle import AppState, Cancelled, ComponentState, ExitCode
-from lifecycle._graph import analyze
-from lifecycle._scheduler import (
+from lifecycle._core.graph import analyze
+from lifecycle._core.scheduler import (
     Abandon,
     AppStarted,
     CancelRun,

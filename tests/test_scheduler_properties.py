@@ -16,15 +16,15 @@ from collections import defaultdict
 
 from hypothesis import example, given, settings
 
-from lifecycle._graph import Graph, analyze
-from lifecycle._scheduler import (
+from lifecycle._core.graph import Graph, analyze
+from lifecycle._core.scheduler import (
     CancelRun,
     NodeSpec,
     RunComponent,
     StartComponent,
     StopComponent,
 )
-from lifecycle._states import AppState, ComponentState, ExitCode
+from lifecycle._core.states import AppState, ComponentState, ExitCode
 from tests.fakes import LEGAL_APP_MOVES, LEGAL_COMPONENT_MOVES
 from tests.sim import (
     AppMove,

@@ -13,7 +13,7 @@ from lifecycle import (
     InvalidTransition,
     LifecycleError,
 )
-from lifecycle._states import check_app_move, check_component_move
+from lifecycle._core.states import check_app_move, check_component_move
 from tests.fakes import LEGAL_APP_MOVES, LEGAL_COMPONENT_MOVES
 
 C = ComponentState

@@ -1,4 +1,4 @@
-"""Unit tests of `lifecycle._tokens`: sources, tokens, deadlines, scopes."""
+"""Unit tests of `lifecycle._core.tokens`: sources, tokens, deadlines, scopes."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from lifecycle import (
     CancelSource,
     CancelToken,
     DeadlineTimer,
-    _tokens,
     cancel_scope,
     current_token,
     use_token,
 )
+from lifecycle._core import tokens as _tokens
 from tests.fakes import FakeClock
 
 JOIN = 10.0  # bound on every join / wait that is expected to finish at once

@@ -1,4 +1,4 @@
-"""Tests of `lifecycle._wsgi`: WSGIServer serves WSGI zero-loss; WSGIMiddleware elsewhere.
+"""Tests of `lifecycle._serving.wsgi`: WSGIServer serves WSGI zero-loss; WSGIMiddleware elsewhere.
 
 Real sockets on 127.0.0.1 and real threads; requests are held in flight with
 `threading.Event`s, never with sleeps; every wait is bounded.
@@ -21,8 +21,8 @@ import pytest
 
 import lifecycle
 from lifecycle import CancelSource, ExitCode, current_token
-from lifecycle._http import mark_long_lived
-from lifecycle._wsgi import CLOSE_CONNECTION_KEY, TRACKED_KEY, WSGIMiddleware, WSGIServer
+from lifecycle._serving.http import mark_long_lived
+from lifecycle._serving.wsgi import CLOSE_CONNECTION_KEY, TRACKED_KEY, WSGIMiddleware, WSGIServer
 from tests.fakes import FakeApp
 from tests.serving import WAIT, connect, serving
 

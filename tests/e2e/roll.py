@@ -43,7 +43,7 @@ from typing import IO
 
 import attrs
 
-from lifecycle._loadgen import LoadResult, run_load
+from lifecycle._demo.loadgen import LoadResult, run_load
 from tests.e2e.haproxy import HAProxy, free_port
 
 

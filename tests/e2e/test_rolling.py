@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle._loadgen import run_load
+from lifecycle._demo.loadgen import run_load
 from tests.e2e.haproxy import HAProxy, free_port
 from tests.e2e.roll import Replica, rolling_restart
 

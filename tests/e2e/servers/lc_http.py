@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import lifecycle
-from lifecycle._http import HTTPServer
+from lifecycle._serving.http import HTTPServer
 
 app = lifecycle.App("lc_http", drain_delay=2.0, shutdown_timeout=15)
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import lifecycle
-from lifecycle._wsgi import WSGIServer
+from lifecycle._serving.wsgi import WSGIServer
 
 app = lifecycle.App("lc_wsgi", drain_delay=2.0, shutdown_timeout=15)
 

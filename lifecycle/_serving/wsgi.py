@@ -46,9 +46,9 @@ from wsgiref.util import is_hop_by_hop
 
 import structlog
 
-from ._http import HTTPServer, _scope
-from ._inflight import InFlight, Ticket
-from ._tokens import CancelSource, CancelToken, _current
+from .._core.tokens import CancelSource, CancelToken, _current
+from .http import HTTPServer, _scope
+from .inflight import InFlight, Ticket
 
 __all__ = ["CLOSE_CONNECTION_KEY", "TRACKED_KEY", "WSGIMiddleware", "WSGIServer"]
 

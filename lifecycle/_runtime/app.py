@@ -12,12 +12,12 @@ from typing import Any, TypeVar, overload
 import attrs
 import structlog
 
-from ._components import Component, describe, normalize, resource, resource_value, worker
-from ._errors import ConfigError, DuplicateComponent, UnknownDependency
-from ._graph import Graph, analyze, critical_path
-from ._scheduler import ComponentInfo, NodeSpec
-from ._states import AppState, ComponentState, ExitCode
-from ._tokens import CancelSource, CancelToken
+from .._core.errors import ConfigError, DuplicateComponent, UnknownDependency
+from .._core.graph import Graph, analyze, critical_path
+from .._core.scheduler import ComponentInfo, NodeSpec
+from .._core.states import AppState, ComponentState, ExitCode
+from .._core.tokens import CancelSource, CancelToken
+from .components import Component, describe, normalize, resource, resource_value, worker
 
 __all__ = ["App", "ShutdownPlan"]
 

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ._aioserver import _cut_source
-from ._inflight import InFlight, cut_deadline
-from ._tokens import CancelSource, CancelToken, _current, current_token
+from .._core.tokens import CancelSource, CancelToken, _current, current_token
+from .aioserver import _cut_source
+from .inflight import InFlight, cut_deadline
 
 if TYPE_CHECKING:
-    from ._app import App
+    from .._core.views import ShutdownView as App
 
 __all__ = ["ASGIApp", "ASGIMiddleware"]
 

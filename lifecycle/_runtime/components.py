@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import attrs
 
-from ._errors import ConfigError, NotAComponent
-from ._tokens import CancelSource, CancelToken
+from .._core.errors import ConfigError, NotAComponent
+from .._core.tokens import CancelSource, CancelToken
 
 __all__ = ["Call", "Component", "normalize", "resource", "worker"]
 

@@ -62,9 +62,9 @@ from typing import Any, ClassVar, Protocol, cast
 
 import structlog
 
-from ._errors import DeadlineExceeded
-from ._inflight import InFlight, Ticket, cut_deadline
-from ._tokens import CancelSource, CancelToken, _current, current_token, use_token
+from .._core.errors import DeadlineExceeded
+from .._core.tokens import CancelSource, CancelToken, _current, current_token, use_token
+from .inflight import InFlight, Ticket, cut_deadline
 
 __all__ = ["HTTPServer", "TCPServer", "mark_long_lived"]
 

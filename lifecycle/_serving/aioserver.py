@@ -49,12 +49,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from ._errors import DeadlineExceeded
-from ._inflight import InFlight, Ticket, cut_deadline
-from ._tokens import CancelSource, CancelToken, _current, current_token
+from .._core.errors import DeadlineExceeded
+from .._core.tokens import CancelSource, CancelToken, _current, current_token
+from .inflight import InFlight, Ticket, cut_deadline
 
 if TYPE_CHECKING:
-    from ._app import App
+    from .._core.views import ShutdownView as App
 
 __all__ = ["AsyncStreamServer", "ConnectionHandler"]
 

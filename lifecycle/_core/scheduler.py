@@ -32,9 +32,9 @@ from typing import Literal
 
 import attrs
 
-from ._errors import Cancelled
-from ._graph import Graph
-from ._states import (
+from .errors import Cancelled
+from .graph import Graph
+from .states import (
     AppState,
     ComponentState,
     ExitCode,

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._errors import LifecycleError
-from ._tokens import CancelToken
+from .._core.errors import LifecycleError
+from .._core.tokens import CancelToken
 
 __all__ = ["InFlight", "Refused", "Ticket", "cut_deadline"]
 

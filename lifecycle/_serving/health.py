@@ -49,10 +49,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
-from ._states import AppState, ComponentState
+from .._core.states import AppState, ComponentState
 
 if TYPE_CHECKING:
-    from ._app import App
+    from .._core.views import AppView as App
 
 __all__ = ["HealthServer"]
 

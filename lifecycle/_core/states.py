@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 
-from ._errors import InvalidTransition
+from .errors import InvalidTransition
 
 __all__ = ["AppState", "ComponentState", "ExitCode", "check_app_move", "check_component_move"]
 

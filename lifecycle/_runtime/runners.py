@@ -35,10 +35,8 @@ from typing import Any, Literal
 import attrs
 import structlog
 
-from ._app import App
-from ._components import Call
-from ._errors import ConfigError, StartupError
-from ._scheduler import (
+from .._core.errors import ConfigError, StartupError
+from .._core.scheduler import (
     Abandon,
     Action,
     AppStarted,
@@ -52,8 +50,10 @@ from ._scheduler import (
     StartComponent,
     StopComponent,
 )
-from ._states import AppState, ComponentState, ExitCode
-from ._tokens import CancelSource, use_token
+from .._core.states import AppState, ComponentState, ExitCode
+from .._core.tokens import CancelSource, use_token
+from .app import App
+from .components import Call
 
 __all__ = ["AsyncioRunner", "ThreadedRunner", "run"]
 
@@ -149,7 +149,7 @@ class _Driver:
             name=app.name,
         )
         if app.health_address is not None:
-            from ._health import HealthServer  # noqa: PLC0415 - only when asked for
+            from .._serving.health import HealthServer  # noqa: PLC0415 - only when asked for
 
             host, port = app.health_address
             try:
@@ -461,7 +461,7 @@ class _Driver:
 
 
 def _is_cancel(error: BaseException) -> bool:
-    from ._errors import Cancelled  # noqa: PLC0415 - local to keep the import graph flat
+    from .._core.errors import Cancelled  # noqa: PLC0415 - local to keep the import graph flat
 
     return isinstance(error, Cancelled | asyncio.CancelledError)
 

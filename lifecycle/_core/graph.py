@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
-from ._errors import CycleError, UnknownDependency
+from .errors import CycleError, UnknownDependency
 
 __all__ = ["Graph", "analyze", "critical_path"]
 

@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import structlog
 
-from ._errors import Cancelled
+from .errors import Cancelled
 
 __all__ = [
     "DEADLINE_EXCEEDED",

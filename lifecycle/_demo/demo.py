@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
-from ._loadgen import LoadResult, run_load
+from .loadgen import LoadResult, run_load
 
 __all__ = ["main", "serve"]
 
