@@ -1,4 +1,4 @@
-"""``python -m lifecycle``: the demo (and, from 7/8 on, the command line)."""
+"""``python -m lifecycle``: the command line (today: the demo)."""
 
 from __future__ import annotations
 

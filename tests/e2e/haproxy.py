@@ -7,14 +7,17 @@ start in maintenance with a placeholder address, to which the roll binds
 replicas at runtime (``set server be/sX addr ... port ...`` then
 ``state ready``), exactly like an endpoints controller adds and removes pods.
 
-Choices that the measurements depend on (see ROLLING-FINDINGS.md):
+Choices that the measurements depend on:
 
 * ``retries 0`` and ``no option redispatch``: a refused or reset connection to
-  a replica reaches the client as a 503/502 instead of being hidden (lesson 9).
+  a replica reaches the client as a 503/502 instead of being hidden: a load
+  balancer's retries hide only requests it may resend, so a server must not
+  rely on them.
 * ``inter 500ms fall 1 rise 1``: one failed ``GET /readyz`` takes a replica out
   and one good one puts it back, so the LB notices a readiness change within
   one check interval (~0.5 s). A server's drain delay must outlast that
-  (lesson 7); ``fall 1`` keeps the LB's own hysteresis out of the numbers.
+  (check interval x fall count + margin); ``fall 1`` keeps the LB's own
+  hysteresis out of the numbers.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ every attempt counted, no retries) and replaces the replicas one at a time:
 1. SIGTERM the old replica, and start its replacement on a fresh port.
 2. ``lb_lag`` seconds after the signal, put the old replica's slot into
    maintenance -- what the endpoints controller does concurrently with the
-   SIGTERM (ROLLING-FINDINGS lesson 10). This runs on its own timer,
+   SIGTERM, with a lag of up to a few seconds. This runs on its own timer,
    concurrently with step 3.
 3. When the replacement answers ``/readyz``, bind it to a fresh slot and wait
-   until haproxy's *own* health check has marked that slot UP (lesson 8:
-   otherwise the harness measures its own impatience, not the server).
+   until haproxy's *own* health check has marked that slot UP (as readiness
+   gating does in Kubernetes; otherwise the harness measures its own
+   impatience, not the server: a stdlib roll lost 380 instead of 16).
 4. Wait (bounded) for the old replica to exit; record its exit code and how
    long it took from SIGTERM.
 

@@ -1,14 +1,15 @@
-"""Baseline replica: the "careful hand-written" stdlib shutdown of ROLLING-FINDINGS.
+"""Baseline replica: a "careful hand-written" stdlib shutdown.
 
 Run as ``python tests/e2e/servers/stdlib_shutdown.py PORT``. Same endpoints as
 ``naive.py``. On SIGTERM it turns ``/readyz`` to 503 and calls
 ``server.shutdown()`` from a helper thread (calling it on the thread running
-``serve_forever()`` deadlocks, lesson 4), closes the listener and exits 0.
+``serve_forever()`` deadlocks), closes the listener and exits 0.
 
-What it deliberately lacks: a drain delay (lesson 7) and ``Connection: close``
-on the last responses (lesson 1). Handler threads that sit on keep-alive
+What it deliberately lacks: a drain delay (readiness 503 while still serving,
+for as long as the load balancer needs to notice) and ``Connection: close``
+on the last responses. Handler threads that sit on keep-alive
 connections die with the process, so the next request on each of those
-connections gets no reply: ROLLING-FINDINGS measured ~15-16 lost per roll.
+connections gets no reply: ~15-16 lost per roll, measured behind haproxy.
 """
 
 from __future__ import annotations
