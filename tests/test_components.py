@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+import inspect
+import multiprocessing
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Optional
 
 import pytest
 
-from lifecycle import CancelSource, CancelToken, ConfigError, NotAComponent
+import lifecycle
+from lifecycle import (
+    App,
+    CancelSource,
+    CancelToken,
+    ConfigError,
+    ExitCode,
+    NotAComponent,
+    ThreadedRunner,
+)
 from lifecycle._runtime.components import (
     Call,
     describe,
@@ -66,7 +79,7 @@ def test_missing_phases_are_none_and_sync_objects_are_not_async():
 
 
 def test_token_argument_detection():
-    """A phase gets the token only if it takes a positional argument (or *args)."""
+    """A phase gets the token only through a required first parameter (or a CancelToken one)."""
 
     class Shapes:
         def start(self) -> None: ...
@@ -79,7 +92,7 @@ def test_token_argument_detection():
     assert c.start is not None
     assert c.run is not None
     assert c.stop is not None
-    assert (c.start.takes_token, c.run.takes_token, c.stop.takes_token) == (False, True, True)
+    assert (c.start.takes_token, c.run.takes_token, c.stop.takes_token) == (False, True, False)
     token = CancelSource().token
     assert c.start.args(token) == ()
     assert c.run.args(token) == (token,)
@@ -96,15 +109,15 @@ def test_optional_second_argument_is_fine():
     assert c.start.takes_token
 
 
-def test_callables_without_signature_get_the_token():
-    """Builtins whose signature cannot be read are passed the token."""
+def test_callables_without_signature_get_no_token():
+    """A builtin whose signature cannot be read is called without the token."""
 
     class Builtin:
-        stop = print  # a builtin: inspect.signature may not read it
+        stop = max  # a builtin whose signature inspect.signature cannot read
 
     c = normalize(Builtin(), "b")
     assert c.stop is not None
-    assert c.stop.takes_token
+    assert not c.stop.takes_token
 
 
 def test_partial_objects_are_inspected_through():
@@ -130,15 +143,18 @@ def test_two_required_arguments_are_a_config_error():
     with pytest.raises(ConfigError) as caught:
         normalize(Two(), "two")
     assert str(caught.value) == (
-        "two.stop() takes 2 required arguments (token, force); it is called with one, "
+        "two.stop() takes 2 required arguments (token, force); lifecycle passes one, "
         "the CancelToken, or none: give the others defaults"
     )
 
 
 def test_classes_are_not_components():
     """A class is rejected with the instance to register instead."""
-    with pytest.raises(NotAComponent, match=r"register an instance: app.add\(Full\(\)\)"):
+    with pytest.raises(NotAComponent) as caught:
         normalize(Full, "full")
+    assert str(caught.value) == (
+        "'Full' is a class; register an instance: app.add(Full()), not app.add(Full)"
+    )
 
 
 def test_describe_names():
@@ -303,3 +319,457 @@ def test_call_is_frozen():
     call = Call(print, is_async=False, takes_token=True)
     with pytest.raises(AttributeError):
         call.is_async = True  # type: ignore[misc]
+
+
+# -- which parameter receives the token -------------------------------------------
+
+TOKEN = CancelSource().token
+
+
+def _invoke(call: Call | None, token: CancelToken = TOKEN) -> Any:
+    """Call a phase the way the runners do, awaiting it if it is async."""
+    assert call is not None
+    result = call.fn(*call.args(token))
+    return asyncio.run(result) if call.is_async else result
+
+
+def paused_default(self, paused=False):
+    return (paused,)
+
+
+def annotated_other(self, paused: bool = False):
+    return (paused,)
+
+
+def unannotated_optional(self, token=None):
+    return (token,)
+
+
+def no_parameters(self):
+    return ()
+
+
+def bare_required(self, token):
+    return (token,)
+
+
+def annotated_required(self, token: CancelToken):
+    return (token,)
+
+
+def string_optional(self, token: "CancelToken | None" = None):  # noqa: UP037 - the string form
+    return (token,)
+
+
+def dotted_optional(self, token: lifecycle.CancelToken | None = None):
+    return (token,)
+
+
+def typing_optional(self, token: Optional[CancelToken] = None):  # noqa: UP045 - the typing form
+    return (token,)
+
+
+def unresolvable_token(self, token: missing.CancelToken | None = None):  # type: ignore[name-defined]  # noqa: F821 - on purpose
+    return (token,)
+
+
+def unresolvable_other(self, flag: Missing = None):  # type: ignore[name-defined]  # noqa: F821 - on purpose
+    return (flag,)
+
+
+def var_args(self, *args):
+    return args
+
+
+def var_args_token(self, *args: CancelToken):
+    return args
+
+
+def token_after_option(self, force: bool = False, token: CancelToken | None = None):
+    return (force, token)
+
+
+def keyword_only_token(self, *, token: CancelToken):
+    return (token,)
+
+
+def keyword_only_optional_token(self, *, token: CancelToken | None = None):
+    return (token,)
+
+
+def token_and_options(self, token: CancelToken, **options: Any):
+    return (token, *options)
+
+
+async def async_paused(self, paused=False):
+    return (paused,)
+
+
+async def async_token(self, token: CancelToken | None = None):
+    return (token,)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        (paused_default, (False,)),
+        (annotated_other, (False,)),
+        (unannotated_optional, (None,)),
+        (no_parameters, ()),
+        (bare_required, (TOKEN,)),
+        (annotated_required, (TOKEN,)),
+        (string_optional, (TOKEN,)),
+        (dotted_optional, (TOKEN,)),
+        (typing_optional, (TOKEN,)),
+        (unresolvable_token, (TOKEN,)),
+        (unresolvable_other, (None,)),
+        (var_args, ()),
+        (var_args_token, (TOKEN,)),
+        (token_after_option, (False, TOKEN)),
+        (keyword_only_token, (TOKEN,)),
+        (keyword_only_optional_token, (TOKEN,)),
+        (token_and_options, (TOKEN,)),
+        (async_paused, (False,)),
+        (async_token, (TOKEN,)),
+    ],
+    ids=lambda v: v.__name__ if callable(v) else "",
+)
+@pytest.mark.parametrize("phase", ["start", "run", "stop"])
+def test_token_goes_only_to_a_required_first_or_annotated_parameter(method, expected, phase):
+    """The token fills a required first parameter or one annotated CancelToken, else nothing."""
+    obj = type("Shape", (), {phase: method})()
+    c = normalize(obj, "shape")
+    assert expected == _invoke(getattr(c, phase))
+
+
+@pytest.mark.parametrize(
+    ("cls", "phase"),
+    [
+        (lifecycle.HTTPServer, "start"),
+        (lifecycle.HTTPServer, "stop"),
+        (lifecycle.AsyncStreamServer, "start"),
+        (lifecycle.AsyncStreamServer, "stop"),
+        (lifecycle.ASGIMiddleware, "stop"),
+    ],
+)
+def test_library_servers_optional_token_is_still_passed(cls, phase):
+    """The servers' ``token: CancelToken | None = None`` phases keep receiving the token."""
+    holder = type("Holder", (), {})()
+    setattr(holder, phase, functools.partial(getattr(cls, phase), holder))
+    call = getattr(normalize(holder, "server"), phase)
+    assert call is not None
+    assert call.takes_token
+
+
+def test_required_keyword_only_parameter_is_a_config_error():
+    """A required keyword-only parameter cannot be filled: rejected at add, named."""
+
+    class Kw:
+        def start(self, token: CancelToken, *, mode: str) -> None: ...
+
+    with pytest.raises(ConfigError) as caught:
+        App().add(Kw(), name="x")
+    assert str(caught.value) == (
+        "x.start() has a required keyword-only parameter 'mode'; lifecycle can pass only "
+        "the token (to the first parameter, or one annotated CancelToken): give 'mode' a default"
+    )
+
+
+def test_required_parameter_besides_an_annotated_token_is_a_config_error():
+    """A token annotated CancelToken does not make another required parameter fillable."""
+
+    class Late:
+        def stop(self, config: dict[str, Any], token: CancelToken) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"late\.stop\(\) takes 2 required arguments"):
+        normalize(Late(), "late")
+
+
+def test_generator_method_is_rejected():
+    """A phase that is a generator function would run nothing: rejected, pointing to resource."""
+
+    class Gen:
+        def run(self, token: CancelToken) -> Iterator[None]:
+            yield
+
+    with pytest.raises(NotAComponent) as caught:
+        normalize(Gen(), "gen")
+    assert str(caught.value) == (
+        "gen.run() is a generator function: calling it runs none of its body; make it a "
+        "plain method, or register a generator function with @app.resource"
+    )
+
+
+# -- objects that are not components -----------------------------------------------
+
+
+def test_thread_is_rejected_and_its_target_never_runs():
+    """A threading.Thread is refused at add (its target would run twice); it never runs."""
+    hits: list[int] = []
+    thread = threading.Thread(target=lambda: hits.append(1))
+    app = App()
+    with pytest.raises(NotAComponent) as caught:
+        app.add(thread, name="job")
+    assert str(caught.value) == (
+        "cannot add 'job': it is a threading.Thread, whose start() and run() would each run "
+        "its target; register its target as a worker: @app.worker def job(token): ..., or "
+        "wrap it in an object with run(token)"
+    )
+    assert isinstance(caught.value, ConfigError)
+    assert not app.components
+    assert not thread.is_alive()
+    assert hits == []
+
+
+def test_thread_subclass_is_rejected():
+    """A Thread subclass that overrides run is refused the same way."""
+
+    class Poller(threading.Thread):
+        def run(self) -> None: ...
+
+    with pytest.raises(NotAComponent, match=r"it is a threading\.Thread, whose start\(\)"):
+        App().add(Poller())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        multiprocessing.Process,
+        multiprocessing.get_context("spawn").Process,
+        multiprocessing.get_context("fork").Process,
+    ],
+    ids=["default", "spawn", "fork"],
+)
+def test_process_is_rejected(make):
+    """A multiprocessing process (of any start method) is refused, saying what to register."""
+    process = make(target=print)
+    with pytest.raises(NotAComponent) as caught:
+        App().add(process, name="crunch")
+    assert str(caught.value) == (
+        "cannot add 'crunch': it is a multiprocessing process, whose start() would spawn it "
+        "and whose run() would run its target here too; register a worker that starts it, "
+        "ends it when the token is cancelled and joins it: @app.worker def job(token): "
+        "p.start(); token.on_cancel(p.terminate); p.join()"
+    )
+    assert process.pid is None  # never started
+
+
+def test_executor_is_rejected_with_the_hook_to_use():
+    """An executor is refused by duck typing; the message gives the explicit stop hook."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        with pytest.raises(NotAComponent) as caught:
+            App().add(executor, name="pool")
+        assert str(caught.value) == (
+            "cannot add 'pool': it is a concurrent.futures executor, which has no start, run "
+            "or stop; give its stop explicitly: app.add(executor, stop=executor.shutdown)"
+        )
+        c = normalize(executor, "pool", stop=executor.shutdown)
+        assert c.stop is not None
+        assert not c.stop.takes_token  # shutdown(wait=True): waits for the queued work
+
+
+def test_asyncio_task_is_rejected():
+    """An asyncio task is refused: register the coroutine function as a worker."""
+
+    async def job(token: CancelToken) -> None: ...
+
+    async def main() -> str:
+        task = asyncio.ensure_future(job(TOKEN))
+        try:
+            with pytest.raises(NotAComponent) as caught:
+                normalize(task, "job")
+        finally:
+            await task
+        return str(caught.value)
+
+    assert asyncio.run(main()) == (
+        "cannot add 'job': it is an asyncio task (or future), already scheduled on its loop; "
+        "pass the coroutine function as a worker instead: @app.worker async def job(token): ..."
+    )
+
+
+def test_coroutine_object_is_rejected_and_closed():
+    """A coroutine object (the function was called) is refused and closed: no 'never awaited'."""
+
+    async def consume(token: CancelToken) -> None: ...
+
+    coro = consume(TOKEN)
+    with pytest.raises(NotAComponent) as caught:
+        App().add(coro, name="consume")  # type: ignore[unused-coroutine]  # refused, closed
+    assert str(caught.value) == (
+        "cannot add 'consume': it is a coroutine object (consume() was called); pass the "
+        "function, not its call: app.worker(consume), or decorate it with @app.worker"
+    )
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+def test_generator_object_is_rejected():
+    """A generator object (a resource function that was called) is refused: pass the function."""
+
+    def pool() -> Iterator[None]:
+        yield
+
+    gen = pool()
+    with pytest.raises(NotAComponent) as caught:
+        App().add(gen, name="pool")
+    assert str(caught.value) == (
+        "cannot add 'pool': it is a generator object (pool() was called); pass the "
+        "function, not its call: app.resource(pool), or decorate it with @app.resource"
+    )
+
+
+def test_class_is_rejected_even_with_hooks():
+    """Hooks do not make a class acceptable: its ready() would be unbound."""
+
+    class Pool:
+        @classmethod
+        def open(cls) -> None: ...
+
+    with pytest.raises(NotAComponent, match=r"register an instance: app\.add\(Pool\(\)\)"):
+        normalize(Pool, "pool", start=Pool.open)
+
+
+# -- explicit hooks ----------------------------------------------------------------
+
+
+class Pool:
+    """An object whose lifecycle methods have other names (and its own start)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def open(self, token: CancelToken) -> None:
+        self.calls.append(("open", (token,)))
+
+    def serve(self, token: CancelToken | None = None) -> None:
+        self.calls.append(("serve", (token,)))
+
+    def close(self, wait: bool = True) -> None:
+        self.calls.append(("close", (wait,)))
+
+    def start(self, token: CancelToken) -> None:
+        self.calls.append(("start", (token,)))
+
+    def stop(self, token: CancelToken) -> None:
+        self.calls.append(("stop", (token,)))
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_hooks_of_bound_methods_with_other_names():
+    """Hooks are called instead of start/run/stop, with the token by the same rules."""
+    pool = Pool()
+    c = normalize(pool, "pool", start=pool.open, run=pool.serve, stop=pool.close)
+    assert (c.obj, c.kind) == (pool, "object")
+    for phase in ("start", "run", "stop"):
+        _invoke(c.phase(phase))
+    assert pool.calls == [("open", (TOKEN,)), ("serve", (TOKEN,)), ("close", (True,))]
+    assert c.ready is not None
+    assert c.ready()
+
+
+def test_hooks_replace_the_lookup_of_the_objects_own_methods():
+    """With any hook given, the object's own start/run/stop are not looked up."""
+    pool = Pool()
+    c = normalize(pool, "pool", stop=pool.close)
+    assert (c.start, c.run) == (None, None)
+    _invoke(c.stop)
+    assert pool.calls == [("close", (True,))]
+
+
+def test_async_hooks():
+    """Async hooks are coroutines, awaited; the token rules hold for them too."""
+    seen: list[tuple[object, ...]] = []
+
+    class Conn:
+        async def connect(self, token: CancelToken) -> None:
+            seen.append(("connect", token))
+
+        async def aclose(self, force: bool = False) -> None:
+            seen.append(("aclose", force))
+
+    conn = Conn()
+    c = normalize(conn, "conn", start=conn.connect, stop=conn.aclose)
+    assert c.is_async
+    _invoke(c.start)
+    _invoke(c.stop)
+    assert seen == [("connect", TOKEN), ("aclose", False)]
+    assert c.ready is None
+
+
+def test_lambda_hooks():
+    """A lambda hook gets the token only if it has a parameter for it."""
+    seen: list[object] = []
+    obj = object()
+    c = normalize(
+        obj,
+        "thing",
+        start=lambda token: seen.append(token),  # noqa: PLW0108 - a lambda on purpose
+        stop=lambda: seen.append(0),
+    )
+    _invoke(c.start)
+    _invoke(c.stop)
+    assert seen == [TOKEN, 0]
+
+
+def test_hooks_make_threads_acceptable():
+    """Explicit hooks are the user's statement: a thread given them is accepted."""
+    thread = threading.Thread(target=lambda: None)
+    c = normalize(thread, "t", start=thread.start, stop=thread.join)
+    assert c.start is not None
+    assert c.stop is not None
+    assert (c.start.takes_token, c.stop.takes_token) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        (
+            "close",
+            "the stop hook of 'pool' must be callable, got 'close' (a str); "
+            "pass pool.close, not 'close'",
+        ),
+        (
+            3,
+            "the stop hook of 'pool' must be callable, got 3 (an int); "
+            "pass a function or a bound method, such as pool.close",
+        ),
+    ],
+    ids=["str", "int"],
+)
+def test_hook_that_is_not_callable(hook, message):
+    """A hook that cannot be called is a ConfigError naming the component and the hook."""
+    with pytest.raises(NotAComponent) as caught:
+        normalize(Pool(), "pool", stop=hook)
+    assert message == str(caught.value)
+    assert isinstance(caught.value, ConfigError)
+
+
+def test_hook_with_two_required_parameters():
+    """A hook needing two arguments is rejected at once, named as the hook."""
+
+    def close(token: CancelToken, force: bool) -> None: ...
+
+    with pytest.raises(ConfigError) as caught:
+        normalize(Pool(), "pool", stop=close)
+    assert str(caught.value) == (
+        "the stop hook of 'pool' takes 2 required arguments (token, force); lifecycle "
+        "passes one, the CancelToken, or none: give the others defaults"
+    )
+
+
+def _lacks_hooks(add: Callable[..., Any]) -> bool:
+    return "start" not in inspect.signature(add).parameters
+
+
+@pytest.mark.skipif(_lacks_hooks(App.add), reason="App.add hooks not wired yet")
+def test_app_add_with_hooks_runs_them():
+    """app.add(obj, start=..., stop=...) runs the hooks, not the object's own methods."""
+    pool = Pool()
+    app = App()
+    app.add(pool, name="pool", start=pool.open, stop=pool.close)  # type: ignore[call-arg]
+    runner = ThreadedRunner(app, signals=None)
+    runner.start()
+    assert runner.stop() == ExitCode.OK
+    assert [name for name, _ in pool.calls] == ["open", "close"]
