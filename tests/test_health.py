@@ -5,8 +5,10 @@ Real sockets on 127.0.0.1; every wait is on an event or a socket, with a bound.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +18,11 @@ import attrs
 import pytest
 
 import lifecycle
-from lifecycle._serving.health import MAX_CONNECTIONS, HealthServer
+from lifecycle._serving.health import HealthServer, _Phase, _Throttle
 
 WAIT = 10.0  # upper bound on any wait; the happy path takes milliseconds
+PROBE_BUDGET = 0.1  # seconds a liveness probe may take, however many slow clients there are
+SLOW_HEAD = b"GET /livez HTTP/1.1\r\nX-Slow: "  # a head that never ends
 
 
 # -- helpers -------------------------------------------------------------------
@@ -84,6 +88,83 @@ def wait_until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         pause.wait(0.005)
+
+
+def timed_get(port: int, path: str, timeout: float = 1.0) -> tuple[Reply, float]:
+    """A probe with a short socket timeout, and the seconds it took (connect included)."""
+    began = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n".encode())
+        reply = parse(read_all(sock))
+    return reply, time.monotonic() - began
+
+
+def is_open(sock: socket.socket) -> bool:
+    """Whether the server still holds ``sock`` open (peeks: reads nothing)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except ConnectionResetError:
+        return False
+    finally:
+        sock.settimeout(WAIT)
+
+
+def until_closed(sock: socket.socket) -> bytes:
+    """What the server sends on ``sock`` until it closes it (a reset ends it too; bounded)."""
+    sock.settimeout(WAIT)
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Crowd:
+    """Slow clients: silent ones, and ones that send a byte of a head every 0.5 s."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        self._trickling: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, daemon=True)
+        self._thread.start()
+
+    def open(self, port: int, n: int, *, head: bytes = b"", trickle: bool = False) -> None:
+        for _ in range(n):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+            if head:
+                sock.sendall(head)
+            self.sockets.append(sock)
+            if trickle:
+                self._trickling.append(sock)
+
+    def _trickle(self) -> None:
+        # Bounded: at most 4 * WAIT seconds, in steps of 0.5 s.
+        for _ in range(int(8 * WAIT)):
+            if self._stop.wait(0.5):
+                return
+            for sock in list(self._trickling):
+                try:
+                    sock.send(b"a")
+                except OSError:
+                    self._trickling.remove(sock)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(WAIT)
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def crowd() -> Iterator[Crowd]:
+    """Slow clients a test opens; stopped and closed after it."""
+    it = Crowd()
+    yield it
+    it.close()
 
 
 class Gated:
@@ -167,6 +248,39 @@ def launch() -> Iterator[Callable[[lifecycle.App, Gated], Launched]]:
         it.runner.app.request_shutdown("test over")
         it.starter.join(WAIT)
         it.finish()
+
+
+class Held(Gated):
+    """A component whose ready() blocks until released (bounded), counting its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.entered = threading.Event()
+        self.answer = threading.Event()
+
+    def ready(self) -> bool:
+        self.calls += 1
+        self.entered.set()
+        return self.answer.wait(WAIT)
+
+
+def send_probe(port: int, path: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    sock.sendall(f"GET {path} HTTP/1.1\r\n\r\n".encode())
+    return sock
+
+
+def run_held(
+    launch: Callable[[lifecycle.App, Gated], Launched], **options: Any
+) -> tuple[Held, Launched]:
+    """Run an app 'shop' whose component 'db' has a ready() that waits for ``answer``."""
+    gate = Held()
+    app = lifecycle.App("shop", **options)
+    app.add(gate, name="db")
+    it = launch(app, gate)
+    it.started()
+    return gate, it
 
 
 @pytest.fixture
@@ -450,40 +564,25 @@ def test_slow_client_gets_408_and_does_not_block_others(server):
     assert time.monotonic() - began < WAIT
 
 
-def test_an_exception_inside_is_a_bare_500(server):
-    """A probe that raises is answered 500 without internals; serving continues."""
+class Broken(lifecycle.App):
+    """An app whose readiness itself raises (not a component's ready(): that is "not ready")."""
 
-    class Broken(lifecycle.App):
-        @property
-        def ready(self) -> bool:
-            raise RuntimeError("secret internals")
+    @property
+    def ready(self) -> bool:
+        raise RuntimeError("secret internals")
 
+
+def test_an_exception_inside_is_a_bare_500_logged_once_per_interval(log_events):
+    """A probe that raises is a bare 500, every time; serving goes on; one traceback logged."""
     with HealthServer(Broken("broken")) as health:
-        reply = get(health.port, "/readyz")
-        assert reply.status == 500
-        assert b"secret" not in reply.raw
-        assert b"Traceback" not in reply.raw
+        replies = [get(health.port, "/readyz") for _ in range(10)]
+        assert [reply.status for reply in replies] == [500] * 10
+        assert not any(b"secret" in reply.raw or b"Traceback" in reply.raw for reply in replies)
         assert get(health.port, "/livez").status == 200
-
-
-def test_connections_over_the_limit_wait_for_a_free_slot():
-    """Beyond MAX_CONNECTIONS at once, a probe waits in the backlog until one ends."""
-    with HealthServer(lifecycle.App("idle"), request_timeout=WAIT) as health:
-        idle = [
-            socket.create_connection(("127.0.0.1", health.port), timeout=WAIT)
-            for _ in range(MAX_CONNECTIONS)
-        ]
-        try:
-            with socket.create_connection(("127.0.0.1", health.port), timeout=0.2) as probe:
-                probe.sendall(b"GET /livez HTTP/1.1\r\n\r\n")
-                with pytest.raises(TimeoutError):
-                    probe.recv(1)  # not served while every slot is taken
-                probe.settimeout(WAIT)
-                idle.pop().close()
-                assert parse(read_all(probe)).status == 200
-        finally:
-            for sock in idle:
-                sock.close()
+    errors = [e for e in log_events if e["log_level"] == "error"]
+    assert [(e["event"], e["exc_info"]) for e in errors] == [
+        ("health endpoint: reading the app raised; answering 500", True)
+    ]
 
 
 def test_close_ends_pending_requests_promptly():
@@ -506,3 +605,231 @@ def test_invalid_arguments_are_rejected():
         HealthServer(app, port=70000)
     with pytest.raises(ValueError, match="request_timeout"):
         HealthServer(app, request_timeout=0)
+    with pytest.raises(ValueError, match="ready_timeout"):
+        HealthServer(app, ready_timeout=float("nan"))
+    with pytest.raises(ValueError, match="max_connections"):
+        HealthServer(app, max_connections=0)
+
+
+# -- probes that cannot be starved ---------------------------------------------
+
+
+@pytest.mark.realtime
+def test_liveness_stays_fast_with_200_slow_clients_held_open(crowd):
+    """With 200 slow clients held open, 50 sequential /livez probes are each 200 within 100 ms.
+
+    Real time: the promise is a latency. 100 trickle a byte of a head every 0.5 s,
+    100 send nothing; the head timeout is long so that all 200 stay open throughout.
+    """
+    with HealthServer(lifecycle.App("busy"), request_timeout=WAIT) as health:
+        crowd.open(health.port, 100, head=SLOW_HEAD, trickle=True)
+        crowd.open(health.port, 100)
+        wait_until(lambda: health._open() == 200)
+        replies = [timed_get(health.port, "/livez") for _ in range(50)]
+        assert [reply.status for reply, _ in replies] == [200] * 50
+        slowest = max(took for _, took in replies)
+        assert slowest < PROBE_BUDGET, f"slowest probe took {slowest * 1000:.1f} ms"
+        assert [is_open(sock) for sock in crowd.sockets] == [True] * 200  # none dropped
+
+
+def test_200_open_connections_are_held_by_a_constant_number_of_threads(crowd):
+    """200 pending connections add two threads (the selector and the ready() worker), not 200."""
+    before = threading.active_count()
+    with HealthServer(lifecycle.App("busy"), request_timeout=WAIT) as health:
+        crowd.open(health.port, 100, head=SLOW_HEAD)
+        crowd.open(health.port, 100)
+        wait_until(lambda: health._open() == 200)
+        named = [t.name for t in threading.enumerate() if t.name.startswith("lifecycle-health")]
+        assert sorted(named) == [
+            f"lifecycle-health:{health.port}",
+            f"lifecycle-health:{health.port}:ready",
+        ]
+        assert threading.active_count() - before <= 2
+
+
+def test_at_the_cap_the_oldest_incomplete_connection_is_evicted(log_events):
+    """At the cap a newcomer evicts the oldest incomplete connection (not an answered one)."""
+    with HealthServer(lifecycle.App("capped"), request_timeout=WAIT, max_connections=3) as health:
+        answered = socket.create_connection(("127.0.0.1", health.port), timeout=WAIT)
+        answered.sendall(b"GET /livez HTTP/1.1\r\n\r\n")  # answered; stays open, unread
+        wait_until(lambda: health._open() == 1)
+        oldest, newer = (
+            socket.create_connection(("127.0.0.1", health.port), timeout=WAIT) for _ in range(2)
+        )
+        with answered, oldest, newer:
+            oldest.sendall(SLOW_HEAD)
+            newer.sendall(SLOW_HEAD)
+            wait_until(lambda: health._open() == 3)
+
+            assert get(health.port, "/livez").status == 200  # a fourth connection, admitted
+
+            assert until_closed(oldest) == b""  # evicted: closed without an answer
+            wait_until(lambda: health._open() == 2)  # the answered one and the newer remain
+            assert is_open(newer)
+            assert parse(until_closed(answered)).status == 200
+    warnings = [e["event"] for e in log_events if e["log_level"] == "warning"]
+    assert warnings == [
+        "health endpoint at its connection cap (3); evicting the oldest incomplete connection"
+    ]
+
+
+def test_a_flood_beyond_the_cap_cannot_keep_probes_out(crowd, log_events):
+    """200 idle clients, cap 16: the 184 oldest are evicted, every probe is 200, one warning."""
+    with HealthServer(lifecycle.App("flooded"), request_timeout=WAIT, max_connections=16) as health:
+        crowd.open(health.port, 200)
+        wait_until(lambda: not any(is_open(sock) for sock in crowd.sockets[:184]))
+        assert [is_open(sock) for sock in crowd.sockets] == [False] * 184 + [True] * 16
+        assert [get(health.port, "/livez").status for _ in range(20)] == [200] * 20
+    warnings = [e for e in log_events if e["log_level"] == "warning"]
+    assert [e["event"] for e in warnings] == [
+        "health endpoint at its connection cap (16); evicting the oldest incomplete connection"
+    ]
+
+
+@pytest.mark.realtime
+def test_a_ready_that_blocks_does_not_freeze_the_endpoint(launch):
+    """A ready() that does not return: /livez stays fast, /readyz is 503 at its 1 s bound
+    without a second call while it is stuck, close() is quick; once it returns, a fresh call.
+
+    Real time: the promise is a bound (1 s, the runner's default); margins are generous.
+    """
+    gate, it = run_held(launch, health=0)
+    try:
+        reply, took = timed_get(it.port, "/readyz", timeout=3.0)
+        assert (reply.status, reply.body) == (503, b"ready() of 'shop' did not answer within 1s\n")
+        assert 1.0 <= took < 2.0
+        assert timed_get(it.port, "/livez")[1] < PROBE_BUDGET
+        reply, took = timed_get(it.port, "/readyz?verbose")  # still stuck: answered at once
+        assert reply.status == 503
+        assert reply.body.decode().splitlines()[-2:] == [
+            "[-]ready() of 'shop' did not answer within 1s",
+            "readyz check failed",
+        ]
+        assert took < 0.5
+        assert json.loads(timed_get(it.port, "/status")[0].body)["ready"] is False
+        assert gate.calls == 1  # no second evaluation while the first is stuck
+
+        gate.answer.set()
+        wait_until(lambda: get(it.port, "/readyz").status == 200)
+        assert gate.calls >= 2
+
+        gate.answer.clear()
+        assert timed_get(it.port, "/readyz", timeout=3.0)[0].status == 503  # stuck again
+        health: HealthServer = it.runner._health
+        began = time.monotonic()
+        health.close()
+        assert time.monotonic() - began < 0.2
+    finally:
+        gate.answer.set()
+
+
+def test_requests_during_one_evaluation_share_it(launch):
+    """Three /readyz that arrive while ready() runs get its one answer: one call, three 200s."""
+    gate, it = run_held(launch)
+    with HealthServer(it.runner.app, ready_timeout=WAIT) as health:
+        first = send_probe(health.port, "/readyz")
+        assert gate.entered.wait(WAIT)
+        others = [send_probe(health.port, "/readyz"), send_probe(health.port, "/status")]
+        waiting = health._phases[_Phase.WAITING]
+        wait_until(lambda: len(waiting) == 3)
+        gate.answer.set()
+        replies = [parse(until_closed(sock)) for sock in [first, *others]]
+        for sock in [first, *others]:
+            sock.close()
+    assert [reply.status for reply in replies] == [200, 200, 200]
+    assert json.loads(replies[2].body)["ready"] is True
+    assert gate.calls == 1
+
+
+def test_a_shutdown_requested_during_the_evaluation_makes_it_503(launch):
+    """ready() began before the shutdown request and then says True: the request is still 503."""
+    gate, it = run_held(launch)
+    app = it.runner.app
+    with HealthServer(app, ready_timeout=WAIT) as health:
+        with send_probe(health.port, "/readyz") as probe:
+            assert gate.entered.wait(WAIT)
+            app.request_shutdown("deploy")
+            gate.answer.set()
+            assert parse(until_closed(probe)).status == 503
+        assert gate.calls == 1
+        assert get(health.port, "/readyz").status == 503  # and ready() is not called again
+        assert gate.calls == 1
+
+
+@pytest.mark.realtime
+def test_close_is_quick_with_200_connections_open(crowd):
+    """close() with 200 pending connections takes < 200 ms (50 ms normally) and ends them all."""
+    health = HealthServer(lifecycle.App("busy"), request_timeout=WAIT)
+    health.start()
+    try:
+        crowd.open(health.port, 100, head=SLOW_HEAD)
+        crowd.open(health.port, 100)
+        wait_until(lambda: health._open() == 200)
+        began = time.monotonic()
+        health.close()
+        took = time.monotonic() - began
+    finally:
+        health.close()
+    assert took < 0.2, f"close() took {took * 1000:.1f} ms"
+    assert [until_closed(sock) for sock in crowd.sockets] == [b""] * 200
+
+
+def test_a_client_that_never_reads_is_dropped_and_blocks_nobody():
+    """A client that never reads a large /status is dropped at the write timeout; others served."""
+    app = lifecycle.App("big")
+    for i in range(80):
+        app.add(Gated(), name=f"component-{i}-" + "x" * 100_000)  # /status is about 8 MB
+    # A head timeout beyond every wait: only the write timeout can drop the client.
+    with HealthServer(app, request_timeout=3 * WAIT) as health:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with stalled:
+            stalled.connect(("127.0.0.1", health.port))
+            stalled.sendall(b"GET /status HTTP/1.1\r\n\r\n")
+            wait_until(lambda: health._open() == 1)
+            assert [get(health.port, "/livez").status for _ in range(5)] == [200] * 5
+            full = get(health.port, "/status")  # a client that reads gets all of it
+            wait_until(lambda: health._open() == 0)  # the stalled one is dropped
+            assert len(until_closed(stalled)) < len(full.raw)  # cut, not waited for
+
+
+def test_hostile_requests_log_no_warning_or_error(server, log_events):
+    """Malformed, oversized, cut and reset requests log nothing at warning or above."""
+    for request_ in [
+        b"GARBAGE\r\n\r\n",
+        b"GET /livez HTTP/2.0\r\n\r\n",
+        b"\x00" * 20000,
+        b"GET /livez HTTP/1.1\r\nBad\x00Name: x\r\n\r\n",
+        b"GET /" + b"a" * 9000,
+    ]:
+        assert exchange(server.port, request_).status in {400, 431, 505}
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as reset:
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.sendall(b"GET /livez HTTP/1.1\r\n")
+    assert get(server.port, "/livez").status == 200
+    server.close()
+    loud = [
+        e
+        for e in log_events
+        if e["log_level"] in {"warning", "error", "critical"} or "exc_info" in e
+    ]
+    assert loud == []
+
+
+def test_throttle_lets_one_through_per_interval_and_counts_the_rest(clock):
+    """The log throttle passes the first event, then one per interval with the number held back."""
+    throttle = _Throttle(10.0, clock=clock)
+    assert [throttle(), throttle(), throttle()] == [0, None, None]
+    clock.advance(9.9)
+    assert throttle() is None
+    clock.advance(0.1)
+    assert [throttle(), throttle()] == [3, None]
+
+
+def test_close_before_start_and_twice_is_harmless():
+    """close() before start() is a no-op that makes the server final; a second close() too."""
+    health = HealthServer(lifecycle.App("idle"))
+    health.close()
+    health.close()
+    with pytest.raises(RuntimeError, match="cannot be restarted"):
+        health.start()

@@ -12,7 +12,8 @@ What each path answers (GET and HEAD; any other method is ``405``)::
     /livez      200 from the start to the very end of the shutdown; 503 once
                 the app has finished (the server closes right after)
     /readyz     200 iff app.ready: running, no shutdown requested, every
-                component ready(); 503 from the instant shutdown is requested
+                component ready(); 503 from the instant shutdown is requested,
+                and when the ready() calls do not answer within 1 s
     /startupz   200 once the app has reached RUNNING (and from then on,
                 through the shutdown); 503 while starting
     /status, /  JSON: app name, state, live, ready, started, and each
@@ -20,12 +21,30 @@ What each path answers (GET and HEAD; any other method is ``405``)::
 
 Probes accept ``?verbose`` for a line per check, in the Kubernetes style.
 
-The server is hardened for what reaches a port on a pod network: each
-connection has one deadline for its whole request (a slow client gets
-``408``), the request line and headers together are limited (``431``), a
-malformed or non-ASCII request gets ``400``, and an exception inside gets
-``500``; no response ever carries a stack trace or an error message. Every
-response says ``Connection: close``: probes are one-shot.
+The server is made for a port that anything on a pod network can reach, and
+no number of slow, idle or non-reading clients can keep a probe from being
+answered:
+
+* One thread (the selector) accepts every connection and reads request
+  heads without blocking: a connection holds no thread. A head has
+  `REQUEST_TIMEOUT` (2 s) to arrive, else ``408``, and at most 8 KiB, else
+  ``431``; a malformed one gets ``400`` (``505`` for a version other than
+  1.x).
+* At most `MAX_CONNECTIONS` (256) are open; a new one evicts the oldest
+  whose head is still incomplete (a complete probe arrives in one packet and
+  is answered at once, so a flood only ever evicts its own).
+* Responses are small and written without blocking by the same thread; a
+  client that has not taken its response and closed within `WRITE_TIMEOUT`
+  (1 s) is dropped. Every response says ``Connection: close``.
+* The components' ``ready()`` (user code, behind ``/readyz`` and
+  ``/status``) run on a second thread, one evaluation at a time, and must
+  answer within `READY_TIMEOUT` (1 s): a ``ready()`` that blocks makes
+  ``/readyz`` 503 rather than freezing the endpoint. ``/livez`` and
+  ``/startupz`` never call user code.
+
+No response carries a stack trace or an error message, and what a client
+sends never logs anything above debug; the one warning a flood causes (the
+connection cap) is logged at most once per 10 s.
 
 Added in 0.1.
 """
@@ -44,15 +63,17 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import structlog
 
 from .._core.states import AppState, ComponentState
+from .._core.tokens import on_cancel_inline
 
 if TYPE_CHECKING:
-    from .._core.views import AppView as App
+    from .._core.views import AppView
 
 __all__ = ["HealthServer"]
 
@@ -60,28 +81,40 @@ _log = structlog.get_logger("lifecycle")
 
 MAX_HEAD_BYTES = 8192
 """Request line and headers together, in bytes; more is answered ``431``."""
-REQUEST_TIMEOUT = 5.0
-"""Seconds a client has to send its whole request; slower ones get ``408``."""
-MAX_CONNECTIONS = 64
-"""Connections served at once; more wait in the listen backlog until one ends."""
-BACKLOG = 128
-"""``listen()`` backlog (socketserver's default of 5 drops probes under load)."""
+REQUEST_TIMEOUT = 2.0
+"""Seconds a client has to send its request head (a probe has no body); then ``408``."""
+READY_TIMEOUT = 1.0
+"""Seconds the components' ``ready()`` have to answer; then ``/readyz`` is ``503``."""
+WRITE_TIMEOUT = 1.0
+"""Seconds a client has to take its response and close; one that does not is dropped."""
+MAX_CONNECTIONS = 256
+"""Connections open at once; a new one evicts the oldest with an incomplete head."""
+BACKLOG = 1024
+"""``listen()`` backlog: room for a burst of connections between two turns of the
+selector (a full queue drops new SYNs, which clients resend only after a second)."""
 
-_JOIN_TIMEOUT = 1.0  # close() waits at most this long for its threads, in total
-_LINGER_TIMEOUT = 1.0  # after a response, how long to drain what the client still sends
-_LINGER_BYTES = 65536
-_RECV_SIZE = 4096
+_JOIN_TIMEOUT: Final = 1.0  # close() waits at most this long for the selector thread
+_LINGER_BYTES: Final = 65536  # after a response, at most this much input is drained
+_RECV_SIZE: Final = 4096
+_ACCEPTS_PER_TURN: Final = 64  # accept() calls in a row before connections get a turn
+_ACCEPT_PAUSE: Final = 0.1  # seconds without accepting after accept() failed (no fds)
+_LOG_EVERY: Final = 10.0  # a repeated warning or error is logged once per this many seconds
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _HEADER_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+_HEAD_END_SPAN: Final = 4  # the longest match of _HEAD_END
 
 _FINAL = frozenset({AppState.STOPPED, AppState.FAILED})
 _STARTED = frozenset({AppState.RUNNING, AppState.DRAINING})
 _ALLOWED = ("GET", "HEAD")
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
+_WAKE: Final = "wake"  # selector key data of the wake-up socket
+_LISTEN: Final = "listen"  # ... and of the listening socket
+
+_Answer: TypeAlias = tuple[HTTPStatus, str, bytes]
 
 
 class _ServerState(enum.Enum):
@@ -93,6 +126,17 @@ class _ServerState(enum.Enum):
     """Closed (or closing). Final: a HealthServer does not reopen."""
 
 
+class _Phase(enum.Enum):
+    READING = "reading"
+    """The request head is arriving: the connection is incomplete."""
+    WAITING = "waiting"
+    """The head is complete; its answer waits for an evaluation of ``ready()``."""
+    ANSWERING = "answering"
+    """The response is being written, then what the client still sends drained."""
+    CLOSED = "closed"
+    """Closed: answered, timed out, evicted or failed. Final."""
+
+
 class _RequestError(Exception):
     """A request the server answers with an error status, without internals."""
 
@@ -101,18 +145,187 @@ class _RequestError(Exception):
         self.status = status
 
 
+@attrs.frozen
+class _Verdict:
+    """What an evaluation of ``app.ready`` gave."""
+
+    ready: bool
+    note: str | None = None
+    """Why the app gave no answer (shown as a failed check), or None."""
+    failed: bool = False
+    """``app.ready`` raised: the request is answered ``500``."""
+
+
+_READY = _Verdict(ready=True)
+_NOT_READY = _Verdict(ready=False)
+_FAILED = _Verdict(ready=False, failed=True)
+
+
+@attrs.frozen
+class _Pending:
+    """A complete request whose answer needs a `_Verdict`."""
+
+    route: Callable[[bool, _Verdict], _Answer]
+    verbose: bool
+    head_only: bool
+    evaluation: int  # the number of the evaluation it waits for
+
+
+@attrs.define(eq=False)
+class _Conn:
+    """One client connection; only the selector thread touches it."""
+
+    sock: socket.socket
+    deadline: float  # time.monotonic() by which the current phase must end
+    phase: _Phase = _Phase.READING
+    head: bytearray = attrs.Factory(bytearray)
+    scanned: int = 0  # bytes at the start of head known to hold no end of head
+    out: memoryview | None = None  # the response not sent yet; None once all is sent
+    drained: int = 0  # bytes read after the response
+    events: int = 0  # the selector events it is registered for; 0: not registered
+    pending: _Pending | None = None  # while WAITING
+
+
+class _Throttle:
+    """Lets an event through at most once per ``every`` seconds; counts the ones held back.
+
+    Not thread-safe: each thread that logs has its own.
+    """
+
+    def __init__(self, every: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = every
+        self._clock = clock
+        self._next = -math.inf
+        self._held = 0
+
+    def __call__(self) -> int | None:
+        """None to hold this one back; else how many were held back since the last one."""
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return None
+        held, self._held, self._next = self._held, 0, now + self._every
+        return held
+
+    def log(self, level: Literal["warning", "error"], event: str, **fields: object) -> None:
+        """Log ``event`` unless held back, with how many were held back since the last."""
+        held = self()
+        if held is not None:
+            getattr(_log, level)(event, not_logged_since=held, **fields)
+
+
+def _log_app_error(throttle: _Throttle, app: str) -> None:
+    """Log the exception being handled, an app's (not a client's), once per interval."""
+    message = "health endpoint: reading the app raised; answering 500"
+    throttle.log("error", message, app=app, exc_info=True)
+
+
+class _Readiness:
+    """Evaluates ``app.ready`` (the users' ``ready()``) on a thread of its own, within a bound.
+
+    The selector thread asks (`ask`), the evaluation runs here, and its end
+    wakes the selector, which collects it (`answered`). One evaluation at a
+    time: a request made while one runs shares its answer; one made after it
+    overran its bound gets `overrun` at once, and no second evaluation starts
+    until the stuck one returns.
+    """
+
+    def __init__(
+        self, app: AppView, timeout: float, wake: Callable[[], None], *, name: str
+    ) -> None:
+        self._app = app
+        self._timeout = timeout
+        self._wake = wake
+        self._cond = threading.Condition(threading.Lock())
+        # Guarded by _cond. Invariant: answered <= asked; evaluation number
+        # `asked` is running (or about to) iff answered < asked, begun at `began`.
+        self._asked = 0
+        self._answered = 0
+        self._verdict = _NOT_READY
+        self._began = -math.inf
+        self._closed = False
+        self._errors = _Throttle(_LOG_EVERY)  # the evaluating thread's
+        self._overruns = _Throttle(_LOG_EVERY)  # the selector thread's
+        self._overrun_logged = 0  # selector thread: the last evaluation whose overrun was logged
+        self.overrun = _Verdict(
+            ready=False, note=f"ready() of {app.name!r} did not answer within {timeout:g}s"
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Let the thread end; it does once a stuck evaluation returns (never waited for)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def ask(self, now: float) -> tuple[int, float]:
+        """Start an evaluation unless one runs: ``(its number, when it is overdue)``."""
+        with self._cond:
+            if self._answered == self._asked:
+                self._asked += 1
+                self._began = now
+                self._cond.notify()
+            return self._asked, self._began + self._timeout
+
+    def answered(self) -> tuple[int, _Verdict]:
+        """The number and the answer of the last evaluation that ended."""
+        with self._cond:
+            return self._answered, self._verdict
+
+    def overran(self, evaluation: int) -> _Verdict:
+        """The answer for a request whose evaluation is overdue (logged once for each)."""
+        if evaluation > self._overrun_logged:
+            self._overrun_logged = evaluation
+            self._overruns.log(
+                "warning",
+                f"health endpoint: {self.overrun.note}; /readyz answers 503 until it "
+                f"returns (keep ready() quick: return a flag the component maintains)",
+                app=self._app.name,
+            )
+        return self.overrun
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._answered == self._asked and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                evaluation = self._asked
+            verdict = self._evaluate()
+            with self._cond:
+                self._answered, self._verdict = evaluation, verdict
+            self._wake()
+
+    def _evaluate(self) -> _Verdict:
+        try:
+            return _READY if self._app.ready else _NOT_READY
+        except Exception:  # noqa: BLE001 - answered 500; the endpoint keeps serving
+            _log_app_error(self._errors, self._app.name)
+            return _FAILED
+
+
 class HealthServer:
     """Serves an app's liveness, readiness and startup probes over HTTP.
 
-    ``start()`` binds and listens (``SO_REUSEADDR``, backlog 128) and returns
-    once connections are accepted; ``close()`` stops accepting, closes the
-    listening socket (new probes are refused at once) and waits a bounded
-    time for the probes in flight. ``close()`` is idempotent and safe from
-    any thread; a closed server does not restart.
+    ``start()`` binds and listens (``SO_REUSEADDR``, backlog 1024) and returns
+    once connections are accepted; ``close()`` closes the listener (new
+    probes are refused at once) and every connection, within milliseconds.
+    ``close()`` is idempotent and safe from any thread, before ``start()``
+    too; a closed server does not restart.
 
-    The answers read the app without taking any lock its runner holds:
-    ``/readyz`` evaluates ``app.ready`` exactly once per request (it calls
-    the components' ``ready()``, treating an exception as "not ready").
+    The answers read the app without taking any lock its runner holds.
+    ``/readyz`` and ``/status`` evaluate ``app.ready`` (it calls the
+    components' ``ready()``, treating an exception as "not ready") at most
+    once per request, on a thread of their own: requests that arrive while an
+    evaluation runs share its answer. One that has not answered within
+    ``ready_timeout`` makes ``/readyz`` 503 (the body says why) and
+    ``/status`` say ``"ready": false``, at once and without a second
+    evaluation, until it returns. Once shutdown is requested they say "not
+    ready" without calling anything.
 
     ``/livez`` stays 200 during the whole shutdown, draining and stopping
     included: a failing liveness probe makes the kubelet kill the container,
@@ -121,11 +334,18 @@ class HealthServer:
     running (by a probe, or at the shutdown request).
 
     Args:
-        app: the `App` whose health is served.
+        app: the app whose health is served (an `App`, or any `AppView`).
         host: the address to bind; ``"0.0.0.0"`` (or ``"::"``) to be
             reachable from outside the pod or host, loopback by default.
         port: the port; 0 picks a free one (see `port` after `start`).
-        request_timeout: seconds a client has to send its request.
+        request_timeout: seconds a client has to send its request head
+            (2 by default; a probe sends it in one packet), then ``408``.
+        ready_timeout: seconds the components' ``ready()`` have to answer
+            (1 by default), then ``/readyz`` is ``503`` saying so; a probe
+            whose ``timeoutSeconds`` is above it gets that answer rather
+            than a timeout (both count as "not ready").
+        max_connections: connections open at once (256 by default); a new
+            one evicts the oldest whose head is incomplete.
 
     Example::
 
@@ -159,46 +379,61 @@ class HealthServer:
 
     def __init__(
         self,
-        app: App,
+        app: AppView,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
         request_timeout: float = REQUEST_TIMEOUT,
+        ready_timeout: float = READY_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(
                 f"port must be an int from 0 to 65535 (0: any free port), got {port!r}"
             )
         if (
-            isinstance(request_timeout, bool)
-            or not isinstance(request_timeout, int | float)
-            or not math.isfinite(request_timeout)
-            or request_timeout <= 0
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
         ):
             raise ValueError(
-                f"request_timeout must be a positive number of seconds, got {request_timeout!r}"
+                f"max_connections must be a positive int (default {MAX_CONNECTIONS}), "
+                f"got {max_connections!r}"
             )
         self.app = app
-        self.request_timeout = float(request_timeout)
+        self.request_timeout = _seconds(request_timeout, "request_timeout")
+        self.ready_timeout = _seconds(ready_timeout, "ready_timeout")
+        self.max_connections = max_connections
         self._address: tuple[str, int] = (host, port)
         self._state = _ServerState.NEW
-        # Guards _state and _conns. Held only for bookkeeping, never across I/O
-        # that can block or across a call into the app.
-        self._lock = threading.Lock()
-        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._lock = threading.Lock()  # guards _state
+        self._wake_lock = threading.Lock()  # guards _wake_w: woken from any thread, closed once
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
-        self._acceptor: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
+        self._readiness: _Readiness | None = None
         self._detach: Callable[[], bool] | None = None
         # Invariant: once True, stays True (the app reached RUNNING at some point).
         self._reached_running = False
-        # True while MAX_CONNECTIONS are being served and accepting is paused.
-        self._paused = False
-        self._routes: dict[str, Callable[[bool], tuple[HTTPStatus, str, bytes]]] = {
+        # The selector thread's alone. Each phase's connections in the order
+        # they entered it, which is also the order of their deadlines (a
+        # phase's deadline is a fixed time after a moment that only moves on).
+        self._selector: selectors.BaseSelector | None = None
+        self._phases: dict[_Phase, dict[_Conn, None]] = {
+            phase: {} for phase in (_Phase.READING, _Phase.WAITING, _Phase.ANSWERING)
+        }
+        self._accepting_again: float | None = None  # when accepting resumes after a pause
+        self._evictions = _Throttle(_LOG_EVERY)
+        self._accept_errors = _Throttle(_LOG_EVERY)
+        self._app_errors = _Throttle(_LOG_EVERY)
+        self._routes: dict[str, Callable[[bool], _Answer]] = {
             "/livez": self._livez,
-            "/readyz": self._readyz,
             "/startupz": self._startupz,
+        }
+        # Routes that need app.ready, evaluated off the selector thread.
+        self._ready_routes: dict[str, Callable[[bool, _Verdict], _Answer]] = {
+            "/readyz": self._readyz,
             "/status": self._status,
             "/": self._status,
         }
@@ -244,46 +479,52 @@ class HealthServer:
             self._address = (str(bound[0]), int(bound[1]))
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
-            self._acceptor = threading.Thread(
-                target=self._serve, name=f"lifecycle-health:{self.port}", daemon=True
+            name = f"lifecycle-health:{self.port}"
+            self._readiness = _Readiness(
+                self.app, self.ready_timeout, self._wake, name=f"{name}:ready"
             )
+            self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
             self._state = _ServerState.SERVING
-        self._detach = self.app.shutdown_token.on_cancel(self._note_shutdown_request)
-        self._acceptor.start()
+        self._detach = on_cancel_inline(self.app.shutdown_token, self._note_shutdown_request)
+        self._readiness.start()
+        self._thread.start()
         _log.info("health endpoint listening", app=self.app.name, address=list(self._address))
 
     def close(self) -> None:
-        """Stop accepting, close the listener, wait (bounded) for probes in flight.
+        """Close the listener and every connection; return within milliseconds.
 
-        Idempotent; safe from any thread. Takes at most about a second.
+        Wakes the selector thread, which closes every socket it holds, and
+        waits for it (at most a second, were the process starved of CPU). A
+        ``ready()`` that is stuck is not waited for: its thread ends when it
+        returns. Idempotent; safe from any thread, and before `start`.
         """
         with self._lock:
-            if self._state is not _ServerState.SERVING:
-                self._state = _ServerState.CLOSED
-                return
+            serving = self._state is _ServerState.SERVING
             self._state = _ServerState.CLOSED
-        until = time.monotonic() + _JOIN_TIMEOUT
+        if not serving:
+            return
         if self._detach is not None:
             self._detach()
+        assert self._thread is not None
+        assert self._readiness is not None
+        self._readiness.close()
         self._wake()
-        if self._acceptor is not None:
-            self._acceptor.join(max(0.0, until - time.monotonic()))
+        if self._thread is not threading.current_thread():
+            self._thread.join(_JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            _log.warning(
+                f"health endpoint: its thread did not end within {_JOIN_TIMEOUT:g}s of "
+                f"close(); it closes its connections when it gets to run",
+                app=self.app.name,
+            )
         if self._listener is not None:
-            # Closing the socket itself (not just no longer accepting) makes the
-            # kernel refuse new probes instead of queueing them unanswered.
+            # Normally closed by the selector thread already. Closing the socket
+            # (not just no longer accepting) makes the kernel refuse new probes.
             self._listener.close()
-        with self._lock:
-            threads = list(self._conns.values())
-            for conn in self._conns:
-                # Wakes a handler still waiting for its request (it sees EOF);
-                # one already answering can still send.
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RD)
-        for thread in threads:
-            thread.join(max(0.0, until - time.monotonic()))
-        for sock in (self._wake_r, self._wake_w):
-            if sock is not None:
-                sock.close()
+        with self._wake_lock:
+            if self._wake_w is not None:
+                self._wake_w.close()
+                self._wake_w = None
         _log.info("health endpoint closed", app=self.app.name, address=list(self._address))
 
     def __enter__(self) -> HealthServer:
@@ -307,25 +548,39 @@ class HealthServer:
         return self._reached_running
 
     def _note_shutdown_request(self) -> None:
-        # Runs in the thread that requested the shutdown (maybe a signal
-        # handler), before the runner moves the app on: the state read here
-        # is the one the request interrupted.
+        # Runs inline in the thread that requested the shutdown (maybe a
+        # signal handler), before the runner moves the app on: the state read
+        # here is the one the request interrupted. Reads and sets a flag only.
         if self.app.state in _STARTED:
             self._reached_running = True
 
-    def _livez(self, verbose: bool) -> tuple[HTTPStatus, str, bytes]:
+    def _shutdown_requested(self) -> bool:
+        return self.app.shutdown_reason is not None
+
+    def _ready(self, verdict: _Verdict) -> bool:
+        # A shutdown requested while the evaluation ran still turns it down.
+        return verdict.ready and not self._shutdown_requested()
+
+    def _livez(self, verbose: bool) -> _Answer:
         state = self.app.state
         alive = state not in _FINAL
         checks = [(alive, f"runner {'alive' if alive else 'finished'} (app {state.value})")]
         return _probe("livez", alive, checks, verbose, failure="finished")
 
-    def _readyz(self, verbose: bool) -> tuple[HTTPStatus, str, bytes]:
+    def _startupz(self, verbose: bool) -> _Answer:
+        started = self._started()
+        state = self.app.state
+        checks = [(started, f"app {'has reached running' if started else state.value}")]
+        return _probe("startupz", started, checks, verbose, failure="not started")
+
+    def _readyz(self, verbose: bool, verdict: _Verdict) -> _Answer:
         app = self.app
-        ready = app.ready  # calls user ready() methods: exactly once per request
+        ready = self._ready(verdict)
+        failure = verdict.note or "not ready"
         if not verbose:
-            return _probe("readyz", ready, [], verbose, failure="not ready")
+            return _probe("readyz", ready, [], verbose, failure=failure)
         state = app.state
-        requested = app.shutdown_reason is not None
+        requested = self._shutdown_requested()
         checks = [
             (state is AppState.RUNNING, f"app {state.value}"),
             (not requested, "shutdown requested" if requested else "shutdown not requested"),
@@ -334,19 +589,13 @@ class HealthServer:
             ok = info.state is ComponentState.RUNNING
             note = "" if ok or info.critical else ", not critical"
             checks.append((ok, f"component {name} {info.state.value}{note}"))
-        return _probe("readyz", ready, checks, verbose, failure="not ready")
+        if verdict.note is not None:
+            checks.append((False, verdict.note))
+        return _probe("readyz", ready, checks, verbose, failure=failure)
 
-    def _startupz(self, verbose: bool) -> tuple[HTTPStatus, str, bytes]:
-        started = self._started()
-        state = self.app.state
-        checks = [(started, f"app {'has reached running' if started else state.value}")]
-        return _probe("startupz", started, checks, verbose, failure="not started")
-
-    def _status(self, verbose: bool) -> tuple[HTTPStatus, str, bytes]:
+    def _status(self, verbose: bool, verdict: _Verdict) -> _Answer:
         app = self.app
-        ready = app.ready
         state = app.state
-        started = self._started()
         components = {
             name: {
                 "state": info.state.value,
@@ -360,14 +609,55 @@ class HealthServer:
             "app": app.name,
             "state": state.value,
             "live": state not in _FINAL,
-            "ready": ready,
-            "started": started,
+            "ready": self._ready(verdict),
+            "started": self._started(),
             "components": components,
         }
         body = json.dumps(document, indent=2 if verbose else None) + "\n"
         return HTTPStatus.OK, _JSON, body.encode("utf-8")
 
-    # -- serving -------------------------------------------------------------
+    def _answer(self, conn: _Conn, head: bytes, now: float) -> bytes | None:
+        """The response to a complete head; None when it waits for ``ready()`` (parked).
+
+        Raises:
+            _RequestError: the head is malformed.
+        """
+        method, path, query = _parse(head)
+        head_only = method == "HEAD"
+        plain = self._routes.get(path)
+        needs_ready = self._ready_routes.get(path)
+        if plain is None and needs_ready is None:
+            return _error_response(HTTPStatus.NOT_FOUND, head_only=head_only)
+        if method not in _ALLOWED:
+            return _error_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        verbose = "verbose" in parse_qs(query, keep_blank_values=True)
+        if plain is not None:
+            return _response(*plain(verbose), head_only=head_only)
+        assert needs_ready is not None
+        assert self._readiness is not None
+        if self._shutdown_requested():
+            pending = _Pending(needs_ready, verbose, head_only, evaluation=0)
+            return self._render(pending, _NOT_READY)  # no user code once shutdown is requested
+        evaluation, overdue = self._readiness.ask(now)
+        pending = _Pending(needs_ready, verbose, head_only, evaluation)
+        if overdue <= now:
+            return self._render(pending, self._readiness.overran(evaluation))
+        conn.pending = pending
+        self._move(conn, _Phase.WAITING, overdue)
+        self._watch(conn, 0)
+        return None
+
+    def _render(self, pending: _Pending, verdict: _Verdict) -> bytes:
+        if verdict.failed:
+            return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR)
+        try:
+            status, content_type, body = pending.route(pending.verbose, verdict)
+        except Exception:  # noqa: BLE001 - a probe must never take the server down
+            _log_app_error(self._app_errors, self.app.name)
+            return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR)
+        return _response(status, content_type, body, head_only=pending.head_only)
+
+    # -- serving: one selector thread for every connection ---------------------
 
     def _bind(self) -> socket.socket:
         host, port = self._address
@@ -385,112 +675,277 @@ class HealthServer:
             raise
         return sock
 
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_w is not None:
+                # BlockingIOError: a wake-up is pending already.
+                with contextlib.suppress(OSError):
+                    self._wake_w.send(b"x")
+
+    def _open(self) -> int:
+        """How many connections are open (read from any thread: approximate)."""
+        return sum(len(conns) for conns in self._phases.values())
+
     def _serve(self) -> None:
         listener, wake = self._listener, self._wake_r
         assert listener is not None
         assert wake is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(wake, selectors.EVENT_READ)
-            selector.register(listener, selectors.EVENT_READ)
-            while True:
-                for key, _ in selector.select():
-                    if key.fileobj is wake:
-                        with contextlib.suppress(OSError):
-                            wake.recv(_RECV_SIZE)
-                    elif not self._paused:
-                        self._accept(listener)
-                with self._lock:
-                    if self._state is not _ServerState.SERVING:
-                        return
-                    full = len(self._conns) >= MAX_CONNECTIONS
-                    changed, self._paused = full != self._paused, full
-                # At capacity, new connections wait in the kernel's backlog
-                # until a handler ends (it wakes us), then the kernel refuses.
-                if changed and full:
-                    selector.unregister(listener)
-                elif changed:
-                    selector.register(listener, selectors.EVENT_READ)
-
-    def _wake(self) -> None:
-        if self._wake_w is not None:
-            # BlockingIOError: the wake-up is already pending; OSError: closed.
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"x")
-
-    def _accept(self, listener: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        self._selector = selector
         try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return
-        except OSError as error:
-            # Out of file descriptors or similar: wait a little rather than spin.
-            _log.warning("health endpoint cannot accept", app=self.app.name, error=str(error))
-            time.sleep(0.1)
-            return
-        thread = threading.Thread(
-            target=self._handle, args=(conn,), name="lifecycle-health:conn", daemon=True
-        )
-        with self._lock:
-            admitted = self._state is _ServerState.SERVING
-            if admitted:
-                self._conns[conn] = thread
-        if not admitted:
-            conn.close()
-            return
-        thread.start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        deadline = time.monotonic() + self.request_timeout
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            response = self._respond(conn, deadline)
-            if response is None:
-                return  # the client closed without asking anything
-            conn.settimeout(self.request_timeout)
-            conn.sendall(response)
-            _linger(conn)
-        except OSError:
-            pass  # the client went away or stalled; nobody is left to answer
+            selector.register(wake, selectors.EVENT_READ, _WAKE)
+            selector.register(listener, selectors.EVENT_READ, _LISTEN)
+            while self._state is _ServerState.SERVING:
+                self._turn(selector, listener, wake)
+        except Exception:  # noqa: BLE001 - logged; the endpoint closes rather than hang
+            # A fault in this module, not in a request (each is handled on its
+            # own); a closed endpoint makes the probes fail, as they should.
+            _log.error("health endpoint stopped on an internal error", exc_info=True)
         finally:
-            with self._lock:
-                self._conns.pop(conn, None)
-                conn.close()
-                wake = self._paused
-            if wake:
-                self._wake()
+            for conns in self._phases.values():
+                for conn in list(conns):
+                    self._close(conn)
+            selector.close()
+            listener.close()
+            wake.close()
 
-    def _respond(self, conn: socket.socket, deadline: float) -> bytes | None:
-        """The response to the request on ``conn``; None if none came.
+    def _turn(
+        self, selector: selectors.BaseSelector, listener: socket.socket, wake: socket.socket
+    ) -> None:
+        due = self._next_deadline()
+        timeout = None if due is None else max(0.0, due - time.monotonic())
+        events = selector.select(timeout)
+        now = time.monotonic()
+        for key, mask in events:
+            if key.data is _WAKE:
+                with contextlib.suppress(OSError):
+                    wake.recv(_RECV_SIZE)
+            elif key.data is _LISTEN:
+                self._accept(listener, now)
+            else:
+                self._on_event(key.data, mask, now)
+        self._deliver(now)
+        self._expire(listener, now)
 
-        Raises:
-            OSError: the connection failed while reading.
-        """
+    def _next_deadline(self) -> float | None:
+        deadlines = [next(iter(conns)).deadline for conns in self._phases.values() if conns]
+        if self._accepting_again is not None:
+            deadlines.append(self._accepting_again)
+        return min(deadlines, default=None)
+
+    def _accept(self, listener: socket.socket, now: float) -> None:
+        for _ in range(_ACCEPTS_PER_TURN):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:
+                # Out of file descriptors or similar: pause rather than spin.
+                self._accept_errors.log(
+                    "warning",
+                    f"health endpoint cannot accept connections ({error}); "
+                    f"retrying every {_ACCEPT_PAUSE:g}s (raise the open-files limit)",
+                    app=self.app.name,
+                )
+                self._accepting_again = now + _ACCEPT_PAUSE
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector_of().unregister(listener)
+                return
+            self._admit(sock, now)
+
+    def _admit(self, sock: socket.socket, now: float) -> None:
         try:
-            head = _read_head(conn, deadline)
-            if head is None:
-                return None
-            return self._answer(head)
-        except _RequestError as error:
-            if self._state is not _ServerState.SERVING:
-                return None  # close() cut the request short: nobody to answer
-            return _error_response(error.status)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
-            raise
-        except Exception:  # noqa: BLE001 - a probe must never take the server down
-            _log.error("health endpoint failed on a request", app=self.app.name, exc_info=True)
-            return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR)
+            sock.close()
+            return
+        if self._open() >= self.max_connections:
+            self._evict()
+        conn = _Conn(sock, deadline=now + self.request_timeout)
+        self._phases[_Phase.READING][conn] = None
+        self._watch(conn, selectors.EVENT_READ)
+        # A probe usually sends its head with the handshake: read it right away.
+        self._on_event(conn, selectors.EVENT_READ, now)
 
-    def _answer(self, head: bytes) -> bytes:
-        method, path, query = _parse(head)
-        head_only = method == "HEAD"
-        route = self._routes.get(path)
-        if route is None:
-            return _error_response(HTTPStatus.NOT_FOUND, head_only=head_only)
-        if method not in _ALLOWED:
-            return _error_response(HTTPStatus.METHOD_NOT_ALLOWED)
-        verbose = "verbose" in parse_qs(query, keep_blank_values=True)
-        status, content_type, body = route(verbose)
-        return _response(status, content_type, body, head_only=head_only)
+    def _evict(self) -> None:
+        """Close the oldest incomplete connection (the oldest at all, if none is)."""
+        reading = self._phases[_Phase.READING]
+        victims = reading or self._phases[_Phase.ANSWERING] or self._phases[_Phase.WAITING]
+        self._close(next(iter(victims)))
+        which = "oldest incomplete" if victims is reading else "oldest"
+        self._evictions.log(
+            "warning",
+            f"health endpoint at its connection cap ({self.max_connections}); "
+            f"evicting the {which} connection",
+            app=self.app.name,
+        )
+
+    def _on_event(self, conn: _Conn, mask: int, now: float) -> None:
+        if conn.phase is _Phase.CLOSED:
+            return  # evicted earlier in this turn
+        try:
+            if conn.phase is _Phase.READING:
+                self._read(conn, now)
+            elif conn.out is not None:
+                self._send(conn)
+            else:
+                self._drain(conn)
+        except OSError:
+            self._close(conn)  # reset or gone: nobody left to answer
+        except Exception:  # noqa: BLE001 - what a client sends never stops the server
+            _log.debug("health endpoint dropped a connection on an error", exc_info=True)
+            self._close(conn)
+
+    def _read(self, conn: _Conn, now: float) -> None:
+        try:
+            chunk = conn.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        if chunk:
+            conn.head += chunk
+            self._scan(conn, now)
+        elif conn.head:
+            self._reply(conn, _error_response(HTTPStatus.BAD_REQUEST), now)  # cut short
+        else:
+            self._close(conn)  # closed without asking anything
+
+    def _scan(self, conn: _Conn, now: float) -> None:
+        head = conn.head
+        if head and head[0] in b"\r\n":
+            # RFC 9112 2.2: ignore empty lines before the request line.
+            del head[: len(head) - len(head.lstrip(b"\r\n"))]
+            conn.scanned = 0
+        end = _HEAD_END.search(head, max(0, conn.scanned - _HEAD_END_SPAN + 1))
+        if end is not None and end.start() <= MAX_HEAD_BYTES:
+            try:
+                response = self._answer(conn, bytes(head[: end.start()]), now)
+            except _RequestError as error:
+                response = _error_response(error.status)
+            except Exception:  # noqa: BLE001 - a probe must never take the server down
+                _log_app_error(self._app_errors, self.app.name)
+                response = _error_response(HTTPStatus.INTERNAL_SERVER_ERROR)
+            if response is not None:
+                self._reply(conn, response, now)
+        elif end is not None or len(head) > MAX_HEAD_BYTES:
+            self._reply(conn, _error_response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE), now)
+        else:
+            conn.scanned = len(head)
+
+    def _reply(self, conn: _Conn, response: bytes, now: float) -> None:
+        conn.head.clear()
+        conn.pending = None
+        conn.out = memoryview(response)
+        self._move(conn, _Phase.ANSWERING, now + WRITE_TIMEOUT)
+        try:
+            self._send(conn)
+        except OSError:
+            self._close(conn)
+
+    def _send(self, conn: _Conn) -> None:
+        assert conn.out is not None
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        conn.out = conn.out[sent:]
+        if conn.out:
+            self._watch(conn, selectors.EVENT_WRITE)
+            return
+        conn.out = None
+        # Half-close, then drain what the client still sends: closing a socket
+        # with unread input makes the kernel send a reset, which can destroy
+        # the response before the client reads it (e.g. after a 431).
+        conn.sock.shutdown(socket.SHUT_WR)
+        self._watch(conn, selectors.EVENT_READ)
+
+    def _drain(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.drained += len(data)
+        if not data or conn.drained >= _LINGER_BYTES:
+            self._close(conn)
+
+    def _deliver(self, now: float) -> None:
+        """Answer the requests whose evaluation has ended."""
+        waiting = self._phases[_Phase.WAITING]
+        if not waiting:
+            return
+        assert self._readiness is not None
+        evaluation, verdict = self._readiness.answered()
+        while waiting:
+            conn = next(iter(waiting))
+            assert conn.pending is not None
+            if conn.pending.evaluation > evaluation:
+                return
+            self._reply(conn, self._render(conn.pending, verdict), now)
+
+    def _expire(self, listener: socket.socket, now: float) -> None:
+        """Act on every deadline that has passed, oldest first in each phase."""
+        reading = self._phases[_Phase.READING]
+        while reading and (conn := next(iter(reading))).deadline <= now:
+            self._reply(conn, _error_response(HTTPStatus.REQUEST_TIMEOUT), now)
+        waiting = self._phases[_Phase.WAITING]
+        while waiting and (conn := next(iter(waiting))).deadline <= now:
+            assert conn.pending is not None
+            assert self._readiness is not None
+            verdict = self._readiness.overran(conn.pending.evaluation)
+            self._reply(conn, self._render(conn.pending, verdict), now)
+        answering = self._phases[_Phase.ANSWERING]
+        while answering and (conn := next(iter(answering))).deadline <= now:
+            self._close(conn)  # it does not read, or does not close
+        if self._accepting_again is not None and self._accepting_again <= now:
+            self._accepting_again = None
+            self._selector_of().register(listener, selectors.EVENT_READ, _LISTEN)
+
+    def _selector_of(self) -> selectors.BaseSelector:
+        assert self._selector is not None
+        return self._selector
+
+    def _move(self, conn: _Conn, phase: _Phase, deadline: float) -> None:
+        del self._phases[conn.phase][conn]
+        conn.phase, conn.deadline = phase, deadline
+        self._phases[phase][conn] = None
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        """Register ``conn`` for ``events`` only (0: for none)."""
+        if events == conn.events:
+            return
+        selector = self._selector_of()
+        if not conn.events:
+            selector.register(conn.sock, events, conn)
+        elif not events:
+            selector.unregister(conn.sock)
+        else:
+            selector.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.phase is _Phase.CLOSED:
+            return
+        del self._phases[conn.phase][conn]
+        conn.phase = _Phase.CLOSED
+        if conn.events:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector_of().unregister(conn.sock)
+            conn.events = 0
+        conn.sock.close()
+
+
+def _seconds(value: object, name: str) -> float:
+    """A timeout argument: a positive, finite number of seconds."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _probe(
@@ -509,39 +964,6 @@ def _probe(
     else:
         text = "ok" if ok else failure
     return status, _TEXT, (text + "\n").encode("utf-8")
-
-
-def _read_head(conn: socket.socket, deadline: float) -> bytes | None:
-    """The request line and headers, without the blank line; None on a silent EOF.
-
-    Raises:
-        _RequestError: too slow (408), too large (431), or cut short (400).
-    """
-    buffer = bytearray()
-    while True:
-        # RFC 9112 2.2: ignore empty lines before the request line.
-        while buffer and buffer[0] in b"\r\n":
-            del buffer[0]
-        end = _HEAD_END.search(buffer)
-        if end is not None:
-            if end.start() > MAX_HEAD_BYTES:
-                raise _RequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-            return bytes(buffer[: end.start()])
-        if len(buffer) > MAX_HEAD_BYTES:
-            raise _RequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _RequestError(HTTPStatus.REQUEST_TIMEOUT)
-        conn.settimeout(remaining)
-        try:
-            chunk = conn.recv(_RECV_SIZE)
-        except TimeoutError:
-            raise _RequestError(HTTPStatus.REQUEST_TIMEOUT) from None
-        if not chunk:
-            if buffer:
-                raise _RequestError(HTTPStatus.BAD_REQUEST)
-            return None
-        buffer += chunk
 
 
 def _parse(head: bytes) -> tuple[str, str, str]:
@@ -573,29 +995,6 @@ def _parse(head: bytes) -> tuple[str, str, str]:
     else:
         raise _RequestError(HTTPStatus.BAD_REQUEST)
     return method, path, query
-
-
-def _linger(conn: socket.socket) -> None:
-    """Half-close, then drain what the client still sends (bounded).
-
-    Closing a socket with unread input makes the kernel send a reset, which
-    can destroy the response before the client reads it (e.g. after a 431).
-    """
-    conn.shutdown(socket.SHUT_WR)
-    until = time.monotonic() + _LINGER_TIMEOUT
-    drained = 0
-    while drained < _LINGER_BYTES:
-        remaining = until - time.monotonic()
-        if remaining <= 0:
-            return
-        conn.settimeout(remaining)
-        try:
-            data = conn.recv(_RECV_SIZE)
-        except TimeoutError:
-            return
-        if not data:
-            return
-        drained += len(data)
 
 
 def _error_response(status: HTTPStatus, *, head_only: bool = False) -> bytes:
