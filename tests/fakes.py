@@ -1,5 +1,5 @@
 """Test doubles shared by the suite: a fake clock (trio's MockClock idea), a fake app,
-and the legal state moves transcribed from DESIGN.md (independently of lifecycle._core.states)."""
+and the legal state moves as documented (written out independently of lifecycle._core.states)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ class FakeClock:
 
 
 class FakeApp:
-    """What a server component reads of its App: a shutdown token and deadline."""
+    """What a server component reads of its App: a name, a shutdown token and deadline."""
 
-    def __init__(self, shutdown_timeout: float = 30.0) -> None:
+    def __init__(self, shutdown_timeout: float = 30.0, name: str = "fake-app") -> None:
+        self.name = name
         self._source = CancelSource()
         self.shutdown_timeout = shutdown_timeout
         self.shutdown_deadline: float | None = None
@@ -48,7 +49,12 @@ class FakeApp:
 _C = ComponentState
 _A = AppState
 
-# Transcribed from DESIGN.md "States", independently of lifecycle._states.
+# The documented moves, written out independently of lifecycle._core.states: a
+# component NEW -> STARTING -> RUNNING -> STOPPING -> STOPPED, FAILED from
+# STARTING, RUNNING or STOPPING (never from NEW: a component kept from starting
+# by a failed dependency stays NEW, its .error says why); an app NEW ->
+# STARTING -> RUNNING -> DRAINING -> STOPPING -> STOPPED | FAILED, and
+# STARTING -> STOPPING (rollback or abort).
 LEGAL_COMPONENT_MOVES = {
     (_C.NEW, _C.STARTING),
     (_C.STARTING, _C.RUNNING),

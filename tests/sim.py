@@ -9,26 +9,41 @@ order, carries out its actions, and calls ``tick`` whenever
 ``next_deadline()`` comes before the next event. At equal times events come
 before deadlines: a call that ends exactly at its deadline made it.
 
+Calls end the ways real ones do: ``run`` and an aborted ``start`` may end
+with an exception group (an ``asyncio.TaskGroup``'s) made only of
+cancellations, or mixing one with a real error; ``stop`` may raise a plain
+``TimeoutError`` (a client's socket timeout), a `DeadlineExceeded` (a server
+cut requests), or a group holding one.
+
+The runner's clock is imperfect too: a shutdown request may carry the moment
+it arrived (``requested_at``, a lag before its delivery, or even after it),
+and a scheduler call made at the instant of the previous one may carry an
+earlier time (``slips``: a clock reading taken before another event was fed).
+The scheduler must take the latest time it saw, so every check stays exact.
+
 The simulator is strict about the protocol between a runner and the
 scheduler — a second ``start``/``run``/``stop`` of one component, a cancel or
 abandon of a call that is not in progress, a late answer that changes
-something, a deadline in the past — and raises `SimulationError` at once. The
-invariants of DESIGN.md are asserted on the `SimResult` by the tests.
+something, a deadline in the past, a start deadline other than now +
+start_timeout, a shutdown deadline that moves — and raises `SimulationError`
+at once. The ordering rules in docs/explanation.md are asserted on the
+`SimResult` by the tests.
 
 Times are floats; the strategies use whole numbers so that sums are exact.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import attrs
 
-from lifecycle._core.errors import Cancelled
+from lifecycle._core.errors import Cancelled, DeadlineExceeded
 from lifecycle._core.graph import Graph
 from lifecycle._core.scheduler import (
     Abandon,
@@ -62,8 +77,10 @@ __all__ = [
 ]
 
 Outcome = Literal["ok", "raises", "hangs"]
+StopOutcome = Literal["ok", "raises", "hangs", "times out", "cut", "cut group"]
+CancelAs = Literal["cancelled", "group", "mixed"]
 RunEnds = Literal["cancelled", "returns", "raises"]
-OnCancel = Literal["returns", "cancelled", "raises", "hangs"]
+OnCancel = Literal["returns", "cancelled", "cancelled group", "raises", "mixed group", "hangs"]
 Kind = Literal["begin", "end", "fail", "cancel", "abandoned", "late"]
 
 
@@ -83,17 +100,43 @@ class StopBoom(Exception):
     """What a scripted ``stop`` raises."""
 
 
+def cancelled_group() -> BaseExceptionGroup[BaseException]:
+    """What a task group raises when every child honoured the token (nested, both kinds)."""
+    inner = BaseExceptionGroup("inner task group", [asyncio.CancelledError()])
+    return BaseExceptionGroup("task group", [Cancelled("simulated"), inner])
+
+
+def mixed_group(error: Exception) -> BaseExceptionGroup[BaseException]:
+    """A task group where one child honoured the token and another crashed."""
+    return BaseExceptionGroup("task group", [Cancelled("simulated"), error])
+
+
+def _stop_error(name: str, outcome: StopOutcome) -> BaseException | None:
+    """What a scripted ``stop`` that ends raises, by its outcome."""
+    cut = DeadlineExceeded(name, ["GET /simulated (1.0s)"])
+    return {
+        "ok": None,
+        "raises": StopBoom(name),
+        "times out": TimeoutError(f"{name}: simulated client socket timeout"),
+        "cut": cut,
+        "cut group": BaseExceptionGroup("task group", [cut, Cancelled("simulated")]),
+    }[outcome]
+
+
 @attrs.frozen
 class StartScript:
     """``start`` ends ``duration`` after it began: returns, raises `StartBoom`, or never.
 
-    ``cancel_delay``: once its token is cancelled it raises `Cancelled` this
-    much later (if it has not ended before); None ignores the cancellation.
+    ``cancel_delay``: once its token is cancelled it raises this much later
+    (if it has not ended before); None ignores the cancellation. It raises
+    ``cancel_as``: a `Cancelled`, a group of cancellations, or a group
+    mixing a `Cancelled` with a `StartBoom` (a failure).
     """
 
     duration: float = 0.0
     outcome: Outcome = "ok"
     cancel_delay: float | None = None
+    cancel_as: CancelAs = "cancelled"
 
 
 @attrs.frozen
@@ -103,7 +146,9 @@ class RunScript:
     ``ends``: "cancelled" runs until its token is cancelled; "returns" and
     "raises" (`RunBoom`) end on their own ``at`` seconds after it began,
     unless cancelled before. Once cancelled it ``on_cancel``s after
-    ``return_delay``: returns, raises `Cancelled`, raises `RunBoom`, or hangs.
+    ``return_delay``: returns, raises `Cancelled` or a group of
+    cancellations, raises `RunBoom` or a group mixing it with a `Cancelled`,
+    or hangs.
     """
 
     ends: RunEnds = "cancelled"
@@ -114,10 +159,15 @@ class RunScript:
 
 @attrs.frozen
 class StopScript:
-    """``stop`` ends ``duration`` after it began: returns, raises `StopBoom`, or never."""
+    """``stop`` ends ``duration`` after it began, or never (``outcome`` "hangs").
+
+    It returns ("ok") or raises: `StopBoom` ("raises"), a plain
+    ``TimeoutError`` ("times out"), `DeadlineExceeded` ("cut"), or a group
+    of a `DeadlineExceeded` and a `Cancelled` ("cut group").
+    """
 
     duration: float = 0.0
-    outcome: Outcome = "ok"
+    outcome: StopOutcome = "ok"
 
 
 @attrs.frozen
@@ -133,7 +183,8 @@ class TraceEntry(NamedTuple):
     """One thing that happened to one call: ``(time, name, phase, kind, ...)``.
 
     ``kind`` is "begin", "end" (returned), "fail" (raised; ``detail`` names the
-    exception), "cancel" (its token was cancelled by the scheduler),
+    exception, or a group's leaves joined by "+", like "Cancelled+RunBoom"),
+    "cancel" (its token was cancelled by the scheduler),
     "abandoned", or "late" (an answer for an abandoned call, ignored).
     ``seq`` orders trace entries and state moves among themselves.
     """
@@ -161,13 +212,17 @@ class ActionEntry(NamedTuple):
 
 
 class ComponentMove(NamedTuple):
-    """A component transition the scheduler reported; ``seq`` orders all moves."""
+    """A component transition the scheduler reported; ``seq`` orders all moves.
+
+    ``spent``: the seconds in ``before`` the scheduler reported.
+    """
 
     seq: int
     time: float
     name: str
     before: ComponentState
     after: ComponentState
+    spent: float
 
 
 class AppMove(NamedTuple):
@@ -190,7 +245,11 @@ class SimResult:
         exit_code / finished_at: from `Finished` (None if it never came).
         started_at: when `AppStarted` came, or None.
         requested_at: the first shutdown request the simulator delivered.
+        request_basis: when the request that began the shutdown arrived, as
+            the scheduler must count it (its ``requested_at`` clamped between
+            the begin, t=0, and its delivery), or None if no request began it.
         deadline_hit: the shutdown deadline passed before the app finished.
+        slips: how many scheduler calls carried a time earlier than the last one.
         scheduler / infos: the scheduler and its component records at the end.
     """
 
@@ -204,7 +263,9 @@ class SimResult:
     finished_at: float | None = None
     started_at: float | None = None
     requested_at: float | None = None
+    request_basis: float | None = None
     deadline_hit: bool = False
+    slips: int = 0
     steps: int = 0
 
     def entries(self, name: str, phase: Phase, kind: Kind) -> list[TraceEntry]:
@@ -229,7 +290,7 @@ class _Event(NamedTuple):
     kind: Literal["shutdown", "start", "run", "stop"]
     name: str
     error: BaseException | None
-    token: int
+    token: int  # for a shutdown: its index in shutdown_at
 
 
 class _Simulation:
@@ -242,9 +303,15 @@ class _Simulation:
         shutdown_timeout: float,
         drain_delay: float,
         max_steps: int | None,
+        request_lags: Sequence[float | None],
+        slips: Sequence[float],
     ) -> None:
         self.specs = {spec.name: spec for spec in specs}
         self.scripts = scripts
+        self.request_lags = request_lags
+        self.slips = slips
+        self.slip_index = 0
+        self.fed = -math.inf  # the latest time fed to the scheduler
         self.now = 0.0
         self.seq = itertools.count()
         self.events: list[_Event] = []
@@ -263,9 +330,9 @@ class _Simulation:
     # -- observers ---------------------------------------------------------
 
     def _on_component(
-        self, info: ComponentInfo, before: ComponentState, after: ComponentState, _: float
+        self, info: ComponentInfo, before: ComponentState, after: ComponentState, spent: float
     ) -> None:
-        move = ComponentMove(next(self.seq), self.now, info.name, before, after)
+        move = ComponentMove(next(self.seq), self.now, info.name, before, after, spent)
         self.result.component_moves.append(move)
 
     def _on_app(self, before: AppState, after: AppState, now: float) -> None:
@@ -275,17 +342,36 @@ class _Simulation:
 
     # -- the loop ----------------------------------------------------------
 
+    def _time(self) -> float:
+        """The time to feed the scheduler: now, or, at the instant already fed, maybe earlier."""
+        fed, self.fed = self.fed, max(self.fed, self.now)
+        if self.now == fed and self.slips:
+            slip = self.slips[self.slip_index % len(self.slips)]
+            self.slip_index += 1
+            if slip > 0:
+                self.result.slips += 1
+                return self.now - slip
+        return self.now
+
     def run(self, shutdown_at: Iterable[float]) -> SimResult:
-        for when in shutdown_at:
-            self._push(when, "shutdown", "", None, 0)
-        self._apply(self.scheduler.begin(0.0), "begin")
+        for index, when in enumerate(shutdown_at):
+            self._push(when, "shutdown", "", None, index)
+        self._apply(self.scheduler.begin(self._time()), "begin")
         sched = self.scheduler
+        shutdown_deadline: float | None = None
         while True:
             self.result.steps += 1
             if self.result.steps > self.max_steps:
                 raise SimulationError(
                     f"no end after {self.max_steps} steps at t={self.now}: "
                     f"state {sched.state}, active {sched.active()}"
+                )
+            if shutdown_deadline is None:
+                shutdown_deadline = sched.shutdown_deadline
+            elif sched.shutdown_deadline != shutdown_deadline:
+                raise SimulationError(
+                    f"the shutdown deadline moved from {shutdown_deadline} "
+                    f"to {sched.shutdown_deadline} at t={self.now}"
                 )
             deadline = sched.next_deadline()
             if self.events and (deadline is None or self.events[0].time <= deadline):
@@ -299,7 +385,7 @@ class _Simulation:
                 )
                 if expired and not sched.done:
                     self.result.deadline_hit = True
-                self._apply(sched.tick(deadline), "tick")
+                self._apply(sched.tick(self._time()), "tick")
             else:
                 break
         if sched.done != (self.result.exit_code is not None):
@@ -332,11 +418,8 @@ class _Simulation:
         if event.time < self.now:
             raise SimulationError(f"event {event} is in the past (now={self.now})")
         self.now = event.time
-        sched = self.scheduler
         if event.kind == "shutdown":
-            if self.result.requested_at is None:
-                self.result.requested_at = self.now
-            self._apply(sched.request_shutdown(self.now, "simulated request"), "shutdown")
+            self._request(event.token)
             return
         phase: Phase = event.kind
         call = self.calls[event.name, phase]
@@ -354,15 +437,35 @@ class _Simulation:
         self._trace(event.name, phase, "end" if error is None else "fail", _describe(error))
         self._apply(self._call_scheduler(phase, event.name, error), phase)
 
+    def _request(self, index: int) -> None:
+        """Deliver shutdown request ``index``, stamped with when it arrived (if it lags)."""
+        sched, now = self.scheduler, self.now
+        if self.result.requested_at is None:
+            self.result.requested_at = now
+        lag = self.request_lags[index] if index < len(self.request_lags) else None
+        requested_at = None if lag is None else now - lag
+        opened, done = sched.shutdown_deadline is None, sched.done
+        actions = sched.request_shutdown(
+            self._time(), "simulated request", requested_at=requested_at
+        )
+        if opened and sched.shutdown_deadline is not None:
+            # Computed here, independently: the arrival, clamped to [begin, delivery].
+            self.result.request_basis = (
+                now if requested_at is None else min(max(requested_at, 0.0), now)
+            )
+            if sched.shutdown_deadline < now and not done:
+                self.result.deadline_hit = True  # handled after its deadline had passed
+        self._apply(actions, "shutdown")
+
     def _call_scheduler(self, phase: Phase, name: str, error: BaseException | None) -> list[Action]:
-        sched = self.scheduler
+        sched, now = self.scheduler, self._time()
         if phase == "start":
             if error is None:
-                return sched.start_finished(name, self.now)
-            return sched.start_failed(name, self.now, error)
+                return sched.start_finished(name, now)
+            return sched.start_failed(name, now, error)
         if phase == "run":
-            return sched.run_finished(name, self.now, error)
-        return sched.stop_finished(name, self.now, error)
+            return sched.run_finished(name, now, error)
+        return sched.stop_finished(name, now, error)
 
     # -- actions -----------------------------------------------------------
 
@@ -416,14 +519,19 @@ class _Simulation:
                     raise SimulationError(f"stop deadline of {name!r} is in the past")
                 stop = self.scripts[name].stop
                 if stop.outcome != "hangs":
-                    failure = StopBoom(name) if stop.outcome == "raises" else None
-                    self._answer(name, "stop", now + stop.duration, failure)
+                    self._answer(name, "stop", now + stop.duration, _stop_error(name, stop.outcome))
             case CancelStart(name, _):
                 call = self._active(name, "start", "CancelStart")
                 self._trace(name, "start", "cancel")
-                delay = self.scripts[name].start.cancel_delay
+                start = self.scripts[name].start
+                delay = start.cancel_delay
                 if delay is not None and now + delay < call.due:
-                    self._answer(name, "start", now + delay, Cancelled("simulated"))
+                    aborted: BaseException = {
+                        "cancelled": Cancelled("simulated"),
+                        "group": cancelled_group(),
+                        "mixed": mixed_group(StartBoom(name)),
+                    }[start.cancel_as]
+                    self._answer(name, "start", now + delay, aborted)
             case CancelRun(name, _):
                 call = self._active(name, "run", "CancelRun")
                 self._trace(name, "run", "cancel")
@@ -432,7 +540,9 @@ class _Simulation:
                     answer: BaseException | None = {
                         "returns": None,
                         "cancelled": Cancelled("simulated"),
+                        "cancelled group": cancelled_group(),
                         "raises": RunBoom(name),
+                        "mixed group": mixed_group(RunBoom(name)),
                     }[run.on_cancel]
                     self._answer(name, "run", now + run.return_delay, answer)
             case Abandon(name, phase, _):
@@ -449,7 +559,12 @@ class _Simulation:
 
 
 def _describe(error: BaseException | None) -> str:
-    return "" if error is None else type(error).__name__
+    """The exception's type name, or a group's leaves' names joined by "+"."""
+    if error is None:
+        return ""
+    if isinstance(error, BaseExceptionGroup):
+        return "+".join(_describe(inner) for inner in error.exceptions)
+    return type(error).__name__
 
 
 def simulate(
@@ -460,13 +575,20 @@ def simulate(
     shutdown_timeout: float,
     drain_delay: float = 0.0,
     shutdown_at: Iterable[float] = (),
+    request_lags: Sequence[float | None] = (),
+    slips: Sequence[float] = (),
     max_steps: int | None = None,
 ) -> SimResult:
     """Run the app from t=0 until nothing more can happen; see the module docstring.
 
     ``shutdown_at``: times at which ``request_shutdown`` is called (the first
-    one counts; at t=0 it comes after ``begin``). Raises `SimulationError`
-    on a protocol violation or after ``max_steps`` steps.
+    one counts; at t=0 it comes after ``begin``). ``request_lags[i]``: how
+    long before its delivery request ``i`` arrived (its ``requested_at``;
+    negative: a stamp after the delivery; None or missing: no stamp).
+    ``slips``: cycled through on every scheduler call made at the instant of
+    the previous one; a positive slip feeds the time that much earlier.
+    Raises `SimulationError` on a protocol violation or after ``max_steps``
+    steps.
     """
     sim = _Simulation(
         graph,
@@ -475,5 +597,7 @@ def simulate(
         shutdown_timeout=shutdown_timeout,
         drain_delay=drain_delay,
         max_steps=max_steps,
+        request_lags=request_lags,
+        slips=slips,
     )
     return sim.run(shutdown_at)

@@ -2,7 +2,10 @@
 
 Durations and timeouts are whole numbers (as floats), so that the simulated
 clock adds exactly and ties — a call ending exactly at its deadline, two
-components finishing at once — are common rather than never.
+components finishing at once — are common rather than never. Whether a
+component is critical is drawn at random for every component; so are the
+lag of each shutdown request behind its arrival and the slips of the clock
+(see `tests.sim`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from hypothesis import strategies as st
 from lifecycle._core.graph import analyze
 from lifecycle._core.scheduler import NodeSpec
 from tests.sim import (
+    CancelAs,
     OnCancel,
     RunEnds,
     RunScript,
     Script,
     SimResult,
     StartScript,
+    StopOutcome,
     StopScript,
     simulate,
 )
@@ -74,6 +79,8 @@ _BIASED_FALSE = st.sampled_from([False, False, True])
 _CANCEL_DELAY = st.none() | _ints(0, 10)
 
 _Outcome = Literal["ok", "raises", "hangs"]
+# How an aborted start ends: mostly a plain Cancelled, sometimes a task group's.
+_CANCEL_AS = st.sampled_from(["cancelled", "cancelled", "group", "mixed"])
 
 
 def _component(
@@ -84,8 +91,11 @@ def _component(
     Every way to fail is drawn with probability about ``1 / odds``, or never
     when the odds are 0: ``start_odds`` for starts (raises, hangs, a timeout
     shorter than the call), ``later_odds`` for runs and stops (a run ending
-    on its own or misbehaving once cancelled, a stop raising or hanging, a
-    stop_timeout shorter than the phase). Calls take 0-20 and a stop phase
+    on its own or misbehaving once cancelled — raising, or ending in a task
+    group mixing a cancellation with a crash —, a stop raising, timing out
+    like a client socket, cutting requests, or hanging, a stop_timeout
+    shorter than the phase). A run honouring its token may end in a group of
+    cancellations, which is no failure. Calls take 0-20 and a stop phase
     (waiting for run, then stop) up to 40, so generous timeouts never overrun.
     """
 
@@ -109,19 +119,32 @@ def _component(
             duration=draw(_ints(0, 20)),
             outcome=cast(_Outcome, pick(start_odds, ("ok",), "raises", "hangs")),
             cancel_delay=draw(_CANCEL_DELAY),
+            cancel_as=cast(CancelAs, draw(_CANCEL_AS)),
         )
     if has_run:
         ends = cast(RunEnds, pick(later_odds, ("cancelled",), "returns", "raises"))
         run = RunScript(
             ends=ends,
             at=draw(_ints(0, 60)) if ends != "cancelled" else 0.0,
-            on_cancel=cast(OnCancel, pick(later_odds, ("returns", "cancelled"), "raises", "hangs")),
+            on_cancel=cast(
+                OnCancel,
+                pick(
+                    later_odds,
+                    ("returns", "cancelled", "cancelled group"),
+                    "raises",
+                    "mixed group",
+                    "hangs",
+                ),
+            ),
             return_delay=draw(_ints(0, 20)),
         )
     if has_stop:
         stop = StopScript(
             duration=draw(_ints(0, 20)),
-            outcome=cast(_Outcome, pick(later_odds, ("ok",), "raises", "hangs")),
+            outcome=cast(
+                StopOutcome,
+                pick(later_odds, ("ok",), "raises", "hangs", "times out", "cut", "cut group"),
+            ),
         )
     spec = NodeSpec(
         name,
@@ -137,7 +160,7 @@ def _component(
 
 @attrs.frozen
 class Case:
-    """One simulated app: its declaration, scripts and shutdown settings."""
+    """One simulated app: its declaration, scripts, shutdown settings and clock quirks."""
 
     declared: Mapping[str, tuple[str, ...]]
     specs: tuple[NodeSpec, ...]
@@ -145,6 +168,8 @@ class Case:
     shutdown_timeout: float
     drain_delay: float = 0.0
     shutdown_at: tuple[float, ...] = ()
+    request_lags: tuple[float | None, ...] = ()
+    slips: tuple[float, ...] = ()
 
     def run(self) -> SimResult:
         """Simulate it (see `tests.sim.simulate`)."""
@@ -155,6 +180,8 @@ class Case:
             shutdown_timeout=self.shutdown_timeout,
             drain_delay=self.drain_delay,
             shutdown_at=self.shutdown_at,
+            request_lags=self.request_lags,
+            slips=self.slips,
         )
 
 
@@ -163,6 +190,11 @@ _DENSE_ODDS = st.sampled_from([0, 1, 2, 4, 8])
 _HOW_MANY_REQUESTS = st.sampled_from([0, 1, 1, 1, 1, 2])
 _MOMENT = _ints(0, 60) | _ints(0, 1500) | _ints(0, 1500)
 _SHUTDOWN_TIMEOUT = _ints(0, 300) | _ints(300, 3000)
+# How long before its delivery a request arrived: none given, a little, more
+# than a whole shutdown_timeout, or a stamp after the delivery (negative).
+_LAG = st.none() | _ints(0, 5) | _ints(0, 3000) | _ints(-5, -1)
+# The clock slipping back at a repeated instant: mostly not, by a little or a lot.
+_SLIPS = st.lists(st.sampled_from([0.0, 0.0, 1.0, 3.0, 1000.0]), max_size=6).map(tuple)
 
 
 @st.composite
@@ -173,7 +205,8 @@ def cases(draw: st.DrawFn, max_nodes: int = 60, *, dense: bool = False) -> Case:
     ``dense`` instead gives every way to fail odds from 1:1 to 1:8 (meant for
     small graphs, where failures then meet often). The shutdown may come
     during startup, while running, twice, or never (the app then ends only
-    if a critical ``run`` ends).
+    if a critical ``run`` ends); each request may lag behind its arrival,
+    and the clock may slip back.
     """
     declared = draw(declarations(max_nodes))
     if dense:
@@ -196,12 +229,18 @@ def cases(draw: st.DrawFn, max_nodes: int = 60, *, dense: bool = False) -> Case:
         shutdown_timeout=draw(_SHUTDOWN_TIMEOUT),
         drain_delay=draw(_ints(0, 30)),
         shutdown_at=tuple(draw(_MOMENT) for _ in range(count)),
+        request_lags=tuple(draw(_LAG) for _ in range(count)),
+        slips=draw(_SLIPS),
     )
 
 
 @st.composite
 def clean_cases(draw: st.DrawFn, max_nodes: int = 60) -> Case:
-    """No failures, generous timeouts, a shutdown requested once all started."""
+    """No failures, generous timeouts, a shutdown requested once all started.
+
+    The request may lag (up to 60, far inside the 10 000 s timeout) and the
+    clock may slip back: neither may change a clean shutdown.
+    """
     declared = draw(declarations(max_nodes))
     specs, scripts = [], {}
     for name in declared:
@@ -216,6 +255,8 @@ def clean_cases(draw: st.DrawFn, max_nodes: int = 60) -> Case:
         shutdown_timeout=10_000.0,
         drain_delay=draw(_ints(0, 30)),
         shutdown_at=(draw(_ints(1201, 1300)),),
+        request_lags=(draw(st.none() | _ints(-5, 60)),),
+        slips=draw(_SLIPS),
     )
 
 
@@ -226,8 +267,12 @@ FAULTS = (
     "run returns",
     "run raises",
     "run raises when cancelled",
+    "run raises a mixed group when cancelled",
     "run hangs when cancelled",
     "stop raises",
+    "stop times out",
+    "stop is cut",
+    "stop is cut in a group",
     "stop hangs",
     "stop overruns",
 )
@@ -250,6 +295,7 @@ def _inject(fault: str, spec: NodeSpec, script: Script, slack: float) -> tuple[N
             "returns": RunScript(ends="returns", at=slack),
             "raises": RunScript(ends="raises", at=slack),
             "raises when cancelled": RunScript(on_cancel="raises"),
+            "raises a mixed group when cancelled": RunScript(on_cancel="mixed group"),
             "hangs when cancelled": RunScript(on_cancel="hangs"),
         }[how]
         return spec, evolve(script, run=run)
@@ -257,7 +303,8 @@ def _inject(fault: str, spec: NodeSpec, script: Script, slack: float) -> tuple[N
     if how == "overruns":
         stop = evolve(script.stop, duration=spec.stop_timeout + slack)
     else:
-        stop = evolve(script.stop, outcome=how)
+        outcome = {"is cut": "cut", "is cut in a group": "cut group"}.get(how, how)
+        stop = evolve(script.stop, outcome=outcome)
     return spec, evolve(script, stop=stop)
 
 

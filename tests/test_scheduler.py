@@ -6,11 +6,20 @@ the exact actions, states, exit codes and messages of the named situations.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import math
 from collections.abc import Mapping, Sequence
 
 import pytest
 
 from lifecycle import AppState, Cancelled, ComponentState, ExitCode
+from lifecycle._core.errors import (
+    DeadlineExceeded,
+    DependencyFailed,
+    is_cancellation,
+    is_deadline_cut,
+)
 from lifecycle._core.graph import analyze
 from lifecycle._core.scheduler import (
     Abandon,
@@ -165,13 +174,6 @@ def test_start_timeout_abandons_the_start_and_rolls_back():
     assert sched.startup_failure == ("db", why)
     assert sched.stop_finished("api", 6.0) == [Finished(ExitCode.FAILED)]
     assert sched.infos["db"].timed_out == "start"
-
-
-def test_non_critical_start_failure_still_fails_startup():
-    """critical=False does not excuse a failed start: startup is rolled back, FAILED."""
-    sched = make({"extra": ()}, extra={"critical": False})
-    sched.begin(0.0)
-    assert sched.start_failed("extra", 1.0, OSError("nope")) == [Finished(ExitCode.FAILED)]
 
 
 def test_critical_run_raising_during_startup_is_a_startup_failure():
@@ -513,3 +515,303 @@ def test_given_infos_are_kept_up_to_date():
     sched.begin(0.0)
     assert infos["db"].state is C.STARTING
     assert infos["db"].start_began == 0.0
+
+
+# -- what counts as a cancellation ------------------------------------------------
+
+
+def _group(*leaves: BaseException) -> BaseExceptionGroup[BaseException]:
+    return BaseExceptionGroup("task group", list(leaves))
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(Cancelled("bye"), True, id="Cancelled"),
+        pytest.param(asyncio.CancelledError(), True, id="asyncio.CancelledError"),
+        pytest.param(_group(Cancelled("a"), Cancelled("b")), True, id="group of Cancelled"),
+        pytest.param(
+            _group(Cancelled("a"), _group(asyncio.CancelledError(), Cancelled("c"))),
+            True,
+            id="nested group of cancellations",
+        ),
+        pytest.param(
+            _group(Cancelled("a"), RuntimeError("boom")), False, id="group with a real error"
+        ),
+        pytest.param(
+            _group(Cancelled("a"), _group(Cancelled("b"), OSError("deep"))),
+            False,
+            id="nested group with a real error",
+        ),
+        pytest.param(RuntimeError("boom"), False, id="an error"),
+        pytest.param(KeyboardInterrupt(), False, id="KeyboardInterrupt"),
+        pytest.param(
+            concurrent.futures.CancelledError(), False, id="concurrent.futures.CancelledError"
+        ),
+        pytest.param(DeadlineExceeded("api", ["GET /"]), False, id="DeadlineExceeded"),
+    ],
+)
+def test_is_cancellation(error, expected):
+    """A cancellation is a Cancelled, an asyncio.CancelledError, or a group of only those."""
+    assert expected == is_cancellation(error)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(DeadlineExceeded("api", ["GET /"]), True, id="DeadlineExceeded"),
+        pytest.param(TimeoutError("socket timed out"), False, id="plain TimeoutError"),
+        pytest.param(
+            _group(DeadlineExceeded("api", []), Cancelled("x")),
+            True,
+            id="group with DeadlineExceeded",
+        ),
+        pytest.param(
+            _group(RuntimeError("close"), _group(DeadlineExceeded("api", []))),
+            True,
+            id="nested group with DeadlineExceeded and an error",
+        ),
+        pytest.param(
+            _group(TimeoutError("socket"), Cancelled("x")),
+            False,
+            id="group with a plain TimeoutError",
+        ),
+        pytest.param(Cancelled("deadline exceeded"), False, id="Cancelled"),
+    ],
+)
+def test_is_deadline_cut(error, expected):
+    """Work was cut at a deadline only when a DeadlineExceeded says so, alone or in a group."""
+    assert expected == is_deadline_cut(error)
+
+
+def test_run_ending_with_a_group_of_cancellations_is_a_clean_end():
+    """A run whose task group ends in Cancelled leaves after its cancel is no crash: exit OK."""
+    sched = running({"w": ()}, w={"has_run": True})
+    sched.request_shutdown(1.0)
+    ended = _group(Cancelled("bye"), _group(asyncio.CancelledError()))
+    assert sched.run_finished("w", 2.0, ended) == [StopComponent("w", 12.0)]
+    assert sched.stop_finished("w", 3.0) == [Finished(ExitCode.OK)]
+    assert (sched.infos["w"].state, sched.infos["w"].run_error) == (C.STOPPED, None)
+
+
+def test_run_ending_with_asyncio_cancelled_error_is_a_clean_end():
+    """An async run ending in asyncio.CancelledError after its cancel is no crash."""
+    sched = running({"w": ()}, w={"has_run": True, "has_stop": False})
+    sched.request_shutdown(1.0)
+    assert sched.run_finished("w", 2.0, asyncio.CancelledError()) == [Finished(ExitCode.OK)]
+
+
+def test_run_ending_with_a_mixed_group_is_a_crash():
+    """A group mixing a Cancelled with a real error is a failure, and the group is reported."""
+    sched = running({"w": ()}, w={"has_run": True, "has_stop": False})
+    sched.request_shutdown(1.0)
+    mixed = _group(Cancelled("bye"), RuntimeError("lost a message"))
+    assert sched.run_finished("w", 2.0, mixed) == [Finished(ExitCode.FAILED)]
+    assert (sched.infos["w"].state, sched.infos["w"].run_error) == (C.FAILED, mixed)
+
+
+def test_aborted_start_ending_with_a_group_of_cancellations_is_no_failure():
+    """A start cancelled by the abort that raises a group of Cancelled exits OK."""
+    sched = make({"db": ()})
+    sched.begin(0.0)
+    sched.request_shutdown(1.0)
+    ended = _group(Cancelled("x"), Cancelled("y"))
+    assert sched.start_failed("db", 2.0, ended) == [Finished(ExitCode.OK)]
+
+
+# -- what a stop's TimeoutError means --------------------------------------------------
+
+
+def test_plain_timeout_error_from_stop_is_a_failure_not_a_timeout():
+    """A client library's TimeoutError from stop() is FAILED, and nothing counts as abandoned."""
+    sched = running({"db": ()})
+    sched.request_shutdown(1.0)
+    assert sched.stop_finished("db", 2.0, TimeoutError("redis timed out")) == [
+        Finished(ExitCode.FAILED)
+    ]
+    assert (sched.infos["db"].state, sched.infos["db"].timed_out) == (C.FAILED, None)
+
+
+def test_deadline_exceeded_from_stop_is_a_timeout():
+    """A server that cut requests at its deadline (DeadlineExceeded) makes the exit TIMEOUT."""
+    sched = running({"api": ()})
+    sched.request_shutdown(1.0)
+    cut = DeadlineExceeded("api", ["GET /slow (9.0s)"])
+    assert sched.stop_finished("api", 2.0, cut) == [Finished(ExitCode.TIMEOUT)]
+    assert (sched.infos["api"].state, sched.infos["api"].timed_out) == (C.FAILED, "stop")
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        _group(DeadlineExceeded("api", ["GET /"]), Cancelled("x")),
+        _group(RuntimeError("close"), DeadlineExceeded("api", ["GET /"])),
+    ],
+    ids=["with a cancellation", "with an error"],
+)
+def test_group_holding_deadline_exceeded_from_stop_is_a_timeout(group):
+    """A stop's exception group holding a DeadlineExceeded is TIMEOUT (it wins over FAILED)."""
+    sched = running({"api": ()})
+    sched.request_shutdown(1.0)
+    assert sched.stop_finished("api", 2.0, group) == [Finished(ExitCode.TIMEOUT)]
+    assert sched.infos["api"].timed_out == "stop"
+
+
+# -- the shutdown deadline counts from the request --------------------------------------
+
+
+def test_shutdown_deadline_counts_from_when_the_request_arrived():
+    """Given requested_at, the deadline is requested_at + shutdown_timeout, and caps stop's."""
+    sched = running({"db": ()}, shutdown_timeout=5.0)
+    assert sched.request_shutdown(10.0, "SIGTERM", requested_at=7.0) == [StopComponent("db", 12.0)]
+    assert sched.shutdown_deadline == 12.0
+
+
+def test_requested_at_is_clamped_between_begin_and_now():
+    """requested_at before the app began counts from the begin; one after now counts from now."""
+    early = make({"db": ()})
+    early.begin(5.0)
+    early.request_shutdown(6.0, requested_at=1.0)
+    late = running({"db": ()})
+    late.request_shutdown(6.0, requested_at=9.0)
+    assert (early.shutdown_deadline, late.shutdown_deadline) == (35.0, 36.0)
+
+
+def test_abort_deadline_counts_from_when_the_request_arrived():
+    """A shutdown requested during startup also counts its deadline from requested_at."""
+    sched = make({"db": ()}, shutdown_timeout=10.0)
+    sched.begin(0.0)
+    assert sched.request_shutdown(3.0, requested_at=2.0) == [CancelStart("db", "requested")]
+    assert sched.shutdown_deadline == 12.0
+
+
+def test_request_arriving_after_its_deadline_ends_the_shutdown_at_once():
+    """A request handled after requested_at + shutdown_timeout abandons what runs at once."""
+    sched = running({"w": ()}, shutdown_timeout=5.0, w={"has_run": True})
+    actions = sched.request_shutdown(20.0, requested_at=10.0)
+    assert [type(a) for a in actions] == [Abandon, Finished]
+    assert actions[-1] == Finished(ExitCode.TIMEOUT)
+    assert sched.infos["w"].stop_called is False
+
+
+# -- time never runs backwards --------------------------------------------------------
+
+
+def test_time_running_backwards_is_clamped_to_the_latest_seen():
+    """An earlier ``now`` than one already seen counts as the latest: no negative duration."""
+    sched = make({"db": (), "api": ("db",)})
+    sched.begin(10.0)
+    assert sched.start_finished("db", 8.0) == [StartComponent("api", 15.0)]
+    assert sched.infos["db"].start_duration == 0.0
+
+
+def test_shutdown_requested_with_an_earlier_time_counts_from_the_latest():
+    """A shutdown request stamped before the last event times its deadline from that event."""
+    sched = running({"db": ()})
+    sched.tick(100.0)
+    assert sched.request_shutdown(50.0) == [StopComponent("db", 110.0)]
+    assert (sched.shutdown_deadline, sched.infos["db"].stop_began) == (130.0, 100.0)
+
+
+def test_a_stale_tick_fires_nothing_early():
+    """A tick carrying an earlier time than one seen fires no deadline before its time."""
+    sched = running({"db": ()})
+    sched.request_shutdown(1.0)
+    sched.tick(5.0)
+    assert (sched.tick(3.0), sched.next_deadline()) == ([], 11.0)
+
+
+def test_nan_time_is_refused():
+    """A NaN time is a runner bug: the scheduler refuses it with a message."""
+    sched = make({"db": ()})
+    with pytest.raises(ValueError, match="now must be a number"):
+        sched.begin(math.nan)
+
+
+# -- critical=False covers start ------------------------------------------------------
+
+
+def test_non_critical_start_failure_lets_the_app_run_without_it():
+    """A non-critical start that raises is FAILED; the app starts and exits OK."""
+    sched = make({"db": (), "extra": ()}, extra={"critical": False})
+    sched.begin(0.0)
+    assert sched.start_failed("extra", 1.0, OSError("nope")) == []
+    assert sched.start_finished("db", 2.0) == [AppStarted()]
+    assert (sched.state, sched.infos["extra"].state) == (AppState.RUNNING, C.FAILED)
+    assert sched.startup_failure is None
+    assert sched.request_shutdown(3.0) == [StopComponent("db", 13.0)]
+    assert sched.stop_finished("db", 4.0) == [Finished(ExitCode.OK)]
+    assert sched.infos["extra"].stop_called is False
+
+
+def test_non_critical_start_timeout_lets_the_app_run_without_it():
+    """A non-critical start past its start_timeout is abandoned; the app runs; exit OK."""
+    sched = make({"extra": ()}, extra={"critical": False, "start_timeout": 2.0})
+    sched.begin(0.0)
+    why = "start() of 'extra' did not return within its start_timeout of 2s; abandoned"
+    assert sched.tick(2.0) == [Abandon("extra", "start", why), AppStarted()]
+    assert sched.infos["extra"].timed_out == "start"
+    assert sched.request_shutdown(3.0) == [Finished(ExitCode.OK)]
+
+
+def test_non_critical_start_failure_fails_startup_when_a_critical_one_depends_on_it():
+    """A critical component depending on a failed non-critical one fails startup, naming both."""
+    sched = make({"cache": (), "api": ("cache",)}, cache={"critical": False})
+    sched.begin(0.0)
+    error = ConnectionRefusedError("refused")
+    assert sched.start_failed("cache", 1.0, error) == [Finished(ExitCode.FAILED)]
+    assert sched.startup_failure == (
+        "cache",
+        "ConnectionRefusedError: refused; critical component 'api' depends on it",
+    )
+
+
+def test_critical_dependent_through_non_critical_ones_fails_startup():
+    """A critical component needing it through others fails startup too, naming the path."""
+    sched = make(
+        {"cache": (), "mid": ("cache",), "api": ("mid",)},
+        cache={"critical": False},
+        mid={"critical": False},
+    )
+    sched.begin(0.0)
+    sched.start_failed("cache", 1.0, OSError("down"))
+    assert sched.startup_failure == (
+        "cache",
+        "OSError: down; critical component 'api' depends on it (through 'mid')",
+    )
+
+
+def test_dependents_of_a_failed_non_critical_component_are_not_started():
+    """Non-critical dependents of a failed one stay NEW with an error naming the dependency."""
+    sched = make(
+        {"db": (), "cache": (), "warm": ("cache",), "stats": ("warm", "db")},
+        cache={"critical": False},
+        warm={"critical": False},
+        stats={"critical": False},
+    )
+    sched.begin(0.0)
+    assert sched.start_failed("cache", 1.0, OSError("down")) == []
+    assert sched.start_finished("db", 2.0) == [AppStarted()]
+    warm, stats = sched.infos["warm"], sched.infos["stats"]
+    assert (warm.state, stats.state) == (C.NEW, C.NEW)
+    assert isinstance(warm.error, DependencyFailed)
+    assert str(warm.error) == (
+        "component 'warm' was not started: it depends on 'cache', which failed to start "
+        "(OSError: down); fix 'cache' or remove the dependency"
+    )
+    assert str(stats.error) == (
+        "component 'stats' was not started: it depends on 'warm', which was not started "
+        "because 'cache' failed to start (OSError: down); fix 'cache' or remove the dependency"
+    )
+    assert (warm.failed, stats.failed, sched.infos["db"].failed) == (True, True, False)
+    assert sched.request_shutdown(3.0) == [StopComponent("db", 13.0)]
+    assert sched.stop_finished("db", 4.0) == [Finished(ExitCode.OK)]
+
+
+def test_non_critical_start_failing_during_an_abort_is_no_failure():
+    """During an abort, a non-critical start raising a real error shows only in the report."""
+    sched = make({"extra": ()}, extra={"critical": False})
+    sched.begin(0.0)
+    sched.request_shutdown(1.0)
+    assert sched.start_failed("extra", 2.0, RuntimeError("boom")) == [Finished(ExitCode.OK)]
+    assert sched.infos["extra"].state is C.FAILED

@@ -1,11 +1,13 @@
-"""DESIGN.md's ordering and failure rules 1-7, asserted over random apps.
+"""The ordering and failure rules 1-7 of docs/explanation.md, asserted over random apps.
 
 Every case is a random DAG of up to 60 components with random start, run and
-stop behaviour, timeouts, drain delay and shutdown moments, simulated on a
-fake clock by `tests.sim`. The checks below restate each rule from the
-outside — from the trace of calls, the actions and the observed state moves —
-and never reuse the scheduler's own bookkeeping to decide what should have
-happened. Rules 8 and 9 (readiness, signal handlers) belong to the runners.
+stop behaviour (exception groups included), criticality, timeouts, drain
+delay, shutdown moments and request stamps, and a clock that sometimes
+slips back, simulated on a fake clock by `tests.sim`. The checks below
+restate each rule from the outside — from the trace of calls, the actions
+and the observed state moves — and never reuse the scheduler's own
+bookkeeping to decide what should have happened. Rules 8 and 9 (readiness,
+signal handlers) belong to the runners.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import functools
 import math
 from collections import defaultdict
 
-from hypothesis import example, given, settings
+from hypothesis import event, example, given, settings
 
+from lifecycle._core.errors import DependencyFailed
 from lifecycle._core.graph import Graph, analyze
 from lifecycle._core.scheduler import (
     CancelRun,
@@ -42,6 +45,10 @@ C = ComponentState
 A = AppState
 
 
+def leaves(detail: str) -> list[str]:
+    """The exception names in a trace entry's detail (a group's leaves are joined by "+")."""
+    return detail.split("+")
+
 
 class View:
     """Derived facts about one simulation, for the checks."""
@@ -58,7 +65,15 @@ class View:
         self.calls: dict[tuple[str, str], list[TraceEntry]] = defaultdict(list)
         for entry in result.trace:
             self.calls[entry.name, entry.phase].append(entry)
-        self.deadline = result.scheduler.shutdown_deadline
+        # The shutdown deadline, and the moment it cut the shutdown: later than
+        # the deadline only for a request handled after its deadline had passed.
+        self.raw_deadline = result.scheduler.shutdown_deadline
+        began = self.shutdown_began
+        self.deadline = (
+            None
+            if self.raw_deadline is None or began is None
+            else max(self.raw_deadline, began.time)
+        )
 
     def moved_to(self, name: str, state: ComponentState) -> ComponentMove | None:
         return next((m for m in self.moves[name] if m.after is state), None)
@@ -96,6 +111,47 @@ class View:
         """When nothing more could happen to a component that began starting."""
         info = self.r.infos[name]
         return info.stop_ended if self.entered(name) else info.start_ended
+
+    @functools.cached_property
+    def needed(self) -> dict[str, bool]:
+        """Whether a component is critical or a critical one depends on it, directly or not."""
+        needed: dict[str, bool] = {}
+        for name in reversed(self.graph.order):  # dependents first
+            users = self.graph.dependents[name]
+            needed[name] = self.specs[name].critical or any(needed[u] for u in users)
+        return needed
+
+    def start_failure(self, name: str) -> TraceEntry | None:
+        """Its start raised a real error, or overran its own start_timeout (not the shutdown's).
+
+        At a tie the start's own timer fires first (it was armed first); a
+        request handled after its deadline cuts the start at once instead.
+        """
+        begins = self.entries(name, "start", "begin")
+        for entry in self.entries(name, "start", "fail", "abandoned"):
+            if entry.kind == "fail" and "StartBoom" in leaves(entry.detail):
+                return entry
+            own = begins[0].time + self.specs[name].start_timeout
+            cut_first = self.raw_deadline is not None and self.raw_deadline < entry.time
+            if entry.kind == "abandoned" and entry.time == own and not cut_first:
+                return entry
+        return None
+
+    def excused(self, name: str) -> bool:
+        """Its start failed, but nothing critical needs it: the app goes on without it."""
+        return not self.needed[name] and self.start_failure(name) is not None
+
+    @functools.cached_property
+    def skipped(self) -> set[str]:
+        """Components that depend, directly or not, on an excused start failure."""
+        found: set[str] = set()
+        queue = [name for name in self.graph.order if self.excused(name)]
+        for name in queue:
+            for user in self.graph.dependents[name]:
+                if user not in found:
+                    found.add(user)
+                    queue.append(user)
+        return found
 
 
 # -- the checks, one per rule ------------------------------------------------
@@ -296,7 +352,7 @@ def check_rule3_call_timing(v: View) -> None:
                 if isinstance(e.action, StopComponent) and e.action.name == name
             ]
             # Rule 7: the stop token's deadline.
-            assert stop_deadline == [min(t + spec.stop_timeout, deadline)], name
+            assert stop_deadline == [min(t + spec.stop_timeout, v.raw_deadline or math.inf)], name
             end = t + script.stop.duration if script.stop.outcome != "hangs" else math.inf
             outcome = v.entries(name, "stop", "end", "fail", "abandoned")
             assert_ends(outcome, end, stop_deadline[0], name)
@@ -304,26 +360,22 @@ def check_rule3_call_timing(v: View) -> None:
 
 def check_no_calls_after_deadline(v: View) -> None:
     """Nothing begins at or after the shutdown deadline: no time is left for it."""
-    if v.deadline is None:
+    if v.raw_deadline is None:
         return
     assert v.shutdown_began is not None
     for entry in v.r.actions:
         if entry.seq < v.shutdown_began.seq:
             continue
         if isinstance(entry.action, (StartComponent, RunComponent, StopComponent, CancelRun)):
-            assert entry.time < v.deadline, f"{entry} at the shutdown deadline {v.deadline}"
+            assert entry.time < v.raw_deadline, f"{entry} at the deadline {v.raw_deadline}"
 
 
 def check_rule4_rollback(v: View) -> None:
-    """Rule 4: a failing or timed-out start aborts startup; the app never runs."""
-    failures = []
-    for name in v.graph.order:
-        spec = v.specs[name]
-        for entry in v.entries(name, "start", "fail", "abandoned"):
-            begin = v.entries(name, "start", "begin")[0].time
-            own_timeout = entry.kind == "abandoned" and entry.time == begin + spec.start_timeout
-            if entry.detail == "StartBoom" or own_timeout:
-                failures.append(entry)
+    """Rule 4: a start failure of a component something critical needs aborts startup."""
+    failures = sorted(
+        (f for name in v.graph.order if v.needed[name] and (f := v.start_failure(name))),
+        key=lambda entry: entry.seq,
+    )
     if not failures:
         return
     first = failures[0]
@@ -335,6 +387,30 @@ def check_rule4_rollback(v: View) -> None:
         rollback = v.app_moved_to(A.STOPPING)
         assert rollback is not None
         assert rollback.time == first.time
+
+
+def check_rule4_app_starts_without_excused(v: View) -> None:
+    """Rule 4: the app starts once every component entered or is excused, and not before.
+
+    An excused component is a non-critical one whose start failed while no
+    critical component depends on it; its dependents never start.
+    """
+    resolved: list[ComponentMove] | None = []
+    for name in v.graph.order:
+        if name in v.skipped:
+            continue
+        move = v.moved_to(name, C.FAILED if v.excused(name) else C.RUNNING)
+        if move is None or resolved is None:
+            resolved = None
+            continue
+        resolved.append(move)
+    began = v.shutdown_began
+    if resolved is not None:
+        last = max(resolved, key=lambda m: m.seq, default=None)
+        if began is None or last is None or last.seq < began.seq:
+            assert v.r.started_at == (0.0 if last is None else last.time)
+            return
+    assert v.r.started_at is None
 
 
 def check_rule5_critical_run(v: View) -> None:
@@ -364,25 +440,30 @@ def check_rule5_critical_run(v: View) -> None:
 
 
 def expected_exit_code(v: View) -> ExitCode:
-    """The exit code, derived from the trace alone (DESIGN.md ExitCode)."""
+    """The exit code, derived from the trace alone.
+
+    FAILED: a start failure that something critical needs, a critical run
+    crashing (or any run crashing once cancelled; a group of cancellations
+    is no crash), any stop raising. TIMEOUT, which wins: something was
+    abandoned, never stopped for lack of time, or a stop cut requests
+    (DeadlineExceeded, alone or in a group; a plain TimeoutError is FAILED).
+    """
     timeout = failed = False
     for name in v.graph.order:
         spec, info = v.specs[name], v.r.infos[name]
-        start_begin = v.entries(name, "start", "begin")
-        for entry in v.entries(name, "start", "fail", "abandoned"):
-            if entry.detail == "StartBoom":
-                failed = True
-            elif entry.kind == "abandoned":
-                if entry.time == start_begin[0].time + spec.start_timeout:
-                    failed = True  # its own start_timeout
-                else:
-                    timeout = True  # cut by the shutdown deadline
+        failure = v.start_failure(name)
+        if failure is not None and v.needed[name]:
+            failed = True
+        if any(e is not failure for e in v.entries(name, "start", "abandoned")):
+            timeout = True  # cut by the shutdown deadline
         cancelled = bool(v.entries(name, "run", "cancel"))
         for entry in v.entries(name, "run", "fail"):
-            if entry.detail == "RunBoom" and (spec.critical or cancelled):
+            if "RunBoom" in leaves(entry.detail) and (spec.critical or cancelled):
                 failed = True
-        if v.entries(name, "stop", "fail"):
+        for entry in v.entries(name, "stop", "fail"):
             failed = True
+            if "DeadlineExceeded" in leaves(entry.detail):
+                timeout = True
         if v.entries(name, "run", "abandoned") or v.entries(name, "stop", "abandoned"):
             timeout = True
         if v.entered(name) and (info.stop_began is None or not v.stop_called_if_any(name)):
@@ -398,6 +479,26 @@ def check_exit_code(v: View) -> None:
         assert v.r.exit_code is expected_exit_code(v)
 
 
+def check_never_started(v: View) -> None:
+    """A component never started is NEW; its error names the failed dependency, if one kept it."""
+    for name in v.graph.order:
+        info = v.r.infos[name]
+        if v.started(name):
+            continue
+        assert info.state is C.NEW, name
+        assert info.failed == (name in v.skipped), name
+        if name not in v.skipped:
+            assert info.error is None, name
+            continue
+        error = info.error
+        assert isinstance(error, DependencyFailed), name
+        assert error.component == name
+        assert error.dependency in v.graph.depends_on[name]
+        assert error.dependency in v.skipped or v.excused(error.dependency)
+        assert v.excused(error.cause)
+        assert error.cause in str(error)
+
+
 def check_rule6_component_states(v: View) -> None:
     """Rule 6 and States: a component ends FAILED exactly when something of it failed."""
     if v.r.exit_code is None:
@@ -405,28 +506,79 @@ def check_rule6_component_states(v: View) -> None:
     for name in v.graph.order:
         info = v.r.infos[name]
         if not v.started(name):
-            assert info.state is C.NEW
-            assert info.error is None
-            continue
+            continue  # check_never_started
         bad = (
             not v.entered(name)
             or info.stop_began is None
-            or any(e.detail == "RunBoom" for e in v.entries(name, "run", "fail"))
+            or any("RunBoom" in leaves(e.detail) for e in v.entries(name, "run", "fail"))
             or bool(v.entries(name, "stop", "fail"))
             or bool(v.entries(name, "run", "abandoned") or v.entries(name, "stop", "abandoned"))
             or not v.stop_called_if_any(name)
         )
         assert info.state is (C.FAILED if bad else C.STOPPED), name
         assert (info.error is not None) == bad, name
+        assert info.failed == bad, name
+
+
+def check_timed_out(v: View) -> None:
+    """``timed_out`` names the phase that overran; a plain TimeoutError from stop is none."""
+    if v.r.exit_code is None:
+        return
+    for name in v.graph.order:
+        info = v.r.infos[name]
+        cut = any("DeadlineExceeded" in leaves(e.detail) for e in v.entries(name, "stop", "fail"))
+        overran = bool(v.entries(name, "run", "abandoned") or v.entries(name, "stop", "abandoned"))
+        never_stopped = info.stop_began is None or not v.stop_called_if_any(name)
+        expected = None
+        if v.entries(name, "start", "abandoned"):
+            expected = "start"
+        elif v.entered(name) and (cut or overran or never_stopped):
+            expected = "stop"
+        assert info.timed_out == expected, name
+
+
+def check_time_runs_forward(v: View) -> None:
+    """With a clock that slips back: no negative duration, no deadline earlier than due."""
+    if v.r.slips:
+        event("the clock slipped back")
+    times = [
+        time
+        for _, time in sorted(
+            [(m.seq, m.time) for m in v.r.component_moves]
+            + [(m.seq, m.time) for m in v.r.app_moves]
+        )
+    ]
+    assert times == sorted(times)
+    assert all(m.spent >= 0 for m in v.r.component_moves)
+    for info in v.r.infos.values():
+        assert (info.start_duration or 0.0) >= 0, info.name
+        assert (info.stop_duration or 0.0) >= 0, info.name
+    for entry in v.r.actions:
+        action = entry.action
+        if isinstance(action, (StartComponent, StopComponent)):
+            assert action.deadline >= entry.time, entry
+        if isinstance(action, StopComponent):
+            # No earlier than the deadline of the wait for run() that preceded it.
+            info, spec = v.r.infos[action.name], v.specs[action.name]
+            assert info.stop_began is not None
+            assert v.raw_deadline is not None
+            wait_deadline = min(info.stop_began + spec.stop_timeout, v.raw_deadline)
+            assert action.deadline >= wait_deadline, entry
 
 
 def check_rule7_bounds(v: View) -> None:
-    """Rule 7: the shutdown, drain included, ends by request + shutdown_timeout."""
+    """Rule 7: the shutdown, drain included, ends by request + shutdown_timeout.
+
+    The request counts from when it arrived (its stamp, clamped between the
+    begin and its delivery); a shutdown the app began itself, from then.
+    """
     began = v.shutdown_began
     if began is None:
-        assert v.deadline is None
+        assert v.raw_deadline is None
         return
-    assert v.deadline == began.time + v.case.shutdown_timeout
+    basis = began.time if v.r.request_basis is None else v.r.request_basis
+    assert v.raw_deadline == basis + v.case.shutdown_timeout
+    assert v.deadline is not None
     if v.r.finished_at is not None:
         assert v.r.finished_at <= v.deadline
     if v.r.deadline_hit:
@@ -441,9 +593,25 @@ def check_rule7_bounds(v: View) -> None:
                 assert entry.time >= stopping.time
 
 
+def note_coverage(v: View) -> None:
+    """Name the rare paths a case took, for ``--hypothesis-show-statistics``."""
+    if any(v.excused(name) for name in v.graph.order):
+        event("a non-critical start failure was excused")
+    if any(v.needed[n] and not v.specs[n].critical and v.start_failure(n) for n in v.graph.order):
+        event("a non-critical start failure failed the startup")
+    if v.deadline is not None and v.raw_deadline is not None and v.deadline > v.raw_deadline:
+        event("a request was handled after its deadline")
+    details = {e.detail for e in v.r.trace if e.kind == "fail"}
+    if any("+" in d and "RunBoom" not in d and "StartBoom" not in d for d in details):
+        event("a call ended in a group of cancellations")
+    if any("DeadlineExceeded" in leaves(d) for d in details):
+        event("a stop cut requests")
+
+
 def check_all(case: Case) -> SimResult:
     """Simulate ``case`` and assert every rule over it."""
     v = View(case, case.run())
+    note_coverage(v)
     check_ends(v)
     check_moves_are_legal(v)
     check_rule1_start_order(v)
@@ -452,9 +620,13 @@ def check_all(case: Case) -> SimResult:
     check_rule3_call_timing(v)
     check_no_calls_after_deadline(v)
     check_rule4_rollback(v)
+    check_rule4_app_starts_without_excused(v)
     check_rule5_critical_run(v)
     check_exit_code(v)
+    check_never_started(v)
     check_rule6_component_states(v)
+    check_timed_out(v)
+    check_time_runs_forward(v)
     check_rule7_bounds(v)
     return v.r
 
@@ -539,6 +711,86 @@ CRITICAL_RUN_RETURNS_DURING_STARTUP = Case(
 )
 
 
+# A non-critical start fails; its non-critical dependent never starts; the app runs.
+NON_CRITICAL_START_FAILS = Case(
+    {"db": (), "cache": (), "warm": ("cache",)},
+    (_spec("db"), _spec("cache", critical=False), _spec("warm", critical=False)),
+    {"db": Script(), "cache": Script(start=StartScript(outcome="raises")), "warm": Script()},
+    shutdown_timeout=30.0,
+    shutdown_at=(5.0,),
+)
+# A non-critical start fails, and a critical component needs it through another: rollback.
+NON_CRITICAL_NEEDED_THROUGH_ANOTHER = Case(
+    {"cache": (), "mid": ("cache",), "api": ("mid",), "db": ()},
+    (_spec("cache", critical=False), _spec("mid", critical=False), _spec("api"), _spec("db")),
+    {
+        "cache": Script(start=StartScript(duration=2.0, outcome="raises")),
+        "mid": Script(),
+        "api": Script(),
+        "db": Script(start=StartScript(duration=1.0)),
+    },
+    shutdown_timeout=30.0,
+)
+# A non-critical start overruns its start_timeout: abandoned, the app runs, exit OK.
+NON_CRITICAL_START_OVERRUNS = Case(
+    {"slow": (), "db": ()},
+    (_spec("slow", critical=False, start_timeout=3.0), _spec("db")),
+    {"slow": Script(start=StartScript(outcome="hangs")), "db": Script()},
+    shutdown_timeout=30.0,
+    shutdown_at=(5.0,),
+)
+# Runs end in task groups: all cancellations (clean) and mixed with a crash (FAILED).
+RUNS_END_IN_GROUPS = Case(
+    {"clean": (), "mixed": ()},
+    (_spec("clean", has_run=True), _spec("mixed", has_run=True, critical=False)),
+    {
+        "clean": Script(run=RunScript(on_cancel="cancelled group")),
+        "mixed": Script(run=RunScript(on_cancel="mixed group")),
+    },
+    shutdown_timeout=30.0,
+    shutdown_at=(1.0,),
+)
+# A start aborted by the shutdown ends in a group of cancellations: no failure.
+ABORTED_START_ENDS_IN_A_GROUP = Case(
+    {"db": ()},
+    (_spec("db"),),
+    {"db": Script(start=StartScript(duration=9.0, cancel_delay=1.0, cancel_as="group"))},
+    shutdown_timeout=30.0,
+    shutdown_at=(2.0,),
+)
+# A plain TimeoutError from stop is FAILED; a cut in a group is TIMEOUT, which wins.
+STOPS_TIME_OUT_AND_CUT = Case(
+    {"redis": (), "api": ()},
+    (_spec("redis"), _spec("api")),
+    {
+        "redis": Script(stop=StopScript(outcome="times out")),
+        "api": Script(stop=StopScript(duration=2.0, outcome="cut group")),
+    },
+    shutdown_timeout=30.0,
+    shutdown_at=(1.0,),
+)
+# The request is handled long after it arrived: past its deadline, all is cut at once.
+REQUEST_HANDLED_AFTER_ITS_DEADLINE = Case(
+    {"db": (), "w": ("db",)},
+    (_spec("db"), _spec("w", has_run=True)),
+    {"db": Script(), "w": Script()},
+    shutdown_timeout=5.0,
+    shutdown_at=(20.0,),
+    request_lags=(10.0,),
+)
+# The clock slips back at repeated instants: every decision keeps the latest time.
+CLOCK_SLIPS_BACK = Case(
+    {"db": (), "api": ("db",), "w": ("db",)},
+    (_spec("db"), _spec("api"), _spec("w", has_run=True)),
+    {"db": Script(), "api": Script(start=StartScript(duration=2.0)), "w": Script()},
+    shutdown_timeout=30.0,
+    drain_delay=1.0,
+    shutdown_at=(2.0, 2.0),
+    request_lags=(None, 1.0),
+    slips=(1000.0, 1.0, 3.0),
+)
+
+
 @settings(max_examples=500, deadline=None)
 @given(cases())
 @example(NO_START_ROOT)
@@ -550,6 +802,14 @@ CRITICAL_RUN_RETURNS_DURING_STARTUP = Case(
 @example(RUN_RETURNS_AT_DEADLINE)
 @example(NON_CRITICAL_RUN_RAISES)
 @example(CRITICAL_RUN_RETURNS_DURING_STARTUP)
+@example(NON_CRITICAL_START_FAILS)
+@example(NON_CRITICAL_NEEDED_THROUGH_ANOTHER)
+@example(NON_CRITICAL_START_OVERRUNS)
+@example(RUNS_END_IN_GROUPS)
+@example(ABORTED_START_ENDS_IN_A_GROUP)
+@example(STOPS_TIME_OUT_AND_CUT)
+@example(REQUEST_HANDLED_AFTER_ITS_DEADLINE)
+@example(CLOCK_SLIPS_BACK)
 def test_rules_hold_for_any_app(case: Case) -> None:
     """Rules 1-7, the exit code and the state moves hold for any graph and behaviour."""
     check_all(case)

@@ -1,4 +1,10 @@
-"""Component and app states: exactly the moves DESIGN.md draws, and their error messages."""
+"""Component and app states: exactly the documented moves, and their error messages.
+
+The legal moves (transcribed in `tests.fakes`): a component goes NEW ->
+STARTING -> RUNNING -> STOPPING -> STOPPED, and to FAILED from STARTING,
+RUNNING or STOPPING; an app goes NEW -> STARTING -> RUNNING -> DRAINING ->
+STOPPING -> STOPPED | FAILED, and STARTING -> STOPPING for a rollback or abort.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ APP_MOVES = LEGAL_APP_MOVES
 
 @pytest.mark.parametrize(("before", "after"), list(itertools.product(C, C)))
 def test_component_moves_are_exactly_the_drawn_ones(before, after):
-    """A component move is legal exactly when DESIGN.md draws it."""
+    """A component move is legal exactly when it is one of the documented moves."""
     if (before, after) in COMPONENT_MOVES:
         check_component_move("db", before, after)
     else:
@@ -35,7 +41,7 @@ def test_component_moves_are_exactly_the_drawn_ones(before, after):
 
 @pytest.mark.parametrize(("before", "after"), list(itertools.product(A, A)))
 def test_app_moves_are_exactly_the_drawn_ones(before, after):
-    """An app move is legal exactly when DESIGN.md draws it."""
+    """An app move is legal exactly when it is one of the documented moves."""
     if (before, after) in APP_MOVES:
         check_app_move("app", before, after)
     else:

@@ -9,6 +9,7 @@ The tree::
      │    ├── DuplicateComponent                   two components share a name
      │    └── NotAComponent(ConfigError, TypeError) no start, run or stop to call
      ├── StartupError                              a component failed to start
+     ├── DependencyFailed                          not started: a dependency failed to start
      ├── DeadlineExceeded(LifecycleError, TimeoutError)  work was cut at a deadline
      └── InvalidTransition(LifecycleError, RuntimeError)  an illegal state change
 
@@ -22,22 +23,38 @@ through bad input. If ``Cancelled`` were an ``Exception`` those blocks would
 swallow shutdown and the worker would never stop. Catch it by name when you
 mean it (``except lifecycle.Cancelled``).
 
+Two questions are asked of what a component's call raised, by the
+scheduler and the runners alike, and answered here once:
+
+* `is_cancellation`: did the call end because its token was cancelled?
+  True for `Cancelled`, for ``asyncio.CancelledError``, and for an exception
+  group (an ``asyncio.TaskGroup``'s, say) whose every leaf is one of those.
+* `is_deadline_cut`: was work cut at a deadline? True for `DeadlineExceeded`
+  and for a group holding one. A plain ``TimeoutError`` (a client library's
+  socket timeout) is an ordinary error, not a cut.
+
 Every message names the component and says what to do.
 """
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
 
 __all__ = [
     "Cancelled",
     "ConfigError",
     "CycleError",
     "DeadlineExceeded",
+    "DependencyFailed",
     "DuplicateComponent",
     "InvalidTransition",
     "LifecycleError",
     "NotAComponent",
     "StartupError",
     "UnknownDependency",
+    "is_cancellation",
+    "is_deadline_cut",
 ]
 
 
@@ -134,6 +151,43 @@ class StartupError(LifecycleError):
         super().__init__(message)
 
 
+class DependencyFailed(LifecycleError):
+    """A component was not started because a dependency of it failed to start.
+
+    Only non-critical components end up here: when a non-critical component's
+    ``start`` fails and no critical component depends on it, the app runs
+    without it and without everything that depends on it. Those dependents
+    stay NEW (they never began starting) with this as their ``.error``.
+
+    Attributes:
+        component: the component that was not started.
+        dependency: its dependency that failed or was itself not started.
+        cause: the component whose ``start`` failed, at the root of the chain.
+
+    Example::
+
+        info = app.components["warm_cache"]
+        if info.state is lifecycle.ComponentState.NEW and info.failed:
+            print(info.error)
+            # component 'warm_cache' was not started: it depends on 'cache', which
+            # failed to start (ConnectionRefusedError: ...); fix 'cache' or remove
+            # the dependency
+    """
+
+    def __init__(self, component: str, dependency: str, cause: str, why: str) -> None:
+        self.component = component
+        self.dependency = dependency
+        self.cause = cause
+        if dependency == cause:
+            what = f"{dependency!r}, which failed to start"
+        else:
+            what = f"{dependency!r}, which was not started because {cause!r} failed to start"
+        super().__init__(
+            f"component {component!r} was not started: it depends on {what} ({why}); "
+            f"fix {cause!r} or remove the dependency"
+        )
+
+
 class DeadlineExceeded(LifecycleError, TimeoutError):
     """Work was cut at a deadline: a server's stop ended requests that had not finished.
 
@@ -183,3 +237,59 @@ class Cancelled(BaseException):
     def __init__(self, reason: str = "cancelled") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside ``error``: itself, or every leaf of a (nested) group."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+def _is_one_cancellation(error: BaseException) -> bool:
+    if isinstance(error, Cancelled):
+        return True
+    # asyncio's CancelledError, recognised without importing asyncio (the core
+    # is sans-I/O): if asyncio was never imported, nothing can have raised it.
+    # Not concurrent.futures.CancelledError: an Exception a Future's result()
+    # raises, which says another piece of work was cancelled, not this call.
+    asyncio_exceptions = sys.modules.get("asyncio.exceptions")
+    return asyncio_exceptions is not None and isinstance(error, asyncio_exceptions.CancelledError)
+
+
+def is_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` says only that a call was cancelled, and nothing failed.
+
+    True for `Cancelled`, for ``asyncio.CancelledError``, and for an exception
+    group whose every leaf (through nested groups) is one of those — what an
+    ``asyncio.TaskGroup`` raises when all its children honoured the token. A
+    group mixing a cancellation with a real error is a failure: False.
+
+    Example::
+
+        try:
+            worker.run(token)
+        except BaseException as error:
+            if not is_cancellation(error):
+                log.error("run() crashed", exc_info=error)
+    """
+    return all(_is_one_cancellation(leaf) for leaf in _leaves(error))
+
+
+def is_deadline_cut(error: BaseException) -> bool:
+    """Whether ``error`` says that work was cut at a deadline (exit code TIMEOUT).
+
+    True for `DeadlineExceeded` (a server's ``stop`` cut unfinished requests)
+    and for an exception group holding one anywhere, whatever else it holds:
+    something was cut, and a cut outranks a failure, as TIMEOUT outranks
+    FAILED in the exit code. A plain ``TimeoutError`` — a client library's
+    socket timeout — is an ordinary failure: False.
+
+    Example::
+
+        is_deadline_cut(DeadlineExceeded("api", ["GET /slow (9.0s)"]))  # True
+        is_deadline_cut(TimeoutError("redis: timed out"))  # False
+    """
+    return any(isinstance(leaf, DeadlineExceeded) for leaf in _leaves(error))

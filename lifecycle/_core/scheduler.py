@@ -8,9 +8,13 @@ time comes in with every event. That is what lets the threaded and asyncio
 runners share every rule, and what lets the tests drive thousands of random
 graphs, durations and failures through it on a fake clock.
 
-The rules it implements are DESIGN.md's "Ordering and failure semantics" 1-9.
-Invariants (checked by the property tests):
+The rules it implements are the ordering and failure rules in
+docs/explanation.md. Invariants (checked by the property tests):
 
+* Time never runs backwards: every entry point takes ``now = max(now, the
+  latest now seen)``, so no duration is negative, no deadline moves earlier,
+  and a runner whose clock readings race (a reading taken before another
+  event was fed) cannot make a deadline fire early.
 * A component starts only when every dependency is RUNNING (entered).
 * A component's stop phase begins only when every dependent that began
   starting has *settled* (its start failed, or its stop phase ended).
@@ -18,6 +22,16 @@ Invariants (checked by the property tests):
   exactly one stop phase, unless the shutdown deadline passes first.
 * Nothing begins at or after the shutdown deadline: no stop phase, no
   ``stop()`` call (there is no time left for it).
+* The shutdown deadline is set once, to ``shutdown_timeout`` after the
+  request arrived (``requested_at``, clamped between the app's begin and
+  ``now``) or after the startup failure; ``stop()`` gets
+  ``min(now + stop_timeout, shutdown_deadline)``.
+* A start that fails (raises, or overruns its start_timeout) fails the
+  startup when its component is critical or a critical component depends on
+  it, directly or through others. Otherwise only that component is FAILED,
+  its dependents are never started (they stay NEW, ``.error`` a
+  `DependencyFailed`), and the app starts without them; the exit code
+  does not count it.
 * Events for a phase that was abandoned, or that never began, are ignored:
   late answers from abandoned threads change nothing.
 """
@@ -27,12 +41,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import attrs
 
-from .errors import Cancelled
+from .errors import DependencyFailed, is_cancellation, is_deadline_cut
 from .graph import Graph
 from .states import (
     AppState,
@@ -83,8 +97,12 @@ class ComponentInfo:
     Attributes:
         name: the component's name.
         state: its `ComponentState`.
-        error: the exception that failed it (None while healthy).
-        critical: whether its failure stops the app.
+        error: the exception that failed it (None while healthy); for a
+            component left NEW because a dependency failed to start, the
+            `DependencyFailed` saying which.
+        critical: whether its failure stops the app. A non-critical
+            component whose start fails is FAILED and the app runs without
+            it, unless a critical component depends on it.
         depends_on: the names it depends on.
         start_began / start_ended / stop_began / stop_ended: phase times or None.
         timed_out: the phase that overran ("start" or "stop"), or None.
@@ -110,6 +128,13 @@ class ComponentInfo:
     timed_out: Phase | None = None
     stop_called: bool = False
     run_error: BaseException | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True once it FAILED, or was left NEW because a dependency failed to start."""
+        return self.state is ComponentState.FAILED or (
+            self.state is ComponentState.NEW and self.error is not None
+        )
 
     @property
     def start_duration(self) -> float | None:
@@ -214,6 +239,7 @@ class _Node:
     unsettled_users: int = 0  # dependents that began starting and have not settled
     entered: bool = False  # start returned (or there was none): must get a stop phase
     settled: bool = False  # nothing more will happen to it
+    skipped: bool = False  # never to start: a dependency's start failed (excused)
     start_active: bool = False
     start_cancelled: bool = False
     run_active: bool = False
@@ -227,8 +253,9 @@ class Scheduler:
     """Decides what happens next; a runner carries it out.
 
     Every method takes ``now`` (the runner's monotonic time) and returns the
-    actions to carry out, in order. Not thread-safe: a runner feeds it from
-    one thread or one event loop.
+    actions to carry out, in order. A ``now`` earlier than one already seen
+    counts as that one: time never runs backwards here. Not thread-safe: a
+    runner feeds it from one thread or one event loop.
 
     Args:
         graph: the validated dependency graph.
@@ -284,8 +311,13 @@ class Scheduler:
         self.startup_failure: tuple[str, str] | None = None
         self._failed = False
         self._timed_out = False
-        self._entered_count = 0
+        # Nodes neither entered nor excused (a non-critical start failure and
+        # the dependents it keeps from starting): the app starts at 0.
+        self._unresolved = len(self._nodes)
         self._busy = 0  # starts in progress + entered nodes not yet settled
+        # Invariant: the time every decision uses never decreases (see _clock).
+        self._last_now = -math.inf
+        self._began: float | None = None
         self._timers: list[tuple[float, int, str, str, int]] = []
         self._seq = itertools.count()
 
@@ -326,7 +358,9 @@ class Scheduler:
 
     def begin(self, now: float) -> list[Action]:
         """Start the app: every component without dependencies starts now."""
+        now = self._clock(now)
         actions: list[Action] = []
+        self._began = now
         self._move_app(AppState.STARTING, now)
         if not self._nodes:
             self._move_app(AppState.RUNNING, now)
@@ -341,6 +375,7 @@ class Scheduler:
 
     def start_finished(self, name: str, now: float) -> list[Action]:
         """The component's ``start`` returned."""
+        now = self._clock(now)
         node = self._nodes[name]
         actions: list[Action] = []
         if self._end_start(node, now):
@@ -348,31 +383,44 @@ class Scheduler:
         return actions
 
     def start_failed(self, name: str, now: float, error: BaseException) -> list[Action]:
-        """The component's ``start`` raised ``error``."""
+        """The component's ``start`` raised ``error``.
+
+        A cancellation (`is_cancellation`) of a start the scheduler cancelled
+        is the abort it asked for, no failure.
+        """
+        now = self._clock(now)
         node = self._nodes[name]
         actions: list[Action] = []
         if not self._end_start(node, now):
             return actions
         node.info.error = error
         self._move(node, ComponentState.FAILED, now)
-        aborted = node.start_cancelled and isinstance(error, Cancelled)
-        if not aborted:
-            self._startup_failed(node, f"{error.__class__.__name__}: {error}", now, actions)
+        excused = False
+        if not (node.start_cancelled and is_cancellation(error)):
+            why = f"{error.__class__.__name__}: {error}"
+            excused = self._start_failure(node, why, now, actions)
         self._settle(node, now, actions)
+        if excused:
+            self._maybe_started(now, actions)
         return actions
 
     def run_finished(
         self, name: str, now: float, error: BaseException | None = None
     ) -> list[Action]:
-        """The component's ``run`` returned (``error`` None) or raised ``error``."""
+        """The component's ``run`` returned (``error`` None) or raised ``error``.
+
+        Once its stop phase cancelled the token, ending by a cancellation
+        (`is_cancellation`: a `Cancelled`, or a task group of them) is the
+        expected end; anything else it raises is a failure.
+        """
+        now = self._clock(now)
         node = self._nodes[name]
         actions: list[Action] = []
         if not node.run_active:
             return actions
         node.run_active = False
         if node.stop_phase:
-            # The expected end: its token was cancelled. Cancelled is no error.
-            if error is not None and not isinstance(error, Cancelled):
+            if error is not None and not is_cancellation(error):
                 node.info.run_error = error
                 self._fail(node, error, now)
             self._after_run(node, now, actions)
@@ -398,7 +446,14 @@ class Scheduler:
     def stop_finished(
         self, name: str, now: float, error: BaseException | None = None
     ) -> list[Action]:
-        """The component's ``stop`` returned (``error`` None) or raised ``error``."""
+        """The component's ``stop`` returned (``error`` None) or raised ``error``.
+
+        Any error fails it (exit FAILED). Only a cut at the deadline
+        (`is_deadline_cut`: a `DeadlineExceeded`, alone or in a group) means
+        something was abandoned: exit TIMEOUT and ``timed_out == "stop"``. A
+        plain ``TimeoutError`` (a client's socket timeout) is an ordinary error.
+        """
+        now = self._clock(now)
         node = self._nodes[name]
         actions: list[Action] = []
         if not node.stop_active:
@@ -406,42 +461,64 @@ class Scheduler:
         node.stop_active = False
         if error is not None:
             self._fail(node, error, now)
-            if isinstance(error, TimeoutError):
-                # The stop itself gave up at its deadline (a server cut its
-                # requests): something was abandoned, which is TIMEOUT.
+            if is_deadline_cut(error):
                 self._timed_out = True
                 node.info.timed_out = "stop"
         self._end_stop(node, now, actions)
         return actions
 
-    def request_shutdown(self, now: float, reason: str = "requested") -> list[Action]:
+    def request_shutdown(
+        self, now: float, reason: str = "requested", *, requested_at: float | None = None
+    ) -> list[Action]:
         """Begin the shutdown (idempotent: the first reason wins).
 
         While starting this aborts the start; while running it begins the
         drain delay; afterwards it does nothing.
+
+        Args:
+            now: the runner's time.
+            reason: why; the first reason given is kept.
+            requested_at: when the request arrived (a signal handler records
+                it), if earlier than ``now``: the shutdown deadline,
+                `shutdown_deadline`, is ``requested_at + shutdown_timeout``,
+                with ``requested_at`` clamped to no earlier than the app's
+                begin and no later than ``now``. Everything else (the drain
+                delay, the stop phases) counts from ``now``. A request handled
+                after its deadline already passed abandons what runs at once.
+
+        Example::
+
+            # in the runner, off the signal path:
+            actions = scheduler.request_shutdown(clock(), "signal SIGTERM", requested_at=at)
         """
+        now = self._clock(now)
         actions: list[Action] = []
+        opened = self.shutdown_deadline is None
         if self.shutdown_reason is None:
             self.shutdown_reason = reason
         if self.state is AppState.NEW:
             # Nothing started: finish at once, cleanly.
+            self._began = now
             self._move_app(AppState.STARTING, now)
-            self._begin_shutdown(now, actions)
+            self._begin_shutdown(now, now, actions)
         elif self.state is AppState.STARTING and self.shutdown_deadline is None:
-            self._begin_shutdown(now, actions)
+            self._begin_shutdown(self._deadline_basis(now, requested_at), now, actions)
         elif self.state is AppState.RUNNING:
-            self.shutdown_deadline = now + self.shutdown_timeout
-            self._arm(self.shutdown_deadline, "shutdown", "", 0)
+            deadline = self._open_deadline(self._deadline_basis(now, requested_at))
             self._move_app(AppState.DRAINING, now)
-            drain_end = min(now + self.drain_delay, self.shutdown_deadline)
             if self.drain_delay <= 0:
                 self._begin_stopping(now, actions)
             else:
-                self._arm(drain_end, "drain", "", 0)
+                self._arm(min(now + self.drain_delay, deadline), "drain", "", 0)
+        else:
+            opened = False
+        if opened and self.shutdown_deadline is not None and self.shutdown_deadline < now:
+            actions.extend(self.tick(now))  # it arrived too late: the deadline passed
         return actions
 
     def tick(self, now: float) -> list[Action]:
         """Time is ``now``: fire every deadline that has passed."""
+        now = self._clock(now)
         actions: list[Action] = []
         while self._timers and self._timers[0][0] <= now and not self.done:
             _, _, kind, name, epoch = heapq.heappop(self._timers)
@@ -458,6 +535,35 @@ class Scheduler:
         return actions
 
     # -- internals ---------------------------------------------------------
+
+    def _clock(self, now: float) -> float:
+        """``now``, or the latest time seen if ``now`` is earlier: time never runs back."""
+        if now >= self._last_now:
+            self._last_now = now
+            return now
+        if now < self._last_now:
+            return self._last_now
+        raise ValueError(
+            f"now must be a number, got {now!r}: pass the runner's time.monotonic() value"
+        )
+
+    def _deadline_basis(self, now: float, requested_at: float | None) -> float:
+        """When the shutdown deadline counts from: ``requested_at`` clamped into [begin, now]."""
+        if requested_at is None:
+            return now
+        if math.isnan(requested_at):
+            raise ValueError(
+                "requested_at must be a number, got nan: pass the time.monotonic() "
+                "value recorded when the shutdown request arrived, or None"
+            )
+        began = now if self._began is None else self._began
+        return min(max(requested_at, began), now)
+
+    def _open_deadline(self, basis: float) -> float:
+        """Set the shutdown deadline, once, ``shutdown_timeout`` after ``basis``."""
+        deadline = self.shutdown_deadline = basis + self.shutdown_timeout
+        self._arm(deadline, "shutdown", "", 0)
+        return deadline
 
     def _end_start(self, node: _Node, now: float) -> bool:
         """The start call of ``node`` ended; False if it was not running (a late answer)."""
@@ -535,7 +641,7 @@ class Scheduler:
         """Its start returned: it is RUNNING and owes a stop phase."""
         node.entered = True
         self._busy += 1
-        self._entered_count += 1
+        self._unresolved -= 1
         self._move(node, ComponentState.RUNNING, now)
         if self.shutting_down:
             # Aborting or rolling back: no run, no dependents; it is already
@@ -550,9 +656,71 @@ class Scheduler:
             user.waiting_deps -= 1
             if user.waiting_deps == 0:
                 self._start(user, now, actions)
-        if self._entered_count == len(self._nodes) and self.state is AppState.STARTING:
+        self._maybe_started(now, actions)
+
+    def _maybe_started(self, now: float, actions: list[Action]) -> None:
+        """Every component entered or is excused: the app is RUNNING."""
+        if self._unresolved == 0 and self.state is AppState.STARTING:
             self._move_app(AppState.RUNNING, now)
             actions.append(AppStarted())
+
+    def _start_failure(self, node: _Node, why: str, now: float, actions: list[Action]) -> bool:
+        """Its start raised or overran its own start_timeout; True if that is excused.
+
+        Excused when no critical component needs it: it is non-critical, and
+        no critical component depends on it, directly or through others.
+        Then its dependents will never start; the app runs without them.
+        """
+        if not node.spec.critical:
+            path = self._critical_dependent(node)
+            if path is None:
+                self._skip_dependents(node, why)
+                self._unresolved -= 1
+                return True
+            critical, through = path[-1], path[-2:0:-1]
+            why += f"; critical component {critical.spec.name!r} depends on it"
+            if through:
+                why += " (through " + ", ".join(repr(n.spec.name) for n in through) + ")"
+        self._startup_failed(node, why, now, actions)
+        return False
+
+    @staticmethod
+    def _dependents_of(root: _Node) -> Iterator[tuple[_Node, _Node]]:
+        """``(user, via)`` for each component depending on ``root``, directly or not.
+
+        Once each, nearest first (breadth-first); ``via`` is the dependency
+        of ``user`` it was reached through.
+        """
+        seen = {root}
+        queue = [root]
+        for current in queue:
+            for user in current.users:
+                if user not in seen:
+                    seen.add(user)
+                    queue.append(user)
+                    yield user, current
+
+    def _critical_dependent(self, node: _Node) -> list[_Node] | None:
+        """The chain from ``node`` up to its nearest critical dependent, or None if none."""
+        came_from: dict[_Node, _Node] = {}
+        for user, via in self._dependents_of(node):
+            came_from[user] = via
+            if user.spec.critical:
+                path = [user]
+                while path[-1] is not node:
+                    path.append(came_from[path[-1]])
+                return path[::-1]
+        return None
+
+    def _skip_dependents(self, root: _Node, why: str) -> None:
+        """Mark everything depending on ``root`` as never to start, naming the cause."""
+        for user, via in self._dependents_of(root):
+            if not user.skipped:
+                user.skipped = True
+                self._unresolved -= 1
+                user.info.error = DependencyFailed(
+                    user.spec.name, via.spec.name, root.spec.name, why
+                )
 
     def _startup_failed(self, node: _Node, why: str, now: float, actions: list[Action]) -> None:
         self._failed = True
@@ -563,12 +731,11 @@ class Scheduler:
             if self.shutdown_reason is None:
                 self.shutdown_reason = f"component {node.spec.name!r} failed to start"
         if self.shutdown_deadline is None:
-            self._begin_shutdown(now, actions)
+            self._begin_shutdown(now, now, actions)
 
-    def _begin_shutdown(self, now: float, actions: list[Action]) -> None:
+    def _begin_shutdown(self, basis: float, now: float, actions: list[Action]) -> None:
         """Abort or roll back a start: cancel starts, stop what entered."""
-        self.shutdown_deadline = now + self.shutdown_timeout
-        self._arm(self.shutdown_deadline, "shutdown", "", 0)
+        self._open_deadline(basis)
         self._move_app(AppState.STOPPING, now)
         reason = self.shutdown_reason or "shutdown"
         for node in self._nodes.values():
@@ -689,9 +856,10 @@ class Scheduler:
         self._end_start(node, now)
         node.info.error = error
         self._move(node, ComponentState.FAILED, now)
-        if not by_shutdown:
-            self._startup_failed(node, why, now, actions)
+        excused = not by_shutdown and self._start_failure(node, why, now, actions)
         self._settle(node, now, actions)
+        if excused:
+            self._maybe_started(now, actions)
 
     def _stop_expired(self, node: _Node, now: float, actions: list[Action]) -> None:
         name = node.spec.name

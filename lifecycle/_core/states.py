@@ -26,7 +26,10 @@ class ComponentState(enum.Enum):
     """Where a component is in its life. Added in 0.1."""
 
     NEW = "new"
-    """Registered, not started yet."""
+    """Registered, not started yet. A component that will never start because
+    a dependency failed to start stays NEW, with ``.error`` saying which (a
+    failure needs a call that failed: FAILED comes only from STARTING,
+    RUNNING or STOPPING)."""
     STARTING = "starting"
     """``start`` is running."""
     RUNNING = "running"
@@ -126,10 +129,14 @@ class ExitCode(enum.IntEnum):
     OK = 0
     """Clean stop, including one asked for by SIGTERM."""
     FAILED = 1
-    """A component failed to start (error or start timeout), a critical one
-    crashed in ``run``, or a ``stop`` raised."""
+    """A critical component (or one a critical component depends on) failed
+    to start (error or start timeout), a critical one crashed in ``run``, or
+    a ``stop`` raised — a plain ``TimeoutError`` included. A non-critical
+    component's failure shows in the report, not in the code."""
     CONFIG = 2
     """The declaration is invalid (cycle, unknown dependency); nothing started."""
     TIMEOUT = 3
     """The shutdown ran past a stop timeout or the shutdown timeout and
-    something was abandoned. Wins over FAILED."""
+    something was abandoned, or a server cut requests at its deadline (its
+    ``stop`` raised `DeadlineExceeded`, alone or in an exception group).
+    Wins over FAILED."""
