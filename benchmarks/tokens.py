@@ -3,7 +3,7 @@
     python -m benchmarks.tokens            # print the table (exit code 0)
     python -m benchmarks.tokens --check    # exit 1 when a target is missed
 
-Measures what DESIGN.md promises of `CancelToken`:
+Measures the promises of `CancelToken`:
 
 * reading ``token.cancelled`` costs about what ``threading.Event.is_set()``
   does, with or without a deadline (timeit, best of many repetitions; the
@@ -11,7 +11,11 @@ Measures what DESIGN.md promises of `CancelToken`:
 * a waiter wakes within a millisecond of ``cancel()`` from another thread, in
   a thread (``token.wait()``) and in an asyncio task (``await
   token.wait_async()``), next to ``threading.Event`` and
-  ``loop.call_soon_threadsafe(fut.set_result)``;
+  ``loop.call_soon_threadsafe(fut.set_result)``; the same within a
+  millisecond of ``cancel_in_background()`` (what the runners use), while
+  every user callback of those tokens is blocked on a callback thread;
+* a deadline fires on time while another deadline's callback is blocked: the
+  timer never runs user code, so one slow callback delays no other deadline;
 * cancelling a parent with 100 000 children is fast, and neither closed nor
   dropped children accumulate in the parent or in memory.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import queue
 import statistics
@@ -31,13 +36,15 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from lifecycle import CancelSource, CancelToken
+from lifecycle import CancelSource, CancelToken, DeadlineTimer
+from lifecycle._core.tokens import cancel_in_background, wait_callbacks_idle
 
 READ_NUMBER = 200_000  # reads per timeit repetition
 READ_REPEAT = 40  # repetitions; the best one counts
 WAKE_SAMPLES = 1000
 FAN_OUT = 100_000
 PARK = 0.0003  # seconds the firing side waits so that the waiter is blocked
+DEADLINE_ROUNDS = 20  # deadlines measured while another deadline's callback blocks
 
 Fire = Callable[[], object]
 
@@ -187,16 +194,71 @@ def make_future_async(
     return wait, lambda: loop.call_soon_threadsafe(future.set_result, None)
 
 
+class Blocked:
+    """Sources whose one user callback blocks until `release` (the pool saturates)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def source(self) -> CancelSource:
+        source = CancelSource()
+        source.token.on_cancel(lambda: self.gate.wait(60.0))
+        return source
+
+    def release(self) -> None:
+        self.gate.set()
+        assert wait_callbacks_idle(60.0), "callbacks still running 60 s after release"
+
+
+def make_background_thread(blocked: Blocked) -> Callable[[], tuple[Callable[[], object], Fire]]:
+    def make() -> tuple[Callable[[], object], Fire]:
+        source = blocked.source()
+        return (lambda: source.token.wait(5.0)), lambda: cancel_in_background(source, "stop")
+
+    return make
+
+
+def make_background_async(blocked: Blocked) -> AsyncMaker:
+    def make(
+        loop: asyncio.AbstractEventLoop,
+    ) -> tuple[Callable[[], Awaitable[object]], Fire]:
+        source = blocked.source()
+        return source.token.wait_async, lambda: cancel_in_background(source, "stop")
+
+    return make
+
+
+def with_blocked(measure: Callable[[Blocked], list[float]]) -> Callable[[], list[float]]:
+    def run() -> list[float]:
+        blocked = Blocked()
+        try:
+            return measure(blocked)
+        finally:
+            blocked.release()
+
+    return run
+
+
 def wake_latencies() -> list[Row]:
     rows = []
     cases: list[tuple[str, Callable[[], list[float]], bool]] = [
         ("thread wake, token.wait()", lambda: thread_wake(make_token_thread), True),
         ("thread wake, Event.wait()  [baseline]", lambda: thread_wake(make_event_thread), False),
+        (
+            "thread wake, cancel_in_background, callbacks blocked",
+            with_blocked(lambda b: thread_wake(make_background_thread(b))),
+            True,
+        ),
         ("asyncio wake, wait_async()", lambda: asyncio_wake(make_token_async), True),
         (
             "asyncio wake, call_soon_threadsafe  [baseline]",
             lambda: asyncio_wake(make_future_async),
             False,
+        ),
+        (
+            "asyncio wake, cancel_in_background, callbacks blocked",
+            with_blocked(lambda b: asyncio_wake(make_background_async(b))),
+            True,
         ),
     ]
     for name, measure, has_target in cases:
@@ -207,6 +269,60 @@ def wake_latencies() -> list[Row]:
         else:
             rows.append(Row(name, value))
     return rows
+
+
+# -- a deadline while another deadline's callback blocks -----------------------------
+
+
+def record_now(into: queue.SimpleQueue[float]) -> None:
+    into.put(time.monotonic())
+
+
+def deadline_beside_blocked() -> list[Row]:
+    """How late deadline B's waiter and callback are while deadline A's callback blocks."""
+    timer = DeadlineTimer()  # its own timer thread, on the real clock
+    gate = threading.Event()
+    blocked = threading.Event()
+    a = CancelSource(timeout=0.005, timer=timer)
+
+    def block() -> None:
+        blocked.set()
+        gate.wait(60.0)
+
+    a.token.on_cancel(block)
+    wake_ms, callback_ms = [], []
+    try:
+        assert blocked.wait(5.0), "deadline A's callback did not start"
+        for _ in range(DEADLINE_ROUNDS):
+            b = CancelSource(timeout=0.01, timer=timer)
+            ran: queue.SimpleQueue[float] = queue.SimpleQueue()
+            b.token.on_cancel(functools.partial(record_now, ran))
+            assert b.token.wait(5.0)
+            woke = time.monotonic()
+            called = ran.get(timeout=5.0)
+            deadline = b.token.deadline
+            assert deadline is not None
+            wake_ms.append((woke - deadline) * 1e3)
+            callback_ms.append((called - deadline) * 1e3)
+        assert not gate.is_set(), "A's callback must block throughout"
+    finally:
+        gate.set()
+        assert wait_callbacks_idle(60.0)
+    wake_max, callback_max = max(wake_ms), max(callback_ms)
+    return [
+        Row(
+            "deadline B's waiter, while A's callback blocks",
+            f"late p50 {statistics.median(wake_ms):.2f} ms, max {wake_max:.2f} ms",
+            "max < 20 ms",
+            wake_max < 20.0,
+        ),
+        Row(
+            "deadline B's callback, while A's callback blocks",
+            f"late p50 {statistics.median(callback_ms):.2f} ms, max {callback_max:.2f} ms",
+            "max < 20 ms",
+            callback_max < 20.0,
+        ),
+    ]
 
 
 # -- fan-out and accumulation -------------------------------------------------
@@ -316,7 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     print(f"lifecycle tokens benchmark, Python {sys.version.split()[0]}, {sys.platform}")
-    rows = [*read_costs(), *wake_latencies(), fan_out_cancel(), *accumulation()]
+    rows = [
+        *read_costs(),
+        *wake_latencies(),
+        *deadline_beside_blocked(),
+        fan_out_cancel(),
+        *accumulation(),
+    ]
     print(render(rows))
     failed = [r.name for r in rows if r.ok is False]
     print(f"{len(failed)} target(s) missed" + (f": {', '.join(failed)}" if failed else ""))

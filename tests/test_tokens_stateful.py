@@ -1,19 +1,27 @@
 """Stateful property test of the token tree against a simple model.
 
 Hypothesis grows a random forest of sources (roots, children, linked sources,
-some with timeouts on a fake clock), cancels and closes them, moves time on and
-fires due deadlines, registers and detaches callbacks; after every step the
-real tokens must agree with the model.
+some with timeouts on a fake clock), cancels and closes them (in the caller or
+in the background), moves time on and fires due deadlines, registers and
+detaches callbacks, and drops sources that still have registrations; after
+every step the real tokens must agree with the model.
 
 The model: a node is cancelled iff it was cancelled or closed itself, or one of
 its parents (ancestors, linked inputs) was, or a deadline of it or an ancestor
 passed and was fired. Its reason is the reason of the first cause in time. A
 node born under already cancelled parents takes the reason of the first
 cancelled one in argument order (its causes all precede its birth).
+
+A registered, undetached callback runs exactly once iff its node is cancelled,
+whether or not its source was dropped: a node with a pending callback (or with
+a child that is so pinned) is held by its live parents and, while its own
+deadline is pending, by the timer. A dropped node's token may be collected
+otherwise; the model is compared with the tokens that are still alive.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, settings
@@ -23,11 +31,15 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    multiple,
     rule,
 )
 
-from lifecycle import DEADLINE_EXCEEDED, CancelSource, DeadlineTimer
+from lifecycle import DEADLINE_EXCEEDED, CancelSource, CancelToken, DeadlineTimer
+from lifecycle._core import tokens as _tokens
 from tests.fakes import FakeClock
+
+JOIN = 10.0  # bound on the wait for background callbacks
 
 # Binary fractions keep the fake clock's sums exact.
 TIMEOUTS = st.sampled_from([None, None, 0, 0.5, 1, 2, 3.5, 8])
@@ -39,7 +51,8 @@ REASONS = st.sampled_from(["r1", "r2", "shutdown", "closed", DEADLINE_EXCEEDED])
 class Node:
     """One source and what the model expects of its token."""
 
-    source: CancelSource
+    source: CancelSource | None  # None once dropped
+    ref: weakref.ref[CancelToken]
     parents: list[Node]
     deadline: float | None
     scheduled: bool  # its own deadline is earlier than every parent's
@@ -47,6 +60,23 @@ class Node:
     reason: str | None = None
     children: list[Node] = field(default_factory=list)
     callbacks: list[Callback] = field(default_factory=list)
+
+    def pending(self) -> bool:
+        """A callback of it is registered and has neither run nor been detached."""
+        return any(not c.detached and c.expected_calls == 0 for c in self.callbacks)
+
+    def pinned(self) -> bool:
+        """Held by its parents: live, with a pending callback or a pinned child."""
+        stack, seen = [self], set()
+        while stack:
+            node = stack.pop()
+            if node.cancelled or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.pending():
+                return True
+            stack.extend(node.children)
+        return False
 
 
 @dataclass(eq=False)
@@ -93,7 +123,9 @@ class TokenForest(RuleBasedStateMachine):
         inherited = min((p.deadline for p in parents if p.deadline is not None), default=None)
         own = None if timeout is None else self.clock() + timeout
         scheduled = own is not None and (inherited is None or own < inherited)
-        node = Node(source, parents, own if scheduled else inherited, scheduled)
+        node = Node(
+            source, weakref.ref(source.token), parents, own if scheduled else inherited, scheduled
+        )
         self.all_nodes.append(node)
         cause = next((p for p in parents if p.cancelled), None)
         if cause is not None:
@@ -119,6 +151,8 @@ class TokenForest(RuleBasedStateMachine):
 
     @rule(target=nodes, parent=nodes, timeout=TIMEOUTS)
     def new_child(self, parent, timeout):
+        if parent.source is None:
+            return multiple()
         source = CancelSource(parent.source.token, timeout=timeout)
         return self.add_node(source, [parent], timeout)
 
@@ -128,6 +162,8 @@ class TokenForest(RuleBasedStateMachine):
         timeout=TIMEOUTS,
     )
     def new_linked(self, inputs, timeout):
+        if any(n.source is None for n in inputs):
+            return multiple()
         source = CancelSource.linked(
             *(n.source.token for n in inputs), timeout=timeout, timer=self.timer
         )
@@ -135,13 +171,32 @@ class TokenForest(RuleBasedStateMachine):
 
     @rule(node=nodes, reason=REASONS)
     def cancel(self, node, reason):
-        node.source.cancel(reason)
-        self.model_cancel(node, reason)
+        if node.source is not None:
+            node.source.cancel(reason)
+            self.model_cancel(node, reason)
+
+    @rule(node=nodes, reason=REASONS)
+    def cancel_in_background(self, node, reason):
+        if node.source is not None:
+            _tokens.cancel_in_background(node.source, reason)
+            self.model_cancel(node, reason)
 
     @rule(node=nodes)
     def close(self, node):
-        node.source.close()
-        self.model_cancel(node, "closed")
+        if node.source is not None:
+            node.source.close()
+            self.model_cancel(node, "closed")
+
+    @rule(node=nodes)
+    def drop(self, node):
+        """Forget the source: only its children, and its pins, may hold the token now.
+
+        No ``gc.collect()`` (it would cost ~25 ms a step): nothing here holds a
+        token in a reference cycle, so an unpinned token is freed at once; a
+        missing pin shows as a callback that never runs, an extra one in the
+        pin invariants below.
+        """
+        node.source = None
 
     @rule(seconds=ADVANCES)
     def advance_and_fire(self, seconds):
@@ -152,10 +207,16 @@ class TokenForest(RuleBasedStateMachine):
             if node.scheduled and node.deadline is not None and node.deadline <= now:
                 self.model_cancel(node, DEADLINE_EXCEEDED)
 
-    @rule(target=callbacks, node=nodes)
-    def register(self, node):
+    @rule(target=callbacks, node=nodes, inline=st.booleans())
+    def register(self, node, inline):
+        if node.source is None:
+            return multiple()
         callback = Callback(node)
-        callback.detach = node.source.token.on_cancel(lambda: callback.calls.append(1))
+        token = node.source.token
+        record = lambda: callback.calls.append(1)  # noqa: E731
+        callback.detach = (
+            _tokens.on_cancel_inline(token, record) if inline else token.on_cancel(record)
+        )
         node.callbacks.append(callback)
         self.all_callbacks.append(callback)
         if node.cancelled:
@@ -173,16 +234,17 @@ class TokenForest(RuleBasedStateMachine):
 
     # -- invariants ------------------------------------------------------------
 
+    def alive(self) -> list[tuple[Node, CancelToken]]:
+        return [(n, t) for n in self.all_nodes if (t := n.ref()) is not None]
+
     @invariant()
     def tokens_match_model(self):
-        for node in self.all_nodes:
-            token = node.source.token
+        for node, token in self.alive():
             assert (node.cancelled, node.reason) == (token.cancelled, token.reason)
 
     @invariant()
     def deadlines_match_model(self):
-        for node in self.all_nodes:
-            token = node.source.token
+        for node, token in self.alive():
             remaining = token.remaining()
             assert node.deadline == token.deadline
             assert (remaining is None) == (node.deadline is None)
@@ -190,20 +252,33 @@ class TokenForest(RuleBasedStateMachine):
 
     @invariant()
     def callbacks_ran_as_expected(self):
+        assert _tokens.wait_callbacks_idle(JOIN)
         for callback in self.all_callbacks:
             assert callback.expected_calls == len(callback.calls)
 
     @invariant()
     def only_live_children_registered(self):
-        for node in self.all_nodes:
-            registered = node.source.token._children
+        for node, token in self.alive():
+            registered = token._children
             actual = set() if registered is None else set(registered)
             expected = (
                 set()
                 if node.cancelled
-                else {c.source.token for c in node.children if not c.cancelled}
+                else {t for c in node.children if not c.cancelled and (t := c.ref()) is not None}
             )
             assert expected == actual
+
+    @invariant()
+    def pinned_children_held_strongly(self):
+        for node, token in self.alive():
+            actual = set(token._pinned or ())
+            expected = {c.ref() for c in node.children if c.pinned()}
+            assert expected == actual
+
+    @invariant()
+    def timer_holds_pinned_deadlines(self):
+        expected = {n.ref() for n in self.all_nodes if n.scheduled and n.pinned()}
+        assert expected == set(self.timer._keep)
 
 
 TokenForest.TestCase.settings = settings(
