@@ -9,7 +9,8 @@ import inspect
 import multiprocessing
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Optional
+from typing import Annotated, Any, Optional, Union
+from unittest import mock
 
 import pytest
 
@@ -377,6 +378,38 @@ def unresolvable_other(self, flag: Missing = None):  # type: ignore[name-defined
     return (flag,)
 
 
+def forward_optional(self, token: Optional["CancelToken"] = None):  # noqa: UP037, UP045 - the forms under test
+    return (token,)
+
+
+def forward_union(self, token: Union["CancelToken", None] = None):  # noqa: UP007, UP037 - the forms under test
+    return (token,)
+
+
+def annotated_token(self, token: Annotated[CancelToken | None, "the stop token"] = None):
+    return (token,)
+
+
+def annotated_forward(self, token: Annotated[Optional["CancelToken"], "doc"] = None):  # noqa: UP037, UP045 - the forms under test
+    return (token,)
+
+
+def token_in_metadata_only(self, flag: Annotated[bool, CancelToken] = False):
+    return (flag,)
+
+
+def unresolvable_optional(self, token: Optional[missing.CancelToken] = None):  # type: ignore[name-defined]  # noqa: F821, UP045 - on purpose
+    return (token,)
+
+
+def unresolvable_callable(self, cb: Callable[[missing.CancelToken], None] | None = None):  # type: ignore[name-defined]  # noqa: F821 - on purpose
+    return (cb,)
+
+
+def unresolvable_list(self, tokens: list[missing.CancelToken] | None = None):  # type: ignore[name-defined]  # noqa: F821 - on purpose
+    return (tokens,)
+
+
 def var_args(self, *args):
     return args
 
@@ -423,6 +456,14 @@ async def async_token(self, token: CancelToken | None = None):
         (typing_optional, (TOKEN,)),
         (unresolvable_token, (TOKEN,)),
         (unresolvable_other, (None,)),
+        (forward_optional, (TOKEN,)),
+        (forward_union, (TOKEN,)),
+        (annotated_token, (TOKEN,)),
+        (annotated_forward, (TOKEN,)),
+        (token_in_metadata_only, (False,)),
+        (unresolvable_optional, (TOKEN,)),
+        (unresolvable_callable, (None,)),
+        (unresolvable_list, (None,)),
         (var_args, ()),
         (var_args_token, (TOKEN,)),
         (token_after_option, (False, TOKEN)),
@@ -759,17 +800,518 @@ def test_hook_with_two_required_parameters():
     )
 
 
-def _lacks_hooks(add: Callable[..., Any]) -> bool:
-    return "start" not in inspect.signature(add).parameters
-
-
-@pytest.mark.skipif(_lacks_hooks(App.add), reason="App.add hooks not wired yet")
 def test_app_add_with_hooks_runs_them():
     """app.add(obj, start=..., stop=...) runs the hooks, not the object's own methods."""
     pool = Pool()
     app = App()
-    app.add(pool, name="pool", start=pool.open, stop=pool.close)  # type: ignore[call-arg]
+    app.add(pool, name="pool", start=pool.open, stop=pool.close)
     runner = ThreadedRunner(app, signals=None)
     runner.start()
     assert runner.stop() == ExitCode.OK
     assert [name for name, _ in pool.calls] == ["open", "close"]
+
+
+# -- async callables that inspect.iscoroutinefunction does not see ------------------
+
+
+class AsyncCallable:
+    """A callable instance whose ``__call__`` is a coroutine function."""
+
+    async def __call__(self, token: CancelToken) -> tuple[str, CancelToken]:
+        return ("called", token)
+
+
+def passes_through(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A sync decorator, made with functools.wraps, that returns what ``fn`` returns."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+async def called(token: CancelToken) -> tuple[str, CancelToken]:
+    return ("called", token)
+
+
+class Decorated:
+    @passes_through
+    async def run(self, token: CancelToken) -> tuple[str, CancelToken]:
+        return ("called", token)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        AsyncCallable,
+        lambda: passes_through(called),
+        lambda: functools.partial(AsyncCallable()),
+        lambda: passes_through(AsyncCallable()),
+        lambda: functools.partial(passes_through(called)),
+        lambda: Decorated().run,
+    ],
+    ids=[
+        "instance",
+        "wraps",
+        "partial-of-instance",
+        "wraps-of-instance",
+        "partial-of-wraps",
+        "method",
+    ],
+)
+def test_async_callables_behind_instances_wrappers_and_partials_are_awaited(make):
+    """An async __call__, a wraps decorator or a partial around async def is an async phase."""
+    c = normalize(object(), "h", run=make())
+    assert c.run is not None
+    assert c.run.is_async
+    assert c.is_async  # "auto" picks the asyncio runner
+    assert _invoke(c.run) == ("called", TOKEN)
+
+
+def test_async_worker_instance_is_async():
+    """A callable instance with async __call__ registered as a worker is awaited too."""
+    c = worker(AsyncCallable(), "job")
+    assert c.run is not None
+    assert c.run.is_async
+    assert _invoke(c.run) == ("called", TOKEN)
+
+
+def test_wrapper_that_ran_the_coroutine_itself_returns_its_value():
+    """A wraps decorator around async def that returns a plain value: the value, nothing awaited."""
+
+    def finished(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(token: CancelToken) -> str:
+            return "done"
+
+        return wrapper
+
+    c = normalize(object(), "h", run=finished(called))
+    assert c.run is not None
+    assert c.run.is_async
+    assert _invoke(c.run) == "done"
+
+
+def test_async_callable_instance_run_is_awaited_by_the_runner():
+    """run=Job() with an async __call__ runs, awaited, until its token is cancelled."""
+    began = threading.Event()
+    reasons: list[str | None] = []
+
+    class Job:
+        async def __call__(self, token: CancelToken) -> None:
+            began.set()
+            await token.wait_async(30.0)
+            reasons.append(token.reason)
+
+    app = App()
+    app.add(object(), name="h", run=Job())
+    runner = ThreadedRunner(app, signals=None)
+    runner.start()
+    assert began.wait(10.0)
+    assert runner.stop() == ExitCode.OK
+    assert len(reasons) == 1
+    assert reasons[0] is not None
+
+
+def _async_behind_a_bare_wrapper() -> tuple[Callable[[CancelToken], Any], list[Any]]:
+    """A sync wrapper without functools.wraps around async def, and the coroutines it made."""
+    made: list[Any] = []
+
+    async def job(token: CancelToken) -> None: ...
+
+    def wrapper(token: CancelToken) -> Any:
+        made.append(job(token))
+        return made[-1]
+
+    return wrapper, made
+
+
+def test_sync_phase_returning_a_coroutine_fails_loudly_and_closes_it():
+    """A plain def that returns a coroutine raises TypeError naming it; the coroutine is closed."""
+    wrapper, made = _async_behind_a_bare_wrapper()
+    c = normalize(object(), "job", run=wrapper)
+    assert c.run is not None
+    assert not c.run.is_async  # nothing static says it is async
+    with pytest.raises(TypeError) as caught:
+        _invoke(c.run)
+    assert str(caught.value) == (
+        "run of 'job' returned a coroutine: it is an async function behind a sync wrapper; "
+        "decorate with functools.wraps, or make the wrapper async def"
+    )
+    assert [inspect.getcoroutinestate(coro) for coro in made] == [inspect.CORO_CLOSED]
+
+
+def test_sync_phase_returning_a_coroutine_fails_the_app():
+    """Under a runner, that TypeError is the component's error: the app fails, nothing warns."""
+    wrapper, made = _async_behind_a_bare_wrapper()
+    app = App()
+    app.add(object(), name="job", run=wrapper)
+    runner = ThreadedRunner(app, signals=None)
+    runner.start()
+    assert runner.wait() == ExitCode.FAILED
+    error = app.components["job"].error
+    assert isinstance(error, TypeError)
+    assert str(error).startswith("run of 'job' returned a coroutine")
+    assert [inspect.getcoroutinestate(coro) for coro in made] == [inspect.CORO_CLOSED]
+
+
+def test_sync_phase_returning_another_awaitable_fails_loudly():
+    """A plain def that returns a Future (not a coroutine) is refused too, and left alone."""
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        c = normalize(object(), "job", start=lambda: future)
+        with pytest.raises(TypeError) as caught:
+            _invoke(c.start)
+        assert str(caught.value) == (
+            "start of 'job' returned a Future, which nothing would await: lifecycle runs a "
+            "plain def in a thread; make it async def and await the Future there"
+        )
+        assert not future.cancelled()
+    finally:
+        loop.close()
+
+
+# -- ready() ----------------------------------------------------------------------
+
+
+async def _async_ready() -> bool:
+    return False
+
+
+class AsyncReady:
+    async def stop(self) -> None: ...
+
+    async def ready(self) -> bool:
+        return False
+
+
+class AsyncCallableReady:
+    def stop(self) -> None: ...
+
+    ready = AsyncCallable()
+
+
+class WrappedAsyncReady:
+    def stop(self) -> None: ...
+
+    ready = staticmethod(passes_through(_async_ready))
+
+
+@pytest.mark.parametrize("cls", [AsyncReady, AsyncCallableReady, WrappedAsyncReady])
+def test_async_ready_is_refused_at_add(cls):
+    """An async ready() would always be truthy: refused at add, saying to make it a plain def."""
+    app = App()
+    with pytest.raises(ConfigError) as caught:
+        app.add(cls(), name="x")
+    assert str(caught.value) == (
+        "ready() of 'x' is async; readiness probes call it synchronously: make it a plain "
+        "def that returns a cached flag"
+    )
+    assert not app.components
+
+
+def test_async_ready_is_refused_with_hooks_too():
+    """With explicit hooks ready() is still read, and still refused when async."""
+    obj = AsyncReady()
+    with pytest.raises(ConfigError, match=r"ready\(\) of 'x' is async"):
+        normalize(obj, "x", stop=obj.stop)
+
+
+class GeneratorReady:
+    def stop(self) -> None: ...
+
+    def ready(self) -> Iterator[bool]:
+        yield False
+
+
+class ReadyNeedsArgument:
+    def stop(self) -> None: ...
+
+    def ready(self, token: CancelToken) -> bool:
+        return True
+
+
+class ReadyProperty:
+    def __init__(self) -> None:
+        self._ready = False
+
+    def stop(self) -> None: ...
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+
+class ReadyFlag:
+    def __init__(self) -> None:
+        self.ready = False
+
+    def stop(self) -> None: ...
+
+
+_BOOL_READY = (
+    "ready of 'x' is a bool, not a method; readiness probes call ready(): make it a "
+    "method, def ready(self) -> bool: return self._ready"
+)
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (
+            GeneratorReady,
+            "ready() of 'x' is a generator function, whose call is always truthy; readiness "
+            "probes call it synchronously: make it a plain def that returns a cached flag",
+        ),
+        (
+            ReadyNeedsArgument,
+            "ready() of 'x' has a required parameter 'token'; readiness probes call it with "
+            "no argument: give 'token' a default",
+        ),
+        (ReadyProperty, _BOOL_READY),
+        (ReadyFlag, _BOOL_READY),
+    ],
+    ids=["generator", "argument", "property", "flag"],
+)
+def test_ready_that_no_probe_can_call_is_refused(cls, message):
+    """A generator ready(), one needing an argument, or a bool ready: refused, never ignored."""
+    with pytest.raises(ConfigError) as caught:
+        normalize(cls(), "x")
+    assert message == str(caught.value)
+
+
+def test_ready_returning_a_coroutine_at_run_time_means_not_ready():
+    """A sync-wrapped async ready() that slipped through raises, so the app is not ready."""
+    wrapper, made = _async_behind_a_bare_wrapper()
+
+    class Sneaky:
+        def stop(self) -> None: ...
+
+        def ready(self) -> Any:
+            return wrapper(TOKEN)
+
+    c = normalize(Sneaky(), "x")
+    assert c.ready is not None
+    with pytest.raises(TypeError) as caught:
+        c.ready()
+    assert str(caught.value) == (
+        "ready() of 'x' returned a coroutine; readiness probes call it synchronously: make "
+        "it a plain def that returns a cached flag"
+    )
+    assert [inspect.getcoroutinestate(coro) for coro in made] == [inspect.CORO_CLOSED]
+
+
+# -- attributes are looked up without running code ----------------------------------
+
+
+class RaisingProperty:
+    def stop(self) -> None: ...
+
+    @property
+    def start(self) -> Callable[[], None]:
+        raise RuntimeError("not connected")
+
+
+class AttributeErrorProperty:
+    def stop(self) -> None: ...
+
+    @property
+    def start(self) -> Callable[[], None]:
+        raise AttributeError("_conn")
+
+
+@pytest.mark.parametrize(
+    ("cls", "error"),
+    [
+        (RaisingProperty, "RuntimeError: not connected"),
+        (AttributeErrorProperty, "AttributeError: _conn"),
+    ],
+    ids=["RuntimeError", "AttributeError"],
+)
+def test_phase_property_that_raises_names_the_component(cls, error):
+    """A start property that raises is a ConfigError naming component and phase, never dropped."""
+    with pytest.raises(NotAComponent) as caught:
+        App().add(cls(), name="db")
+    assert str(caught.value) == (
+        f"component 'db': reading its 'start' attribute raised {error}; lifecycle reads "
+        f"'start' once, at add: make it a plain method, or pass the phases as hooks: "
+        f"app.add(obj, start=obj.open, stop=obj.close)"
+    )
+    assert isinstance(caught.value.__cause__, RuntimeError | AttributeError)
+
+
+def test_ready_property_that_raises_names_the_component():
+    """A ready property that raises is reported the same way (hooks would not skip it)."""
+
+    class BadReady:
+        def stop(self) -> None: ...
+
+        @property
+        def ready(self) -> Callable[[], bool]:
+            raise RuntimeError("boom")
+
+    with pytest.raises(NotAComponent) as caught:
+        normalize(BadReady(), "x")
+    assert str(caught.value) == (
+        "component 'x': reading its 'ready' attribute raised RuntimeError: boom; lifecycle "
+        "reads 'ready' once, at add: make it a plain method"
+    )
+
+
+class Proxy:
+    """Answers any attribute through __getattr__, like a remote-object proxy."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __getattr__(self, attr: str) -> Callable[..., None]:
+        self.asked.append(attr)
+        return lambda *args: None
+
+
+def test_getattr_proxy_is_not_a_component():
+    """Attributes made up by __getattr__ are not phases: refused, and __getattr__ is never asked."""
+    proxy = Proxy()
+    with pytest.raises(NotAComponent) as caught:
+        normalize(proxy, "remote")
+    assert str(caught.value) == (
+        f"cannot add {proxy!r} as component 'remote': it has no start, run or stop methods "
+        f"of its own (attributes produced by __getattr__ are not looked up): pass explicit "
+        f"hooks, app.add(obj, start=obj.start, stop=obj.stop), or give a mock a spec: "
+        f"Mock(spec=TheClass)"
+    )
+    assert proxy.asked == []
+
+
+def test_getattr_proxy_with_hooks_has_no_ready_probe():
+    """With hooks, ready is looked up statically too: a proxy is not asked per probe."""
+    proxy = Proxy()
+    c = normalize(proxy, "remote", stop=lambda: None)
+    assert c.ready is None
+    assert proxy.asked == []
+
+
+def test_bare_mock_is_not_a_component():
+    """A Mock() answers every name; it is refused rather than taken for a full component."""
+    with pytest.raises(NotAComponent, match="has no start, run or stop methods of its own"):
+        App().add(mock.Mock(), name="m")
+
+
+class StartStop:
+    def start(self, token: CancelToken) -> None: ...
+
+    async def stop(self, token: CancelToken) -> None: ...
+
+    def ready(self) -> bool:
+        return True
+
+
+def test_mock_with_a_spec_has_the_phases_of_its_class():
+    """Mock(spec=Cls) stands for Cls: its phases (and ready) are those Cls defines."""
+    m = mock.Mock(spec=StartStop)
+    c = normalize(m, "m")
+    assert c.start is not None
+    assert c.run is None
+    assert c.stop is not None
+    assert c.stop.is_async  # the spec's stop is async: an AsyncMock
+    assert c.ready is not None
+
+
+def test_autospec_mock_gets_the_token():
+    """create_autospec keeps the signatures: the phases receive the token."""
+    m = mock.create_autospec(StartStop, instance=True)
+    c = normalize(m, "m")
+    assert c.start is not None
+    assert c.start.takes_token
+    _invoke(c.start)
+    m.start.assert_called_once_with(TOKEN)
+
+
+def test_mock_with_phases_set_explicitly():
+    """A Mock whose start and stop were assigned has those phases and nothing else."""
+    m = mock.Mock()
+    m.start = mock.Mock()
+    m.stop = mock.Mock()
+    c = normalize(m, "m")
+    assert (c.run, c.ready) == (None, None)
+    assert c.start is not None
+    assert c.stop is not None
+
+
+def test_spec_mock_runs_under_the_runner():
+    """A Mock(spec=Cls) component is started and stopped (its async stop awaited)."""
+    m = mock.Mock(spec=StartStop)
+    app = App()
+    app.add(m, name="m")
+    with ThreadedRunner(app, signals=None):
+        assert app.ready
+    m.start.assert_called_once_with()
+    m.stop.assert_awaited_once_with()
+
+
+# -- messages for what cannot be added ---------------------------------------------
+
+
+def test_object_whose_repr_raises_is_still_described():
+    """An object with no phases and a raising __repr__ gets NotAComponent, not the repr's error."""
+
+    class Weird:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    weird = Weird()
+    with pytest.raises(NotAComponent) as caught:
+        normalize(weird, "w")
+    assert str(caught.value) == (
+        f"cannot add {object.__repr__(weird)} as component 'w': it has no start, run or stop "
+        f"method; give it a start(token), run(token) or stop(token) method"
+    )
+
+
+def test_non_callable_phase_attribute_says_what_to_do():
+    """A start that is an int: 'an int', and the two ways out."""
+
+    class Odd:
+        start = 3
+
+    with pytest.raises(NotAComponent) as caught:
+        normalize(Odd(), "odd")
+    assert str(caught.value) == (
+        "component 'odd': its 'start' attribute is an int, not a method; lifecycle calls "
+        "start(token): make it a method, or pass the phases as hooks, which skips this "
+        "lookup: app.add(obj, start=obj.open, stop=obj.close)"
+    )
+
+
+class Conn:
+    async def aclose(self) -> None: ...
+
+
+async def shutdown() -> None: ...
+
+
+def test_coroutine_object_as_hook_is_closed_and_explained():
+    """stop=conn.aclose() (called) is refused, closed, and the message shows the call to drop."""
+    conn = Conn()
+    coro = conn.aclose()
+    with pytest.raises(NotAComponent) as caught:
+        normalize(conn, "conn", stop=coro)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "the stop hook of 'conn' is a coroutine object: you called it; pass conn.aclose, "
+        "not conn.aclose()"
+    )
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+def test_coroutine_of_a_function_as_hook():
+    """A called plain async function as hook: the message names the function, no object."""
+    coro = shutdown()
+    with pytest.raises(NotAComponent) as caught:
+        normalize(Conn(), "conn", stop=coro)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "the stop hook of 'conn' is a coroutine object: you called it; pass shutdown, "
+        "not shutdown()"
+    )
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED

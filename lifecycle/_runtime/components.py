@@ -13,8 +13,9 @@ Three things can be registered:
 Which parameter receives the token, for every one of these callables:
 
 * a parameter annotated ``CancelToken`` (``CancelToken | None``,
-  ``Optional[CancelToken]``, ``lifecycle.CancelToken``, and their string forms
-  under ``from __future__ import annotations``), positional or keyword-only,
+  ``Optional[CancelToken]``, ``Optional["CancelToken"]``, ``lifecycle.CancelToken``,
+  ``Annotated[CancelToken, ...]``, and their string forms under
+  ``from __future__ import annotations``), positional or keyword-only,
   with or without a default — so ``stop(self, token: CancelToken | None = None)``
   gets it; otherwise
 * the first parameter, if it is required (positional, no default) — so
@@ -26,6 +27,30 @@ Which parameter receives the token, for every one of these callables:
 
 A callable that needs more than that (two required parameters, a required
 keyword-only one) is a `ConfigError` at ``add``, not a ``TypeError`` at start.
+
+What is async: an ``async def``, and anything that hands its call to one —
+a callable instance whose ``__call__`` is ``async def``, a `functools.partial`
+of it, a sync decorator made with `functools.wraps` around it. Such a phase
+is awaited; should the sync layer return a plain value instead, that value
+is the result. A sync wrapper that runs the coroutine itself
+(``asyncio.run``, asgiref's ``async_to_sync``) therefore cannot be a phase:
+it would be called on the running loop; pass the async function. A sync phase that
+still returns an awaitable — an ``async def`` behind a wrapper without
+``functools.wraps`` — raises `TypeError` naming the component and the phase,
+its coroutine closed: it fails the phase rather than being left unawaited.
+
+What counts as a phase: ``start``, ``run``, ``stop`` and ``ready`` are looked
+up with `inspect.getattr_static`, on the object, its class, and the class it
+claims through ``__class__`` (so a ``Mock(spec=Cls)`` has the phases ``Cls``
+defines). Names a ``__getattr__`` makes up are not phases: a bare ``Mock()``
+or a remote-object proxy is refused, and a proxy given hooks has no
+``ready``. A phase found is read once, at ``add``; a property that raises is
+a `NotAComponent` naming the component and the attribute.
+
+``ready()`` is called synchronously by readiness probes, so it must be a
+plain function callable with no argument: an async or generator ``ready``,
+one with a required parameter, or a ``ready`` that is a bool is a
+`ConfigError` at ``add``.
 """
 
 from __future__ import annotations
@@ -36,7 +61,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from typing import Any, Literal
 
 import attrs
@@ -44,7 +69,7 @@ import attrs
 from .._core.errors import ConfigError, NotAComponent
 from .._core.tokens import CancelSource, CancelToken
 
-__all__ = ["Call", "Component", "normalize", "resource", "worker"]
+__all__ = ["Call", "Component", "normalize", "own_attribute", "resource", "worker"]
 
 Phase = Literal["start", "run", "stop"]
 PHASES: tuple[Phase, ...] = ("start", "run", "stop")
@@ -52,7 +77,13 @@ PHASES: tuple[Phase, ...] = ("start", "run", "stop")
 
 @attrs.frozen
 class Call:
-    """One of a component's phases, ready to call with a token."""
+    """One of a component's phases, ready to call with a token.
+
+    ``fn`` is the user's ``async def`` itself, or a wrapper around the user's
+    callable: an async one that awaits what a sync layer returns, or, for a
+    plain function, one that raises `TypeError` if the call returns an
+    awaitable (nothing would await it).
+    """
 
     fn: Callable[..., Any]
     is_async: bool
@@ -88,51 +119,110 @@ class Component:
         return call
 
 
-# -- which parameter receives the token ----------------------------------------------
+# -- what a callable hands its call to ---------------------------------------------
 
 _P = inspect.Parameter
-_UNIONS: tuple[object, ...] = (typing.Union, types.UnionType, typing.Annotated)
+_LAYERS = 32  # followed at most, so that a __wrapped__ cycle ends
 
 
-def _namespace(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The globals that ``fn``'s string annotations were written against."""
-    target: Any = fn
-    while True:
-        target = inspect.unwrap(target)
+def _layers(fn: object) -> Iterator[object]:
+    """``fn`` and each callable it hands its call to, outermost first.
+
+    Followed as `inspect.signature` reads them: a `functools.partial`'s
+    function, a bound method's function, ``__wrapped__`` (which
+    `functools.wraps` sets), and a callable instance's class ``__call__``.
+    ``__wrapped__`` and ``__call__`` are read statically: no ``__getattr__``
+    or property runs.
+    """
+    target = fn
+    for _ in range(_LAYERS):
+        yield target
+        wrapped = inspect.getattr_static(target, "__wrapped__", None)
         if isinstance(target, functools.partial):
             target = target.func
         elif inspect.ismethod(target):
             target = target.__func__
+        elif wrapped is not None and callable(wrapped):
+            target = wrapped
+        elif not isinstance(target, type) and not inspect.isroutine(target):
+            call = inspect.getattr_static(type(target), "__call__", None)
+            if not inspect.isfunction(call):
+                return
+            target = call
         else:
-            break
-    found = getattr(target, "__globals__", None)
-    if found is None:  # a callable instance: its class's __call__
-        found = getattr(type(target).__call__, "__globals__", None)
-    return found if isinstance(found, dict) else {}
+            return
 
 
-def _is_token_type(annotation: object) -> bool:
-    if annotation is CancelToken:
-        return True
-    if typing.get_origin(annotation) in _UNIONS or isinstance(annotation, types.UnionType):
-        return any(_is_token_type(arg) for arg in typing.get_args(annotation))
-    return False
+def _code_is(fn: object, predicate: Callable[[Any], bool]) -> bool:
+    """``predicate(fn)`` (an `inspect` code-flag test), for functions with real code flags.
+
+    A ``MagicMock`` made by ``create_autospec`` poses as a function whose
+    flags answer every such test yes; its flags are no int.
+    """
+    flags = getattr(getattr(fn, "__code__", None), "co_flags", 0)
+    return isinstance(flags, int) and predicate(fn)
 
 
-def _annotates_token(annotation: object, fn: Callable[..., Any]) -> bool:
-    """Whether ``annotation`` is ``CancelToken`` (or a union or string naming it)."""
-    # A quoted annotation under ``from __future__ import annotations`` is a string of a
-    # string: two evaluations at most.
-    for _ in range(2):
-        if not isinstance(annotation, str):
-            break
-        text = annotation
+def _is_async(fn: object) -> bool:
+    """Whether calling ``fn`` gives a coroutine to await: it, or a layer it hands to, is async."""
+    return any(_code_is(layer, inspect.iscoroutinefunction) for layer in _layers(fn))
+
+
+def _is_generator_function(fn: object) -> bool:
+    return _code_is(fn, inspect.isgeneratorfunction) or _code_is(fn, inspect.isasyncgenfunction)
+
+
+def _namespace(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The globals that ``fn``'s string annotations were written against: its innermost layer's."""
+    found: dict[str, Any] = {}
+    for layer in _layers(fn):
+        namespace = getattr(layer, "__globals__", None)
+        if isinstance(namespace, dict):
+            found = namespace
+    return found
+
+
+# -- which parameter receives the token ----------------------------------------------
+
+# What an annotation that cannot be evaluated (a name imported only for type checkers)
+# may say and still mean the token: ``CancelToken``, ``x.CancelToken``, either one in
+# ``Optional[...]`` or with ``| None``; not ``Callable[[CancelToken], None]``.
+_TOKEN_NAME = r"""['"]?(?:\w+\.)*CancelToken['"]?"""  # noqa: S105 - a pattern, no secret
+_TOKEN_TEXT = re.compile(
+    rf"(?:\w+\.)*Optional\[\s*{_TOKEN_NAME}\s*\]"
+    rf"|{_TOKEN_NAME}(?:\s*\|\s*None)?"
+    rf"|None\s*\|\s*{_TOKEN_NAME}"
+)
+# A quoted annotation under ``from __future__ import annotations`` is a string of a
+# string: evaluated twice at most.
+_EVALUATIONS = 2
+
+
+def _annotates_token(annotation: object, fn: Callable[..., Any], evaluated: int = 0) -> bool:
+    """Whether ``annotation`` is ``CancelToken`` or names it.
+
+    Through unions (``| None``, ``Optional``), ``Annotated`` (its type, not its
+    metadata), strings and forward references (``Optional["CancelToken"]``).
+    """
+    if isinstance(annotation, typing.ForwardRef):
+        annotation = annotation.__forward_arg__
+    if isinstance(annotation, str):
+        if evaluated == _EVALUATIONS:
+            return False
         try:
             # Evaluated as typing.get_type_hints does: the annotation is the user's own code.
-            annotation = eval(text, _namespace(fn))  # noqa: S307
+            value = eval(annotation, _namespace(fn))  # noqa: S307
         except Exception:  # noqa: BLE001 - e.g. a name imported only for type checkers
-            return any(w.split(".")[-1] == "CancelToken" for w in re.findall(r"[\w.]+", text))
-    return _is_token_type(annotation)
+            return _TOKEN_TEXT.fullmatch(annotation.strip()) is not None
+        return _annotates_token(value, fn, evaluated + 1)
+    if annotation is CancelToken:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # Annotated[T, metadata...]: T alone is the type
+        return _annotates_token(typing.get_args(annotation)[0], fn, evaluated)
+    if origin is typing.Union or isinstance(annotation, types.UnionType):
+        return any(_annotates_token(arg, fn, evaluated) for arg in typing.get_args(annotation))
+    return False
 
 
 def _token_parameter(fn: Callable[..., Any], where: str) -> tuple[bool, str | None]:
@@ -183,27 +273,100 @@ def _token_parameter(fn: Callable[..., Any], where: str) -> tuple[bool, str | No
     return True, token.name if by_keyword else None
 
 
-def _call(fn: Callable[..., Any], where: str) -> Call:
+def _awaitable(result: object) -> str | None:
+    """What ``result`` is if it is awaitable ("a coroutine", "a Future"), else None.
+
+    A coroutine is closed: it will never run, and closed it warns of no
+    "never awaited" coroutine. Other awaitables (a future, a task) belong to
+    whoever made them and are left alone.
+    """
+    if not inspect.isawaitable(result):
+        return None
+    if inspect.iscoroutine(result):
+        result.close()
+        return "a coroutine"
+    return _a(type(result).__name__)
+
+
+def _call(fn: Callable[..., Any], where: str, what: str) -> Call:
+    """``fn`` as a `Call`; ``where`` names it at ``add``, ``what`` when it runs ("run of 'job'")."""
     takes_token, keyword = _token_parameter(fn, where)
-    target = fn
-    if keyword is not None:
+    if keyword is None and _code_is(fn, inspect.iscoroutinefunction):
+        return Call(fn, is_async=True, takes_token=takes_token)
 
-        @functools.wraps(fn)
-        def target(token: CancelToken) -> Any:
-            return fn(**{keyword: token})
+    def call(args: tuple[CancelToken, ...]) -> Any:
+        return fn(**{keyword: args[0]}) if keyword is not None else fn(*args)
 
-    return Call(target, is_async=inspect.iscoroutinefunction(fn), takes_token=takes_token)
+    if _is_async(fn):
+
+        async def awaited(*args: CancelToken) -> Any:
+            # A sync layer (a decorator) may return a plain value: nothing to await then.
+            result = call(args)
+            return await result if inspect.isawaitable(result) else result
+
+        return Call(awaited, is_async=True, takes_token=takes_token)
+
+    def checked(*args: CancelToken) -> Any:
+        result = call(args)
+        kind = _awaitable(result)
+        if kind == "a coroutine":
+            raise TypeError(
+                f"{what} returned a coroutine: it is an async function behind a sync "
+                f"wrapper; decorate with functools.wraps, or make the wrapper async def"
+            )
+        if kind is not None:
+            name = type(result).__name__
+            raise TypeError(
+                f"{what} returned {kind}, which nothing would await: lifecycle runs a plain "
+                f"def in a thread; make it async def and await the {name} there"
+            )
+        return result
+
+    return Call(checked, is_async=False, takes_token=takes_token)
 
 
 # -- what can be registered -----------------------------------------------------------
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its article: "an int", "a str"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _safe_repr(obj: object) -> str:
+    """``repr(obj)``, or the default ``<Cls object at 0x...>`` if its ``__repr__`` raises."""
+    try:
+        return repr(obj)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        return object.__repr__(obj)
+
+
 def describe(obj: object) -> str:
     """A short readable name for an object: its function or class name."""
-    name = getattr(obj, "__name__", None)
-    if isinstance(name, str) and not isinstance(obj, type):
-        return name
-    return type(obj).__name__.lower() if not isinstance(obj, type) else obj.__name__
+    if isinstance(obj, type):
+        return obj.__name__
+    try:
+        name = getattr(obj, "__name__", None)
+    except Exception:  # noqa: BLE001 - a proxy's __getattr__ may raise anything
+        name = None
+    return name if isinstance(name, str) else type(obj).__name__.lower()
+
+
+def _made_by_a_call(obj: object) -> str | None:
+    """What ``obj`` is if calling a coroutine or generator function made it, else None."""
+    if inspect.iscoroutine(obj):
+        return "a coroutine object"
+    if inspect.isasyncgen(obj):
+        return "an async generator object"
+    if inspect.isgenerator(obj):
+        return "a generator object"
+    return None
+
+
+def _discard(obj: object) -> None:
+    """Close ``obj`` if it is a coroutine: it will never run, and closed it warns of nothing."""
+    if inspect.iscoroutine(obj):
+        obj.close()
 
 
 def _called_function(obj: object, name: str) -> str | None:
@@ -211,26 +374,33 @@ def _called_function(obj: object, name: str) -> str | None:
     if isinstance(obj, type):
         cls = obj.__name__
         return f"{cls!r} is a class; register an instance: app.add({cls}()), not app.add({cls})"
-    if inspect.iscoroutine(obj):
-        obj.close()  # it will never run: closed, it warns of no "never awaited" coroutine
-        what, decorator = "a coroutine object", "worker"
-    elif inspect.isgenerator(obj) or inspect.isasyncgen(obj):
-        what, decorator = (
-            f"{'an async' if inspect.isasyncgen(obj) else 'a'} generator object",
-            "resource",
-        )
-    else:
+    what = _made_by_a_call(obj)
+    if what is None:
         return None
-    fn = obj.__name__
+    _discard(obj)
+    decorator = "worker" if what == "a coroutine object" else "resource"
+    fn = getattr(obj, "__name__", "fn")
     return (
         f"cannot add {name!r}: it is {what} ({fn}() was called); pass the function, not its "
         f"call: app.{decorator}({fn}), or decorate it with @app.{decorator}"
     )
 
 
-# Objects whose start/run/stop mean something else, by (module, class): what they are
-# and what to register instead. The modules are looked up, not imported: an instance of
-# one of their classes means the module is loaded.
+def _called_hook(phase: Phase, name: str, obj: object, hook: object) -> str | None:
+    """The message for a hook that is a coroutine or generator object (``stop=c.aclose()``)."""
+    what = _made_by_a_call(hook)
+    if what is None:
+        return None
+    prefix = "cr" if inspect.iscoroutine(hook) else "ag" if inspect.isasyncgen(hook) else "gi"
+    code, frame = getattr(hook, f"{prefix}_code"), getattr(hook, f"{prefix}_frame")
+    fn = getattr(hook, "__name__", "fn")
+    # Not begun yet, its frame holds its arguments: the first is the object for a method.
+    if code.co_argcount and frame is not None and frame.f_locals.get(code.co_varnames[0]) is obj:
+        fn = f"{name}.{fn}"
+    _discard(hook)
+    return f"the {phase} hook of {name!r} is {what}: you called it; pass {fn}, not {fn}()"
+
+
 _TRAPS = (
     (
         "threading",
@@ -272,26 +442,146 @@ def _duck_typing_trap(obj: object, name: str) -> str | None:
 
 
 _HOOK_EXAMPLES = {"start": "open", "run": "serve", "stop": "close"}
+_HOOKS_EXAMPLE = "app.add(obj, start=obj.open, stop=obj.close)"
 
 
 def _not_callable_hook(phase: Phase, name: str, hook: object) -> str:
-    kind = type(hook).__name__
-    article = "an" if kind[:1] in "aeiou" else "a"
     if isinstance(hook, str) and hook.isidentifier():
         fix = f"pass {name}.{hook}, not {hook!r}"
     else:
         fix = f"pass a function or a bound method, such as {name}.{_HOOK_EXAMPLES[phase]}"
-    return f"the {phase} hook of {name!r} must be callable, got {hook!r} ({article} {kind}); {fix}"
+    return (
+        f"the {phase} hook of {name!r} must be callable, got {_safe_repr(hook)} "
+        f"({_a(type(hook).__name__)}); {fix}"
+    )
 
 
-def _phase(fn: Callable[..., Any], where: str) -> Call:
+def _not_a_method(phase: Phase, name: str, value: object) -> str:
+    return (
+        f"component {name!r}: its {phase!r} attribute is {_a(type(value).__name__)}, not a "
+        f"method; lifecycle calls {phase}(token): make it a method, or pass the phases as "
+        f"hooks, which skips this lookup: {_HOOKS_EXAMPLE}"
+    )
+
+
+def _no_phases(obj: object, name: str) -> str:
+    what = f"cannot add {_safe_repr(obj)} as component {name!r}"
+    if inspect.getattr_static(type(obj), "__getattr__", None) is not None:
+        return (
+            f"{what}: it has no start, run or stop methods of its own (attributes produced by "
+            f"__getattr__ are not looked up): pass explicit hooks, app.add(obj, "
+            f"start=obj.start, stop=obj.stop), or give a mock a spec: Mock(spec=TheClass)"
+        )
+    hint = (
+        "decorate a function with @app.worker or @app.resource"
+        if callable(obj)
+        else "give it a start(token), run(token) or stop(token) method"
+    )
+    return f"{what}: it has no start, run or stop method; {hint}"
+
+
+_ABSENT = object()
+
+
+def _claimed_class(obj: object) -> type:
+    """The class ``obj`` says it is (``__class__``): a ``Mock(spec=Cls)`` says ``Cls``."""
+    try:
+        claimed = obj.__class__
+    except Exception:  # noqa: BLE001 - a property that raises claims nothing
+        return type(obj)
+    return claimed if isinstance(claimed, type) else type(obj)
+
+
+def own_attribute(obj: object, attr: str, name: str) -> Any:
+    """``obj.attr`` if ``obj`` has it of its own, else None; ``__getattr__`` never invents it.
+
+    "Of its own": `inspect.getattr_static` finds it on the object or its
+    class, or on the class the object claims through ``__class__`` (a
+    ``Mock(spec=Cls)``, a transparent proxy). Only then is it read, once.
+
+    Example::
+
+        bind = own_attribute(obj, "lifecycle_bind", name)
+
+    Raises:
+        NotAComponent: reading it raised (a property that fails); the message
+            names the component ``name`` and the attribute.
+    """
+    if inspect.getattr_static(obj, attr, _ABSENT) is _ABSENT:
+        claimed = _claimed_class(obj)
+        if claimed is type(obj) or inspect.getattr_static(claimed, attr, _ABSENT) is _ABSENT:
+            return None
+    try:
+        return getattr(obj, attr)
+    except Exception as exc:
+        # Hooks skip the lookup of start, run and stop; nothing skips that of the others.
+        hooks = f", or pass the phases as hooks: {_HOOKS_EXAMPLE}" if attr in PHASES else ""
+        raise NotAComponent(
+            f"component {name!r}: reading its {attr!r} attribute raised "
+            f"{type(exc).__name__}: {exc}; lifecycle reads {attr!r} once, at add: make it a "
+            f"plain method{hooks}"
+        ) from exc
+
+
+_PROBES_CALL = (
+    "readiness probes call it synchronously: make it a plain def that returns a cached flag"
+)
+
+
+def _probe(obj: object, name: str) -> Callable[[], bool] | None:
+    """``obj``'s ``ready()``, checked to be a plain quick call; None if it has none.
+
+    Raises:
+        ConfigError: ``ready`` is async, a generator function, needs an
+            argument, or is a bool rather than a method.
+    """
+    ready = own_attribute(obj, "ready", name)
+    if ready is None:
+        return None
+    if not callable(ready):
+        if isinstance(ready, bool):
+            raise ConfigError(
+                f"ready of {name!r} is a bool, not a method; readiness probes call ready(): "
+                f"make it a method, def ready(self) -> bool: return self._ready"
+            )
+        return None  # another attribute of that name (an Event, say) is no probe
+    where = f"ready() of {name!r}"
+    if _is_async(ready) or _code_is(ready, inspect.isasyncgenfunction):
+        raise ConfigError(f"{where} is async; {_PROBES_CALL}")
+    if _code_is(ready, inspect.isgeneratorfunction):
+        raise ConfigError(
+            f"{where} is a generator function, whose call is always truthy; {_PROBES_CALL}"
+        )
+    try:
+        params = inspect.signature(ready).parameters.values()
+    except (TypeError, ValueError):
+        params = {}.values()  # a builtin without a readable signature: trusted
+    variadic = (_P.VAR_POSITIONAL, _P.VAR_KEYWORD)
+    needed = next((p for p in params if p.default is _P.empty and p.kind not in variadic), None)
+    if needed is not None:
+        raise ConfigError(
+            f"{where} has a required parameter {needed.name!r}; readiness probes call it with "
+            f"no argument: give {needed.name!r} a default"
+        )
+
+    def probe() -> bool:
+        result = ready()
+        kind = _awaitable(result)
+        if kind is not None:
+            raise TypeError(f"{where} returned {kind}; {_PROBES_CALL}")
+        return bool(result)
+
+    return probe
+
+
+def _phase(fn: Callable[..., Any], where: str, what: str) -> Call:
     """A start/run/stop method or hook as a `Call`; a generator function is refused."""
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+    if _is_generator_function(fn):
         raise NotAComponent(
             f"{where} is a generator function: calling it runs none of its body; make it a "
             f"plain method, or register a generator function with @app.resource"
         )
-    return _call(fn, where)
+    return _call(fn, where, what)
 
 
 def normalize(
@@ -322,48 +612,42 @@ def normalize(
         normalize(pool, "pool", start=pool.open, stop=pool.close)
 
     Raises:
-        NotAComponent: the object has no start, run or stop; it is a class, a
-            coroutine or generator object, or (without hooks) a thread, process,
-            executor or asyncio task; or a hook is not callable.
-        ConfigError: a phase has required parameters the token cannot fill.
+        NotAComponent: the object has no start, run or stop of its own; it is a
+            class, a coroutine or generator object, or (without hooks) a
+            thread, process, executor or asyncio task; a hook is not callable
+            (or was called: a coroutine object); reading a phase raised.
+        ConfigError: a phase has required parameters the token cannot fill;
+            ``ready`` is not a plain function callable with no argument.
     """
     hooks: dict[Phase, Callable[..., Any] | None] = {"start": start, "run": run, "stop": stop}
     explicit = any(hook is not None for hook in hooks.values())
-    refusal = _called_function(obj, name) or (None if explicit else _duck_typing_trap(obj, name))
+    # Every called hook is closed before the first refusal: none is left unawaited.
+    called = [_called_hook(phase, name, obj, hook) for phase, hook in hooks.items()]
+    refusal = next((message for message in called if message is not None), None)
+    refusal = refusal or _called_function(obj, name)
+    refusal = refusal or (None if explicit else _duck_typing_trap(obj, name))
     if refusal is not None:
         raise NotAComponent(refusal)
     phases: dict[Phase, Call] = {}
     for phase in PHASES:
-        fn: Any = hooks[phase] if explicit else getattr(obj, phase, None)
+        fn: Any = hooks[phase] if explicit else own_attribute(obj, phase, name)
         if fn is None:
             continue
         if not callable(fn):
             raise NotAComponent(
-                _not_callable_hook(phase, name, fn)
-                if explicit
-                else f"component {name!r}: its {phase!r} attribute is a {type(fn).__name__}, "
-                f"not a method"
+                _not_callable_hook(phase, name, fn) if explicit else _not_a_method(phase, name, fn)
             )
-        phases[phase] = _phase(
-            fn, f"the {phase} hook of {name!r}" if explicit else f"{name}.{phase}()"
-        )
+        where = f"the {phase} hook of {name!r}" if explicit else f"{name}.{phase}()"
+        phases[phase] = _phase(fn, where, f"{phase} of {name!r}")
     if not phases:
-        hint = (
-            "decorate a function with @app.worker or @app.resource"
-            if callable(obj)
-            else "give it a start(token), run(token) or stop(token) method"
-        )
-        raise NotAComponent(
-            f"cannot add {obj!r} as component {name!r}: it has no start, run or stop method; {hint}"
-        )
-    ready = getattr(obj, "ready", None)
+        raise NotAComponent(_no_phases(obj, name))
     return Component(
         name,
         obj,
         phases.get("start"),
         phases.get("run"),
         phases.get("stop"),
-        ready if callable(ready) else None,
+        _probe(obj, name),
         "object",
     )
 
@@ -371,13 +655,14 @@ def normalize(
 def worker(fn: Callable[..., Any], name: str) -> Component:
     """A worker function: ``fn(token)`` or ``async fn(token)`` is the component's ``run``."""
     if not callable(fn):
-        raise NotAComponent(f"@app.worker needs a function, got {fn!r}")
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise NotAComponent(f"@app.worker needs a function, got {_safe_repr(fn)}")
+    if _is_generator_function(fn):
         raise NotAComponent(
             f"worker {name!r} is a generator function; use @app.resource for the "
             f"start-yield-stop style"
         )
-    return Component(name, fn, None, _call(fn, f"worker {name}()"), None, None, "worker")
+    run = _call(fn, f"worker {name}()", f"run of {name!r}")
+    return Component(name, fn, None, run, None, None, "worker")
 
 
 def _no_yield(name: str) -> str:
@@ -400,7 +685,7 @@ class _ResourceDriver:
     def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn = fn
         self.name = name
-        self.call = _call(fn, f"resource {name}()")
+        self.call = _call(fn, f"resource {name}()", f"start of {name!r}")
         # The token the generator function gets: it fires when the phase
         # token in effect (start's, then stop's) does.
         self.source = CancelSource()
