@@ -17,16 +17,25 @@ without and with them (A B B A ...), so that drift in the machine hits both
 alike; the percentiles are over every probe of a configuration. Targets:
 p99 under 100 ms with the slow clients, for both probes, and ``close()``
 under 50 ms with the 200 still open (timed in the child).
+
+Then a flood of complete requests, against a second endpoint whose app's
+``ready()`` takes 0.3 s: one ``/readyz`` probe, then 300 complete ``/readyz``
+held open (more than the cap of 256), then sequential ``/livez`` probes
+during the flood. Targets: the first probe answered 200 (a flood never
+evicts an accepted probe), ``/livez`` p99 under 100 ms (it never waits for
+``ready()``); the flood's own answers are counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.tokens import Row, percentiles, render
@@ -39,20 +48,38 @@ BUDGET_MS = 100.0  # a probe's p99 with the slow clients
 CLOSE_BUDGET_MS = 50.0
 SLOW_HEAD = b"GET /livez HTTP/1.1\r\nX-Slow: "
 TIMEOUT = 5.0  # any single socket operation
+FLOOD = 300  # complete /readyz held open, beyond the default cap of 256
+FLOOD_PROBES = 100  # sequential /livez during the flood
+SLOW_READY = 0.3  # seconds the flooded app's ready() takes
+READYZ = b"GET /readyz HTTP/1.1\r\nHost: bench\r\n\r\n"
+LIVEZ = b"GET /livez HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
 def serve() -> int:
-    """The child: serve until stdin says ``close``, then print close()'s milliseconds."""
+    """The child: serve until stdin says ``close``, then print close()'s milliseconds.
+
+    Two endpoints, their ports on the first line: the one measured, and one
+    around an app whose ``ready()`` takes `SLOW_READY` seconds, for the flood.
+    """
     import structlog  # noqa: PLC0415 - the child's own imports
 
     import lifecycle  # noqa: PLC0415
 
-    # stdout carries the port and the timing: the log goes to stderr.
+    class SlowReady(lifecycle.App):
+        @property
+        def ready(self) -> bool:
+            time.sleep(SLOW_READY)
+            return True
+
+    # stdout carries the ports and the timing: the log goes to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     health = lifecycle.HealthServer(lifecycle.App("bench"), request_timeout=60.0)
+    flooded = lifecycle.HealthServer(SlowReady("flooded"), ready_timeout=2.0)
     health.start()
-    print(health.port, flush=True)
+    flooded.start()
+    print(health.port, flooded.port, flush=True)
     sys.stdin.readline()
+    flooded.close()
     began = time.perf_counter()
     health.close()
     print(f"{(time.perf_counter() - began) * 1000:.2f}", flush=True)
@@ -83,6 +110,32 @@ class Crowd:
         self._thread.join(TIMEOUT)
         for sock in self.sockets:
             sock.close()
+
+
+def send(port: int, request: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
+    sock.sendall(request)
+    return sock
+
+
+def answer(sock: socket.socket) -> int | None:
+    """The status the server answered on ``sock`` (None: closed without an answer)."""
+    reply = b""
+    with sock, contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return int(reply[9:12]) if reply.startswith(b"HTTP/1.1 ") else None
+
+
+def flood(port: int) -> tuple[int | None, list[float], Counter[int | None]]:
+    """The first probe's status, /livez milliseconds during the flood, the flood's statuses."""
+    first = send(port, READYZ)
+    crowd = [send(port, READYZ) for _ in range(FLOOD)]
+    try:
+        livez = [probe(port, LIVEZ, b"HTTP/1.1 200 ") * 1000 for _ in range(FLOOD_PROBES)]
+    finally:
+        statuses = Counter(answer(sock) for sock in crowd)
+    return answer(first), livez, statuses
 
 
 def probe(port: int, request: bytes, expect: bytes) -> float:
@@ -140,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     assert child.stdin is not None
     assert child.stdout is not None
     try:
-        port = int(child.stdout.readline())
+        port, flooded = map(int, child.stdout.readline().split())
         samples = measure(port)
+        first, livez, statuses = flood(flooded)
         crowd = Crowd(port, SLOW)
         try:
             child.stdin.write("close\n")
@@ -164,6 +218,25 @@ def main(argv: list[str] | None = None) -> int:
         if slow:
             row.target, row.ok = f"p99 < {BUDGET_MS:g} ms", p99 < BUDGET_MS
         rows.append(row)
+    p50, p99 = percentiles(livez)
+    rows += [
+        Row(
+            f"first /readyz, then {FLOOD} complete /readyz held open (ready() {SLOW_READY:g} s)",
+            f"{first}",
+            "200",
+            first == 200,
+        ),
+        Row(
+            f"/livez during that flood (p50 / p99 / max, {len(livez)} probes)",
+            f"{p50:.2f} / {p99:.2f} / {max(livez):.2f} ms",
+            f"p99 < {BUDGET_MS:g} ms",
+            p99 < BUDGET_MS,
+        ),
+        Row(
+            "the flood's answers: 200 (waited) / 503 (refused) / none (evicted incomplete)",
+            f"{statuses[200]} / {statuses[503]} / {statuses[None]}",
+        ),
+    ]
     rows.append(
         Row(
             f"close() with {SLOW} connections open",

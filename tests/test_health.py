@@ -5,7 +5,9 @@ Real sockets on 127.0.0.1; every wait is on an event or a socket, with a bound.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import struct
@@ -16,9 +18,19 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import lifecycle
-from lifecycle._serving.health import HealthServer, _Phase, _Throttle
+from lifecycle._core.tokens import on_cancel_inline
+from lifecycle._serving.health import (
+    MAX_HEAD_BYTES,
+    HealthServer,
+    _Head,
+    _Phase,
+    _RequestError,
+    _Throttle,
+)
 
 WAIT = 10.0  # upper bound on any wait; the happy path takes milliseconds
 PROBE_BUDGET = 0.1  # seconds a liveness probe may take, however many slow clients there are
@@ -833,3 +845,391 @@ def test_close_before_start_and_twice_is_harmless():
     health.close()
     with pytest.raises(RuntimeError, match="cannot be restarted"):
         health.start()
+
+
+# -- the connection cap never costs an accepted probe its answer ----------------
+
+
+class HeldApp(lifecycle.App):
+    """An app whose readiness blocks until released (bounded), counting its evaluations."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.evaluations = 0
+        self.entered = threading.Event()
+        self.answer = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        self.evaluations += 1
+        self.entered.set()
+        return self.answer.wait(WAIT)
+
+
+def status_of_reply(raw: bytes) -> int | None:
+    """The status of a complete response, or None when the server closed without one."""
+    if raw == b"":
+        return None
+    reply = parse(raw)
+    assert int(reply.headers["content-length"]) == len(reply.body)  # not cut
+    return reply.status
+
+
+def test_a_flood_of_complete_readyz_cannot_evict_an_accepted_probe():
+    """One /readyz waits on a slow ready(); 300 complete /readyz follow (cap 256): it gets 200."""
+    app = HeldApp("flooded")
+    with HealthServer(app, ready_timeout=WAIT) as health:
+        first = send_probe(health.port, "/readyz")
+        assert app.entered.wait(WAIT)
+        flood = [send_probe(health.port, "/readyz") for _ in range(300)]
+        try:
+            # Accepted after the flood, so every flood head has been read by now;
+            # it needs no ready() and is answered while ready() is still blocked.
+            assert get(health.port, "/livez").status == 200
+            waited = len(health._phases[_Phase.WAITING])
+            app.answer.set()
+            assert status_of_reply(until_closed(first)) == 200
+            assert waited == 128  # half the cap waits, no more
+            replies = [until_closed(sock) for sock in flood]
+        finally:
+            first.close()
+            for sock in flood:
+                sock.close()
+    statuses = [status_of_reply(raw) for raw in replies]
+    assert set(statuses) <= {200, 503, None}  # None: evicted while its head was incomplete
+    assert statuses.count(200) == 127  # the others that waited, with the first
+    refused = [parse(raw) for raw in replies if raw.startswith(b"HTTP/1.1 503 ")]
+    assert {(r.headers["retry-after"], r.body) for r in refused} == {
+        ("1", b"503 service unavailable\n")
+    }
+    assert app.evaluations == 1
+
+
+def test_at_the_cap_livez_evicts_an_answered_connection_never_a_waiting_one():
+    """Cap 4: two /readyz wait, two more get 503 (held open); /livez is 200; all are answered."""
+    app = HeldApp("capped")
+    with HealthServer(app, ready_timeout=WAIT, max_connections=4) as health:
+        waiting = health._phases[_Phase.WAITING]
+        first = send_probe(health.port, "/readyz")
+        assert app.entered.wait(WAIT)
+        second = send_probe(health.port, "/readyz")
+        wait_until(lambda: len(waiting) == 2)
+        third, fourth = send_probe(health.port, "/readyz"), send_probe(health.port, "/status")
+        with first, second, third, fourth:
+            # Answered at once, then held open by the client: answered, not waiting.
+            assert [status_of_reply(until_closed(sock)) for sock in (third, fourth)] == [503, 503]
+            assert get(health.port, "/livez").status == 200  # evicts the third, at the cap
+            assert len(waiting) == 2
+            app.answer.set()
+            assert [status_of_reply(until_closed(sock)) for sock in (first, second)] == [200, 200]
+    assert app.evaluations == 1
+
+
+def test_at_the_cap_with_every_connection_owed_an_answer_the_newcomer_is_refused(log_events):
+    """Cap 1 held by a waiting /readyz: a newcomer gets 503 with Retry-After; the first, 200."""
+    app = HeldApp("full")
+    with (
+        HealthServer(app, ready_timeout=WAIT, max_connections=1) as health,
+        send_probe(health.port, "/readyz") as first,
+    ):
+        assert app.entered.wait(WAIT)
+        refused = exchange(health.port, b"GET /readyz HTTP/1.1\r\n\r\n")
+        assert (refused.status, refused.headers["retry-after"]) == (503, "1")
+        assert refused.body == b"503 service unavailable\n"
+        app.answer.set()
+        assert status_of_reply(until_closed(first)) == 200
+    assert app.evaluations == 1
+    warnings = [e["event"] for e in log_events if e["log_level"] == "warning"]
+    assert warnings == [
+        "health endpoint at its connection cap (1) and every connection is owed an answer; "
+        "refusing new ones with 503 (Retry-After: 1) unless they need no ready()"
+    ]
+
+
+# -- a ready() that raises what is not an Exception ------------------------------
+
+
+class Scripted(lifecycle.App):
+    """An app whose readiness returns ``outcome``, or raises it when it is an exception class."""
+
+    outcome: bool | type[BaseException] = False
+
+    @property
+    def ready(self) -> bool:
+        outcome = self.outcome
+        if isinstance(outcome, type):
+            raise outcome()
+        return outcome
+
+
+@pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt, asyncio.CancelledError])
+def test_a_ready_raising_a_base_exception_is_503_and_readiness_recovers(log_events, error):
+    """ready() raising SystemExit & co: 503 "not ready", logged once with its traceback; the
+    thread that evaluates survives, so /readyz is 200 once ready() returns True again."""
+    app = Scripted("scripted")
+    with HealthServer(app, ready_timeout=WAIT / 2) as health:
+        app.outcome = error
+        replies = [get(health.port, "/readyz") for _ in range(3)]
+        assert [(r.status, r.body) for r in replies] == [(503, b"not ready\n")] * 3
+        app.outcome = True
+        assert get(health.port, "/readyz").status == 200
+    errors = [e for e in log_events if e["log_level"] == "error"]
+    assert [(e["event"], e["exc_info"]) for e in errors] == [
+        ("health endpoint: reading the app raised; answering 503", True)
+    ]
+
+
+# -- start() and close() from different threads -----------------------------------
+
+
+Registration = Callable[[lifecycle.CancelToken, Callable[[], object]], Callable[[], bool]]
+REGISTER = "lifecycle._serving.health.on_cancel_inline"  # where start() registers on the token
+
+
+@attrs.define
+class PausedStart:
+    """start() paused where it registers on the shutdown token, recording each detach."""
+
+    hook: Registration  # what start() calls instead of on_cancel_inline
+    inside: threading.Event = attrs.Factory(threading.Event)  # start() is paused
+    release: threading.Event = attrs.Factory(threading.Event)  # lets it go on
+    detached: list[bool] = attrs.Factory(list)  # what each detach returned
+
+
+@pytest.fixture
+def paused_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[PausedStart]:
+    """Pause start() where it registers on the shutdown token; record each detach's result."""
+
+    def pausing(token: lifecycle.CancelToken, fn: Callable[[], object]) -> Callable[[], bool]:
+        detach = on_cancel_inline(token, fn)
+        it.inside.set()
+        assert it.release.wait(WAIT)
+
+        def recording() -> bool:
+            it.detached.append(detach())
+            return it.detached[-1]
+
+        return recording
+
+    it = PausedStart(pausing)
+    monkeypatch.setattr(REGISTER, pausing)
+    yield it
+    it.release.set()
+
+
+def call_recording(
+    health: HealthServer,
+    name: str,
+    errors: dict[str, BaseException],
+    together: threading.Barrier | None = None,
+) -> None:
+    """Call ``health.<name>()``, once ``together`` lets every caller go; record what it raises."""
+    if together is not None:
+        together.wait()
+    try:
+        getattr(health, name)()
+    except BaseException as error:  # recorded for the assertions
+        errors[name] = error
+
+
+def health_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("lifecycle-health")]
+
+
+def test_close_racing_start_waits_for_it_and_leaves_nothing_behind(paused_start):
+    """close() from another thread in the middle of start(): no error, start() raises that it
+    was closed, the registration is detached, the port refuses, no thread is left."""
+    health = HealthServer(lifecycle.App("racing"))
+    errors: dict[str, BaseException] = {}
+    starter = threading.Thread(target=call_recording, args=(health, "start", errors))
+    starter.start()
+    assert paused_start.inside.wait(WAIT)
+    port = health.port
+    closer = threading.Thread(target=call_recording, args=(health, "close", errors))
+    closer.start()
+    wait_until(lambda: health._state.value == "closed")  # close() has begun
+    paused_start.release.set()
+    starter.join(WAIT)
+    closer.join(WAIT)
+    assert "close" not in errors
+    assert isinstance(errors["start"], RuntimeError)
+    assert "was closed while it started" in str(errors["start"])
+    assert paused_start.detached == [True]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+    wait_until(lambda: health_threads() == [])
+
+
+def test_close_inside_start_on_the_same_thread_aborts_the_start(paused_start, monkeypatch):
+    """close() on the thread that is inside start() (a signal handler would be) does not block:
+    start() then aborts, raising that it was closed, and leaves nothing open."""
+    health = HealthServer(lifecycle.App("signalled"))
+    paused_start.release.set()  # the pause returns at once; close() is called inside it instead
+
+    def closing(token: lifecycle.CancelToken, fn: Callable[[], object]) -> Callable[[], bool]:
+        detach: Callable[[], bool] = paused_start.hook(token, fn)
+        health.close()
+        return detach
+
+    monkeypatch.setattr(REGISTER, closing)
+    with pytest.raises(RuntimeError, match="was closed while it started"):
+        health.start()
+    assert paused_start.detached == [True]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", health.port), timeout=WAIT).close()
+    wait_until(lambda: health_threads() == [])
+
+
+def call_together(health: HealthServer, *names: str) -> dict[str, BaseException]:
+    """Call the methods ``names`` of ``health`` on threads released together; what each raised."""
+    together = threading.Barrier(len(names), timeout=WAIT)
+    errors: dict[str, BaseException] = {}
+    threads = [
+        threading.Thread(target=call_recording, args=(health, name, errors, together))
+        for name in names
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    return errors
+
+
+def test_start_and_close_racing_freely_always_end_closed():
+    """start() and close() released together, 30 times: close() never raises, start() only
+    that the server was closed, and each time the port refuses and no thread is left."""
+    for _ in range(30):
+        health = HealthServer(lifecycle.App("racing"))
+        errors = call_together(health, "start", "close")
+        assert "close" not in errors
+        if "start" in errors:
+            message = str(errors["start"])
+            assert isinstance(errors["start"], RuntimeError), message
+            assert "cannot be restarted" in message
+        if health.port:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", health.port), timeout=WAIT).close()
+        wait_until(lambda: health_threads() == [])
+        assert health._state.value == "closed"
+
+
+def test_with_raises_as_start_does_on_a_closed_or_serving_server():
+    """`with` on a closed server, or on one already serving, raises start()'s error."""
+    closed = HealthServer(lifecycle.App("idle"))
+    closed.close()
+    with pytest.raises(RuntimeError, match="cannot be restarted"), closed:
+        pass
+    serving = HealthServer(lifecycle.App("idle"))
+    serving.start()
+    try:
+        with pytest.raises(RuntimeError, match="already serving"), serving:
+            pass
+        assert get(serving.port, "/livez").status == 200  # a failed `with` closes nothing
+    finally:
+        serving.close()
+
+
+def test_a_start_that_cannot_bind_may_be_retried():
+    """start() on a taken port raises OSError, leaves nothing open, and may be called again."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        health = HealthServer(lifecycle.App("retry"), port=port)
+        with pytest.raises(OSError, match="in use"):
+            health.start()
+        assert health_threads() == []
+    health.start()  # the port is free now
+    try:
+        assert get(port, "/livez").status == 200
+    finally:
+        health.close()
+
+
+# -- the head limit is exact ---------------------------------------------------------
+
+
+def boundary_head(size: int, end: bytes = b"\r\n\r\n") -> bytes:
+    """A GET /livez head of exactly ``size`` bytes, its terminating empty line included."""
+    start = b"GET /livez HTTP/1.1\r\nX-Filler: "
+    return start + b"f" * (size - len(start) - len(end)) + end
+
+
+def buffered_or_answered(health: HealthServer, sock: socket.socket, n: int) -> bool:
+    """Whether the server holds ``n`` bytes of an incomplete head, or has answered ``sock``."""
+    if sum(len(conn.head) for conn in health._phases[_Phase.READING]) == n:
+        return True
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return False
+    finally:
+        sock.settimeout(WAIT)
+
+
+@pytest.mark.parametrize(
+    ("size", "status"), [(8192, 200), (8193, 431), (8196, 431)], ids=["8192", "8193", "8196"]
+)
+@pytest.mark.parametrize("split", [0, 1, 3, 4, 4100], ids=lambda s: f"split-{s}")
+def test_the_head_limit_counts_the_terminator_wherever_the_head_is_split(
+    server, size, status, split
+):
+    """8192 bytes of head, its empty line included, are served; 8193 are 431 — in one
+    piece or with the last ``split`` bytes sent after the server has read the rest."""
+    request = boundary_head(size)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        if split:
+            sock.sendall(request[:-split])
+            wait_until(lambda: buffered_or_answered(server, sock, len(request) - split))
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                sock.sendall(request[-split:])
+        else:
+            sock.sendall(request)
+        assert status_of_reply(until_closed(sock)) == status
+
+
+def feed_in_pieces(*pieces: bytes) -> bytes | int | None:
+    """What a `_Head` gives for a head arriving in ``pieces``: the head, 431, or None."""
+    head = _Head()
+    for piece in pieces:
+        try:
+            complete = head.feed(piece)
+        except _RequestError as error:
+            return error.status.value
+        if complete is not None:
+            return complete
+    return None
+
+
+TERMINATORS = [b"\r\n\r\n", b"\n\n", b"\r\n\n", b"\n\r\n"]
+
+
+@pytest.mark.parametrize("end", TERMINATORS, ids=repr)
+def test_the_head_limit_is_exact_at_every_split_point(end):
+    """A head of 8192 bytes, its empty line included, is taken and one of 8193 is 431,
+    whichever terminator it uses and wherever it is split in two."""
+    fits, too_big = boundary_head(MAX_HEAD_BYTES, end), boundary_head(MAX_HEAD_BYTES + 1, end)
+    taken = fits[: -len(end)]
+    for split in range(len(fits) + 1):
+        assert (split, feed_in_pieces(fits[:split], fits[split:])) == (split, taken)
+    for split in range(len(too_big) + 1):
+        assert (split, feed_in_pieces(too_big[:split], too_big[split:])) == (split, 431)
+
+
+@given(
+    size=st.integers(MAX_HEAD_BYTES - 8, MAX_HEAD_BYTES + 8),
+    end=st.sampled_from(TERMINATORS),
+    leading=st.sampled_from([b"", b"\r\n", b"\n\r\n"]),
+    cuts=st.lists(st.integers(0, MAX_HEAD_BYTES + 12), max_size=6),
+)
+def test_a_head_gives_the_same_outcome_however_it_is_split(size, end, leading, cuts):
+    """Any pieces give the outcome of one piece: taken iff it fits 8192 bytes (empty lines
+    before the request line not counted)."""
+    request = leading + boundary_head(size, end)
+    bounds = sorted({0, len(request), *(min(cut, len(request)) for cut in cuts)})
+    pieces = [request[a:b] for a, b in itertools.pairwise(bounds)]
+    expected = request[len(leading) : -len(end)] if size <= MAX_HEAD_BYTES else 431
+    assert feed_in_pieces(request) == expected
+    assert feed_in_pieces(*pieces) == expected

@@ -27,20 +27,31 @@ answered:
 
 * One thread (the selector) accepts every connection and reads request
   heads without blocking: a connection holds no thread. A head has
-  `REQUEST_TIMEOUT` (2 s) to arrive, else ``408``, and at most 8 KiB, else
-  ``431``; a malformed one gets ``400`` (``505`` for a version other than
-  1.x).
-* At most `MAX_CONNECTIONS` (256) are open; a new one evicts the oldest
-  whose head is still incomplete (a complete probe arrives in one packet and
-  is answered at once, so a flood only ever evicts its own).
+  `REQUEST_TIMEOUT` (2 s) to arrive, else ``408``, and at most 8192 bytes,
+  the empty line that ends it included, else ``431`` (however it is split
+  into packets); a malformed one gets ``400`` (``505`` for a version other
+  than 1.x).
+* At most `MAX_CONNECTIONS` (256) are open. A new one evicts the oldest whose
+  head is still incomplete, else the oldest already answered (its response
+  sent, its close awaited). A connection whose head is complete is never
+  evicted: a flood only ever evicts its own, and an accepted probe is always
+  answered. Requests waiting for ``ready()`` hold at most half the
+  connections (more get ``503`` with ``Retry-After: 1`` at once), so that a
+  flood of them leaves answered ones for a ``/livez`` to evict. Should
+  every open connection still be owed an answer, the newcomer is refused
+  instead: answered at once if its head came with it and needs no
+  ``ready()``, else ``503`` with ``Retry-After: 1``, and closed (a probe that
+  is refused fails this period and is retried the next).
 * Responses are small and written without blocking by the same thread; a
   client that has not taken its response and closed within `WRITE_TIMEOUT`
   (1 s) is dropped. Every response says ``Connection: close``.
 * The components' ``ready()`` (user code, behind ``/readyz`` and
   ``/status``) run on a second thread, one evaluation at a time, and must
   answer within `READY_TIMEOUT` (1 s): a ``ready()`` that blocks makes
-  ``/readyz`` 503 rather than freezing the endpoint. ``/livez`` and
-  ``/startupz`` never call user code.
+  ``/readyz`` 503 rather than freezing the endpoint; one that raises makes
+  it 503, and a ``SystemExit`` or ``CancelledError`` that escapes is logged
+  and the thread carries on. ``/livez`` and ``/startupz`` never call user
+  code and never wait for it.
 
 No response carries a stack trace or an error message, and what a client
 sends never logs anything above debug; the one warning a flood causes (the
@@ -80,7 +91,7 @@ __all__ = ["HealthServer"]
 _log = structlog.get_logger("lifecycle")
 
 MAX_HEAD_BYTES = 8192
-"""Request line and headers together, in bytes; more is answered ``431``."""
+"""Request line, headers and the empty line that ends them, in bytes; more is ``431``."""
 REQUEST_TIMEOUT = 2.0
 """Seconds a client has to send its request head (a probe has no body); then ``408``."""
 READY_TIMEOUT = 1.0
@@ -88,7 +99,9 @@ READY_TIMEOUT = 1.0
 WRITE_TIMEOUT = 1.0
 """Seconds a client has to take its response and close; one that does not is dropped."""
 MAX_CONNECTIONS = 256
-"""Connections open at once; a new one evicts the oldest with an incomplete head."""
+"""Connections open at once; a new one evicts the oldest incomplete (else answered) one."""
+RETRY_AFTER = 1
+"""Seconds a refused client is told to wait (``Retry-After``) with its ``503``."""
 BACKLOG = 1024
 """``listen()`` backlog: room for a burst of connections between two turns of the
 selector (a full queue drops new SYNs, which clients resend only after a second)."""
@@ -119,7 +132,9 @@ _Answer: TypeAlias = tuple[HTTPStatus, str, bytes]
 
 class _ServerState(enum.Enum):
     NEW = "new"
-    """Created; not listening yet."""
+    """Created, or a start() failed (it may be called again); not listening."""
+    STARTING = "starting"
+    """start() is binding and starting the threads; a close() now makes it abort."""
     SERVING = "serving"
     """Listening and answering."""
     CLOSED = "closed"
@@ -171,6 +186,52 @@ class _Pending:
     evaluation: int  # the number of the evaluation it waits for
 
 
+class _Head:
+    """A request head arriving in pieces (sans-I/O): the same outcome however it is split.
+
+    The head is the request line, the header lines and the empty line that
+    ends them (CRLF or bare LF), at most `MAX_HEAD_BYTES` bytes, that empty
+    line included; empty lines before the request line are dropped and not
+    counted (RFC 9112 2.2).
+    """
+
+    __slots__ = ("_buffer", "_scanned")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        # Invariant: the first _scanned bytes of _buffer hold no end of the head.
+        self._scanned = 0
+
+    def __len__(self) -> int:
+        """Bytes received of the head so far (empty lines before it not counted)."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Take ``data``: the complete head, its terminator excluded, once it is; else None.
+
+        Raises:
+            _RequestError: 431, the head does not end within `MAX_HEAD_BYTES`.
+        """
+        buffer = self._buffer
+        buffer += data
+        if buffer and buffer[0] in b"\r\n":
+            del buffer[: len(buffer) - len(buffer.lstrip(b"\r\n"))]
+            self._scanned = 0
+        # Searching no further than the limit: a match found ends within it.
+        start = max(0, self._scanned - _HEAD_END_SPAN + 1)
+        end = _HEAD_END.search(buffer, start, MAX_HEAD_BYTES)
+        if end is not None:
+            return bytes(buffer[: end.start()])
+        if len(buffer) >= MAX_HEAD_BYTES:
+            raise _RequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        self._scanned = len(buffer)
+        return None
+
+    def clear(self) -> None:
+        self._buffer.clear()
+        self._scanned = 0
+
+
 @attrs.define(eq=False)
 class _Conn:
     """One client connection; only the selector thread touches it."""
@@ -178,12 +239,12 @@ class _Conn:
     sock: socket.socket
     deadline: float  # time.monotonic() by which the current phase must end
     phase: _Phase = _Phase.READING
-    head: bytearray = attrs.Factory(bytearray)
-    scanned: int = 0  # bytes at the start of head known to hold no end of head
+    head: _Head = attrs.Factory(_Head)
     out: memoryview | None = None  # the response not sent yet; None once all is sent
     drained: int = 0  # bytes read after the response
     events: int = 0  # the selector events it is registered for; 0: not registered
     pending: _Pending | None = None  # while WAITING
+    may_wait: bool = True  # False: admitted over the cap, so it may not wait for ready()
 
 
 class _Throttle:
@@ -214,9 +275,9 @@ class _Throttle:
             getattr(_log, level)(event, not_logged_since=held, **fields)
 
 
-def _log_app_error(throttle: _Throttle, app: str) -> None:
+def _log_app_error(throttle: _Throttle, app: str, *, answering: int = 500) -> None:
     """Log the exception being handled, an app's (not a client's), once per interval."""
-    message = "health endpoint: reading the app raised; answering 500"
+    message = f"health endpoint: reading the app raised; answering {answering}"
     throttle.log("error", message, app=app, exc_info=True)
 
 
@@ -306,6 +367,13 @@ class _Readiness:
         except Exception:  # noqa: BLE001 - answered 500; the endpoint keeps serving
             _log_app_error(self._errors, self._app.name)
             return _FAILED
+        except BaseException:  # noqa: BLE001 - SystemExit & co.: this thread has nobody to pass it to
+            # Like a component's ready() that raises: "not ready". Letting it
+            # propagate would end this thread, and /readyz would be 503 for good.
+            _log_app_error(
+                self._errors, self._app.name, answering=HTTPStatus.SERVICE_UNAVAILABLE.value
+            )
+            return _NOT_READY
 
 
 class HealthServer:
@@ -315,12 +383,16 @@ class HealthServer:
     once connections are accepted; ``close()`` closes the listener (new
     probes are refused at once) and every connection, within milliseconds.
     ``close()`` is idempotent and safe from any thread, before ``start()``
-    too; a closed server does not restart.
+    too, and during it (the start aborts); a closed server does not restart.
+    Used as a context manager it starts on entry, raising what ``start()``
+    raises, and closes on exit.
 
     The answers read the app without taking any lock its runner holds.
     ``/readyz`` and ``/status`` evaluate ``app.ready`` (it calls the
-    components' ``ready()``, treating an exception as "not ready") at most
-    once per request, on a thread of their own: requests that arrive while an
+    components' ``ready()``, treating an exception as "not ready"; so is a
+    ``BaseException`` that escapes it, such as ``SystemExit``, logged with its
+    traceback) at most once per request, on a thread of their own: requests
+    that arrive while an
     evaluation runs share its answer. One that has not answered within
     ``ready_timeout`` makes ``/readyz`` 503 (the body says why) and
     ``/status`` say ``"ready": false``, at once and without a second
@@ -345,7 +417,9 @@ class HealthServer:
             whose ``timeoutSeconds`` is above it gets that answer rather
             than a timeout (both count as "not ready").
         max_connections: connections open at once (256 by default); a new
-            one evicts the oldest whose head is incomplete.
+            one evicts the oldest whose head is incomplete, else the oldest
+            answered one, else is refused with ``503``; at most half of them
+            wait for ``ready()``.
 
     Example::
 
@@ -404,9 +478,16 @@ class HealthServer:
         self.request_timeout = _seconds(request_timeout, "request_timeout")
         self.ready_timeout = _seconds(ready_timeout, "ready_timeout")
         self.max_connections = max_connections
+        # Requests waiting for ready() hold at most half the connections, so that
+        # a flood of them leaves room for /livez to evict answered ones.
+        self._max_waiting = max(1, max_connections // 2)
         self._address: tuple[str, int] = (host, port)
         self._state = _ServerState.NEW
-        self._lock = threading.Lock()  # guards _state
+        # Guards _state and _starter. Re-entrant: close() may interrupt start()
+        # on the same thread, from a signal handler.
+        self._lock = threading.RLock()
+        self._start_ended = threading.Condition(self._lock)
+        self._starter: int | None = None  # the thread inside start(), while STARTING
         self._wake_lock = threading.Lock()  # guards _wake_w: woken from any thread, closed once
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
@@ -424,7 +505,7 @@ class HealthServer:
             phase: {} for phase in (_Phase.READING, _Phase.WAITING, _Phase.ANSWERING)
         }
         self._accepting_again: float | None = None  # when accepting resumes after a pause
-        self._evictions = _Throttle(_LOG_EVERY)
+        self._cap_warnings = _Throttle(_LOG_EVERY)
         self._accept_errors = _Throttle(_LOG_EVERY)
         self._app_errors = _Throttle(_LOG_EVERY)
         self._routes: dict[str, Callable[[bool], _Answer]] = {
@@ -458,37 +539,67 @@ class HealthServer:
         """Bind, listen, and begin answering in a daemon thread.
 
         Raises:
-            OSError: the address cannot be bound (in use, not local, no such host).
-            RuntimeError: the server was already started or closed.
+            OSError: the address cannot be bound (in use, not local, no such
+                host); the server may be started again.
+            RuntimeError: the server is starting, serving or closed already,
+                or `close` was called while it started.
         """
         with self._lock:
-            if self._state is _ServerState.SERVING:
-                raise RuntimeError(f"{self!r} is already serving; start() it only once")
-            if self._state is _ServerState.CLOSED:
-                raise RuntimeError(
-                    f"{self!r} was closed; a HealthServer cannot be restarted, create a new one"
-                )
-            listener = self._bind()
+            self._check_can_start()
+            self._state = _ServerState.STARTING
+            self._starter = threading.get_ident()
+        try:
             try:
-                self._wake_r, self._wake_w = socket.socketpair()
+                self._launch()
             except BaseException:
-                listener.close()
+                self._shut()
+                with self._lock:
+                    if self._state is _ServerState.STARTING:
+                        self._state = _ServerState.NEW
                 raise
-            self._listener = listener
-            bound = listener.getsockname()
-            self._address = (str(bound[0]), int(bound[1]))
-            self._wake_r.setblocking(False)
-            self._wake_w.setblocking(False)
-            name = f"lifecycle-health:{self.port}"
-            self._readiness = _Readiness(
-                self.app, self.ready_timeout, self._wake, name=f"{name}:ready"
+            with self._lock:
+                aborted = self._state is _ServerState.CLOSED
+                if not aborted:
+                    self._state = _ServerState.SERVING
+            if aborted:
+                self._shut()
+                raise RuntimeError(
+                    f"{self!r} was closed while it started; a HealthServer cannot be "
+                    f"restarted, create a new one"
+                )
+        finally:
+            with self._lock:
+                self._starter = None
+                self._start_ended.notify_all()
+        _log.info("health endpoint listening", app=self.app.name, address=list(self._address))
+
+    def _check_can_start(self) -> None:
+        if self._state is _ServerState.STARTING:
+            raise RuntimeError(f"{self!r} is starting in another thread; start() it only once")
+        if self._state is _ServerState.SERVING:
+            raise RuntimeError(f"{self!r} is already serving; start() it only once")
+        if self._state is _ServerState.CLOSED:
+            raise RuntimeError(
+                f"{self!r} was closed; a HealthServer cannot be restarted, create a new one"
             )
-            self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-            self._state = _ServerState.SERVING
+
+    def _launch(self) -> None:
+        """Bind, and start the threads (while STARTING; `_shut` undoes any part of it)."""
+        listener = self._bind()
+        self._listener = listener
+        bound = listener.getsockname()
+        self._address = (str(bound[0]), int(bound[1]))
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        name = f"lifecycle-health:{self.port}"
+        self._readiness = _Readiness(self.app, self.ready_timeout, self._wake, name=f"{name}:ready")
+        self._thread = threading.Thread(
+            target=self._serve, args=(listener, self._wake_r), name=name, daemon=True
+        )
         self._detach = on_cancel_inline(self.app.shutdown_token, self._note_shutdown_request)
         self._readiness.start()
         self._thread.start()
-        _log.info("health endpoint listening", app=self.app.name, address=list(self._address))
 
     def close(self) -> None:
         """Close the listener and every connection; return within milliseconds.
@@ -496,40 +607,60 @@ class HealthServer:
         Wakes the selector thread, which closes every socket it holds, and
         waits for it (at most a second, were the process starved of CPU). A
         ``ready()`` that is stuck is not waited for: its thread ends when it
-        returns. Idempotent; safe from any thread, and before `start`.
+        returns. Idempotent; safe from any thread, and before `start`. During
+        a `start` in another thread it makes that start abort and waits for
+        it (at most a second, too); called on the thread inside `start` (from
+        a signal handler) it returns at once, and `start` aborts when resumed.
         """
         with self._lock:
-            serving = self._state is _ServerState.SERVING
-            self._state = _ServerState.CLOSED
-        if not serving:
-            return
-        if self._detach is not None:
-            self._detach()
-        assert self._thread is not None
-        assert self._readiness is not None
-        self._readiness.close()
-        self._wake()
-        if self._thread is not threading.current_thread():
-            self._thread.join(_JOIN_TIMEOUT)
-        if self._thread.is_alive():
+            state, self._state = self._state, _ServerState.CLOSED
+            ended = True
+            if state is _ServerState.STARTING and self._starter != threading.get_ident():
+                ended = self._start_ended.wait_for(lambda: self._starter is None, _JOIN_TIMEOUT)
+        if not ended:
             _log.warning(
-                f"health endpoint: its thread did not end within {_JOIN_TIMEOUT:g}s of "
-                f"close(); it closes its connections when it gets to run",
+                f"health endpoint: start() did not end within {_JOIN_TIMEOUT:g}s of close(); "
+                f"it closes what it opened when it does",
                 app=self.app.name,
             )
-        if self._listener is not None:
-            # Normally closed by the selector thread already. Closing the socket
-            # (not just no longer accepting) makes the kernel refuse new probes.
-            self._listener.close()
+        if state is _ServerState.SERVING:
+            self._shut()  # else nothing was started, or the aborted start() shuts it
+
+    def _shut(self) -> None:
+        """Release what `_launch` took, any part of it. Once per start, by whoever ends it."""
+        if self._detach is not None:
+            self._detach()
+            self._detach = None
+        if self._readiness is not None:
+            self._readiness.close()
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread.ident is not None:  # started
+            if thread is not threading.current_thread():
+                thread.join(_JOIN_TIMEOUT)
+            if thread.is_alive():
+                _log.warning(
+                    f"health endpoint: its thread did not end within {_JOIN_TIMEOUT:g}s of "
+                    f"close(); it closes its connections when it gets to run",
+                    app=self.app.name,
+                )
+        elif self._wake_r is not None:
+            self._wake_r.close()  # else the selector thread closes it
+        self._wake_r = None
         with self._wake_lock:
             if self._wake_w is not None:
                 self._wake_w.close()
                 self._wake_w = None
-        _log.info("health endpoint closed", app=self.app.name, address=list(self._address))
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # Normally closed by the selector thread already. Closing the socket
+            # (not just no longer accepting) makes the kernel refuse new probes.
+            listener.close()
+            _log.info("health endpoint closed", app=self.app.name, address=list(self._address))
 
     def __enter__(self) -> HealthServer:
-        if self._state is _ServerState.NEW:
-            self.start()
+        """`start`, raising what it raises: a server is entered once, as it starts once."""
+        self.start()
         return self
 
     def __exit__(
@@ -638,6 +769,16 @@ class HealthServer:
         if self._shutdown_requested():
             pending = _Pending(needs_ready, verbose, head_only, evaluation=0)
             return self._render(pending, _NOT_READY)  # no user code once shutdown is requested
+        if not conn.may_wait or len(self._phases[_Phase.WAITING]) >= self._max_waiting:
+            if conn.may_wait:
+                self._cap_warnings.log(
+                    "warning",
+                    f"health endpoint: {self._max_waiting} requests wait for ready() already "
+                    f"(half the connection cap); answering more with 503 "
+                    f"(Retry-After: {RETRY_AFTER})",
+                    app=self.app.name,
+                )
+            return _error_response(HTTPStatus.SERVICE_UNAVAILABLE, head_only=head_only)
         evaluation, overdue = self._readiness.ask(now)
         pending = _Pending(needs_ready, verbose, head_only, evaluation)
         if overdue <= now:
@@ -686,16 +827,13 @@ class HealthServer:
         """How many connections are open (read from any thread: approximate)."""
         return sum(len(conns) for conns in self._phases.values())
 
-    def _serve(self) -> None:
-        listener, wake = self._listener, self._wake_r
-        assert listener is not None
-        assert wake is not None
+    def _serve(self, listener: socket.socket, wake: socket.socket) -> None:
         selector = selectors.DefaultSelector()
         self._selector = selector
         try:
             selector.register(wake, selectors.EVENT_READ, _WAKE)
             selector.register(listener, selectors.EVENT_READ, _LISTEN)
-            while self._state is _ServerState.SERVING:
+            while self._state is not _ServerState.CLOSED:  # started while STARTING
                 self._turn(selector, listener, wake)
         except Exception:  # noqa: BLE001 - logged; the endpoint closes rather than hang
             # A fault in this module, not in a request (each is handled on its
@@ -762,26 +900,63 @@ class HealthServer:
         except OSError:
             sock.close()
             return
-        if self._open() >= self.max_connections:
-            self._evict()
-        conn = _Conn(sock, deadline=now + self.request_timeout)
+        # Invariant: no connection whose head is complete is ever evicted. One
+        # admitted over the cap (every open one is owed an answer) is let go in
+        # this same turn: answered if its head is there and needs no ready(),
+        # else refused with a 503.
+        over = self._open() >= self.max_connections and not self._evict()
+        conn = _Conn(sock, deadline=now + self.request_timeout, may_wait=not over)
         self._phases[_Phase.READING][conn] = None
         self._watch(conn, selectors.EVENT_READ)
         # A probe usually sends its head with the handshake: read it right away.
         self._on_event(conn, selectors.EVENT_READ, now)
+        if over:
+            if conn.phase is _Phase.READING:
+                self._reply(conn, _error_response(HTTPStatus.SERVICE_UNAVAILABLE), now)
+            self._let_go(conn)
 
-    def _evict(self) -> None:
-        """Close the oldest incomplete connection (the oldest at all, if none is)."""
-        reading = self._phases[_Phase.READING]
-        victims = reading or self._phases[_Phase.ANSWERING] or self._phases[_Phase.WAITING]
-        self._close(next(iter(victims)))
-        which = "oldest incomplete" if victims is reading else "oldest"
-        self._evictions.log(
+    def _evict(self) -> bool:
+        """Let go of the oldest incomplete connection, else of the oldest answered one.
+
+        False when there is none: every open connection is owed an answer.
+        """
+        victim = next(iter(self._phases[_Phase.READING]), None)
+        which = "incomplete"
+        if victim is None:
+            answering = self._phases[_Phase.ANSWERING]
+            victim = next((conn for conn in answering if conn.out is None), None)
+            which = "answered"
+        if victim is None:
+            self._cap_warnings.log(
+                "warning",
+                f"health endpoint at its connection cap ({self.max_connections}) and every "
+                f"connection is owed an answer; refusing new ones with 503 "
+                f"(Retry-After: {RETRY_AFTER}) unless they need no ready()",
+                app=self.app.name,
+            )
+            return False
+        self._cap_warnings.log(
             "warning",
             f"health endpoint at its connection cap ({self.max_connections}); "
-            f"evicting the {which} connection",
+            f"evicting the oldest {which} connection",
             app=self.app.name,
         )
+        self._let_go(victim)
+        return True
+
+    def _let_go(self, conn: _Conn) -> None:
+        """Close ``conn`` now, first reading what it sent (bounded).
+
+        Closing with unread input makes the kernel send a reset, which can
+        destroy a response the client has not read yet.
+        """
+        if conn.phase is _Phase.CLOSED:
+            return
+        with contextlib.suppress(OSError):
+            for _ in range(_LINGER_BYTES // _RECV_SIZE):
+                if not conn.sock.recv(_RECV_SIZE):
+                    break
+        self._close(conn)
 
     def _on_event(self, conn: _Conn, mask: int, now: float) -> None:
         if conn.phase is _Phase.CLOSED:
@@ -805,34 +980,25 @@ class HealthServer:
         except (BlockingIOError, InterruptedError):
             return
         if chunk:
-            conn.head += chunk
-            self._scan(conn, now)
+            self._scan(conn, chunk, now)
         elif conn.head:
             self._reply(conn, _error_response(HTTPStatus.BAD_REQUEST), now)  # cut short
         else:
             self._close(conn)  # closed without asking anything
 
-    def _scan(self, conn: _Conn, now: float) -> None:
-        head = conn.head
-        if head and head[0] in b"\r\n":
-            # RFC 9112 2.2: ignore empty lines before the request line.
-            del head[: len(head) - len(head.lstrip(b"\r\n"))]
-            conn.scanned = 0
-        end = _HEAD_END.search(head, max(0, conn.scanned - _HEAD_END_SPAN + 1))
-        if end is not None and end.start() <= MAX_HEAD_BYTES:
-            try:
-                response = self._answer(conn, bytes(head[: end.start()]), now)
-            except _RequestError as error:
-                response = _error_response(error.status)
-            except Exception:  # noqa: BLE001 - a probe must never take the server down
-                _log_app_error(self._app_errors, self.app.name)
-                response = _error_response(HTTPStatus.INTERNAL_SERVER_ERROR)
-            if response is not None:
-                self._reply(conn, response, now)
-        elif end is not None or len(head) > MAX_HEAD_BYTES:
-            self._reply(conn, _error_response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE), now)
-        else:
-            conn.scanned = len(head)
+    def _scan(self, conn: _Conn, chunk: bytes, now: float) -> None:
+        try:
+            head = conn.head.feed(chunk)
+            if head is None:
+                return
+            response = self._answer(conn, head, now)
+        except _RequestError as error:
+            response = _error_response(error.status)
+        except Exception:  # noqa: BLE001 - a probe must never take the server down
+            _log_app_error(self._app_errors, self.app.name)
+            response = _error_response(HTTPStatus.INTERNAL_SERVER_ERROR)
+        if response is not None:
+            self._reply(conn, response, now)
 
     def _reply(self, conn: _Conn, response: bytes, now: float) -> None:
         conn.head.clear()
@@ -998,7 +1164,11 @@ def _parse(head: bytes) -> tuple[str, str, str]:
 
 
 def _error_response(status: HTTPStatus, *, head_only: bool = False) -> bytes:
-    extra = [("Allow", ", ".join(_ALLOWED))] if status is HTTPStatus.METHOD_NOT_ALLOWED else []
+    extra = []
+    if status is HTTPStatus.METHOD_NOT_ALLOWED:
+        extra.append(("Allow", ", ".join(_ALLOWED)))
+    elif status is HTTPStatus.SERVICE_UNAVAILABLE:  # a refusal: the probes' 503s are not errors
+        extra.append(("Retry-After", str(RETRY_AFTER)))
     body = f"{status.value} {status.phrase.lower()}\n".encode("ascii")
     return _response(status, _TEXT, body, head_only=head_only, extra=extra)
 
