@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     kind = argv[1] if len(argv) > 1 else "thread"
     if kind == "thread":
         return threaded()
-    return asyncio.run(asynchronous())
+    return lifecycle.asyncio_run(asynchronous())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from ._core.errors import Cancelled as Cancelled
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import CycleError as CycleError
 from ._core.errors import DeadlineExceeded as DeadlineExceeded
+from ._core.errors import DependencyFailed as DependencyFailed
 from ._core.errors import DuplicateComponent as DuplicateComponent
 from ._core.errors import InvalidTransition as InvalidTransition
 from ._core.errors import LifecycleError as LifecycleError
@@ -31,6 +32,7 @@ from ._core.tokens import current_token as current_token
 from ._core.tokens import use_token as use_token
 from ._runtime.app import App as App
 from ._runtime.app import ShutdownPlan as ShutdownPlan
+from ._runtime.loop import asyncio_run as asyncio_run
 from ._runtime.runners import AsyncioRunner as AsyncioRunner
 from ._runtime.runners import ThreadedRunner as ThreadedRunner
 from ._runtime.runners import run as run
@@ -64,6 +66,7 @@ __all__ = [
     "CycleError",
     "DeadlineExceeded",
     "DeadlineTimer",
+    "DependencyFailed",
     "DuplicateComponent",
     "ExitCode",
     "HTTPServer",
@@ -81,6 +84,7 @@ __all__ = [
     "UnknownDependency",
     "WSGIMiddleware",
     "WSGIServer",
+    "asyncio_run",
     "cancel_scope",
     "current_token",
     "mark_long_lived",

@@ -20,6 +20,7 @@ from lifecycle import (
     ShutdownPlan,
     UnknownDependency,
 )
+from lifecycle._core.views import AppView, ShutdownView
 
 
 class Database:
@@ -87,7 +88,7 @@ def test_non_callable_phase_attribute_is_rejected():
     class Odd:
         start = 3
 
-    with pytest.raises(NotAComponent, match="its 'start' attribute is a int, not a method"):
+    with pytest.raises(NotAComponent, match="its 'start' attribute is an int, not a method"):
         App().add(Odd(), name="odd")
 
 
@@ -338,6 +339,33 @@ def test_request_shutdown_before_running():
     assert not app.ready
 
 
+def test_request_shutdown_needs_a_str_reason():
+    """A reason that is not a str is refused at once, naming its type; nothing is recorded."""
+    app = App()
+    with pytest.raises(TypeError, match="reason must be a str, not int"):
+        app.request_shutdown(15)  # type: ignore[arg-type]
+    assert app.shutdown_reason is None
+
+
+def test_app_is_the_view_serving_is_typed_against():
+    """App satisfies the core's ShutdownView and AppView: serving depends on those only."""
+    app = App("shop", shutdown_timeout=7)
+    shutdown: ShutdownView = app
+    view: AppView = app
+    assert (shutdown.name, shutdown.shutdown_deadline, view.state) == ("shop", None, AppState.NEW)
+    app.request_shutdown("deploy")
+    assert view.shutdown_reason == "deploy"
+    assert shutdown.shutdown_token.cancelled  # no runner: cancelled before it returns
+
+
+def test_an_app_is_claimed_once():
+    """The run of an App is handed to one driver; a second claim says to build a new App."""
+    app = App("shop")
+    app._claim()
+    with pytest.raises(ConfigError, match="an App runs once: build a new App to run again"):
+        app._claim()
+
+
 def test_value_of_unknown_component_is_a_key_error():
     """app.value() of something not registered names what is."""
     app = App("shop")
@@ -416,7 +444,7 @@ def test_zero_argument_methods_are_components():
 
     app = App()
     app.add(Closer())
-    component = app._component("closer")
+    component = app._blueprint().components["closer"]
     assert component.start is not None
     assert not component.start.takes_token
 
@@ -435,6 +463,6 @@ def test_methods_with_two_required_arguments_are_rejected():
 def test_adding_after_start_is_refused():
     """Once frozen by a runner, the app refuses new components with a clear message."""
     app = App("shop")
-    app._freeze()
+    app._claim()
     with pytest.raises(ConfigError, match="has already started; declare every component"):
         app.add(Database())

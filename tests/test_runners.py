@@ -10,30 +10,37 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import LogCapture
 
 import lifecycle
 from lifecycle import (
     App,
     AppState,
     AsyncioRunner,
+    Cancelled,
     CancelToken,
     ComponentState,
     ConfigError,
     CycleError,
+    DeadlineExceeded,
     ExitCode,
     StartupError,
     ThreadedRunner,
     UnknownDependency,
     current_token,
 )
+from lifecycle._runtime.watchdog import _guard as exit_guard
+from lifecycle._serving.health import HealthServer
 
 BOUND = 10.0
 """Seconds: the most any wait in these tests may take before it fails (a hang
@@ -116,6 +123,11 @@ class Drive:
 
     def start(self, app: App, **kwargs: Any) -> None:
         self.start_soon(app, **kwargs).result(BOUND)
+
+    def start_again(self) -> None:
+        """``start()`` once more on the same runner."""
+        assert self.runner is not None
+        self._submit(self.runner.start).result(BOUND)
 
     def wait(self, timeout: float = BOUND) -> int:
         assert self.runner is not None
@@ -290,6 +302,18 @@ def pair(flavour: str) -> tuple[Hook, Hook]:
     return make(a, b), make(b, a)
 
 
+def raising(flavour: str, error: BaseException) -> Hook:
+    """A start/stop hook of the flavour that raises ``error``."""
+
+    def sync(token: CancelToken) -> None:
+        raise error
+
+    async def hook(token: CancelToken) -> None:
+        raise error
+
+    return sync if flavour == "sync" else hook
+
+
 def ready(app: App) -> bool:
     """``app.ready``, read through a call (mypy narrows repeated property reads)."""
     return app.ready
@@ -300,7 +324,7 @@ def state(app: App) -> AppState:
     return app.state
 
 
-def events_named(log: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+def events_named(log: Sequence[Mapping[str, Any]], event: str) -> list[Mapping[str, Any]]:
     return [e for e in log if e["event"] == event]
 
 
@@ -411,12 +435,6 @@ def test_failing_start_rolls_back_in_reverse_and_raises_startup_error(drive, fla
     """A failing start stops what already started, in reverse; StartupError names it."""
     trace, app = Trace(), App()
 
-    def boom(token: CancelToken) -> None:
-        raise RuntimeError("no route to db")
-
-    async def aboom(token: CancelToken) -> None:
-        raise RuntimeError("no route to db")
-
     add(app, trace, "a", flavour=flavour)
     add(app, trace, "b", flavour=flavour, depends_on=("a",))
     add(
@@ -425,7 +443,7 @@ def test_failing_start_rolls_back_in_reverse_and_raises_startup_error(drive, fla
         "c",
         flavour=flavour,
         depends_on=("b",),
-        start=boom if flavour == "sync" else aboom,
+        start=raising(flavour, RuntimeError("no route to db")),
     )
     add(app, trace, "d", flavour=flavour, depends_on=("c",))
     with pytest.raises(StartupError) as caught:
@@ -503,12 +521,6 @@ def test_stop_raising_fails_that_component_and_the_rest_still_stop(drive, flavou
     """A stop that raises is FAILED and logged; its dependencies still stop; exit FAILED."""
     trace, app = Trace(), App()
 
-    def boom(token: CancelToken) -> None:
-        raise OSError("socket already closed")
-
-    async def aboom(token: CancelToken) -> None:
-        raise OSError("socket already closed")
-
     add(app, trace, "db", flavour=flavour)
     add(
         app,
@@ -516,7 +528,7 @@ def test_stop_raising_fails_that_component_and_the_rest_still_stop(drive, flavou
         "api",
         flavour=flavour,
         depends_on=("db",),
-        stop=boom if flavour == "sync" else aboom,
+        stop=raising(flavour, OSError("socket already closed")),
     )
     drive.start(app)
     assert drive.stop() == ExitCode.FAILED
@@ -803,7 +815,8 @@ def test_readiness_turns_false_synchronously_on_request(drive):
     assert ready(app)
     app.request_shutdown("deploy")
     assert not ready(app)
-    assert app.shutdown_token.cancelled
+    # Cancelled by the runner a moment later, off the caller's thread.
+    assert app.shutdown_token.wait(BOUND)
     assert trace.count("stop", "db") == 0
     app.request_shutdown("second reason is ignored")
     assert app.shutdown_reason == "deploy"
@@ -1171,8 +1184,36 @@ def test_handlers_are_installed_in_the_main_thread_and_restored(kind, log_events
         assert seen[0] is not mine
         assert signal.getsignal(signal.SIGTERM) is mine
         assert signal.getsignal(signal.SIGINT) is previous_int
+        # It owned the process: the exit guard is armed with its code.
+        assert exit_guard.code == ExitCode.OK
     finally:
         signal.signal(signal.SIGTERM, previous)
+        exit_guard.code = None  # this process is pytest's, not the app's
+
+
+@pytest.mark.parametrize("kind", ["thread", "asyncio"])
+def test_run_without_its_handlers_leaves_the_exit_to_the_owner(kind, log_events):
+    """run(signals=None) does not own the process: no exit guard is armed."""
+    app = App()
+    app.add(_Stopper(app))
+    assert lifecycle.run(app, runner=kind, signals=None) == ExitCode.OK
+    assert exit_guard.code is None
+
+
+def test_a_request_made_before_start_is_timed_from_the_start(drive, log_events):
+    """A shutdown requested an hour before start() counts its deadline from the start."""
+    trace, app = Trace(), App(shutdown_timeout=5)
+    add(app, trace, "db")
+    app.request_shutdown("never mind")
+    app._run.requested_at = time.monotonic() - 3600  # as if requested an hour ago
+    before = time.monotonic()
+    drive.start(app)
+    assert drive.wait() == ExitCode.OK
+    deadline = app.shutdown_deadline
+    assert deadline is not None
+    assert deadline >= before + 5
+    assert events_named(log_events, "shutdown deadline missed") == []
+    assert trace.events == []
 
 
 class _Stopper:
@@ -1194,3 +1235,313 @@ def test_exit_codes_are_documented_values():
         ("CONFIG", 2),
         ("TIMEOUT", 3),
     ]
+
+
+# -- runner edges ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["stop", "wait"])
+def test_stop_or_wait_before_start_raises_saying_to_start_first(drive, call):
+    """stop() or wait() on a runner never started raises at once, saying to call start()."""
+    drive.make(App("shop"))
+    method = drive.stop if call == "stop" else drive.wait
+    with pytest.raises(RuntimeError) as caught:
+        method()
+    assert str(caught.value) == (
+        f"cannot {call}: the runner of app 'shop' was never started; call start() first "
+        f"(or use the runner as a context manager)"
+    )
+
+
+def test_start_twice_raises_saying_a_runner_runs_once(drive):
+    """A second start() of one runner raises RuntimeError, while running and once finished."""
+    trace, app = Trace(), App("shop")
+    add(app, trace, "db")
+    drive.start(app)
+    with pytest.raises(RuntimeError, match="cannot start: this runner of app 'shop' was started"):
+        drive.start_again()
+    assert drive.stop() == ExitCode.OK
+    with pytest.raises(RuntimeError, match=r"has finished \(exit code 0\); a runner runs"):
+        drive.start_again()
+    assert trace.count("start", "db") == 1
+
+
+# -- user callbacks never run on the control loop -----------------------------------
+
+
+@pytest.mark.realtime
+def test_a_blocking_shutdown_token_callback_cannot_unbound_the_shutdown(drive):
+    """A shutdown_token callback blocking 3 s delays nobody: request returns, the app stops."""
+    trace, app = Trace(), App(shutdown_timeout=1.0)
+    ran = threading.Event()
+
+    def blocking() -> None:
+        ran.set()
+        time.sleep(3)  # the callback's own business: it blocks only itself
+
+    app.shutdown_token.on_cancel(blocking)
+    add(app, trace, "db")
+    drive.start(app)
+    began = time.monotonic()
+    app.request_shutdown("deploy")
+    returned = time.monotonic() - began
+    assert drive.wait() == ExitCode.OK
+    took = time.monotonic() - began
+    assert ran.wait(BOUND), "the callback never ran"
+    assert returned < 0.5
+    assert took < 1.0
+    assert trace.of("stop") == ["db"]
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_blocking_run_token_callback_cannot_unbound_the_shutdown(drive, flavour):
+    """run's on_cancel(server.shutdown) blocking 3 s: shutdown_timeout=1 cuts at ~1 s; TIMEOUT."""
+    app = App(shutdown_timeout=1.0, stop_timeout=10)
+    served = threading.Event()
+    registered = threading.Event()
+
+    def shutdown() -> None:  # like socketserver's shutdown(): blocks until serving ended
+        time.sleep(3)
+        served.set()
+
+    if flavour == "sync":
+
+        @app.worker(name="server")
+        def serve(token: CancelToken) -> None:
+            token.on_cancel(shutdown)
+            registered.set()
+            served.wait(BOUND)  # serve_forever()
+
+    else:
+
+        @app.worker(name="server")
+        async def aserve(token: CancelToken) -> None:
+            token.on_cancel(shutdown)
+            registered.set()
+            while not served.is_set():
+                await asyncio.sleep(0.005)
+
+    drive.start(app)
+    assert registered.wait(BOUND)  # registered on a live token: it will run when cancelled
+    began = time.monotonic()
+    assert drive.stop() == ExitCode.TIMEOUT
+    took = time.monotonic() - began
+    assert 0.9 <= took < 2.0, f"the shutdown took {took:.2f}s"
+    assert app.components["server"].timed_out == "stop"
+
+
+# -- what a run's end means --------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_group_of_cancellations_from_run_is_a_clean_stop(drive, flavour, log_events):
+    """A worker whose TaskGroup children honour the token ends with a group of Cancelled: OK."""
+    app = App()
+
+    if flavour == "async":
+
+        @app.worker(name="fanout")
+        async def fanout(token: CancelToken) -> None:
+            async def child() -> None:
+                await token.wait_async(BOUND)
+                token.raise_if_cancelled()
+
+            async with asyncio.TaskGroup() as group:
+                group.create_task(child())
+                group.create_task(child())
+
+    else:
+
+        @app.worker(name="fanout")
+        def sync_fanout(token: CancelToken) -> None:
+            token.wait(BOUND)
+            raise BaseExceptionGroup("children", [Cancelled("a"), Cancelled("b")])
+
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    info = app.components["fanout"]
+    assert (info.state, info.run_error) == (ComponentState.STOPPED, None)
+    assert events_named(log_events, "run() raised") == []
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_non_critical_start_failure_leaves_the_app_running_without_it(drive, flavour):
+    """critical=False covers start: start() does not raise, the app runs; it is FAILED; exit OK."""
+    trace, app = Trace(), App()
+    add(app, trace, "db")
+    down = raising(flavour, ConnectionRefusedError("cache is down"))
+    add(app, trace, "cache", flavour=flavour, start=down, critical=False)
+    add(app, trace, "api", depends_on=("db",))
+    drive.start(app)
+    assert state(app) is AppState.RUNNING
+    assert ready(app)
+    cache = app.report()["components"]["cache"]
+    assert (cache["state"], cache["error"]) == ("failed", "ConnectionRefusedError: cache is down")
+    assert drive.stop() == ExitCode.OK
+    assert trace.of("stop") == ["api", "db"]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "timed_out"),
+    [
+        (TimeoutError("the client's socket timed out"), ExitCode.FAILED, None),
+        (DeadlineExceeded("api", ["GET /slow (2.0s)"]), ExitCode.TIMEOUT, "stop"),
+    ],
+    ids=["TimeoutError", "DeadlineExceeded"],
+)
+def test_only_deadline_exceeded_from_a_stop_means_timeout(drive, error, expected, timed_out):
+    """A plain TimeoutError from stop is a failure (exit 1); DeadlineExceeded, a cut (exit 3)."""
+    trace, app = Trace(), App()
+    add(app, trace, "api", stop=raising("sync", error))
+    drive.start(app)
+    assert drive.stop() == expected
+    info = app.components["api"]
+    assert (info.state, info.timed_out) == (ComponentState.FAILED, timed_out)
+
+
+def test_explicit_hooks_are_called_instead_of_methods(drive):
+    """app.add(obj, start=..., stop=...) calls the hooks, with the token where asked for."""
+    calls: list[tuple[str, bool]] = []
+
+    class Pool:
+        def open(self, token: CancelToken) -> None:
+            calls.append(("open", isinstance(token, CancelToken)))
+
+        def close(self) -> None:
+            calls.append(("close", False))
+
+    pool = Pool()
+    app = App()
+    app.add(pool, name="pool", start=pool.open, stop=pool.close)
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    assert calls == [("open", True), ("close", False)]
+
+
+# -- loops, the health endpoint and the watchdog ------------------------------------
+
+
+def test_private_loop_cancels_and_awaits_what_is_left_before_stop_returns(log_events, caplog):
+    """ThreadedRunner: a task left on its private loop is cancelled and awaited; finally runs."""
+    app = App()
+    ended = threading.Event()
+
+    class Spawner:
+        async def start(self, token: CancelToken) -> None:
+            began = asyncio.Event()
+
+            async def forever() -> None:
+                try:
+                    began.set()
+                    await asyncio.sleep(BOUND * 10)
+                finally:
+                    ended.set()
+
+            asyncio.get_running_loop().create_task(forever())
+            await began.wait()  # inside its try block: a cancel now runs the finally
+
+    app.add(Spawner())
+    runner = ThreadedRunner(app, signals=None)
+    runner.start()
+    assert runner.stop() == ExitCode.OK
+    assert ended.is_set(), "the task was not cancelled and awaited before stop() returned"
+    gc.collect()
+    destroyed = [r for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+    assert destroyed == []
+
+
+def test_health_endpoint_closes_off_the_event_loop(log_events, monkeypatch):
+    """AsyncioRunner: HealthServer.close (it joins threads) runs on a call thread, not the loop."""
+    closed_in: list[str] = []
+    original = HealthServer.close
+
+    def close(self: HealthServer) -> None:
+        closed_in.append(threading.current_thread().name)
+        original(self)
+
+    monkeypatch.setattr(HealthServer, "close", close)
+    app = App("shop", health=0)
+    add(app, Trace(), "db", flavour="async")
+
+    async def main() -> tuple[int | None, str]:
+        async with AsyncioRunner(app, signals=None) as runner:
+            pass
+        return runner.exit_code, threading.current_thread().name
+
+    code, loop_thread = lifecycle.asyncio_run(main())
+    assert code == ExitCode.OK
+    assert len(closed_in) == 1
+    assert closed_in[0] != loop_thread
+
+
+@pytest.mark.realtime
+def test_a_control_loop_stuck_past_the_deadline_is_reported_with_its_stack(drive):
+    """A log processor blocking the control loop: the watchdog logs where it is stuck; TIMEOUT."""
+    release = threading.Event()
+    capture = LogCapture()
+
+    def blocking(
+        logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if event.get("event") == "app transition" and event.get("to_state") == "STOPPING":
+            release.wait(BOUND)  # <stuck-control>
+        return event
+
+    structlog.configure(processors=[blocking, capture], cache_logger_on_first_use=False)
+    trace, app = Trace(), App(shutdown_timeout=0.3)
+    add(app, trace, "db")
+    drive.start(app)
+    try:
+        app.request_shutdown("deploy")
+        wait_until(lambda: bool(events_named(list(capture.entries), "shutdown deadline missed")))
+        if drive.kind == "thread":
+            # The control thread is stuck, yet wait() returns: the watchdog ended the run.
+            assert drive.wait() == ExitCode.TIMEOUT
+    finally:
+        release.set()
+    # An asyncio runner's wait() runs on the blocked loop: it returns once the loop runs again.
+    assert drive.wait() == ExitCode.TIMEOUT
+    (missed,) = events_named(list(capture.entries), "shutdown deadline missed")
+    assert THIS_FILE in missed["stack"]
+    assert f"line {line_of('# <stuck-control>')}" in missed["stack"], missed["stack"]
+    assert missed["seconds_late"] >= 0.5
+    assert missed["exit"] is False  # embedded: reported, not ended
+
+
+def test_asyncio_run_refuses_a_non_coroutine_and_a_running_loop():
+    """asyncio_run needs a coroutine, and cannot nest in a running loop; both say so."""
+
+    async def main() -> int:
+        return 7
+
+    with pytest.raises(TypeError, match=r"call the function, as in asyncio_run\(main\(\)\)"):
+        lifecycle.asyncio_run(main)  # type: ignore[arg-type]
+    assert lifecycle.asyncio_run(main()) == 7
+
+    async def nested() -> None:
+        with pytest.raises(RuntimeError, match="cannot be called from a running event loop"):
+            lifecycle.asyncio_run(main())
+
+    asyncio.run(nested())
+
+
+def test_asyncio_run_teardown_is_bounded_and_names_what_stays(log_events):
+    """A task left behind that swallows cancellation: asyncio_run returns, bounded, naming it."""
+
+    async def stubborn() -> None:
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(BOUND)  # <swallows>
+
+    async def main() -> str:
+        asyncio.get_running_loop().create_task(stubborn(), name="stubborn")
+        await asyncio.sleep(0)
+        return "done"
+
+    began = time.monotonic()
+    assert lifecycle.asyncio_run(main(), teardown_timeout=0.1) == "done"
+    assert time.monotonic() - began < 2.0
+    (pending,) = events_named(log_events, "task still pending when its event loop closed")
+    assert pending["task"] == "stubborn"
+    assert f"line {line_of('# <swallows>')}" in pending["stack"]

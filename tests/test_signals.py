@@ -1,9 +1,9 @@
 """Signals and exit codes, in real child processes sent real signals.
 
-Each test starts ``tests/procs/app_child.py`` (or an example) with the
-interpreter running the tests, reads its JSON-line log from the stdout pipe
-to synchronise (never a sleep to wait for something to happen), sends
-signals with ``os.kill`` and asserts the exit code, which components were
+Each test starts ``tests/procs/app_child.py`` (or ``busy_child.py``, or an
+example) with the interpreter running the tests, reads its JSON-line log
+from the stdout pipe to synchronise (never a sleep to wait for something to
+happen), sends signals with ``os.kill`` and asserts the exit code, which components were
 stopped, in which order, what was logged, and that the process ended: a child
 that outlives its bound is killed by PID and the test fails.
 """
@@ -27,6 +27,11 @@ pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = ROOT / "tests" / "procs" / "app_child.py"
+BUSY_CHILD = ROOT / "tests" / "procs" / "busy_child.py"
+ITERATIONS = 20
+"""Signals sent to one busy child, one per fresh app: a hang in any of them fails the test."""
+ITERATION_BOUND = 10.0
+"""Seconds one busy iteration may take from its SIGTERM to its report (a hang detector)."""
 BOUND = 30.0
 """Seconds: the most any wait on a child may take before the test fails (a hang
 detector, generous for loaded CI machines; passing tests never wait for it)."""
@@ -128,6 +133,13 @@ class Child:
         assert self.proc.stdin is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+
+    def exit_after(self, signum: int, timeout: float = BOUND) -> tuple[int, float]:
+        """Send ``signum``; the exit code and the seconds from the signal to the exit."""
+        sent = time.monotonic()
+        self.kill(signum)
+        code = self.finish(timeout)
+        return code, time.monotonic() - sent
 
     def finish(self, timeout: float = BOUND) -> int:
         """Wait for the exit (bounded; on overrun kill by PID and fail); return the code."""
@@ -370,6 +382,26 @@ def test_signal_storm_is_one_graceful_shutdown(child, runner):
     assert_clean_reverse_order(c)
     assert len([e for e in c.named("app transition") if e["to_state"] == "DRAINING"]) == 1
     assert not c.named("forced exit")
+    assert len(c.named("signal received")) == 1
+    assert c.named("repeated signal ignored"), "the repeats were ignored without a word"
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_signals_are_logged_off_the_signal_path_with_how_to_force(child, runner):
+    """The first signal is logged with how to force the exit; a repeat in the grace as ignored."""
+    c = child(runner, "storm")
+    c.wait_started()
+    c.kill(signal.SIGTERM)
+    first = c.wait_for(lambda e: e["event"] == "signal received")
+    c.kill(signal.SIGINT)
+    repeat = c.wait_for(lambda e: e["event"] == "repeated signal ignored")
+    assert c.finish() == 0, c.describe()
+    assert first["signal"] == "SIGTERM"
+    assert "send it again after 1s to force the exit" in first["hint"]
+    assert repeat["signal"] == "SIGINT"
+    assert 0 <= repeat["seconds_since_first"] < GRACE
+    assert "to force the exit" in repeat["hint"]
+    assert c.summary()["reason"] == "signal SIGTERM"
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -395,6 +427,95 @@ def test_previous_handlers_are_restored(child, runner):
     assert handlers["own_calls_during_run"] == []
     assert handlers["own_calls_after"] == [signal.SIGTERM]
     assert_clean_reverse_order(c)
+
+
+# -- the signal path: only record and wake -----------------------------------------
+
+
+def iteration(event: str, i: int) -> Callable[[dict[str, Any]], bool]:
+    """Matches ``event`` of the busy child's iteration ``i``."""
+    return lambda e: e["event"] == event and e.get("i") == i
+
+
+@pytest.mark.parametrize("logging_kind", ["structlog", "stdlib"])
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_signal_while_the_main_thread_logs_stops_cleanly_every_time(runner, logging_kind):
+    """SIGTERM landing while the main thread logs in a tight loop: exit 0, 20 times of 20.
+
+    A shutdown_token callback logs through the same logger: run inside the
+    handler, it would deadlock on structlog's lock or re-enter stdlib's stream.
+    On asyncio the busy loop never yields, so only the handler can end it:
+    readiness turns off in the handler itself.
+    """
+    c = Child([sys.executable, str(BUSY_CHILD), runner, logging_kind, str(ITERATIONS)])
+    try:
+        for i in range(ITERATIONS):
+            c.wait_for(iteration("busy", i))
+            c.kill(signal.SIGTERM)
+            done = c.wait_for(iteration("iteration done", i), timeout=ITERATION_BOUND)
+            assert (done["code"], done["drained"]) == (0, True), c.describe()
+        assert c.finish() == 0, c.describe()
+    finally:
+        c.close()
+    assert not [line for line in c.stderr if "Logging error" in line], c.describe()
+    assert len(c.named("signal received")) == ITERATIONS
+
+
+# -- the deadline holds whatever user code does --------------------------------------
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_stop_blocking_the_event_loop_cannot_hold_the_deadline(child, runner):
+    """An async stop calling time.sleep(30), shutdown_timeout=1: exit 3 in ~2 s, naming the line."""
+    c = child(runner, "block_loop")
+    c.wait_started()
+    code, took = c.exit_after(signal.SIGTERM, timeout=10.0)
+    assert code == 3, c.describe()
+    assert took < 3.0, f"took {took:.2f}s"  # 1 s deadline + 0.5 s margin + the report
+    line = f'"{CHILD}", line {line_of(CHILD, "# <block-loop>")}'
+    if runner == "asyncio":
+        # The loop itself is blocked: only the watchdog can keep the deadline.
+        (missed,) = c.named("shutdown deadline missed")
+        assert line in missed["stack"], missed["stack"]
+        assert missed["exit"] is True
+    else:
+        # The threaded runner's control thread is free: it abandons the call.
+        (stuck,) = c.named("component stuck")
+        assert line in stuck["stack"], stuck["stack"]
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize(("scenario", "expected"), [("user_thread", 0), ("user_thread_timeout", 3)])
+def test_a_stuck_non_daemon_thread_cannot_hold_the_exit(child, runner, scenario, expected):
+    """A user's non-daemon thread that never ends: the exit code stands, by the deadline."""
+    c = child(runner, scenario)
+    c.wait_started()
+    code, took = c.exit_after(signal.SIGTERM, timeout=15.0)
+    assert code == expected, c.describe()
+    shutdown_timeout = 2.0
+    assert took < shutdown_timeout + 1.5, f"took {took:.2f}s"
+    (stuck,) = c.named("thread still running at exit")
+    assert stuck["thread"] == "user:non-daemon"
+    assert "in wait" in stuck["stack"], stuck["stack"]  # where it blocks: Event.wait
+    (final,) = c.named("exit despite running threads")
+    assert (final["exit_code"], final["threads"]) == (expected, ["user:non-daemon"])
+
+
+def test_documented_asyncio_embedding_is_bounded_despite_a_stubborn_stop(child):
+    """asyncio_run(main()) with an abandoned stop that swallows CancelledError exits; code 3."""
+    c = child("asyncio", "embedded_stubborn")
+    c.wait_started()
+    c.send("stop")
+    assert c.finish(timeout=10.0) == 3, c.describe()
+    (stuck,) = c.named("component stuck")
+    assert (stuck["component"], stuck["phase"]) == ("api", "stop")
+    (pending,) = c.named("task still pending when its event loop closed")
+    assert pending["task"] == "lifecycle:api.stop"
+    assert f'"{CHILD}", line {line_of(CHILD, "# <stubborn>")}' in pending["stack"]
+    (exiting,) = c.named("exiting")
+    assert exiting["code"] == 3
 
 
 # -- embedding ---------------------------------------------------------------------

@@ -7,10 +7,12 @@ The tree::
      │    ├── CycleError                           components depend on each other in a loop
      │    ├── UnknownDependency                    depends_on names nothing registered
      │    ├── DuplicateComponent                   two components share a name
-     │    └── NotAComponent(ConfigError, TypeError) no start, run or stop to call
+     │    └── NotAComponent(ConfigError, TypeError) nothing lifecycle can start, run or stop
      ├── StartupError                              a component failed to start
      ├── DependencyFailed                          not started: a dependency failed to start
      ├── DeadlineExceeded(LifecycleError, TimeoutError)  work was cut at a deadline
+     ├── HTTPError(LifecycleError, ValueError)     a request refused by the HTTP/1.1 parser
+     ├── Refused                                   an InFlight tracker is closed
      └── InvalidTransition(LifecycleError, RuntimeError)  an illegal state change
 
     Cancelled(BaseException)                       raised by a cancelled token
@@ -130,10 +132,12 @@ class DuplicateComponent(ConfigError):
 
 
 class NotAComponent(ConfigError, TypeError):
-    """The object given to ``app.add`` has none of ``start``, ``run``, ``stop``.
+    """The object given to ``app.add`` cannot be a component.
 
-    Subclasses `ConfigError` and `TypeError`. The message says what to
-    register instead (an instance, a decorated function).
+    It has none of ``start``, ``run``, ``stop`` of its own; or it is a class,
+    a coroutine or generator object, a thread, process, executor or asyncio
+    task; or a hook is not callable. Subclasses `ConfigError` and `TypeError`.
+    The message says what to register instead.
     """
 
 

@@ -28,7 +28,12 @@ class ShutdownView(Protocol):
 
     @property
     def shutdown_token(self) -> CancelToken:
-        """Cancelled the moment shutdown is requested: servers begin draining."""
+        """Cancelled once shutdown is requested: servers begin draining.
+
+        Readiness turns off synchronously at the request; the runner cancels
+        this token a moment later, off the signal path, so that its callbacks
+        never run inside a signal handler.
+        """
 
     @property
     def shutdown_deadline(self) -> float | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
@@ -16,10 +15,19 @@ from .._core.errors import ConfigError, DuplicateComponent, UnknownDependency
 from .._core.graph import Graph, analyze, critical_path
 from .._core.scheduler import ComponentInfo, NodeSpec
 from .._core.states import AppState, ComponentState, ExitCode
-from .._core.tokens import CancelSource, CancelToken
-from .components import Component, describe, normalize, resource, resource_value, worker
+from .._core.tokens import CancelToken
+from .components import (
+    Component,
+    describe,
+    normalize,
+    own_attribute,
+    resource,
+    resource_value,
+    worker,
+)
+from .run import Run
 
-__all__ = ["App", "ShutdownPlan"]
+__all__ = ["App", "Blueprint", "ShutdownPlan"]
 
 _log = structlog.get_logger("lifecycle")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,6 +119,23 @@ class _Entry:
     critical: bool
 
 
+@attrs.frozen
+class Blueprint:
+    """What a driver needs of an App's declaration for one run, validated.
+
+    Attributes:
+        graph: the dependency graph.
+        specs: what the scheduler needs of each component, in start order.
+        components: name -> the component in its internal shape.
+        plan: the worst-case shutdown (logged when it overruns).
+    """
+
+    graph: Graph
+    specs: tuple[NodeSpec, ...]
+    components: Mapping[str, Component]
+    plan: ShutdownPlan
+
+
 class App:
     """The components of a service, their dependencies and their timeouts.
 
@@ -159,24 +184,16 @@ class App:
         self.drain_delay = _check_seconds(drain_delay, "drain_delay") or 0.0
         self.stop_timeout = _check_seconds(stop_timeout, "stop_timeout") or 0.0
         self.start_timeout = _check_seconds(start_timeout, "start_timeout") or 0.0
-        self.health_address = _check_health(health)
+        self._health_address = _check_health(health)
         self._entries: dict[str, _Entry] = {}
         self._names_by_id: dict[int, str] = {}
-        self._infos: dict[str, ComponentInfo] = {}
         self._lock = threading.Lock()
-        self._state = AppState.NEW
         self._frozen = False
-        # Written by request_shutdown (from any thread or a signal handler);
-        # read by `ready` and by the runner when it binds.
-        self._shutdown_reason: str | None = None
-        self._shutdown_source = CancelSource()
-        self._shutdown_deadline: float | None = None
-        self._notify: Callable[[str], None] | None = None
-        self.exit_code: ExitCode | None = None
-        """The exit code once the app finished, else None."""
+        # An App runs once: its one run's state, which the driver claims.
+        self._run = Run(self.shutdown_timeout)
 
     def __repr__(self) -> str:
-        return f"<App {self.name!r} {self._state} components={len(self._entries)}>"
+        return f"<App {self.name!r} {self._run.state} components={len(self._entries)}>"
 
     # -- registration ------------------------------------------------------
 
@@ -189,20 +206,32 @@ class App:
         start_timeout: float | None = None,
         stop_timeout: float | None = None,
         critical: bool = True,
+        start: Callable[..., Any] | None = None,
+        run: Callable[..., Any] | None = None,
+        stop: Callable[..., Any] | None = None,
     ) -> T:
         """Register a component; return it (so it can be named in ``depends_on``).
 
         Args:
             component: an object with any of ``start(token)``, ``run(token)``,
-                ``stop(token)`` (plain or async) and optionally ``ready()``.
+                ``stop(token)`` (plain or async) and optionally ``ready()``;
+                or any object, with explicit hooks.
             name: unique name; defaults to the class name in lower case
                 (``-2``, ``-3``... appended when taken).
             depends_on: names or component objects this one needs; they start
                 before it and stop after it. May be registered later.
             start_timeout: bound on ``start``; the app's default if None.
             stop_timeout: bound on the stop phase; the app's default if None.
-            critical: if False, a failure in ``run`` is reported but does not
-                stop the app.
+            critical: if False, a failure in ``start`` or ``run`` is reported
+                but does not stop the app (unless a critical component
+                depends on it).
+            start: an explicit hook called instead of the object's ``start``
+                (for objects whose methods have other names): a bound method,
+                a function or a lambda, plain or ``async def``. With any hook
+                given, the object's own ``start``/``run``/``stop`` are not
+                looked up.
+            run: the same for ``run``.
+            stop: the same for ``stop``.
 
         Raises:
             DuplicateComponent: ``name`` is taken.
@@ -217,10 +246,11 @@ class App:
 
             db = app.add(Database(dsn), stop_timeout=5)
             app.add(Api(), name="api", depends_on=[db])
+            app.add(pool, start=pool.open, stop=pool.close, depends_on=[db])
         """
         return self._register(
             component,
-            lambda n: normalize(component, n),
+            lambda n: normalize(component, n, start=start, run=run, stop=stop),
             name=name,
             depends_on=depends_on,
             start_timeout=start_timeout,
@@ -368,12 +398,12 @@ class App:
             if id(obj) in self._names_by_id:
                 raise DuplicateComponent(self._names_by_id[id(obj)])
             component = build(name)
-            bind = getattr(obj, "lifecycle_bind", None)
+            bind = own_attribute(obj, "lifecycle_bind", name)
             if callable(bind):
                 bind(self)
             self._entries[name] = _Entry(component, deps, start_s, stop_s, critical)
             self._names_by_id[id(obj)] = name
-            self._infos[name] = ComponentInfo(name, critical=critical)
+            self._run.infos[name] = ComponentInfo(name, critical=critical)
         return obj
 
     # -- introspection -----------------------------------------------------
@@ -381,52 +411,78 @@ class App:
     @property
     def state(self) -> AppState:
         """The app's `AppState`."""
-        return self._state
+        return self._run.state
 
     @property
     def components(self) -> Mapping[str, ComponentInfo]:
         """Name -> `ComponentInfo` (state, error, timings), in registration order."""
-        return MappingProxyType(self._infos)
+        return MappingProxyType(self._run.infos)
 
     @property
     def shutdown_token(self) -> CancelToken:
-        """A token cancelled the moment shutdown is requested (when readiness turns off).
+        """A token cancelled when shutdown is requested, once readiness is off.
 
         Servers watch it to start draining: keep serving, but answer with
         ``Connection: close``. Component ``run`` tokens are *not* cancelled
         then; they are at the component's own stop phase.
 
+        The runner cancels it a moment after the request, on its control
+        thread or loop — never inside a signal handler — and its ``on_cancel``
+        callbacks run on a lifecycle callback thread: a slow one delays only
+        itself. With no runner running (before ``start()``), it is cancelled
+        before `request_shutdown` returns.
+
         Example::
 
             app.shutdown_token.on_cancel(lambda: log.info("draining"))
         """
-        return self._shutdown_source.token
+        return self._run.shutdown_token
 
     @property
     def shutdown_deadline(self) -> float | None:
-        """``time.monotonic()`` value by which the shutdown must end; None before a request."""
-        return self._shutdown_deadline
+        """``time.monotonic()`` value by which the shutdown must end; None before a request.
+
+        The scheduler's deadline, ``shutdown_timeout`` after the request (after
+        the start, for a request made before it).
+        """
+        return self._run.shutdown_deadline
 
     @property
     def shutdown_reason(self) -> str | None:
         """Why the shutdown was requested, or None."""
-        return self._shutdown_reason
+        return self._run.shutdown_reason
+
+    @property
+    def exit_code(self) -> ExitCode | None:
+        """The exit code once the app finished, else None."""
+        return self._run.exit_code
+
+    @property
+    def health_address(self) -> tuple[str, int] | None:
+        """Where the health endpoint listens: ``(host, port)``, or None without one.
+
+        Once the app runs, the port is the one bound (the port the system chose
+        for ``health=0``).
+        """
+        return self._run.health_address or self._health_address
 
     @property
     def ready(self) -> bool:
         """Whether the app should receive traffic.
 
         True while RUNNING, until a shutdown is requested (it turns False
-        synchronously in `request_shutdown`), and while every component's
-        ``ready()`` (where defined) returns True. A non-critical component
-        that failed is shown in the report but does not make the app unready.
+        synchronously in `request_shutdown` and in the runner's signal
+        handler), and while every component's ``ready()`` (where defined)
+        returns True. A non-critical component that failed is shown in the
+        report but does not make the app unready.
         """
-        if self._shutdown_reason is not None or self._state is not AppState.RUNNING:
+        run = self._run
+        if run.shutdown_reason is not None or run.state is not AppState.RUNNING:
             return False
         for entry_name, entry in self._entries.items():
-            info = self._infos[entry_name]
+            info = run.infos[entry_name]
             if info.state is not ComponentState.RUNNING:
-                if info.critical or info.state is not ComponentState.FAILED:
+                if info.critical or not info.failed:
                     return False
                 continue
             probe = entry.component.ready
@@ -489,13 +545,15 @@ class App:
 
     def report(self) -> dict[str, Any]:
         """A JSON-ready snapshot: the app and every component's state, error and timings."""
+        run = self._run
         components = {}
-        for name, info in self._infos.items():
+        for name, info in run.infos.items():
             components[name] = {
                 "state": info.state.value,
                 "critical": info.critical,
-                "error": None if info.error is None else f"{type(info.error).__name__}: "
-                f"{info.error}",
+                "error": None
+                if info.error is None
+                else f"{type(info.error).__name__}: {info.error}",
                 "timed_out": info.timed_out,
                 "start_seconds": _round(info.start_duration),
                 "stop_seconds": _round(info.stop_duration),
@@ -503,10 +561,10 @@ class App:
             }
         return {
             "app": self.name,
-            "state": self._state.value,
+            "state": run.state.value,
             "ready": self.ready,
-            "exit_code": None if self.exit_code is None else int(self.exit_code),
-            "shutdown_reason": self._shutdown_reason,
+            "exit_code": None if run.exit_code is None else int(run.exit_code),
+            "shutdown_reason": run.shutdown_reason,
             "components": components,
         }
 
@@ -515,29 +573,53 @@ class App:
     def request_shutdown(self, reason: str = "requested") -> None:
         """Ask the app to shut down. Thread-safe, signal-safe, idempotent.
 
-        Readiness turns False before this returns; the runner then drains and
-        stops. Calling it before the app runs makes ``run()`` return at once.
+        Readiness turns False before this returns; the runner then cancels
+        `shutdown_token`, drains and stops. It only records the request and
+        wakes the runner, so it is safe in a signal handler of your own.
+        Called before the app runs, it makes ``run()`` return at once.
+
+        Example::
+
+            signal.signal(signal.SIGHUP, lambda signum, frame: app.request_shutdown("SIGHUP"))
         """
-        if not self._mark_shutdown(reason):
-            return
-        notify = self._notify
-        if notify is not None:
-            notify(reason)
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        self._run.request(reason)
 
-    # -- used by the runners -------------------------------------------------
+    # -- the driver's interface ------------------------------------------------
 
-    def _mark_shutdown(self, reason: str) -> bool:
-        """Flip readiness and cancel `shutdown_token`; False if already done.
+    def _claim(self) -> Run:
+        """Hand this app's one `Run` to a driver; the declaration is closed from now on.
 
-        Also used by the runner when the scheduler itself decides to shut
-        down (a critical component crashed), so that servers drain then too.
+        Raises:
+            ConfigError: the app was already run.
         """
-        if self._shutdown_reason is not None:
-            return False
-        self._shutdown_reason = reason
-        self._shutdown_deadline = time.monotonic() + self.shutdown_timeout
-        self._shutdown_source.cancel(reason)
-        return True
+        with self._lock:
+            if self._frozen:
+                raise ConfigError(
+                    f"app {self.name!r} was already run (it is {self._run.state}); an App runs "
+                    f"once: build a new App to run again"
+                )
+            self._frozen = True
+        return self._run
+
+    def _blueprint(self) -> Blueprint:
+        """The validated declaration, for the driver that claimed the run.
+
+        Raises:
+            UnknownDependency, CycleError: the declaration is invalid.
+        """
+        graph = self.graph()
+        return Blueprint(
+            graph=graph,
+            specs=tuple(self._node_specs(graph)),
+            components=MappingProxyType({n: e.component for n, e in self._entries.items()}),
+            plan=self.plan(),
+        )
+
+    @property
+    def _any_async(self) -> bool:
+        return any(e.component.is_async for e in self._entries.values())
 
     def _stop_timeout(self, name: str) -> float:
         own = self._entries[name].stop_timeout
@@ -582,7 +664,7 @@ class App:
         for name in graph.order:
             entry = self._entries[name]
             c = entry.component
-            self._infos[name].depends_on = graph.depends_on[name]
+            self._run.infos[name].depends_on = graph.depends_on[name]
             specs.append(
                 NodeSpec(
                     name,
@@ -595,22 +677,6 @@ class App:
                 )
             )
         return specs
-
-    def _component(self, name: str) -> Component:
-        return self._entries[name].component
-
-    def _freeze(self) -> None:
-        with self._lock:
-            if self._frozen:
-                raise ConfigError(
-                    f"app {self.name!r} was already run (it is {self._state}); an App runs "
-                    f"once: build a new App to run again"
-                )
-            self._frozen = True
-
-    @property
-    def _any_async(self) -> bool:
-        return any(e.component.is_async for e in self._entries.values())
 
 
 def _round(value: float | None) -> float | None:

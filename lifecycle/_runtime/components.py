@@ -67,7 +67,7 @@ from typing import Any, Literal
 import attrs
 
 from .._core.errors import ConfigError, NotAComponent
-from .._core.tokens import CancelSource, CancelToken
+from .._core.tokens import CancelSource, CancelToken, cancel_in_background, on_cancel_inline
 
 __all__ = ["Call", "Component", "normalize", "own_attribute", "resource", "worker"]
 
@@ -693,7 +693,11 @@ class _ResourceDriver:
 
     def _follow(self, token: CancelToken) -> Callable[[], bool]:
         """Forward ``token``'s cancellation to the generator's token while a phase runs."""
-        return token.on_cancel(lambda: self.source.cancel(token.reason or "cancelled"))
+        # Inline: the forwarding itself is a flag flip; the generator's own
+        # callbacks then run on the callback threads, off the cancelling thread.
+        return on_cancel_inline(
+            token, lambda: cancel_in_background(self.source, token.reason or "cancelled")
+        )
 
 
 class _GeneratorResource(_ResourceDriver):

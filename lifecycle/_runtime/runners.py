@@ -1,33 +1,50 @@
 """The runners: drivers that turn the scheduler's decisions into threads, tasks and exits.
 
-Both runners share `_Driver`: it owns the `Scheduler`, carries out its
-actions, keeps the tokens of every call in progress, logs what is stuck and
-handles signals. They differ only at the edge — where a call runs and how an
-event reaches the control loop:
+Both runners share `_Driver`: it claims the app's `Run`, owns the
+`Scheduler`, carries out its actions, keeps the tokens of every call in
+progress, logs what is stuck and handles signals. They differ only at the
+edge — where a call runs and how an event reaches the control loop:
 
 * `ThreadedRunner`: a control thread reads events from a ``SimpleQueue``
   (re-entrant, so a signal handler may post to it). Sync calls run in daemon
   threads; async calls run on one private event-loop thread.
 * `AsyncioRunner`: a control task reads events from an ``asyncio.Queue`` in
-  the running loop. Async calls are tasks; sync calls run in daemon threads so
-  that a blocking ``stop`` never blocks the loop.
+  the running loop (posted with ``call_soon_threadsafe``). Async calls are
+  tasks; sync calls run in daemon threads so that a blocking ``stop`` never
+  blocks the loop.
 
 Calls run in *daemon* threads that the runner tracks itself (not an executor,
 whose threads are joined at exit): a call that overruns is abandoned, and an
 abandoned thread must not keep the process alive.
+
+Invariants that keep every bound true:
+
+* The signal handler only records and wakes: it writes plain attributes
+  (`Run.request`: readiness off, the reason, the time) and posts to the
+  control loop's queue and the watchdog's; logging, cancelling
+  ``shutdown_token`` and a forced exit happen where those posts land. Both
+  runners install it with ``signal.signal``, the asyncio runner too:
+  ``loop.add_signal_handler`` would run the handler later, in the loop, so a
+  loop blocked by a synchronous call would keep readiness on; a Python-level
+  handler runs in the main thread as soon as the signal arrives, and flips it
+  there (``call_soon_threadsafe`` then wakes the loop).
+* The control thread/loop never runs a user's ``on_cancel`` callback: every
+  cancellation it makes (shutdown, start and run tokens, abandoned calls, the
+  end of the app) goes through `cancel_in_background`, so a callback that
+  blocks delays only itself.
+* What the control loop cannot keep — a deadline while an ``async def``
+  blocks the event loop — the `Watchdog` thread keeps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import enum
 import queue
 import signal
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Coroutine, Iterable
 from types import FrameType, TracebackType
 from typing import Any, Literal
@@ -35,7 +52,7 @@ from typing import Any, Literal
 import attrs
 import structlog
 
-from .._core.errors import ConfigError, StartupError
+from .._core.errors import ConfigError, StartupError, is_cancellation
 from .._core.scheduler import (
     Abandon,
     Action,
@@ -51,20 +68,38 @@ from .._core.scheduler import (
     StopComponent,
 )
 from .._core.states import AppState, ComponentState, ExitCode
-from .._core.tokens import CancelSource, use_token
-from .app import App
+from .._core.tokens import CancelSource, cancel_in_background, use_token
+from .app import App, Blueprint
 from .components import Call
+from .loop import TEARDOWN_TIMEOUT, asyncio_run, close_loop
+from .run import Run
+from .signals import SignalHandlers, exit_after_report, signal_name
+from .stacks import task_stack, thread_stack
+from .watchdog import Watchdog, guard_interpreter_exit
 
 __all__ = ["AsyncioRunner", "ThreadedRunner", "run"]
 
 _log = structlog.get_logger("lifecycle")
 DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 
+HEALTH_CLOSE_BOUND = 5.0
+"""Seconds the asyncio runner waits for the health endpoint to close (off the loop)."""
+
 # Events posted to the control loop.
 _Done = tuple[Literal["done"], str, Phase, BaseException | None]
-_Shutdown = tuple[Literal["shutdown"], str]
+_Shutdown = tuple[Literal["shutdown"]]
+_Signal = tuple[Literal["signal"], int, float, bool]  # signum, when, repeated
 _Tick = tuple[Literal["tick"]]
-_Event = _Done | _Shutdown | _Tick
+_Event = _Done | _Shutdown | _Signal | _Tick
+_SHUTDOWN: _Shutdown = ("shutdown",)
+
+
+class _RunnerState(enum.Enum):
+    """Where a runner is in its one life; a call illegal in a state says why."""
+
+    NEW = "new"  # built; start() not called yet: wait() and stop() are errors
+    STARTED = "started"  # start() was called: wait() and stop() wait for the end
+    FINISHED = "finished"  # the app finished; wait() and stop() return its code
 
 
 @attrs.define(eq=False)
@@ -78,15 +113,8 @@ class _Handle:
     task_loop: asyncio.AbstractEventLoop | None = None
 
 
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return str(signum)
-
-
 class _Driver:
-    """What both runners share. Subclasses implement `_post`, `_spawn_*`, `_wake_*`."""
+    """What both runners share. Subclasses implement `_post`, `_spawn_*`."""
 
     def __init__(
         self,
@@ -103,33 +131,76 @@ class _Driver:
         self.clock: Callable[[], float] = time.monotonic
         self.scheduler: Scheduler | None = None
         self.exit_code: int | None = None
+        self._state = _RunnerState.NEW
+        self._run: Run | None = None
+        self._blueprint: Blueprint | None = None
         self._handles: dict[tuple[str, Phase], _Handle] = {}
         self._started = threading.Event()
         self._finished = threading.Event()
-        self._previous: dict[int, Any] = {}
-        self._signals_thread: int | None = None
+        self._finish_lock = threading.Lock()
+        self._handlers = SignalHandlers()
+        self._handlers_installed = False
         self._first_signal: float | None = None
         self._began = 0.0
         self._health: Any = None
         self._threads = _CallThreads()
+        self._watchdog: Watchdog | None = None
+        self._control_ident: int | None = None
+        # Set by `run`, which owns the process: a missed deadline then ends it.
+        self._run_owns_process = False
+        self._gave_up = False
+
+    @property
+    def _owns_process(self) -> bool:
+        return self._run_owns_process and self._handlers_installed
+
+    # -- the runner's own states ---------------------------------------------
+
+    def _begin(self) -> None:
+        """``start()`` was called; raise if this runner was started before."""
+        if self._state is not _RunnerState.NEW:
+            ended = (
+                f"has finished (exit code {self.exit_code})"
+                if self._state is _RunnerState.FINISHED
+                else "was started already"
+            )
+            raise RuntimeError(
+                f"cannot start: this runner of app {self.app.name!r} {ended}; a runner runs "
+                f"its app once: build a new App and a new runner to run again"
+            )
+        self._state = _RunnerState.STARTED
+
+    def _check_started(self, what: str) -> None:
+        if self._state is _RunnerState.NEW:
+            raise RuntimeError(
+                f"cannot {what}: the runner of app {self.app.name!r} was never started; call "
+                f"start() first (or use the runner as a context manager)"
+            )
 
     # -- preparing ---------------------------------------------------------
 
     def _prepare(self) -> list[Action]:
-        """Validate and build the scheduler; return its first actions.
+        """Claim the app's run, validate it and build the scheduler; return its first actions.
 
         Raises:
-            ConfigError: the declaration is invalid (exit code CONFIG).
+            ConfigError: the declaration is invalid, or the app was run
+                before (exit code CONFIG).
         """
         app = self.app
-        app._freeze()
         try:
-            graph = app.graph()
+            run = self._run = app._claim()
+        except ConfigError:
+            self.exit_code = ExitCode.CONFIG  # this runner's code; the app keeps its own
+            self._set_started()
+            self._set_finished()
+            raise
+        try:
+            blueprint = self._blueprint = app._blueprint()
         except ConfigError as error:
             _log.error("invalid app declaration", app=app.name, error=str(error))
             self._finish_now(ExitCode.CONFIG)
             raise
-        plan = app.plan()
+        plan = blueprint.plan
         if not plan.fits:
             _log.warning(
                 "shutdown budget overrun",
@@ -138,47 +209,63 @@ class _Driver:
                 path=list(plan.path),
                 hint="raise shutdown_timeout or lower the stop_timeouts on this path",
             )
-        self.scheduler = Scheduler(
-            graph,
-            app._node_specs(graph),
+        sched = self.scheduler = Scheduler(
+            blueprint.graph,
+            blueprint.specs,
             shutdown_timeout=app.shutdown_timeout,
             drain_delay=app.drain_delay,
-            infos=app._infos,
+            infos=run.infos,
             on_component=self._log_component,
             on_app=self._log_app,
             name=app.name,
         )
-        if app.health_address is not None:
-            from .._serving.health import HealthServer  # noqa: PLC0415 - only when asked for
-
-            host, port = app.health_address
-            try:
-                self._health = HealthServer(app, host, port)
-                self._health.start()
-                app.health_address = (host, self._health.port)  # the port chosen for 0
-            except OSError as error:
-                message = (
-                    f"app {app.name!r}: the health endpoint cannot listen on {host}:{port} "
-                    f"({error.strerror or error}); choose another port in App(health=...)"
-                )
-                _log.error("invalid app declaration", app=app.name, error=message)
-                self._finish_now(ExitCode.CONFIG)
-                raise ConfigError(message) from None
-        app._notify = self._notify_shutdown
+        self._start_health(run)
+        watchdog = self._watchdog = Watchdog(
+            app.name,
+            deadline=lambda: run.shutdown_deadline,
+            on_missed=self._deadline_missed,
+            on_force=self._force,
+        )
+        run.attach(sched, self._wake_for_request, watchdog.wake)
+        watchdog.start()
         self._began = self.clock()
-        if app.shutdown_reason is not None:
-            return self.scheduler.request_shutdown(self._began, app.shutdown_reason)
-        return self.scheduler.begin(self._began)
+        if run.shutdown_reason is not None:  # requested before start()
+            return sched.request_shutdown(
+                self._began, run.shutdown_reason, requested_at=run.requested_at
+            )
+        return sched.begin(self._began)
+
+    def _start_health(self, run: Run) -> None:
+        address = self.app.health_address
+        if address is None:
+            return
+        from .._serving.health import HealthServer  # noqa: PLC0415 - only when asked for
+
+        host, port = address
+        try:
+            self._health = HealthServer(self.app, host, port)
+            self._health.start()
+        except OSError as error:
+            message = (
+                f"app {self.app.name!r}: the health endpoint cannot listen on {host}:{port} "
+                f"({error.strerror or error}); choose another port in App(health=...)"
+            )
+            _log.error("invalid app declaration", app=self.app.name, error=message)
+            self._finish_now(ExitCode.CONFIG)
+            raise ConfigError(message) from None
+        run.health_address = (host, self._health.port)  # the port chosen for 0
 
     def _finish_now(self, code: ExitCode) -> None:
+        """Finished before the control loop began (an invalid declaration)."""
         self.exit_code = code
-        self.app.exit_code = code
-        self.app._state = AppState.FAILED if code else AppState.STOPPED
+        assert self._run is not None
+        self._run.finish(code, AppState.FAILED if code else AppState.STOPPED)
         self._set_started()
         self._set_finished()
 
-    def _notify_shutdown(self, reason: str) -> None:
-        self._post(("shutdown", reason))
+    def _wake_for_request(self) -> None:
+        # Signal-safe: `Run.request` calls it, possibly in a signal handler.
+        self._post(_SHUTDOWN)
 
     # -- logging -----------------------------------------------------------
 
@@ -198,7 +285,16 @@ class _Driver:
             _log.info("transition", **fields)
 
     def _log_app(self, before: AppState, after: AppState, now: float) -> None:
-        self.app._state = after
+        run, sched = self._run, self.scheduler
+        assert run is not None
+        assert sched is not None
+        run.state = after
+        if after in (AppState.DRAINING, AppState.STOPPING) and sched.shutdown_reason is not None:
+            # The shutdown begins: requested (the token is cancelled here, off
+            # the signal path) or decided by the scheduler itself (a critical
+            # run ended, a start failed), readiness, shutdown_token and the
+            # report say so alike, before the app moves on.
+            run.adopt(sched.shutdown_reason)
         _log.info(
             "app transition",
             app=self.app.name,
@@ -218,18 +314,41 @@ class _Driver:
             components=report["components"],
         )
 
+    def _log_signal(self, signum: int, at: float, repeated: bool) -> None:
+        name = signal_name(signum)
+        first = at if self._first_signal is None else self._first_signal
+        if not repeated:
+            _log.warning(
+                "signal received",
+                app=self.app.name,
+                signal=name,
+                hint=f"shutting down gracefully; send it again after {self.signal_grace:g}s "
+                f"to force the exit",
+            )
+            return
+        after = max(0.0, first + self.signal_grace - at)
+        _log.warning(
+            "repeated signal ignored",
+            app=self.app.name,
+            signal=name,
+            seconds_since_first=round(at - first, 3),
+            hint=f"a repeat within signal_grace ({self.signal_grace:g}s) of the first counts "
+            f"as the first; send it again after {after:.1f}s to force the exit",
+        )
+
     # -- the control loop's work ---------------------------------------------
 
     def _dispatch(self, event: _Event) -> list[Action]:
-        sched = self.scheduler
+        sched, run = self.scheduler, self._run
         assert sched is not None
+        assert run is not None
         now = self.clock()
         actions: list[Action] = []
         if event[0] == "done":
             _, name, phase, error = event
             if self._handles.pop((name, phase), None) is None:
                 return sched.tick(now)  # an abandoned call answered late
-            if error is not None and not (phase == "run" and _is_cancel(error)):
+            if error is not None and not (phase == "run" and is_cancellation(error)):
                 _log.error(
                     f"{phase}() raised",
                     component=name,
@@ -247,21 +366,21 @@ class _Driver:
             else:
                 actions = sched.stop_finished(name, now, error)
         elif event[0] == "shutdown":
-            # Time the shutdown from the request (the signal), not from now.
-            requested = self.app.shutdown_deadline
-            at = now if requested is None else min(now, requested - self.app.shutdown_timeout)
-            actions = sched.request_shutdown(max(at, self._began), event[1])
+            reason = run.shutdown_reason
+            if reason is not None:
+                actions = sched.request_shutdown(now, reason, requested_at=run.requested_at)
+                # Usually cancelled already, as the app began draining (_log_app);
+                # not when this request was being recorded at that very moment.
+                run.cancel_shutdown_token()
+        elif event[0] == "signal":
+            _, signum, at, repeated = event
+            self._log_signal(signum, at, repeated)
         actions += sched.tick(now)
-        if sched.shutdown_reason is not None and self.app.shutdown_reason is None:
-            # The scheduler decided to shut down by itself (a critical run
-            # ended, a start failed): readiness, shutdown_token and the report
-            # must say so just as for a requested shutdown.
-            # _mark_shutdown, not request_shutdown: the scheduler already
-            # knows, so no second shutdown event is posted to ourselves.
-            self.app._mark_shutdown(sched.shutdown_reason)
         return actions
 
     def _execute(self, actions: list[Action]) -> None:
+        if self._gave_up:
+            return  # the watchdog ended this run: start nothing more
         for action in actions:
             if isinstance(action, StartComponent):
                 self._call(action.name, "start", action.deadline)
@@ -273,7 +392,7 @@ class _Driver:
                 phase: Phase = "start" if isinstance(action, CancelStart) else "run"
                 handle = self._handles.get((action.name, phase))
                 if handle is not None:
-                    handle.source.cancel(action.reason)
+                    cancel_in_background(handle.source, action.reason)
             elif isinstance(action, Abandon):
                 self._abandon(action)
             elif isinstance(action, AppStarted):
@@ -287,12 +406,11 @@ class _Driver:
                 self._finish(action.exit_code)
 
     def _call(self, name: str, phase: Phase, deadline: float | None) -> None:
-        now = self.clock()
-        timeout = None if deadline is None else max(0.0, deadline - now)
-        source = CancelSource(timeout=timeout)
-        handle = _Handle(source, now)
+        assert self._blueprint is not None
+        source = CancelSource(deadline=deadline)
+        handle = _Handle(source, self.clock())
         self._handles[(name, phase)] = handle
-        call = self.app._component(name).phase(phase)
+        call = self._blueprint.components[name].phase(phase)
         if call.is_async:
             self._spawn_async(name, phase, call, handle)
         else:
@@ -322,7 +440,7 @@ class _Driver:
             error = exc
         self._post(("done", name, phase, error))
 
-    def _start_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
+    def _spawn_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         self._threads.submit(
             lambda: self._thread_body(name, phase, call, handle), f"lifecycle:{name}.{phase}"
         )
@@ -339,102 +457,146 @@ class _Driver:
         )
         if handle is None:
             return
-        handle.source.cancel(action.reason)
+        cancel_in_background(handle.source, action.reason)
         task, loop = handle.task, handle.task_loop
         if task is not None and loop is not None:
             with contextlib.suppress(RuntimeError):  # its loop is closed: nothing to cancel
                 loop.call_soon_threadsafe(task.cancel)
 
     def _finish(self, code: int) -> None:
-        self.exit_code = code
-        self.app.exit_code = ExitCode(code)
-        self.app._notify = None
-        for handle in self._handles.values():
-            handle.source.cancel("app finished")
+        """The scheduler is done: record the code, release every call, log the summary."""
+        run = self._run
+        assert run is not None
+        with self._finish_lock:
+            if self.exit_code is not None:
+                return  # the watchdog gave up on this run first
+            self.exit_code = code
+        run.finish(ExitCode(code))
+        run.detach()
+        for handle in list(self._handles.values()):
+            cancel_in_background(handle.source, "app finished")
         self._log_summary(code)
-        if self._health is not None:
-            self._health.close()
+
+    def _close_health(self) -> None:
+        health, self._health = self._health, None
+        if health is None:
+            return
+        try:
+            health.close()
+        except Exception:  # noqa: BLE001 - teardown carries on; the app's code stands
+            _log.exception("the health endpoint failed to close", app=self.app.name)
+
+    def _teardown(self) -> None:
+        """After the control loop ended (the health endpoint closed): release and wake waiters."""
         self._threads.close()
         self._set_started()
         self._set_finished()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+    # -- what the watchdog does ------------------------------------------------
+
+    def _deadline_missed(self) -> None:
+        """The run is past its shutdown deadline by the watchdog's margin (watchdog thread)."""
+        code = self.exit_code if self.exit_code is not None else ExitCode.TIMEOUT
+        if self._owns_process:
+            exit_after_report(self._report_missed, code)
+        self._report_missed()
+        self._give_up(ExitCode.TIMEOUT)
+
+    def _report_missed(self) -> None:
+        run = self._run
+        deadline = None if run is None else run.shutdown_deadline
+        late = 0.0 if deadline is None else time.monotonic() - deadline
+        still = self._log_still_running("shutdown deadline missed: component still running")
+        _log.critical(
+            "shutdown deadline missed",
+            app=self.app.name,
+            seconds_late=round(late, 3),
+            stack=thread_stack(self._control_ident) or "(no stack)",
+            still_running=still,
+            exit=self._owns_process,
+            hint=self._stuck_hint(),
+        )
+
+    def _stuck_hint(self) -> str:
+        return "the runner's control thread is blocked at the stack shown"
+
+    def _give_up(self, code: ExitCode) -> None:
+        """Embedded, past the deadline: what the runner can still do without its loop."""
+
+    def _force(self, signum: int) -> None:
+        """A second signal, past the grace: say what still runs, exit at once (watchdog thread)."""
+        exit_after_report(lambda: self._report_forced(signum), 128 + signum)
+
+    def _report_forced(self, signum: int) -> None:
+        still = self._log_still_running("forced exit: component still running")
+        _log.critical(
+            "forced exit",
+            app=self.app.name,
+            signal=signal_name(signum),
+            exit_code=128 + signum,
+            still_running=still,
+        )
+
+    def _log_still_running(self, event: str) -> list[str]:
+        """Log each call in progress with its stack; return their ``name.phase``."""
+        handles: dict[tuple[str, Phase], _Handle] = {}
+        for _ in range(3):  # the control loop may change the table meanwhile
+            with contextlib.suppress(RuntimeError):
+                handles = dict(self._handles)
+                break
+        for (name, phase), handle in handles.items():
+            _log.error(
+                event,
+                component=name,
+                phase=phase,
+                seconds=round(self.clock() - handle.began, 3),
+                stack=_stack_of(handle),
+            )
+        return [f"{n}.{p}" for n, p in handles]
 
     # -- signals -----------------------------------------------------------
 
     def _install_signals(self) -> None:
         if self.signals is None:
             return
-        if threading.current_thread() is not threading.main_thread():
+        self._handlers_installed = self._handlers.install(self.signals, self._on_signal)
+        if not self._handlers_installed:
             _log.warning(
                 "signal handlers not installed",
                 app=self.app.name,
                 reason="Python only allows signal handlers in the main thread",
                 hint="pass signals=None and call app.request_shutdown() from your own handler",
             )
-            return
-        self._signals_thread = threading.get_ident()
-        for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def _restore_signals(self) -> None:
-        if self._signals_thread is None or self._signals_thread != threading.get_ident():
-            return
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
-        self._signals_thread = None
+        self._handlers.restore()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Runs in the main thread between two bytecodes of whatever it was
-        # doing: no logging, no locks that code may hold; only flags and the
-        # re-entrant queue (via request_shutdown).
+        # doing, which may hold any lock (a logger's): only plain attribute
+        # writes and signal-safe posts (the control loop's queue, the
+        # watchdog's). Readiness is off when this returns (Run.request).
         now = time.monotonic()
-        if self._first_signal is None:
+        first = self._first_signal
+        if first is None:
             self._first_signal = now
-            self.app.request_shutdown(f"signal {_signal_name(signum)}")
+            self._post(("signal", signum, now, False))
+            assert self._run is not None
+            self._run.request(f"signal {signal_name(signum)}")
             return
-        if now - self._first_signal < self.signal_grace or self._finished.is_set():
-            return  # a storm of signals behaves like one
-        self._force(signum)
-
-    def _force(self, signum: int) -> None:
-        """Second signal: say what is still running and exit at once, 128 + signum."""
-        code = 128 + signum
-        reporter = threading.Thread(target=self._report_forced, args=(signum,), daemon=True)
-        reporter.start()
-        reporter.join(0.5)
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
-
-    def _report_forced(self, signum: int) -> None:
-        handles: dict[tuple[str, Phase], _Handle] = {}
-        for _ in range(3):  # the control thread may change the table meanwhile
-            with contextlib.suppress(RuntimeError):
-                handles = dict(self._handles)
-                break
-        for (name, phase), handle in handles.items():
-            _log.error(
-                "forced exit: component still running",
-                component=name,
-                phase=phase,
-                seconds=round(self.clock() - handle.began, 3),
-                stack=_stack_of(handle),
-            )
-        _log.critical(
-            "forced exit",
-            app=self.app.name,
-            signal=_signal_name(signum),
-            exit_code=128 + signum,
-            still_running=[f"{n}.{p}" for n, p in handles],
-        )
+        if self._finished.is_set():
+            return
+        if now - first < self.signal_grace:
+            self._post(("signal", signum, now, True))  # a storm of signals behaves like one
+            return
+        assert self._watchdog is not None
+        self._watchdog.force(signum)
 
     # -- hooks -------------------------------------------------------------
 
     def _post(self, event: _Event) -> None:
-        raise NotImplementedError
-
-    def _spawn_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         raise NotImplementedError
 
     def _spawn_async(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
@@ -444,6 +606,7 @@ class _Driver:
         self._started.set()
 
     def _set_finished(self) -> None:
+        self._state = _RunnerState.FINISHED
         self._finished.set()
 
     def _startup_error(self) -> StartupError | None:
@@ -460,39 +623,16 @@ class _Driver:
         )
 
 
-def _is_cancel(error: BaseException) -> bool:
-    from .._core.errors import Cancelled  # noqa: PLC0415 - local to keep the import graph flat
-
-    return isinstance(error, Cancelled | asyncio.CancelledError)
-
-
 def _stack_of(handle: _Handle) -> str:
-    """Where a call is right now: its thread's frames or its task's coroutine stack."""
-    running = handle.task is not None and getattr(handle.task.get_coro(), "cr_running", False)
-    if handle.task is not None and not running:
-        # Task.print_stack() shows only the task's own coroutine frame; follow
-        # the chain of awaits down to where the user's code is suspended.
-        frames: list[tuple[FrameType, int]] = []
-        awaited: Any = handle.task.get_coro()
-        while awaited is not None:
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-            if frame is None:
-                break
-            frames.append((frame, frame.f_lineno))
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-        if not frames:
-            return "(no stack: the task has not begun or already ended)"
-        lines = traceback.StackSummary.extract(iter(frames)).format()
-        return f"Stack of task {handle.task.get_name()!r} (most recent call last):\n" + "".join(
-            lines
-        )
+    """Where a call is right now: its thread's frames or its task's chain of awaits."""
+    task = handle.task
+    if task is not None and not getattr(task.get_coro(), "cr_running", False):
+        return task_stack(task) or "(no stack: the task has not begun or already ended)"
     # A thread's call, or a task running right now (blocking its loop): the
     # frames are those of its thread.
-    if handle.thread_ident is not None:
-        frame = sys._current_frames().get(handle.thread_ident)
-        if frame is not None:
-            return "".join(traceback.format_stack(frame))
-    return "(no stack: the call has not begun or already ended)"
+    return (
+        thread_stack(handle.thread_ident) or "(no stack: the call has not begun or already ended)"
+    )
 
 
 class _CallThreads:
@@ -550,28 +690,36 @@ class _CallThreads:
 
 
 class _PrivateLoop:
-    """One event-loop thread for the async components of a threaded app."""
+    """One event-loop thread for the async components of a threaded app.
+
+    Closing it stops the loop and runs the shared bounded teardown in the
+    loop's thread: coroutines still pending (abandoned calls, tasks the
+    components spawned) are cancelled and awaited, so their ``finally``
+    blocks run now, on the loop, instead of at garbage collection.
+    """
+
+    JOIN_BOUND = 2 * TEARDOWN_TIMEOUT + 0.5
+    """Seconds `close` waits for the teardown; a loop blocked by a synchronous call is left."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self._main, name="lifecycle:asyncio", daemon=True
-        )
+        self.thread = threading.Thread(target=self._main, name="lifecycle:asyncio", daemon=True)
         self.thread.start()
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            close_loop(self.loop)
 
     def submit(self, coro: Coroutine[Any, Any, None]) -> None:
         asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def close(self) -> None:
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError):  # closed already
             self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(2.0)
-        if not self.thread.is_alive():
-            self.loop.close()
+        self.thread.join(self.JOIN_BOUND)
 
 
 class ThreadedRunner(_Driver):
@@ -589,6 +737,11 @@ class ThreadedRunner(_Driver):
             the way to embed an app in a process that owns its signals.
         signal_grace: repeated signals within this many seconds of the first
             count as one (a storm of SIGTERMs is one SIGTERM).
+
+    ``stop()`` or ``wait()`` before ``start()``, and a second ``start()``,
+    raise ``RuntimeError`` saying so. Should the control thread itself be
+    stuck past the shutdown deadline (a log handler that blocks), a watchdog
+    logs its stack and ``wait()`` returns TIMEOUT.
 
     Example::
 
@@ -619,7 +772,9 @@ class ThreadedRunner(_Driver):
             ConfigError: the declaration is invalid; nothing started (exit CONFIG).
             StartupError: a component failed to start; what had started was
                 stopped again, and ``wait()`` returns the exit code.
+            RuntimeError: this runner was started before.
         """
+        self._begin()
         actions = self._prepare()
         self._install_signals()
         self._control = threading.Thread(
@@ -637,14 +792,24 @@ class ThreadedRunner(_Driver):
             raise error
 
     def wait(self) -> int:
-        """Block until the app has stopped; return the exit code."""
+        """Block until the app has stopped; return the exit code.
+
+        Raises:
+            RuntimeError: the runner was never started.
+        """
+        self._check_started("wait")
         self._finished.wait()
         self._restore_signals()
         assert self.exit_code is not None
         return self.exit_code
 
     def stop(self, reason: str = "stop() called") -> int:
-        """Request shutdown, wait for it, return the exit code (idempotent)."""
+        """Request shutdown, wait for it, return the exit code (idempotent).
+
+        Raises:
+            RuntimeError: the runner was never started.
+        """
+        self._check_started("stop")
         self.app.request_shutdown(reason)
         return self.wait()
 
@@ -663,20 +828,33 @@ class ThreadedRunner(_Driver):
     def _post(self, event: _Event) -> None:
         self._queue.put(event)
 
-    def _spawn_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
-        self._start_thread(name, phase, call, handle)
-
     def _spawn_async(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         if self._loop is None:
             self._loop = _PrivateLoop()
         self._loop.submit(self._task_body(name, phase, call, handle))
 
+    def _give_up(self, code: ExitCode) -> None:
+        # The control thread is stuck: end the run from here, so wait() returns.
+        with self._finish_lock:
+            if self.exit_code is not None:
+                return
+            self.exit_code = code
+            self._gave_up = True
+        assert self._run is not None
+        self._run.finish(code, AppState.FAILED)
+        self._run.detach()
+        self._close_health()
+        self._threads.close()
+        self._set_started()
+        self._set_finished()
+
     def _control_loop(self, actions: list[Action]) -> None:
+        self._control_ident = threading.get_ident()
         sched = self.scheduler
         assert sched is not None
         try:
             self._execute(actions)
-            while not self._finished.is_set():
+            while self.exit_code is None:
                 deadline = sched.next_deadline()
                 # No deadline pending means the app simply runs: the next
                 # event (a shutdown request, a crash) is what wakes us.
@@ -690,8 +868,12 @@ class ThreadedRunner(_Driver):
             _log.critical("lifecycle control loop crashed; this is a bug", exc_info=True)
             self._finish(ExitCode.FAILED)
         finally:
-            if self._loop is not None:
-                self._loop.close()
+            try:
+                self._close_health()
+                if self._loop is not None:
+                    self._loop.close()
+            finally:
+                self._teardown()
 
 
 class AsyncioRunner(_Driver):
@@ -705,12 +887,25 @@ class AsyncioRunner(_Driver):
         signals: as for `ThreadedRunner`; ``None`` installs no handler.
         signal_grace: as for `ThreadedRunner`.
 
+    Run the program with `lifecycle.asyncio_run` rather than ``asyncio.run``:
+    its teardown is bounded, where ``asyncio.run`` waits without a bound for
+    an abandoned task that swallows its cancellation.
+
+    The loop is the application's, so a synchronous call inside an ``async
+    def`` (``time.sleep``, a blocking client) stops the runner's timers with
+    it. Past the shutdown deadline a watchdog thread then logs the loop's
+    stack (the blocking line); under `lifecycle.run` it also ends the process
+    with TIMEOUT. Embedded, nothing can preempt the blocking call: ``wait()``
+    returns once the loop runs again.
+
     Example::
 
         async def main():
             async with lifecycle.AsyncioRunner(app) as runner:
                 await runner.wait()     # until SIGTERM
             return runner.exit_code
+
+        sys.exit(lifecycle.asyncio_run(main()))
 
     Added in 0.1.
     """
@@ -736,8 +931,11 @@ class AsyncioRunner(_Driver):
             ConfigError: the declaration is invalid; nothing started (exit CONFIG).
             StartupError: a component failed to start; what had started was
                 stopped again, and ``wait()`` returns the exit code.
+            RuntimeError: this runner was started before.
         """
+        self._begin()
         self._loop = asyncio.get_running_loop()
+        self._control_ident = threading.get_ident()
         self._queue = asyncio.Queue()
         self._started_async = asyncio.Event()
         self._finished_async = asyncio.Event()
@@ -754,15 +952,25 @@ class AsyncioRunner(_Driver):
             raise error
 
     async def wait(self) -> int:
-        """Wait until the app has stopped; return the exit code."""
-        if self._finished_async is not None:
-            await self._finished_async.wait()
+        """Wait until the app has stopped; return the exit code.
+
+        Raises:
+            RuntimeError: the runner was never started.
+        """
+        self._check_started("wait")
+        assert self._finished_async is not None
+        await self._finished_async.wait()
         self._restore_signals()
         assert self.exit_code is not None
         return self.exit_code
 
     async def stop(self, reason: str = "stop() called") -> int:
-        """Request shutdown, wait for it, return the exit code (idempotent)."""
+        """Request shutdown, wait for it, return the exit code (idempotent).
+
+        Raises:
+            RuntimeError: the runner was never started.
+        """
+        self._check_started("stop")
         self.app.request_shutdown(reason)
         return await self.wait()
 
@@ -796,14 +1004,32 @@ class AsyncioRunner(_Driver):
         if self._finished_async is not None:
             self._finished_async.set()
 
-    def _spawn_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
-        self._start_thread(name, phase, call, handle)
-
     def _spawn_async(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         assert self._loop is not None
         self._loop.create_task(
             self._task_body(name, phase, call, handle), name=f"lifecycle:{name}.{phase}"
         )
+
+    def _stuck_hint(self) -> str:
+        return (
+            "the event loop is blocked by a synchronous call at the stack shown: await an "
+            "async API instead, or move the call to a thread (asyncio.to_thread)"
+        )
+
+    async def _close_health_off_loop(self) -> None:
+        """`HealthServer.close` joins threads: run it on a call thread, not in the loop."""
+        if self._health is None:
+            return
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[None] = loop.create_future()
+
+        def close() -> None:
+            self._close_health()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve, closed)
+
+        self._threads.submit(close, f"lifecycle:{self.app.name}.health-close")
+        await asyncio.wait({closed}, timeout=HEALTH_CLOSE_BOUND)
 
     async def _control_loop(self, actions: list[Action]) -> None:
         sched, q = self.scheduler, self._queue
@@ -811,7 +1037,7 @@ class AsyncioRunner(_Driver):
         assert q is not None
         try:
             self._execute(actions)
-            while not self._finished.is_set():
+            while self.exit_code is None:
                 deadline = sched.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
                 try:
@@ -819,10 +1045,19 @@ class AsyncioRunner(_Driver):
                 except TimeoutError:
                     event = ("tick",)
                 self._execute(self._dispatch(event))
+            await self._close_health_off_loop()
         except BaseException:
             _log.critical("lifecycle control loop crashed; this is a bug", exc_info=True)
             self._finish(ExitCode.FAILED)
+            self._close_health()  # cancelled or crashed: no awaiting any more
             raise
+        finally:
+            self._teardown()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 RunnerKind = Literal["auto", "thread", "asyncio"]
@@ -836,11 +1071,22 @@ def run(
 ) -> int:
     """Start the app, serve until a signal or a shutdown request, stop it; return the exit code.
 
+    With its signal handlers installed (the default, in the main thread),
+    ``run`` owns the process, and keeps the shutdown bounded whatever the
+    components do: should the control loop miss the shutdown deadline by
+    half a second (an ``async def`` blocking the event loop), a watchdog
+    logs where it is stuck and ends the process with TIMEOUT; and once
+    ``run`` returned, non-daemon threads still alive when the interpreter
+    exits get until the shutdown deadline (half a second at least) before
+    they are logged with their stacks and the process exits with the code
+    ``run`` returned.
+
     Args:
         app: the `App` to run.
         runner: ``"thread"``, ``"asyncio"``, or ``"auto"`` (asyncio when any
             component is async).
-        signals: the signals that request a graceful shutdown; None for none.
+        signals: the signals that request a graceful shutdown; None for none
+            (then the process's owner also decides when it exits).
 
     Returns:
         An `ExitCode` value, or 128 + signum after a forced exit.
@@ -857,58 +1103,37 @@ def run(
     kind = runner
     if kind == "auto":
         kind = "asyncio" if app._any_async else "thread"
+    driver: ThreadedRunner | AsyncioRunner
     if kind == "thread":
-        threaded = ThreadedRunner(app, signals=signals)
-        try:
-            threaded.start()
-        except ConfigError:
-            return int(ExitCode.CONFIG)
-        except StartupError:
-            return threaded.wait()
-        return threaded.wait()
-
-    async def main() -> int:
-        runner_ = AsyncioRunner(app, signals=signals)
-        try:
-            await runner_.start()
-        except ConfigError:
-            return int(ExitCode.CONFIG)
-        except StartupError:
-            return await runner_.wait()
-        return await runner_.wait()
-
-    return _run_loop(main())
+        driver = ThreadedRunner(app, signals=signals)
+        driver._run_owns_process = True
+        code = _serve(driver)
+    else:
+        driver = AsyncioRunner(app, signals=signals)
+        driver._run_owns_process = True
+        code = asyncio_run(_serve_async(driver))
+    if driver._owns_process:
+        guard_interpreter_exit(code, app.shutdown_deadline)
+    return code
 
 
-_LEFTOVER_GRACE = 0.5
-"""Seconds `run` gives tasks still pending after the app finished (abandoned calls,
-tasks components spawned) to end once cancelled, before it closes the loop anyway."""
-
-
-def _run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """`asyncio.run`, except that the teardown is bounded.
-
-    ``asyncio.run`` cancels the tasks left over and waits for them without a
-    bound: one abandoned ``stop`` that swallows ``CancelledError`` would hold
-    the process forever, past every timeout the app declared.
-    """
-    loop = asyncio.new_event_loop()
+def _serve(runner: ThreadedRunner) -> int:
+    """`run`'s body on threads: start, wait, the exit code."""
     try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(main)
-    finally:
-        try:
-            leftovers = asyncio.all_tasks(loop)
-            for task in leftovers:
-                task.cancel()
+        runner.start()
+    except ConfigError:
+        return int(ExitCode.CONFIG)
+    except StartupError:
+        pass  # logged; wait() gives the code
+    return runner.wait()
 
-            async def settle() -> None:
-                if leftovers:
-                    await asyncio.wait(leftovers, timeout=_LEFTOVER_GRACE)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(loop.shutdown_asyncgens(), _LEFTOVER_GRACE)
 
-            loop.run_until_complete(settle())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
+async def _serve_async(runner: AsyncioRunner) -> int:
+    """`run`'s body on asyncio: the twin of `_serve`."""
+    try:
+        await runner.start()
+    except ConfigError:
+        return int(ExitCode.CONFIG)
+    except StartupError:
+        pass  # logged; wait() gives the code
+    return await runner.wait()

@@ -16,6 +16,10 @@ structlog: the library's own events, and ``{"event": "call", "what":
 parent reads them to synchronise (readiness is the "app started" event, not a
 sleep) and to assert. Lines on stdin are commands: ``crash`` makes the worker
 raise, ``stop`` calls ``app.request_shutdown()`` from a non-main thread.
+
+The app runs under ``lifecycle.run`` (which owns the process), except in the
+``embedded_*`` scenarios: there an `AsyncioRunner` with ``signals=None`` runs
+inside ``lifecycle.asyncio_run(main())``, the documented embedding.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -115,6 +120,18 @@ async def stuck_async_blocking_the_loop(token: CancelToken) -> None:
     FOREVER.wait()  # <force-loop>
 
 
+async def blocking_the_loop(token: CancelToken) -> None:
+    time.sleep(30)  # <block-loop>
+
+
+def start_user_thread(token: CancelToken) -> None:
+    user_thread()
+
+
+async def astart_user_thread(token: CancelToken) -> None:
+    user_thread()
+
+
 async def stubborn_async(token: CancelToken) -> None:
     while True:
         try:
@@ -153,7 +170,9 @@ def build(runner: str, scenario: str) -> App:
     is_async = runner == "asyncio"
     main_kind: Any = Async if is_async else Sync
     other_kind: Any = Sync if is_async else Async
-    app = App("child", stop_timeout=3, start_timeout=5, shutdown_timeout=10)
+    shutdown_timeouts = {"block_loop": 1.0, "user_thread": 2.0, "user_thread_timeout": 2.0}
+    shutdown_timeout = shutdown_timeouts.get(scenario, 10.0)
+    app = App("child", stop_timeout=3, start_timeout=5, shutdown_timeout=shutdown_timeout)
 
     def pick(sync_hook: Hook, async_hook: Hook, kind: Any = main_kind) -> Hook:
         return async_hook if kind is Async else sync_hook
@@ -178,8 +197,16 @@ def build(runner: str, scenario: str) -> App:
     elif scenario == "stop_overrun":
         api_stop = pick(stuck_sync, stuck_async)
         api_timeout = {"stop_timeout": 0.2}
-    elif scenario == "stop_stubborn":
+    elif scenario in ("stop_stubborn", "embedded_stubborn"):
         api_kind, api_stop = Async, stubborn_async
+        api_timeout = {"stop_timeout": 0.2}
+    elif scenario == "block_loop":
+        api_kind, api_stop = Async, blocking_the_loop
+    elif scenario == "user_thread":
+        db_start = pick(start_user_thread, astart_user_thread)
+    elif scenario == "user_thread_timeout":
+        db_start = pick(start_user_thread, astart_user_thread)
+        api_stop = pick(stuck_sync, stuck_async)
         api_timeout = {"stop_timeout": 0.2}
     elif scenario == "storm":
         api_stop = pick(slow, aslow)
@@ -228,6 +255,14 @@ def commands(app: App) -> None:
             app.request_shutdown("stdin: stop")
 
 
+async def embedded(app: App) -> int:
+    """The documented embedding: an AsyncioRunner in the program's own coroutine."""
+    async with lifecycle.AsyncioRunner(app, signals=None) as runner:
+        code = await runner.wait()
+    log.info("exiting", code=code)
+    return code
+
+
 def main() -> int:
     runner, scenario = sys.argv[1], sys.argv[2]
     app = build(runner, scenario)
@@ -241,6 +276,8 @@ def main() -> int:
     if scenario == "restore":
         signal.signal(signal.SIGTERM, own_handler)
     before = {s.name: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    if scenario.startswith("embedded_"):
+        return lifecycle.asyncio_run(embedded(app))
     code = lifecycle.run(app, runner=runner)  # type: ignore[arg-type]
     after = {s.name: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     if scenario == "restore":

@@ -1,0 +1,160 @@
+"""`Run`: the state of one run of an `App`, owned by the driver that runs it.
+
+`App` is the user's registry: what was declared. Everything one run of it
+changes — the app's and the components' states, the shutdown request, its
+token and deadline, the exit code, the health endpoint's bound address —
+lives in one `Run`. The App creates it (an App runs once) and reads it for
+its properties; the driver that claims it writes it through the methods
+below, and nothing else of the App.
+
+Invariant: `request` is signal-safe. A signal handler runs between two
+bytecodes of the main thread, which may hold any lock (a logger's, a
+queue's); so `request` only writes plain attributes and calls the wake-ups
+it was given, each of which is itself signal-safe (``SimpleQueue.put``,
+``loop.call_soon_threadsafe``). Everything else — cancelling
+`shutdown_token`, logging, the scheduler — happens where the wake-up lands.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from .._core.scheduler import ComponentInfo, Scheduler
+from .._core.states import AppState, ExitCode
+from .._core.tokens import CancelSource, CancelToken, cancel_in_background
+
+__all__ = ["Run"]
+
+Wake = Callable[[], None]
+
+
+class Run:
+    """The per-run state of an App: written by its driver, read by the App.
+
+    Args:
+        shutdown_timeout: the app's bound on its shutdown; with no scheduler
+            yet, the deadline is this long after the request.
+    """
+
+    def __init__(self, shutdown_timeout: float) -> None:
+        self.shutdown_timeout = shutdown_timeout
+        self.infos: dict[str, ComponentInfo] = {}
+        """Name -> live record, in registration order (the scheduler updates them)."""
+        self.state = AppState.NEW
+        self.exit_code: ExitCode | None = None
+        self.health_address: tuple[str, int] | None = None
+        """Where the health endpoint listens, once bound (the port chosen for 0)."""
+        # Written by `request`, from any thread or a signal handler: plain
+        # attributes, ``requested_at`` before ``shutdown_reason`` (whoever sees
+        # the reason sees the time).
+        self.requested_at: float | None = None
+        self.shutdown_reason: str | None = None
+        self._recording = threading.Lock()  # only ever tried, never waited on
+        self._source = CancelSource()
+        self._scheduler: Scheduler | None = None
+        self._began: float | None = None
+        self._wake: Wake | None = None
+        self._watchers: tuple[Wake, ...] = ()
+
+    # -- what the App reads --------------------------------------------------
+
+    @property
+    def shutdown_token(self) -> CancelToken:
+        """Cancelled once a shutdown was requested (by the driver, off the signal path)."""
+        return self._source.token
+
+    @property
+    def shutdown_deadline(self) -> float | None:
+        """The scheduler's shutdown deadline; until it has one, what it will be.
+
+        The scheduler counts ``shutdown_timeout`` from the request, or from
+        the run's begin for a request made before it; a request it has not
+        handled yet (it is on its way to the control loop) gets the same.
+        """
+        sched = self._scheduler
+        if sched is not None and sched.shutdown_deadline is not None:
+            return sched.shutdown_deadline
+        at = self.requested_at
+        if at is None:
+            return None
+        began = self._began
+        return (at if began is None else max(at, began)) + self.shutdown_timeout
+
+    # -- requests, from anywhere ---------------------------------------------
+
+    def request(self, reason: str) -> bool:
+        """Record a shutdown request and wake the driver; False if one was recorded before.
+
+        Signal-safe (see the module's invariant). With no driver attached
+        (before ``start()``, after the end) the token is cancelled here,
+        with its callbacks sent to lifecycle callback threads.
+        """
+        if not self._record(reason):
+            return False
+        wake = self._wake
+        if wake is not None:
+            wake()
+        else:
+            self.cancel_shutdown_token()
+        self._notify_watchers()
+        return True
+
+    def _record(self, reason: str) -> bool:
+        # A non-blocking try: a request being recorded at this very moment
+        # (another thread, or the code this signal handler interrupted) wins.
+        if not self._recording.acquire(blocking=False):
+            return False
+        try:
+            if self.shutdown_reason is not None:
+                return False
+            self.requested_at = time.monotonic()
+            self.shutdown_reason = reason
+            return True
+        finally:
+            self._recording.release()
+
+    def _notify_watchers(self) -> None:
+        for watcher in self._watchers:
+            watcher()
+
+    # -- the driver's side ---------------------------------------------------
+
+    def attach(self, scheduler: Scheduler, wake: Wake, *watchers: Wake) -> None:
+        """The driver takes over: it owns ``scheduler``; ``wake`` reaches its control loop.
+
+        Both ``wake`` and ``watchers`` must be signal-safe; watchers are woken
+        on every shutdown request, whoever made it (the watchdog).
+        """
+        self._began = time.monotonic()
+        self._scheduler = scheduler
+        self._watchers = watchers
+        self._wake = wake
+
+    def detach(self) -> None:
+        """The driver is done: later requests cancel the token directly."""
+        self._wake = None
+        self._watchers = ()
+
+    def adopt(self, reason: str) -> None:
+        """The scheduler began the shutdown, requested or by itself (a critical run ended).
+
+        Readiness, the reason and the token then say so alike (the first
+        reason recorded stays); the driver is not woken (it knows).
+        """
+        if self.shutdown_reason is None and self._record(reason):
+            self._notify_watchers()
+        self.cancel_shutdown_token()
+
+    def cancel_shutdown_token(self) -> None:
+        """Cancel `shutdown_token` if a shutdown was requested; callbacks run off this thread."""
+        reason = self.shutdown_reason
+        if reason is not None and not self._source.token.cancelled:
+            cancel_in_background(self._source, reason)
+
+    def finish(self, code: ExitCode, state: AppState | None = None) -> None:
+        """The run is over with ``code``; ``state`` when the scheduler did not set it."""
+        self.exit_code = code
+        if state is not None:
+            self.state = state
