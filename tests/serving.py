@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.client
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,3 +36,12 @@ def connect(srv: Any) -> http.client.HTTPConnection:
     conn = http.client.HTTPConnection(host, port, timeout=WAIT)
     conn.connect()
     return conn
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Wait (bounded) until ``predicate()`` holds: for a state no event announces."""
+    end = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        assert time.monotonic() < end, f"{what}: not within {timeout}s"
+        pause.wait(0.002)

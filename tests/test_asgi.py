@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import lifecycle
+from lifecycle._serving.aioserver import AsyncStreamServer
 from lifecycle._serving.asgi import ASGIMiddleware
 
 BOUND = 10.0
@@ -71,13 +72,13 @@ class Held:
 def watch_stop(mw, waiting=None):
     """An event set when stop first waits for the requests in flight (drain already on)."""
     waiting = asyncio.Event() if waiting is None else waiting
-    original = mw.tracker.wait_idle_async
+    original = mw._ops.wait
 
-    async def wait_idle_async(*args, **kwargs):
+    async def wait(*args, **kwargs):
         waiting.set()
         return await original(*args, **kwargs)
 
-    mw.tracker.wait_idle_async = wait_idle_async
+    mw._ops.wait = wait
     return waiting
 
 
@@ -132,23 +133,25 @@ def test_during_drain_responses_say_connection_close():
     assert inner.headers == [(b"Connection", b"keep-alive"), (b"content-type", b"text/plain")]
 
 
-def test_a_response_started_during_the_drain_says_close_even_if_the_request_began_before():
-    """The header is decided when the response starts, not when the request arrived."""
-    app = lifecycle.App("t")
+def test_before_the_drain_the_app_gets_the_servers_own_send_and_a_shared_token():
+    """The hot path wraps nothing: before the drain the app is given the server's own
+    ``send`` and every request shares one token (none is made per request)."""
+    seen = []
+
+    async def inner(scope, receive, send):
+        seen.append((send, lifecycle.current_token()))
+
+    mw = ASGIMiddleware(inner, lifecycle.App("t"))
     sent = Sent()
-    inner = Held()
 
     async def main():
-        call = asyncio.create_task(
-            ASGIMiddleware(inner, app)(http_scope("/hold"), receive_nothing, sent)
-        )
-        await asyncio.wait_for(inner.entered.wait(), BOUND)
-        app.request_shutdown("test")
-        inner.release.set()
-        await asyncio.wait_for(call, BOUND)
+        await mw(http_scope(), receive_nothing, sent)
+        await mw(http_scope(), receive_nothing, sent)
 
     run(main)
-    assert sent.start["headers"] == [(b"connection", b"close")]
+    (send1, token1), (send2, token2) = seen
+    assert (send1 is sent, send2 is sent, token1 is token2) == (True, True, True)
+    assert (token1.cancelled, token1.deadline) == (False, None)
 
 
 def test_http2_responses_get_no_connection_header():
@@ -173,13 +176,13 @@ def test_a_request_is_tracked_while_in_flight():
     async def main():
         call = asyncio.create_task(mw(http_scope("/hold", "POST"), receive_nothing, Sent()))
         await asyncio.wait_for(inner.entered.wait(), BOUND)
-        during = [(t.label, t.long_lived) for t in mw.tracker.running()]
+        during = [line.rsplit(" (", 1)[0] for line in mw.running()]
         inner.release.set()
         await asyncio.wait_for(call, BOUND)
         return during
 
-    assert run(main) == [("POST /hold", False)]
-    assert (mw.tracker.count, mw.tracker.total) == (0, 1)
+    assert run(main) == ["POST /hold"]
+    assert mw.in_flight == 0
 
 
 def test_current_token_gets_the_shutdown_deadline_once_shutdown_was_requested():
@@ -205,15 +208,15 @@ def test_current_token_gets_the_shutdown_deadline_once_shutdown_was_requested():
 
 
 def test_stop_returns_at_once_when_idle():
-    """With nothing in flight, stop returns True long before its deadline."""
+    """With nothing in flight, stop returns long before its deadline."""
     mw = ASGIMiddleware(Held())
     began = time.monotonic()
-    assert run(lambda: mw.stop(lifecycle.CancelSource(timeout=10).token)) is True
+    run(lambda: mw.stop(lifecycle.CancelSource(timeout=10).token))
     assert time.monotonic() - began < 1.0
 
 
 def test_stop_waits_for_in_flight_requests_which_answer_with_connection_close():
-    """stop waits for an HTTP request in flight; its response says connection: close."""
+    """stop waits for an HTTP request in flight, which is answered."""
     inner = Held()
     mw = ASGIMiddleware(inner)
     sent = Sent()
@@ -228,10 +231,10 @@ def test_stop_waits_for_in_flight_requests_which_answer_with_connection_close():
         assert not stopping.done()
         inner.release.set()
         await asyncio.wait_for(call, BOUND)
-        return await asyncio.wait_for(stopping, BOUND)
+        await asyncio.wait_for(stopping, BOUND)
 
-    assert run(main) is True
-    assert sent.start["headers"] == [(b"connection", b"close")]
+    run(main)
+    assert sent.start["status"] == 200
 
 
 def test_a_websocket_is_long_lived_and_its_token_is_cancelled_at_stop():
@@ -255,42 +258,220 @@ def test_a_websocket_is_long_lived_and_its_token_is_cancelled_at_stop():
         scope = {"type": "websocket", "path": "/feed", "asgi": {"version": "3.0"}}
         call = asyncio.create_task(mw(scope, receive_nothing, sent))
         await asyncio.wait_for(opened.wait(), BOUND)
-        tickets = [(t.label, t.long_lived) for t in mw.tracker.running()]
+        running = [line.rsplit(" (", 1)[0] for line in mw.running()]
         began = time.monotonic()
-        clean = await asyncio.wait_for(mw.stop(lifecycle.CancelSource(timeout=10).token), BOUND)
+        await asyncio.wait_for(mw.stop(lifecycle.CancelSource(timeout=10).token), BOUND)
         await asyncio.wait_for(call, BOUND)
-        return tickets, clean, time.monotonic() - began
+        return running, time.monotonic() - began
 
-    tickets, clean, spent = run(main)
-    assert tickets == [("WS /feed", True)]
-    assert clean is True
+    running, spent = run(main)
+    assert running == ["WS /feed"]
     assert spent < 2.0
     assert reasons == ["server stopping"]
     assert sent.messages == [{"type": "websocket.close", "code": 1001}]
 
 
 @pytest.mark.realtime
-def test_stop_cuts_a_stuck_request_at_the_deadline_and_logs_it(log_events):
-    """A request that never ends is cancelled just before the deadline and named in the log."""
+def test_stop_cuts_a_stuck_request_before_the_deadline_and_raises_deadline_exceeded(log_events):
+    """A request that never ends is cut before the deadline, logged by name, and stop raises."""
     inner = Held()
     mw = ASGIMiddleware(inner, name="api")
 
     async def main():
         call = asyncio.create_task(mw(http_scope("/hold"), receive_nothing, Sent()))
         await asyncio.wait_for(inner.entered.wait(), BOUND)
+        token = lifecycle.CancelSource(timeout=0.5).token
         began = time.monotonic()
-        clean = await asyncio.wait_for(mw.stop(lifecycle.CancelSource(timeout=0.5).token), BOUND)
-        spent = time.monotonic() - began
+        with pytest.raises(lifecycle.DeadlineExceeded) as raised:
+            await asyncio.wait_for(mw.stop(token), BOUND)
+        ended = time.monotonic()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(call, BOUND)
-        return clean, spent
+        assert token.deadline is not None
+        return raised.value, ended - began, token.deadline - ended
 
-    clean, spent = run(main)
-    assert clean is False
-    assert 0.3 <= spent < 1.0
-    cut = [e for e in log_events if e["event"] == "requests cut at the stop deadline"]
-    assert [(e["component"], e["requests"]) for e in cut] == [("api", ["GET /hold"])]
-    assert mw.tracker.count == 0
+    error, spent, early = run(main)
+    assert [line.rsplit(" (", 1)[0] for line in error.cut] == ["GET /hold"]
+    assert spent >= 0.3
+    assert early > 0  # returned before its token's deadline: the runner never abandons it
+    cut = [e for e in log_events if e["event"] == "work cut at the stop deadline"]
+    assert [(e["component"], e["running"][0].rsplit(" (", 1)[0]) for e in cut] == [
+        ("api", "GET /hold")
+    ]
+    assert mw.in_flight == 0
+
+
+def test_a_stop_that_cuts_ends_with_exit_code_timeout():
+    """Under the runner, a middleware that had to cut makes the exit code TIMEOUT, not OK."""
+    inner = Held()
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        app = lifecycle.App("t", stop_timeout=0.3)
+        app.add(mw, name="asgi")
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        call = asyncio.create_task(mw(http_scope("/hold"), receive_nothing, Sent()))
+        await asyncio.wait_for(inner.entered.wait(), BOUND)
+        code = await asyncio.wait_for(runner.stop("test"), BOUND)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call, BOUND)
+        return code
+
+    assert run(main) == lifecycle.ExitCode.TIMEOUT
+
+
+def test_a_cut_of_100_requests_names_all_100():
+    """DeadlineExceeded.cut holds one line per cut request, however many there are."""
+    count = 100
+    inner = Held()
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        calls = [
+            asyncio.create_task(mw(http_scope("/hold", f"M{i}"), receive_nothing, Sent()))
+            for i in range(count)
+        ]
+        while mw.in_flight < count:
+            await asyncio.sleep(0.005)
+        waiting = watch_stop(mw)
+        source = lifecycle.CancelSource()
+        stopping = asyncio.create_task(mw.stop(source.token))
+        await asyncio.wait_for(waiting.wait(), BOUND)
+        source.cancel("deadline exceeded")  # the deadline, now
+        with pytest.raises(lifecycle.DeadlineExceeded) as raised:
+            await asyncio.wait_for(stopping, BOUND)
+        await asyncio.wait(calls, timeout=BOUND)
+        return raised.value.cut
+
+    cut = run(main)
+    assert sorted(line.rsplit(" (", 1)[0] for line in cut) == sorted(
+        f"M{i} /hold" for i in range(count)
+    )
+
+
+def test_a_request_arriving_while_stop_ends_a_websocket_gets_a_live_token():
+    """A request that arrives after stop cancelled the websockets' tokens is served live."""
+    closing, may_close = asyncio.Event(), asyncio.Event()  # replaced in the test's loop
+    seen: list[tuple[bool, str | None]] = []
+
+    async def inner(scope, receive, send):
+        token = lifecycle.current_token()
+        if scope["type"] == "websocket":
+            await token.wait_async()
+            closing.set()
+            await may_close.wait()  # the websocket takes a while to close
+            await send({"type": "websocket.close", "code": 1001})
+            return
+        seen.append((token.cancelled, token.reason))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = ASGIMiddleware(inner)
+    sent = Sent()
+
+    async def main():
+        nonlocal closing, may_close
+        closing, may_close = asyncio.Event(), asyncio.Event()
+        scope = {"type": "websocket", "path": "/feed", "asgi": {"version": "3.0"}}
+        ws = asyncio.create_task(mw(scope, receive_nothing, Sent()))
+        await asyncio.sleep(0)
+        stopping = asyncio.create_task(mw.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        await asyncio.wait_for(closing.wait(), BOUND)
+        await mw(http_scope(), receive_nothing, sent)  # on a still-open keep-alive connection
+        may_close.set()
+        await asyncio.wait_for(stopping, BOUND)
+        await asyncio.wait_for(ws, BOUND)
+
+    run(main)
+    assert seen == [(False, None)]
+    assert sent.start["headers"] == [(b"connection", b"close")]
+
+
+def test_a_second_stop_waits_until_nothing_is_in_flight():
+    """Called twice (by the server component and by the app), the second stop waits too."""
+    inner = Held()
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        call = asyncio.create_task(mw(http_scope("/hold"), receive_nothing, Sent()))
+        await asyncio.wait_for(inner.entered.wait(), BOUND)
+        first = asyncio.create_task(mw.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        second = asyncio.create_task(mw.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        waiting = (first.done(), second.done())
+        inner.release.set()
+        await asyncio.wait_for(asyncio.gather(call, first, second), BOUND)
+        return waiting
+
+    assert run(main) == (False, False)
+    assert mw.in_flight == 0
+
+
+def test_a_request_marked_long_lived_after_streams_ended_is_cancelled_at_once():
+    """mark_long_lived() once stop asked the streams to end cancels the new stream's token."""
+    seen = []
+    ending, may_close = asyncio.Event(), asyncio.Event()  # replaced in the test's loop
+
+    async def inner(scope, receive, send):
+        token = lifecycle.current_token()
+        if scope["type"] == "websocket":
+            await token.wait_async()
+            ending.set()
+            await may_close.wait()  # the websocket takes a while to close
+            return
+        assert lifecycle.mark_long_lived() is True
+        seen.append((token.cancelled, lifecycle.current_token().reason))
+
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        nonlocal ending, may_close
+        ending, may_close = asyncio.Event(), asyncio.Event()
+        ws = asyncio.create_task(mw({"type": "websocket", "path": "/ws"}, receive_nothing, Sent()))
+        await asyncio.sleep(0)
+        stopping = asyncio.create_task(mw.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        await asyncio.wait_for(ending.wait(), BOUND)  # the streams were asked to end
+        await mw(http_scope("/events"), receive_nothing, Sent())
+        may_close.set()
+        await asyncio.wait_for(asyncio.gather(ws, stopping), BOUND)
+
+    run(main)
+    assert seen == [(False, "server stopping")]  # born live, cancelled as it turned long-lived
+
+
+def test_mark_long_lived_in_an_asgi_app_served_by_an_async_stream_server_marks_the_asgi_request():
+    """Nested servers: mark_long_lived() marks the innermost request (the ASGI one)."""
+    seen: list[Any] = []
+
+    async def inner(scope, receive, send):
+        seen.append(lifecycle.mark_long_lived())
+        seen.append(mw._work())
+
+    mw = ASGIMiddleware(inner)
+
+    async def handle(reader, writer):
+        await reader.readline()
+        await mw(http_scope(), receive_nothing, Sent())
+        seen.append(server._work())
+        writer.write(b"done\n")
+
+    server = AsyncStreamServer(handle)
+
+    async def main():
+        await server.start()
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(b"go\n")
+        assert await asyncio.wait_for(reader.readline(), BOUND) == b"done\n"
+        writer.close()
+        await server.stop(lifecycle.CancelSource(timeout=BOUND).token)
+
+    run(main)
+    marked, asgi_work, stream_work = seen
+    assert marked is True
+    assert (asgi_work.ordinary, asgi_work.long_lived) == (0, 1)
+    assert (stream_work.ordinary, stream_work.long_lived) == (1, 0)  # the connection unit
 
 
 def test_as_a_component_under_the_asyncio_runner_stop_waits_for_requests():
@@ -315,7 +496,7 @@ def test_as_a_component_under_the_asyncio_runner_stop_waits_for_requests():
         return await asyncio.wait_for(stopping, BOUND)
 
     assert run(main) == lifecycle.ExitCode.OK
-    assert sent.start["headers"] == [(b"connection", b"close")]
+    assert sent.start["status"] == 200
 
 
 def test_under_the_threaded_runner_stop_waits_for_a_request_on_another_loop():
@@ -347,60 +528,78 @@ def test_under_the_threaded_runner_stop_waits_for_a_request_on_another_loop():
     client.join(BOUND)
     stopper.join(BOUND)
     assert codes == [lifecycle.ExitCode.OK]
-    assert sent.start["headers"] == [(b"connection", b"close")]
+    assert sent.start["status"] == 200
 
 
 # -- with a real uvicorn ---------------------------------------------------------------------
 
-
-@pytest.mark.skipif(
+needs_uvicorn = pytest.mark.skipif(
     importlib.util.find_spec("uvicorn") is None,
     reason="uvicorn is not installed (pip install 'lifecycle[uvicorn]')",
 )
-def test_uvicorn_with_the_middleware_says_connection_close_during_the_drain():
-    """Real uvicorn with the middleware says Connection: close during the drain, then closes."""
-    import uvicorn  # noqa: PLC0415 - optional
 
-    class Uvicorn:
-        """The shape of the coming uvicorn component: close listener, drain, let uvicorn close."""
 
-        def __init__(self, mw):
-            self.mw = mw
-            config = uvicorn.Config(mw, host="127.0.0.1", port=0, lifespan="off", log_level="error")
-            config.load()
-            self.server = uvicorn.Server(config)
-            self.server.lifespan = config.lifespan_class(config)
-            self.port = 0
+class Uvicorn:
+    """The shape of the coming uvicorn component: close listener, drain, let uvicorn close."""
 
-        async def start(self, token):
-            await self.server.startup()
-            self.port = self.server.servers[0].sockets[0].getsockname()[1]
+    def __init__(self, mw):
+        import uvicorn  # noqa: PLC0415 - optional
 
-        async def stop(self, token):
-            for listener in self.server.servers:
-                listener.close()
+        self.mw = mw
+        config = uvicorn.Config(mw, host="127.0.0.1", port=0, lifespan="off", log_level="error")
+        config.load()
+        self.server = uvicorn.Server(config)
+        self.server.lifespan = config.lifespan_class(config)
+        self.port = 0
+
+    async def start(self, token):
+        await self.server.startup()
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self, token):
+        for listener in self.server.servers:
+            listener.close()
+        try:
             await self.mw.stop(token)
+        finally:
             await self.server.shutdown()
 
-    class Gate:
-        def __init__(self):
-            self.stopping = asyncio.Event()
-            self.open = asyncio.Event()
 
-        async def stop(self, token):
-            self.stopping.set()
-            await self.open.wait()
+class Gate:
+    """A component that depends on the server: while its stop waits, the server drains."""
 
-    async def request(reader, writer):
-        writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
-        await writer.drain()
+    def __init__(self):
+        self.stopping = asyncio.Event()
+        self.open = asyncio.Event()
+
+    async def stop(self, token):
+        self.stopping.set()
+        await self.open.wait()
+
+
+async def read_head(reader):
+    """Status and headers of one HTTP/1.1 response (bounded)."""
+    async with asyncio.timeout(BOUND):
         status = await reader.readline()
         headers = {}
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode().partition(":")
             headers[name.strip().lower()] = value.strip()
-        await reader.readexactly(int(headers["content-length"]))
-        return int(status.split()[1]), headers.get("connection")
+    return int(status.split()[1]), headers
+
+
+async def request(reader, writer, target="/x"):
+    """GET ``target`` on a keep-alive connection: (status, its Connection header)."""
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    await writer.drain()
+    status, headers = await read_head(reader)
+    await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), BOUND)
+    return status, headers.get("connection")
+
+
+@needs_uvicorn
+def test_uvicorn_with_the_middleware_says_connection_close_during_the_drain():
+    """Real uvicorn with the middleware says Connection: close during the drain, then closes."""
 
     async def main():
         app = lifecycle.App("t")
@@ -426,4 +625,59 @@ def test_uvicorn_with_the_middleware_says_connection_close_during_the_drain():
     assert before == (200, None)
     assert during == (200, "close")
     assert closed is True
+    assert code == lifecycle.ExitCode.OK
+
+
+@needs_uvicorn
+def test_uvicorn_a_request_arriving_while_stop_ends_a_stream_is_served_with_a_live_token():
+    """Through uvicorn: while stop ends a long-lived stream, a request on a kept-alive
+    connection is served with a live token and answered with Connection: close."""
+    seen: list[tuple[bool, str | None]] = []
+    ended, may_end = asyncio.Event(), asyncio.Event()  # replaced in the test's loop
+
+    async def inner(scope, receive, send):
+        if scope["path"] == "/stream":
+            lifecycle.mark_long_lived()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+            await lifecycle.current_token().wait_async()
+            ended.set()
+            await may_end.wait()  # the stream takes a while to end
+            await send({"type": "http.response.body", "body": b"bye\n"})
+            return
+        seen.append((lifecycle.current_token().cancelled, lifecycle.current_token().reason))
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main():
+        nonlocal ended, may_end
+        ended, may_end = asyncio.Event(), asyncio.Event()
+        app = lifecycle.App("t", stop_timeout=BOUND)
+        mw = ASGIMiddleware(inner, app)
+        server = app.add(Uvicorn(mw), name="uvicorn")
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        stream_r, stream_w = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            before = await request(reader, writer)
+            stream_w.write(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+            await stream_w.drain()
+            await read_head(stream_r)
+            stopping = asyncio.create_task(runner.stop("test"))
+            await asyncio.wait_for(ended.wait(), BOUND)  # stop ended the stream's token
+            during = await request(reader, writer)  # the kept-alive connection, still open
+            may_end.set()
+            code = await asyncio.wait_for(stopping, BOUND)
+        finally:
+            writer.close()
+            stream_w.close()
+        return before, during, code
+
+    before, during, code = run(main)
+    assert before == (200, None)
+    assert during == (200, "close")
+    assert seen == [(False, None), (False, None)]
     assert code == lifecycle.ExitCode.OK

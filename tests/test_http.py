@@ -19,9 +19,9 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 import lifecycle
-from lifecycle import CancelSource, ExitCode, current_token
+from lifecycle import CancelSource, CancelToken, ExitCode, current_token
 from lifecycle._serving.http import FIRST_REQUEST_GRACE, HTTPServer, TCPServer, mark_long_lived
-from tests.serving import WAIT, connect, serving
+from tests.serving import WAIT, connect, serving, wait_until
 
 
 class Gates:
@@ -33,8 +33,10 @@ class Gates:
         self.stuck = threading.Event()
         self.before_read = threading.Event()
         self.read_gate: threading.Event | None = None
+        self.ended = threading.Event()
         self.nodelay: list[int] = []
         self.reasons: list[str | None] = []
+        self.tokens: list[CancelToken] = []
 
     def open_all(self) -> None:
         for event in (self.release, self.stuck, self.before_read):
@@ -71,9 +73,11 @@ def make_handler(gates: Gates) -> type[BaseHTTPRequestHandler]:
                     self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
                 )
                 self.reply(b"ok\n")
-            elif path == "/stream":
+            elif path in ("/stream", "/stream-then-wait"):
+                before = current_token()
                 assert mark_long_lived()
                 token = current_token()
+                gates.tokens.extend([before, token])
                 self.send_response(200)
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
@@ -81,6 +85,9 @@ def make_handler(gates: Gates) -> type[BaseHTTPRequestHandler]:
                 gates.entered.set()
                 token.wait(WAIT)
                 gates.reasons.append(token.reason)
+                gates.ended.set()
+                if path == "/stream-then-wait":  # the test says when the stream ends
+                    gates.release.wait(WAIT)
                 self.wfile.write(b"4\r\nbye\n\r\n0\r\n\r\n")
             elif path == "/stuck":
                 gates.entered.set()
@@ -157,7 +164,7 @@ def test_serves_keep_alive_requests_on_an_ephemeral_port(server):
 
 
 def test_handler_sockets_have_nagle_off(server, gates):
-    """Responses are not delayed by Nagle's algorithm (lesson 5)."""
+    """Nagle is off (headers and body go in separate sends: +40 ms each) and the backlog is 128."""
     conn = connect(server)
     get(conn, "/nodelay")
     conn.close()
@@ -389,6 +396,120 @@ def test_long_lived_request_is_asked_to_end_at_stop(server, gates):
     assert response.read() == b"start\nbye\n"
     assert gates.reasons == ["server stopping: long-lived request asked to end"]
     conn.close()
+
+
+@pytest.fixture
+def server11(gates):
+    """A started HTTPServer whose handler chose HTTP/1.1 itself (no framing guard)."""
+    handler = type("Handler11", (make_handler(gates),), {"protocol_version": "HTTP/1.1"})
+    yield from serving(HTTPServer(handler), gates.open_all)
+
+
+@pytest.mark.parametrize("how", ["stop", "shutdown"])
+def test_a_response_begun_before_the_drain_still_says_close(server11, gates, how):
+    """A request in flight when the drain begins (shutdown or stop) ends with Connection: close."""
+    conn = connect(server11)
+    assert get(conn)[0].getheader("Connection") is None  # keep-alive before the drain
+    conn.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    stopper = None
+    if how == "stop":
+        stopper = stop_in_thread(server11)
+        assert server11._listener_closed.wait(WAIT)
+    else:
+        server11.app.request_shutdown()
+    gates.release.set()
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"held\n")
+    assert response.getheader("Connection") == "close"
+    if stopper is not None:
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+    conn.close()
+
+
+def test_request_after_a_stream_on_the_same_connection_gets_a_live_token(server, gates):
+    """A request on a keep-alive connection whose stream the stop just ended is served live."""
+    client = socket.create_connection(server.address, timeout=WAIT)
+    client.sendall(b"GET /stream-then-wait HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert gates.entered.wait(WAIT)
+    stopper = stop_in_thread(server)
+    assert gates.ended.wait(WAIT)  # the stop cancelled the stream's token
+    client.sendall(b"GET /token HTTP/1.1\r\nHost: x\r\n\r\n")  # the client knows nothing
+    gates.release.set()
+    data = b""
+    while chunk := client.recv(65536):  # the server closes after the second response
+        data += chunk
+    client.close()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    stream, _, after = data.partition(b"0\r\n\r\n")
+    assert b"Connection:" not in stream  # headers sent before the stop: keep-alive
+    assert stream.endswith(b"6\r\nstart\n\r\n4\r\nbye\n\r\n")
+    head, _, body = after.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nConnection: close" in head
+    info = json.loads(body)
+    assert info["cancelled"] is False
+    assert info["deadline"] is not None
+
+
+def test_marking_long_lived_gives_the_request_its_own_current_token(server, gates):
+    """mark_long_lived() makes a token of the request's own current; the stop cancels only it."""
+    conn = connect(server)
+    conn.request("GET", "/stream-then-wait")
+    response = conn.getresponse()
+    assert gates.entered.wait(WAIT)
+    before, own = gates.tokens
+    assert before is not own
+    gates.release.set()
+    server.stop(CancelSource(timeout=WAIT).token)
+    assert response.read() == b"start\nbye\n"
+    assert own.reason == "server stopping: long-lived request asked to end"
+    assert before.reason == "closed"  # the shared token: cancelled only when the server ended
+    conn.close()
+
+
+@pytest.mark.realtime
+def test_streams_are_ended_as_soon_as_the_last_ordinary_request_ends(server, gates):
+    """The stop cancels the streams' tokens within 0.2 s of the last ordinary response."""
+    stream_conn = connect(server)
+    stream_conn.request("GET", "/stream-then-wait")
+    stream = stream_conn.getresponse()
+    assert gates.entered.wait(WAIT)
+    gates.entered.clear()
+    held = connect(server)
+    held.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    stopper = stop_in_thread(server)
+    assert server._listener_closed.wait(WAIT)
+    released = time.monotonic()
+    gates.release.set()
+    assert held.getresponse().read() == b"held\n"
+    assert gates.ended.wait(WAIT)
+    latency = time.monotonic() - released
+    assert stream.read() == b"start\nbye\n"
+    stopper.join(WAIT)
+    assert latency < 0.2
+    held.close()
+    stream_conn.close()
+
+
+def test_every_cut_request_is_named_in_the_exception(server, gates):
+    """25 requests cut: DeadlineExceeded.cut names all 25 (the log caps, the exception does not)."""
+    conns = [connect(server) for _ in range(25)]
+    for i, conn in enumerate(conns):
+        conn.request("GET", f"/stuck?n={i}")
+    wait_until(lambda: server.tracker.count == 25, "25 requests in flight")
+    with pytest.raises(lifecycle.DeadlineExceeded) as raised:
+        server.stop(CancelSource(timeout=0.5).token)
+    gates.stuck.set()
+    for thread in server_threads(server):
+        thread.join(WAIT)
+    for conn in conns:
+        conn.close()
+    assert len(raised.value.cut) == 25
+    assert {line.split(" (")[0] for line in raised.value.cut} == {"GET /stuck"}
 
 
 def test_request_token_carries_the_shutdown_deadline_once_requested(server):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
 import lifecycle
 from tests.fakes import FakeClock
+from tests.serving import wait_until
 
 
 def test_enter_and_leave_count() -> None:
@@ -155,3 +158,194 @@ def test_wait_idle_async_gives_up_on_cancel() -> None:
         return await asyncio.wait_for(waiter, 5)
 
     assert asyncio.run(main()) is False
+
+
+# -- wake-ups: by the event, never by polling ------------------------------------------------
+
+WAKE_LATENCY = 0.05  # seconds from the event to the waiter running again
+
+
+def blocked_in_wait(tracker: lifecycle.InFlight) -> bool:
+    # The waiter holds the lock from counting itself in until it waits: seen
+    # under the lock, a counted waiter is blocked in the condition's wait.
+    with tracker._lock:
+        return tracker._waiters > 0
+
+
+def timed_waiter(wait: Callable[[], object]) -> tuple[threading.Thread, list[float]]:
+    """A started thread that runs ``wait()``, then records when it returned."""
+    woke: list[float] = []
+
+    def run() -> None:
+        wait()
+        woke.append(time.monotonic())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, woke
+
+
+def a_stream_and_a_request() -> tuple[lifecycle.InFlight, lifecycle.Ticket]:
+    """A tracker with one long-lived unit and one ordinary one (returned)."""
+    tracker = lifecycle.InFlight()
+    tracker.enter("stream", long_lived=True)
+    ordinary = tracker.enter("GET /")
+    assert ordinary is not None
+    return tracker, ordinary
+
+
+@pytest.mark.realtime
+def test_waiter_ignoring_long_lived_wakes_when_the_last_ordinary_unit_leaves():
+    """A waiter for "only long-lived left" wakes within 50 ms of the last ordinary leave."""
+    tracker, ordinary = a_stream_and_a_request()
+    result: list[bool] = []
+    waiter, woke = timed_waiter(
+        lambda: result.append(tracker.wait_idle(timeout=5.0, ignore_long_lived=True))
+    )
+    wait_until(lambda: blocked_in_wait(tracker), "a waiter blocked")
+    left = time.monotonic()
+    tracker.leave(ordinary)
+    waiter.join(5.0)
+    assert result == [True]
+    assert woke[0] - left < WAKE_LATENCY
+
+
+@pytest.mark.realtime
+def test_waiter_wakes_when_the_last_ordinary_unit_is_marked_long_lived():
+    """Marking the last ordinary unit long-lived wakes a waiter that ignores long-lived work."""
+    tracker = lifecycle.InFlight()
+    ticket = tracker.enter("GET /events")
+    assert ticket is not None
+    waiter, woke = timed_waiter(lambda: tracker.wait_idle(timeout=5.0, ignore_long_lived=True))
+    wait_until(lambda: blocked_in_wait(tracker), "a waiter blocked")
+    marked = time.monotonic()
+    tracker.mark_long_lived(ticket)
+    waiter.join(5.0)
+    assert ticket.long_lived
+    assert woke[0] - marked < WAKE_LATENCY
+
+
+@pytest.mark.realtime
+def test_waiter_wakes_when_its_token_is_cancelled():
+    """A waiter with a token and no deadline wakes within 50 ms of the token's cancel."""
+    tracker = lifecycle.InFlight()
+    tracker.enter("stuck")
+    source = lifecycle.CancelSource()
+    waiter, woke = timed_waiter(lambda: tracker.wait_idle(source.token))
+    wait_until(lambda: blocked_in_wait(tracker), "a waiter blocked")
+    cancelled = time.monotonic()
+    source.cancel("stop")
+    waiter.join(5.0)
+    assert woke[0] - cancelled < WAKE_LATENCY
+
+
+@pytest.mark.realtime
+def test_async_waiter_ignoring_long_lived_wakes_when_the_last_ordinary_unit_leaves():
+    """The asyncio waiter wakes within 50 ms of a leave from another thread, long-lived left."""
+    tracker, ordinary = a_stream_and_a_request()
+    left: list[float] = []
+
+    def leave() -> None:
+        left.append(time.monotonic())
+        tracker.leave(ordinary)
+
+    async def main() -> float:
+        waiter = asyncio.ensure_future(tracker.wait_idle_async(timeout=5.0, ignore_long_lived=True))
+        while not tracker._idle_callbacks:
+            await asyncio.sleep(0)
+        threading.Thread(target=leave).start()
+        assert await asyncio.wait_for(waiter, 5.0) is True
+        return time.monotonic()
+
+    woke = asyncio.run(main())
+    assert woke - left[0] < WAKE_LATENCY
+
+
+def test_describe_without_a_limit_lists_every_unit():
+    """describe(limit=None) names every unit: what a stop reports as cut is never capped."""
+    clock = FakeClock()
+    tracker = lifecycle.InFlight(clock=clock)
+    for i in range(100):
+        tracker.enter(f"GET /{i}")
+    lines = tracker.describe(limit=None)
+    assert len(lines) == 100
+    assert lines[99] == "GET /99 (0.0s)"
+    assert len(tracker.describe()) == 21
+
+
+def test_counts_tells_ordinary_from_long_lived():
+    """counts() is (ordinary, long-lived) units in progress."""
+    tracker = lifecycle.InFlight()
+    tracker.enter("a")
+    tracker.enter("b", long_lived=True)
+    ticket = tracker.enter("c")
+    assert ticket is not None
+    tracker.mark_long_lived(ticket)
+    assert tracker.counts() == (1, 2)
+
+
+def test_mark_long_lived_outside_any_request_is_false():
+    """mark_long_lived() outside any server's request marks nothing and says so."""
+    assert lifecycle.mark_long_lived() is False
+
+
+# -- slots: one reusable ticket per connection -------------------------------------------
+
+
+def test_a_slot_counts_as_in_progress_only_between_begin_and_end():
+    """A slot is in progress between begin() and end(); total counts each unit it carried."""
+    tracker = lifecycle.InFlight()
+    slot = tracker.open_slot()
+    assert slot is not None
+    assert (tracker.count, tracker.total, tracker.running()) == (0, 0, [])
+    for path in ("/a", "/b"):
+        assert tracker.begin(slot, f"GET {path}")
+        assert [t.label for t in tracker.running()] == [f"GET {path}"]
+        tracker.end(slot)
+    assert (tracker.count, tracker.total) == (0, 2)
+    tracker.close_slot(slot)
+    assert tracker.total == 2
+    assert tracker.wait_idle(timeout=0)
+
+
+def test_a_slot_names_its_unit_only_when_asked():
+    """Without a label, a slot's describe() names the unit in progress when it is read."""
+    tracker = lifecycle.InFlight()
+    asked: list[str] = []
+
+    def describe() -> str:
+        asked.append("GET /orders")
+        return asked[-1]
+
+    slot = tracker.open_slot(describe)
+    assert slot is not None
+    assert tracker.begin(slot)
+    assert asked == []
+    assert tracker.running()[0].label == "GET /orders"
+    assert asked == ["GET /orders"]
+
+
+def test_a_closed_tracker_refuses_to_begin_in_a_slot():
+    """Once closed, begin() refuses (False) and counts the refusal; open_slot() gives None."""
+    tracker = lifecycle.InFlight()
+    slot = tracker.open_slot()
+    assert slot is not None
+    tracker.close()
+    assert not tracker.begin(slot, "GET /")
+    assert tracker.open_slot() is None
+    assert (tracker.count, tracker.refused) == (0, 2)
+
+
+@pytest.mark.realtime
+def test_waiter_wakes_when_a_slot_ends_without_the_lock():
+    """end() takes no lock on the hot path, yet a waiter wakes within 50 ms of it."""
+    tracker = lifecycle.InFlight()
+    slot = tracker.open_slot()
+    assert slot is not None
+    assert tracker.begin(slot, "GET /")
+    waiter, woke = timed_waiter(lambda: tracker.wait_idle(timeout=5.0))
+    wait_until(lambda: blocked_in_wait(tracker), "a waiter blocked")
+    ended = time.monotonic()
+    tracker.end(slot)
+    waiter.join(5.0)
+    assert woke[0] - ended < WAKE_LATENCY

@@ -20,11 +20,11 @@ from wsgiref.simple_server import WSGIServer as WsgirefServer
 import pytest
 
 import lifecycle
-from lifecycle import CancelSource, ExitCode, current_token
+from lifecycle import CancelSource, CancelToken, ExitCode, current_token
 from lifecycle._serving.http import mark_long_lived
 from lifecycle._serving.wsgi import CLOSE_CONNECTION_KEY, TRACKED_KEY, WSGIMiddleware, WSGIServer
 from tests.fakes import FakeApp
-from tests.serving import WAIT, connect, serving
+from tests.serving import WAIT, connect, serving, wait_until
 
 
 class Gates:
@@ -224,6 +224,73 @@ def test_app_connection_close_is_honoured_and_hop_by_hop_dropped(server):
     conn.close()
 
 
+def raw_exchange(wsgi_app) -> bytes:
+    """Serve ``wsgi_app`` on a WSGIServer; send one request on a raw socket and return
+    every byte the server sent until it closed the connection."""
+    srv = WSGIServer(wsgi_app)
+    srv.start(CancelSource().token)
+    try:
+        client = socket.create_connection(srv.address, timeout=WAIT)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := client.recv(65536):
+            data += chunk
+        client.close()
+    finally:
+        srv.stop(CancelSource(timeout=WAIT).token)
+    return data
+
+
+def header_app(status: str, headers: list[tuple[str, str]], body: list[bytes]):
+    def app(environ, start_response):
+        start_response(status, headers)
+        return body
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        ("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "abc")]),
+        ("200 OK", [("X-Name", "caf\u00e9 \u2603")]),  # not latin-1
+        ("200 OK", [("X-Split", "a\r\nX-Injected: 1")]),
+        ("200 OK", [("X-Split", "a\nX-Injected: 1")]),
+        ("200 OK", [("X-Nul", "a\0b")]),
+        ("200 OK", [("X-Bad\r\nX-Injected", "1")]),
+        ("200 OK", [("X Bad", "1")]),
+        ("200 OK\r\nX-Injected: 1", [("Content-Type", "text/plain")]),
+        ("200", [("Content-Type", "text/plain")]),
+    ],
+)
+def test_a_bad_status_or_header_is_one_500_on_the_wire(status, headers, log_events):
+    """A bad status or header (CR, LF, NUL, not latin-1, bad length) gets one 500 and no split."""
+    data = raw_exchange(header_app(status, headers, [b"body bytes"]))
+    assert data.count(b"HTTP/1.") == 1
+    assert data.startswith(b"HTTP/1.1 500 ")
+    assert b"X-Injected" not in data
+    assert b"body bytes" not in data
+    assert [e["event"] for e in log_events].count("WSGI app raised") == 1
+
+
+def test_a_bad_header_in_a_streamed_response_is_still_one_head():
+    """A generator body whose start_response header is bad: one 500, the body never starts."""
+    started: list[bool] = []
+
+    def app(environ, start_response):
+        def body():
+            started.append(True)
+            yield b"first"
+
+        start_response("200 OK", [("Content-Length", "5 ")])
+        return body()
+
+    data = raw_exchange(app)
+    assert data.count(b"HTTP/1.") == 1
+    assert data.startswith(b"HTTP/1.1 500 ")
+    assert started == []
+
+
 # -- WSGIServer: stopping ------------------------------------------------------------------
 
 
@@ -367,6 +434,32 @@ def test_middleware_tracks_a_request_until_its_body_is_closed():
     assert mw.tracker.count == 0
 
 
+def test_middleware_request_with_a_built_body_ends_when_the_app_returns():
+    """A list body runs no app code while sent: the request ends when the app returns."""
+    mw = WSGIMiddleware(lambda environ, start_response: [b"built"], FakeApp())
+    assert mw(environ_for("/"), Recorder()) == [b"built"]
+    assert (mw.tracker.count, mw.tracker.total) == (0, 1)
+
+
+def test_no_request_token_stays_current_when_bodies_close_out_of_order():
+    """Two streamed bodies open at once, the first closed first: afterwards the caller's
+    token is current again, not one of the requests'."""
+    seen: list[CancelToken] = []
+    mw = WSGIMiddleware(token_app(seen), FakeApp())
+    outer = current_token()
+    first = mw(environ_for("/1"), Recorder())
+    second = mw(environ_for("/2"), Recorder())
+    assert current_token() is seen[1]  # the second body's, while the server sends it
+    first.close()  # type: ignore[attr-defined]
+    assert current_token() is seen[1]
+    second.close()  # type: ignore[attr-defined]
+    assert current_token() is outer
+    third = mw(environ_for("/3"), Recorder())
+    third.close()  # type: ignore[attr-defined]
+    assert current_token() is outer
+    assert seen[2] is not seen[0]  # the token closed out of order is never used again
+
+
 def test_middleware_token_is_current_in_the_app_and_its_body():
     """current_token() is the request's token in the app call and while its body iterates."""
     seen: list[object] = []
@@ -445,7 +538,7 @@ def test_middleware_stop_waits_for_requests_and_ends_long_lived_ones():
         token = current_token()
         token.on_cancel(ended.set)
         start_response("200 OK", [])
-        return [b"x"]
+        return iter([b"x"])  # streamed: in flight until closed
 
     stream_mw = mw.wsgi_app
     mw.wsgi_app = streaming
@@ -461,14 +554,121 @@ def test_middleware_stop_waits_for_requests_and_ends_long_lived_ones():
     assert mw.tracker.count == 0
 
 
-def test_middleware_stop_logs_requests_still_running_at_its_deadline(log_events):
-    """A request still running at the middleware's stop deadline is named in the log."""
+def test_middleware_stop_cuts_before_its_deadline_and_raises(log_events):
+    """A request still running CUT_MARGIN before the deadline is cut: token, log, error."""
     mw = WSGIMiddleware(body_app([]), FakeApp())
+    seen: list[CancelToken] = []
+    mw.wsgi_app = token_app(seen)
     result = mw(environ_for("/slow"), Recorder())
-    mw.stop(CancelSource(timeout=0.2).token)
+    stop = CancelSource(timeout=0.5).token
+    with pytest.raises(lifecycle.DeadlineExceeded) as raised:
+        mw.stop(stop)
+    assert not stop.cancelled  # it returned before its deadline
     result.close()  # type: ignore[attr-defined]
-    events = [e for e in log_events if e["event"] == "requests still running at the stop deadline"]
-    assert [line.split(" (")[0] for line in events[0]["cut"]] == ["GET /slow"]
+    assert [line.split(" (")[0] for line in raised.value.cut] == ["GET /slow"]
+    assert seen[0].reason == "stop deadline: request cut"
+    events = [e for e in log_events if e["event"] == "work cut at the stop deadline"]
+    assert [line.split(" (")[0] for line in events[0]["running"]] == ["GET /slow"]
+
+
+def token_app(seen: list[CancelToken]):
+    """An app recording its token; its streamed body keeps the request in flight until closed."""
+
+    def app(environ, start_response):
+        seen.append(current_token())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"x"])
+
+    return app
+
+
+def test_middleware_names_every_one_of_100_cut_requests():
+    """100 requests cut by the middleware's stop: DeadlineExceeded.cut has 100 labels."""
+    mw = WSGIMiddleware(body_app([]), FakeApp())
+    bodies = [mw(environ_for(f"/r{i}"), Recorder()) for i in range(100)]
+    with pytest.raises(lifecycle.DeadlineExceeded) as raised:
+        mw.stop(CancelSource(timeout=0.3).token)
+    for body in bodies:
+        body.close()  # type: ignore[attr-defined]
+    assert len(raised.value.cut) == 100
+    assert sorted(line.split(" (")[0] for line in raised.value.cut) == sorted(
+        f"GET /r{i}" for i in range(100)
+    )
+
+
+def test_stuck_middleware_under_a_runner_is_cut_not_abandoned(gates):
+    """Under a runner, a stuck request makes the middleware's stop raise before its timeout."""
+    app = lifecycle.App("web", shutdown_timeout=WAIT, stop_timeout=0.5)
+    mw = app.add(WSGIMiddleware(body_app([])), name="wsgi")
+    runner = lifecycle.ThreadedRunner(app, signals=None)
+    runner.start()
+    body = mw(environ_for("/stuck"), Recorder())
+    code = runner.stop("test")
+    body.close()  # type: ignore[attr-defined]
+    info = app.components["wsgi"]
+    assert code == ExitCode.TIMEOUT
+    assert isinstance(info.error, lifecycle.DeadlineExceeded)
+    assert info.error.cut[0].startswith("GET /stuck (")
+    assert info.stop_duration is not None
+    assert info.stop_duration < 0.5
+
+
+def test_middleware_ends_a_marked_request_through_its_own_token_only():
+    """Marked long-lived, a request's token (in the app and its body) is cancelled by the
+    stop; an ordinary request in flight at the same time keeps a live token."""
+    tokens: dict[str, list[CancelToken]] = {"/events": [], "/slow": []}
+
+    def app(environ, start_response):
+        seen = tokens[environ["PATH_INFO"]]
+        if environ["PATH_INFO"] == "/events":
+            assert mark_long_lived()
+        seen.append(current_token())
+        start_response("200 OK", [])
+
+        def body():
+            seen.append(current_token())
+            yield b"x"
+
+        return body()
+
+    mw = WSGIMiddleware(app, FakeApp())
+    stream = mw(environ_for("/events"), Recorder())
+    assert list(stream) == [b"x"]
+    slow = mw(environ_for("/slow"), Recorder())
+    assert list(slow) == [b"x"]
+    assert [t.long_lived for t in mw.tracker.running()] == [True, False]
+    in_app, in_body = tokens["/events"]
+    assert in_body is in_app
+    other = tokens["/slow"][0]
+    assert other is not in_app
+    stopper = threading.Thread(target=mw.stop, args=(CancelSource(timeout=WAIT).token,))
+    stopper.start()
+    slow.close()  # type: ignore[attr-defined]
+    assert in_app.wait(WAIT)  # only long-lived left: the stream is asked to end
+    assert in_app.reason == "server stopping: long-lived request asked to end"
+    assert not other.cancelled
+    stream.close()  # type: ignore[attr-defined]
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+
+
+def test_middleware_request_arriving_during_the_stop_gets_a_live_token():
+    """A request that arrives while the stop waits is served with a live token and the deadline."""
+    fake = FakeApp()
+    mw = WSGIMiddleware(body_app([]), fake)
+    held = mw(environ_for("/held"), Recorder())
+    stop = CancelSource(timeout=WAIT).token
+    stopper = threading.Thread(target=mw.stop, args=(stop,))
+    stopper.start()
+    wait_until(lambda: mw.draining, "the stop began")
+    seen: list[CancelToken] = []
+    mw.wsgi_app = token_app(seen)
+    mw(environ_for("/late"), Recorder()).close()  # type: ignore[attr-defined]
+    held.close()  # type: ignore[attr-defined]
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert seen[0].deadline == stop.deadline
+    assert seen[0].reason in (None, "closed")  # live while served; released after the stop
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -498,7 +698,7 @@ def test_middleware_in_wsgiref_keeps_the_in_flight_request(gates):
             codes: list[int] = []
             stopper = threading.Thread(target=lambda: codes.append(runner.stop("test")))
             stopper.start()
-            assert mw.draining
+            wait_until(lambda: mw.draining, "the drain began")
             gates.release.set()
             response = conn.getresponse()
             assert (response.status, response.read()) == (200, b"held\n")

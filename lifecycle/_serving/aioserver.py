@@ -1,20 +1,26 @@
 """`AsyncStreamServer`: an ``asyncio.start_server`` component that drains without losing work.
 
-The shutdown sequence it carries out (ROLLING-FINDINGS lessons 1-3, 7):
+Its stop is the stop sequence of `lifecycle._serving.stopseq`, the same for
+every server kind, carried out on the event loop (`drive_async`):
 
 1. **Drain** -- from the moment the app's shutdown is requested until this
    component's stop: keep accepting and serving. `AsyncStreamServer.draining`
    turns True so that an HTTP handler answers with ``Connection: close`` and
-   closes after it (lesson 1); the load balancer meanwhile sees ``/readyz``
-   turn 503 (lesson 7).
-2. **stop** -- close the listening socket (the kernel then *refuses* new
-   connections, which a load balancer can see, lesson 2); wait for the work in
-   progress; cancel the per-connection tokens and close the connections that
-   sit idle between two requests; wait again; shortly before the stop
-   deadline cancel what still runs, abort its connections and log what was
-   cut, by name.
+   closes after it: a keep-alive client sends its next request on the
+   connection it has, and a connection closed after a response that did not
+   say so loses that request. Meanwhile the load balancer sees ``/readyz``
+   turn 503 and stops routing here.
+2. **stop** -- take in the connections the kernel already completed, then
+   close the listening socket itself: from then on the kernel *refuses*
+   connections, which a load balancer sees and routes around (asyncio's
+   ``Server.close()`` alone resets those queued connections: 20 of 20 in the
+   backlog test). Close the keep-alive connections that sit idle between two
+   requests with nothing received; wait for the requests in progress; cancel
+   the tokens of the long-lived ones; wait again; shortly before the stop
+   deadline cut what still runs, name every request cut and raise
+   `DeadlineExceeded`.
 
-Units of work, tracked in one `InFlight` with one ticket per connection:
+Units of work, one `InFlight` ticket per connection:
 
 * the **connection**: by default a connection is one unit of work from accept
   to the handler's return -- all a raw stream server knows;
@@ -22,18 +28,21 @@ Units of work, tracked in one `InFlight` with one ticket per connection:
   ``async with server.request(label):`` makes its connection *idle* between
   two such blocks (its ticket turns long-lived, and carries the label of the
   request while one runs). Stop waits for the requests, not for idle
-  connections: it closes those. A keep-alive HTTP handler wants this;
-  ``unit="request"`` makes connections idle from the accept on (a connection
-  that never sent a request holds nobody up).
+  connections: it closes those, and never names them as cut work. A
+  keep-alive HTTP handler wants this; ``unit="request"`` makes connections
+  idle from the accept on (a connection that never sent a request holds
+  nobody up once `FIRST_REQUEST_GRACE` has passed).
 
-Marking a request flips the connection's ticket instead of entering one of
-its own: it is on every request's path (about 1.5 us of CPU per request,
-``benchmarks/serving_async.py``).
+The request hot path builds nothing that is not needed until shutdown: a
+request flips its connection's ticket (no ticket of its own), reuses its
+connection's request object, shares the server's token (no token of its own
+unless it is long-lived), and `draining` is a plain attribute.
 
 Invariant: every accepted connection has a tracker ticket from its
 ``connection_made`` (before its handler task first runs) until its handler
-returns, so a connection accepted just before the listener closed is waited
-for like any other.
+returns, and the stop does not go past closing the listener before every
+connection accepted until then has had its ``connection_made``: a connection
+accepted just before the listener closed is waited for like any other.
 
 Added in 0.1.
 """
@@ -41,63 +50,158 @@ Added in 0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import select
+import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import structlog
 
-from .._core.errors import DeadlineExceeded
-from .._core.tokens import CancelSource, CancelToken, _current, current_token
-from .inflight import InFlight, Ticket, cut_deadline
+from .._core.tokens import (
+    CancelSource,
+    CancelToken,
+    _current,
+    cancel_in_background,
+    current_token,
+    on_cancel_inline,
+)
+from .._core.views import ShutdownView
+from .http import FIRST_REQUEST_GRACE
+from .inflight import InFlight, RequestTokens, Ticket, bind_scope, cut_deadline
+from .stopseq import CUT_MARGIN, Waiting, Work, drive_async
 
-if TYPE_CHECKING:
-    from .._core.views import ShutdownView as App
-
-__all__ = ["AsyncStreamServer", "ConnectionHandler"]
+__all__ = ["CUT_MARGIN", "AsyncStreamServer", "ConnectionHandler", "StopWaiter"]
 
 _log = structlog.get_logger("lifecycle")
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 """What ``asyncio.start_server`` calls: ``async def handle(reader, writer)``."""
 
-CUT_MARGIN = 0.1
-"""Seconds before the stop deadline at which what still runs is cut.
-
-The runner abandons a stop at its deadline; cutting slightly earlier lets the
-stop itself cancel the handlers, close their connections, log them by name
-and return within its bound. With less than ``10 * CUT_MARGIN`` left, a tenth
-of what is left is kept instead.
-"""
-
-# Loop iterations that carry an already-accepted socket to connection_made:
-# the accept task's first step creates the transport, which schedules
-# connection_made with call_soon. One spare iteration for safety.
-_ACCEPT_ITERATIONS = 3
+_END_REASON = "server stopping"  # the reason long-lived requests' tokens are cancelled with
+_CUT_REASON = "server stop deadline: connection cut"
 
 _current_connection: contextvars.ContextVar[_Connection] = contextvars.ContextVar(
     "lifecycle_aioserver_connection"
 )
 
 
-class _Connection:
-    """One accepted connection: its ticket, token, writer and handler task.
+class _Serving:
+    """What `AsyncStreamServer` and `ASGIMiddleware` share: the drain, the tokens, the wake-ups.
 
-    Invariant: ``ticket.long_lived`` is True exactly when nothing but
-    long-lived work (or nothing at all) runs on the connection: in request
-    mode with no ordinary request in progress. Stop waits for the others.
+    Both are the `RequestScope` of their requests, found through the
+    requests' token (`bind_scope`): a request sets one context variable, its
+    token, and `lifecycle.mark_long_lived` finds the server from it.
+
+    Invariants: ``draining`` is a plain attribute, set by a wake-up
+    registered on the app's shutdown token (so it turns True as the token
+    fires) or by the stop; every request token descends from
+    ``_tokens.root``, cancelled only at the cut, and is bound to this scope;
+    ``_ending`` is set before the long-lived requests' sources are looked
+    at, and a source made afterwards is cancelled at once, so no long-lived
+    request escapes.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        """True once the app's shutdown was requested (or the stop began): a plain attribute.
+
+        Handlers should then finish the request at hand, say so (HTTP:
+        ``Connection: close``) and close the connection."""
+        self._tokens = RequestTokens()
+        self._app: ShutdownView | None = None
+        self._detach_drain: Callable[[], bool] | None = None
+        self._stop_deadline: float | None = None
+        self._stopping = False
+        self._ending = False  # the long-lived requests were asked to end
+        self._waiter = StopWaiter()
+        self._bound = self._tokens.root  # the request token bound to this scope last
+        bind_scope(self._tokens.root, self)
+
+    def _lc_mark_long_lived(self) -> None:
+        """`RequestScope`: make the request being served here long-lived."""
+        raise NotImplementedError
+
+    def lifecycle_bind(self, app: ShutdownView) -> None:
+        """Drain once ``app``'s shutdown is requested (``App.add`` calls this)."""
+        if self._detach_drain is not None:
+            self._detach_drain()
+        self._app = app
+        self._detach_drain = on_cancel_inline(app.shutdown_token, self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        # Runs as the shutdown token fires: a flag, no logging, no locks.
+        self.draining = True
+
+    def _drain(self, deadline: float | None) -> None:
+        """The stop began (its deadline): requests begun from now on learn it."""
+        self._stop_deadline = deadline
+        self.draining = True
+        self._tokens.renew(self._cut_deadline())
+
+    def _request_token(self) -> CancelToken:
+        """The token of work that begins now: shared, never made per request."""
+        if not self.draining:
+            return self._tokens.root
+        token = self._tokens.draining(self._cut_deadline)
+        if token is not self._bound:
+            bind_scope(token, self)
+            self._bound = token
+        return token
+
+    def _cut_deadline(self) -> float | None:
+        shutdown = self._app.shutdown_deadline if self._app is not None else None
+        return cut_deadline(shutdown, self._stop_deadline)
+
+    def _long_lived_source(self, keep: Callable[[CancelSource], object]) -> CancelSource:
+        """The own source of a request turning long-lived; cancelled at once if streams ended.
+
+        ``keep`` records it where `_end_long_lived` will find it, before
+        ``_ending`` is read (the other half of the class invariant).
+        """
+        source = CancelSource(self._request_token())
+        bind_scope(source.token, self)
+        keep(source)
+        if self._ending:
+            cancel_in_background(source, _END_REASON)
+        return source
+
+    def _end_long_lived(self, sources: list[CancelSource]) -> None:
+        """Ask the long-lived requests to end: cancel ``sources``, and any made from now on."""
+        self._ending = True
+        for source in sources:
+            cancel_in_background(source, _END_REASON)
+
+
+class _Connection:
+    """One accepted connection: its ticket, streams, handler task and request bookkeeping.
+
+    `lifecycle.mark_long_lived` marks the request in progress on it, or the
+    connection itself in connection mode (`AsyncStreamServer` is the scope
+    and finds the connection of the calling task).
+
+    Invariants: ``busy`` counts the ordinary units in progress (in connection
+    mode the connection itself is one, until its first `request`);
+    ``streams`` the long-lived ones. ``ticket.long_lived`` is True exactly
+    when ``busy == 0``. The connection is *idle* when both are 0.
     """
 
     __slots__ = (
+        "accepted",
         "busy",
         "by_request",
+        "current",
         "cut",
         "idle_label",
         "peer",
+        "reader",
+        "requests",
         "server",
         "source",
+        "spare",
         "streams",
         "task",
         "ticket",
@@ -109,7 +213,7 @@ class _Connection:
         server: AsyncStreamServer,
         peer: str,
         ticket: Ticket,
-        source: CancelSource,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
         by_request: bool,
@@ -117,63 +221,103 @@ class _Connection:
         self.server = server
         self.peer = peer
         self.ticket = ticket
-        self.source = source
+        self.reader = reader
         self.writer = writer
-        self.task: asyncio.Task[Any] | None = None
+        self.accepted = ticket.began
+        self.task: asyncio.Task[None] | None = None
         self.by_request = by_request  # idle between request() blocks (else: one unit)
-        self.busy = 0  # ordinary request() blocks in progress
-        self.streams = 0  # long-lived request() blocks in progress
+        self.busy = 0 if by_request else 1
+        self.streams = 0
+        self.requests = 0  # request() blocks entered so far
+        self.current: _Request | None = None  # the innermost request() block in progress
+        self.source: CancelSource | None = None  # own token, once marked long-lived as a whole
         self.cut = False  # stop cancelled its handler at the deadline
         self.idle_label = f"connection {peer} (idle)"  # the ticket's label between requests
+        self.spare: _Request | None = _Request(self)  # reused by request(): no allocation
 
     @property
     def idle(self) -> bool:
         """Between two requests: nothing would be lost by closing it now."""
-        return self.by_request and self.busy == 0 and self.streams == 0
+        return self.busy == 0 and self.streams == 0
+
+    def mark_long_lived(self) -> None:
+        """Make the work in progress long-lived: the innermost request, or the connection."""
+        request = self.current
+        if request is not None:
+            request.mark()
+        elif not self.by_request and self.source is None:
+            # Connection mode: the connection itself is the unit; it turns into a stream.
+            self.source = self.server._stream_source()
+            _current.set(self.source.token)
+            self.busy -= 1
+            self.streams += 1
+            self.ticket.long_lived = True
+            self.server._moved(self)
+
+    def end_connection_unit(self) -> None:
+        """The handler entered its first `request`: the connection-wide unit ends."""
+        self.by_request = True
+        if self.source is None:
+            self.busy -= 1
+        else:
+            self.streams -= 1  # its source stays the handler's token; released at the end
 
 
 class _Request:
     """``async with server.request(label)`` (or ``with``): one unit of work on a connection.
 
-    The hot path of every request: it only flips the connection's ticket
-    between busy and idle (no ticket of its own), and makes a token of its
-    own only once shutdown was requested (to carry the deadline).
+    The hot path of every request: it flips the connection's ticket between
+    busy and idle (no ticket of its own), is reused from one request to the
+    next, and makes a token of its own only when it is long-lived.
     """
 
-    __slots__ = ("_conn", "_label", "_long_lived", "_reset", "_source")
+    __slots__ = ("_conn", "_label", "_long_lived", "_outer", "_reset", "_source")
 
-    def __init__(self, conn: _Connection, label: str, long_lived: bool) -> None:
+    def __init__(self, conn: _Connection) -> None:
         self._conn = conn
-        self._label = label
-        self._long_lived = long_lived
+        self._label = ""
+        self._long_lived = False
+        self._outer: _Request | None = None
         self._source: CancelSource | None = None
         self._reset: contextvars.Token[CancelToken] | None = None
 
     def __enter__(self) -> CancelToken:
         conn = self._conn
-        ticket = conn.ticket
-        if self._long_lived:
-            conn.streams += 1
-            if conn.busy == 0:
-                ticket.label = self._label
-                if not ticket.long_lived:  # leaving connection mode while stop may wait
-                    ticket.long_lived = True
-                    conn.server.tracker.notify()
-        else:
-            conn.busy += 1
-            if conn.busy == 1:
-                ticket.long_lived = False
-                ticket.label = self._label
-                ticket.began = time.monotonic()
-        conn.by_request = True
-        token = conn.source.token
-        deadline = conn.server._deadline()
-        if deadline is not None:
+        server = conn.server
+        if not conn.by_request:
+            conn.end_connection_unit()
+        conn.requests += 1
+        conn.busy += 1
+        if conn.busy == 1:
+            ticket = conn.ticket
+            ticket.long_lived = False
+            ticket.label = self._label
+            ticket.began = time.monotonic()
+        self._outer = conn.current
+        conn.current = self
+        if server.draining:
             # Shutdown was requested: the request learns when it will be cut.
-            self._source = CancelSource(token, deadline=deadline)
-            token = self._source.token
-            self._reset = _current.set(token)
-        return token
+            self._reset = _current.set(server._request_token())
+        if self._long_lived:
+            self.mark()
+        return _current.get()
+
+    def mark(self) -> None:
+        """Make this request long-lived: not waited for at stop; its own token is cancelled."""
+        if self._source is not None:
+            return
+        conn = self._conn
+        server = conn.server
+        self._source = server._stream_source()
+        reset = _current.set(self._source.token)
+        if self._reset is None:
+            self._reset = reset
+        conn.busy -= 1
+        conn.streams += 1
+        if conn.busy == 0:
+            conn.ticket.long_lived = True
+            conn.ticket.label = self._label
+        server._moved(conn)
 
     def __exit__(
         self,
@@ -182,26 +326,30 @@ class _Request:
         tb: TracebackType | None,
     ) -> None:
         conn = self._conn
-        if self._source is not None:
-            if self._reset is not None:
+        conn.current = self._outer
+        self._outer = None
+        if self._reset is not None:
+            # ValueError: marked long-lived from another task; this one's context is unchanged.
+            with contextlib.suppress(ValueError):
                 _current.reset(self._reset)
-                self._reset = None
-            self._source.close()
-            self._source = None
-        server = conn.server
-        if self._long_lived:
-            conn.streams -= 1
-        else:
+            self._reset = None
+        source = self._source
+        if source is None:
             conn.busy -= 1
-            if conn.busy == 0:
-                conn.ticket.long_lived = True
-                if server._stopping:
-                    server.tracker.notify()  # stop may be waiting for this request
-        if conn.busy == 0 and conn.streams == 0:
-            conn.ticket.label = conn.idle_label
-            if server._closing_idle:
-                # Stop already ended the idle connections; this one just became idle.
-                conn.writer.close()
+        else:
+            self._source = None
+            conn.streams -= 1
+            conn.server._streams.discard(source)
+            source.close()
+        if conn.busy == 0:
+            ticket = conn.ticket
+            ticket.long_lived = True
+            if conn.streams == 0:
+                ticket.label = conn.idle_label
+        if conn.server._stopping:
+            conn.server._waiter.wake()  # the stop may be waiting for this request
+        if conn.spare is None:
+            conn.spare = self
 
     async def __aenter__(self) -> CancelToken:
         return self.__enter__()
@@ -215,18 +363,19 @@ class _Request:
         self.__exit__(exc_type, exc, tb)
 
 
-class AsyncStreamServer:
+class AsyncStreamServer(_Serving):
     """A TCP server component for ``asyncio.start_server`` handlers, with a zero-loss stop.
 
     Args:
         client_connected_cb: ``async def handle(reader, writer)``, called per
             connection in its own task. Inside it `lifecycle.current_token`
-            is the connection's token (cancelled at stop once the work in
-            progress is done; with a deadline once shutdown was requested).
-            The server closes the connection when the handler returns.
+            is cancelled when the stop cuts what remains; once shutdown was
+            requested it carries the deadline of that cut. The server closes
+            the connection when the handler returns.
         host: address to listen on.
         port: port to listen on; 0 picks a free one (see `port`).
-        backlog: the listen backlog (lesson 6: the stdlib's 5 is too small).
+        backlog: the listen backlog (128: a burst of connections beyond it is
+            dropped by the kernel; the stdlib ``socketserver``'s 5 is too small).
         name: for logs; ``"tcp:HOST:PORT"`` by default.
         unit: ``"connection"`` (default): a connection is one unit of work
             until its handler first enters `request`, and idle between
@@ -235,12 +384,15 @@ class AsyncStreamServer:
 
     The handler reads ``server.draining`` to know that the app is shutting
     down: an HTTP handler then answers with ``Connection: close`` and returns.
+    A long-lived stream calls `lifecycle.mark_long_lived` (or enters
+    ``server.request(label, long_lived=True)``): stop does not wait for it,
+    it cancels its token.
 
     Example::
 
         async def handle(reader, writer):
             while line := await reader.readline():        # idle: may be ended
-                async with server.request(line.decode().strip()):
+                with server.request(line.decode().strip()):
                     writer.write(b"echo " + line)
                     await writer.drain()
                 if server.draining:
@@ -282,17 +434,14 @@ class AsyncStreamServer:
         self._requested_port = port
         self._name = name
         self._address: tuple[str, int] | None = None
+        super().__init__()
         self.tracker = InFlight(f"{self.name} work")
         """The `InFlight` of the connections: one ticket each, long-lived while idle,
         labelled with the request in progress (for metrics, logs and tests)."""
         self._server: asyncio.Server | None = None
-        self._conns = CancelSource()
         self._connections: set[_Connection] = set()
-        self._shutdown: CancelToken | None = None
-        self._shutdown_deadline: Callable[[], float | None] = _no_deadline
-        self._stop_deadline: float | None = None
-        self._stopping = False
-        self._closing_idle = False
+        self._streams: set[CancelSource] = set()  # the long-lived requests' own sources
+        self._ops = _StopOps(self)
 
     def __repr__(self) -> str:
         state = (
@@ -336,26 +485,11 @@ class AsyncStreamServer:
         return self.address[1]
 
     @property
-    def draining(self) -> bool:
-        """True once the app's shutdown was requested (or stop began).
-
-        Handlers should then finish the request at hand, say so (HTTP:
-        ``Connection: close``) and close the connection.
-        """
-        shutdown = self._shutdown
-        return self._stopping or (shutdown is not None and shutdown.cancelled)
-
-    @property
     def connections(self) -> int:
         """How many connections are open now."""
         return len(self._connections)
 
     # -- lifecycle -------------------------------------------------------------
-
-    def lifecycle_bind(self, app: App) -> None:
-        """Called by ``App.add``: watch the app's shutdown token and deadline."""
-        self._shutdown = app.shutdown_token
-        self._shutdown_deadline = lambda: app.shutdown_deadline
 
     async def start(self, token: CancelToken | None = None) -> None:
         """Listen; return once connections are accepted.
@@ -369,8 +503,9 @@ class AsyncStreamServer:
                 f"server {self.name!r} was already started; a server starts once "
                 f"(create a new one to listen again)"
             )
-        self._server = await asyncio.start_server(
-            self._on_connect,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._protocol,
             self.host,
             self._requested_port,
             backlog=self.backlog,
@@ -386,65 +521,46 @@ class AsyncStreamServer:
         return server is not None and not self._stopping and server.is_serving()
 
     async def stop(self, token: CancelToken | None = None) -> None:
-        """Close the listener, finish the work in progress, end the rest by the deadline.
+        """Stop without losing work: the stop sequence of this module's docstring.
 
-        1. close the listening socket: new connections are refused;
-        2. wait until no request (or connection-unit) is in progress;
-        3. cancel the connections' tokens and close the idle ones; wait until
-           every connection has ended;
-        4. ``CUT_MARGIN`` before ``token``'s deadline: cancel the handlers
-           still running, abort their connections and log them by name.
+        Returns when every connection has ended, at once when nothing is in
+        flight. Calling it again, or before `start`, does nothing.
 
-        Returns at once when nothing is in flight. Idempotent.
+        Raises:
+            DeadlineExceeded: requests were cut `CUT_MARGIN` before ``token``'s
+                deadline; ``.cut`` names every one (idle connections are not
+                requests and are never named).
         """
         if token is None:
             token = current_token()
-        server = self._server
-        if server is None or self._stopping:
+        if self._server is None or self._stopping:
             return
         self._stopping = True
-        self._stop_deadline = token.deadline
         try:
-            # Take in what the kernel has already queued, then close the
-            # listening socket itself: from here connections are refused.
-            await asyncio.sleep(0)
-            server.close()
-            for _ in range(_ACCEPT_ITERATIONS):
-                await asyncio.sleep(0)
-            with _cut_source(token) as cut:
-                await self.tracker.wait_idle_async(cut.token, ignore_long_lived=True)
-                self._conns.cancel("server stopping")
-                self._closing_idle = True
-                for conn in list(self._connections):
-                    if conn.idle:
-                        conn.writer.close()
-                idle = await self.tracker.wait_idle_async(cut.token)
-            cut_work = [] if idle else self._cut()
-            await self._join_handlers(token)
-        except BaseException:
-            # The stop itself was cancelled (the runner abandoned it): leave
-            # nothing running behind.
-            self._cut_now()
-            raise
+            await drive_async(self._ops, token, name=self.name)
         finally:
-            self._conns.close()
-            self._server = None
-        if cut_work:
-            raise DeadlineExceeded(self.name, cut_work)
+            self._tokens.close()
+            if self._detach_drain is not None:
+                self._detach_drain()
+            server, self._server = self._server, None
+            if server is not None:
+                server.close()  # the listener, if the sequence did not get to it
 
     def request(self, label: str = "", *, long_lived: bool = False) -> _Request:
         """Mark one unit of work on this connection: ``async with server.request("GET /"):``.
 
-        Between two such blocks the connection is *idle*: stop closes it at
-        once instead of waiting for it. Inside the block `current_token`
-        is the request's token; once shutdown was requested it carries the
-        deadline by which the request will be cut. Enter the block as soon as
-        the first bytes of a request have been read (before reading the rest).
+        Between two such blocks the connection is *idle*: stop closes it
+        instead of waiting for it. Inside the block `current_token` is the
+        request's token; once shutdown was requested it carries the deadline
+        by which the request will be cut. Enter the block as soon as the
+        first bytes of a request have been read (before reading the rest).
 
         Args:
             label: names the request in the log if it is cut (``"GET /slow"``).
             long_lived: a stream that runs until told to end (a subscription,
                 a long poll): stop does not wait for it but cancels its token.
+                The shorthand for calling `lifecycle.mark_long_lived` first
+                thing in the block.
 
         Raises:
             RuntimeError: called outside a connection handler of this server.
@@ -460,95 +576,275 @@ class AsyncStreamServer:
                 f"server.request() must be used inside a connection handler of "
                 f"{self.name!r} (in the task asyncio.start_server started for it)"
             )
-        return _Request(conn, label, long_lived)
+        block = conn.spare
+        if block is None:
+            block = _Request(conn)
+        else:
+            conn.spare = None
+        block._label = label
+        block._long_lived = long_lived
+        return block
 
-    # -- internals -------------------------------------------------------------
+    # -- connections -------------------------------------------------------------
 
-    def _deadline(self) -> float | None:
-        """When work begun now will be cut: the shutdown or stop deadline, if any."""
-        shutdown = self._shutdown
-        if not self._stopping and (shutdown is None or not shutdown.cancelled):
-            return None  # the hot path: no shutdown requested
-        return cut_deadline(self._shutdown_deadline(), self._stop_deadline)
+    def _protocol(self) -> asyncio.StreamReaderProtocol:
+        """The protocol of one connection, for the listener and for the backlog taken in."""
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._on_connect)
 
-    def _on_connect(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Coroutine[Any, Any, None]:
-        # Runs synchronously inside connection_made, before the handler's task
-        # exists: the ticket covers the connection from the accept on.
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Runs synchronously inside connection_made: the ticket covers the
+        # connection from the accept on, and the handler's task is ours.
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         by_request = self.unit == "request"
         label = f"connection {peer}" + (" (idle)" if by_request else "")
         ticket = self.tracker.enter(label, long_lived=by_request)
         assert ticket is not None  # never closed
-        source = CancelSource(self._conns.token, deadline=self._deadline())
-        conn = _Connection(self, peer, ticket, source, writer, by_request=by_request)
+        conn = _Connection(self, peer, ticket, reader, writer, by_request=by_request)
         self._connections.add(conn)
-        if self._closing_idle and conn.idle:
-            writer.close()  # stop already ended the idle connections
-        return self._serve(conn, reader, writer)
+        conn.task = asyncio.get_running_loop().create_task(self._serve(conn))
+        # The cleanup runs even for a task cancelled (cut) before its first step.
+        conn.task.add_done_callback(lambda _: self._forget(conn))
 
-    async def _serve(
-        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        conn.task = asyncio.current_task()
+    async def _serve(self, conn: _Connection) -> None:
         _current_connection.set(conn)
-        reset = _current.set(conn.source.token)
+        _current.set(self._request_token())
         try:
-            await self._callback(reader, writer)
+            await self._callback(conn.reader, conn.writer)
         except asyncio.CancelledError:
             if not conn.cut:
                 raise
-            # Cut by stop at the deadline: logged there; end the task quietly.
+            # Cut by stop at the deadline: named there; end the task quietly.
         except ConnectionError as error:
             _log.debug("connection lost", component=self.name, peer=conn.peer, error=repr(error))
         except Exception:  # noqa: BLE001 - a handler's error is logged; the server goes on
             _log.exception("connection handler raised", component=self.name, peer=conn.peer)
-        finally:
-            _current.reset(reset)
-            writer.close()
+
+    def _forget(self, conn: _Connection) -> None:
+        """The handler's task is done: close the connection, release what it held."""
+        conn.writer.close()
+        if conn.source is not None:
+            self._streams.discard(conn.source)
             conn.source.close()
-            self._connections.discard(conn)
-            self.tracker.leave(conn.ticket)
+        self._connections.discard(conn)
+        self.tracker.leave(conn.ticket)
+        if self._stopping:
+            self._waiter.wake()
 
-    def _cut(self) -> list[str]:
-        """Log what still runs, by name, then cut it; return what was cut."""
-        running = self.tracker.describe()
-        _log.error(
-            "work cut at the stop deadline",
-            component=self.name,
-            requests=sorted(c.ticket.label for c in self._connections if not c.idle),
-            running=running,
-            connections=len(self._connections),
-            hint="raise stop_timeout, or make these handlers honour lifecycle.current_token()",
+    # -- tokens and wake-ups ------------------------------------------------------
+
+    def _lc_mark_long_lived(self) -> None:
+        conn = _current_connection.get(None)
+        if conn is not None and conn.server is self:
+            conn.mark_long_lived()
+
+    def _stream_source(self) -> CancelSource:
+        """The own source of a request turning long-lived (cancelled at once if streams end)."""
+        return self._long_lived_source(self._streams.add)
+
+    def _moved(self, conn: _Connection) -> None:
+        """``conn``'s work turned long-lived: the stop may be waiting for that."""
+        if self._stopping:
+            self._waiter.wake()
+
+    def _work(self) -> Work:
+        ordinary = long_lived = 0
+        for conn in self._connections:
+            ordinary += conn.busy
+            long_lived += conn.streams
+        return Work(ordinary, long_lived, len(self._connections))
+
+
+class _StopOps:
+    """The stop sequence's operations (`AsyncStopOps`) on an `AsyncStreamServer`."""
+
+    def __init__(self, server: AsyncStreamServer) -> None:
+        self.server = server
+
+    def work(self) -> Work:
+        return self.server._work()
+
+    def drain(self, deadline: float | None) -> None:
+        self.server._drain(deadline)
+
+    async def close_listener(self, timeout: float | None) -> None:
+        """Take in what the kernel queued, then close the listening socket.
+
+        asyncio's ``Server.close()`` alone resets the connections the kernel
+        completed but the loop had not accepted yet, and drops those the loop
+        accepted in the same iteration (their transport cannot attach to a
+        closed server). So: stop the loop's accepting, let the connections it
+        accepted already attach, accept the rest here until the queue is
+        empty, then close; every later connection attempt is refused.
+        """
+        server = self.server
+        listener = server._server
+        if listener is None:
+            return
+        loop = asyncio.get_running_loop()
+        for sock in listener.sockets:
+            with contextlib.suppress(NotImplementedError):  # a loop without add_reader
+                loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)  # what the loop accepted already creates its transports
+        listening = [sock.dup() for sock in listener.sockets]  # sockets we may accept() on
+        try:
+            queued = [conn for sock in listening for conn in _accept_queued(sock, server.name)]
+        finally:
+            for sock in listening:
+                sock.close()
+        listener.close()  # from here the kernel refuses new connections
+        results = await asyncio.gather(
+            *(loop.connect_accepted_socket(server._protocol, conn) for conn in queued),
+            return_exceptions=True,
         )
-        self._cut_now()
-        return running
+        for conn, result in zip(queued, results, strict=True):
+            if isinstance(result, BaseException):
+                _log.debug("queued connection lost", component=server.name, error=repr(result))
+                conn.close()
+        # Invariant (module docstring): every connection accepted until now has had
+        # its connection_made, scheduled by its transport in the iteration just run.
+        await asyncio.sleep(0)
 
-    def _cut_now(self) -> None:
-        for conn in list(self._connections):
+    def close_idle(self, now: float) -> float | None:
+        server = self.server
+        recheck: float | None = None
+        for conn in list(server._connections):
+            if not conn.idle or conn.writer.is_closing():
+                continue
+            if conn.requests == 0:
+                due = conn.accepted + FIRST_REQUEST_GRACE
+                if due > now:
+                    # Just accepted: its first request is usually on the way.
+                    recheck = due if recheck is None else min(recheck, due)
+                    continue
+            if _has_input(conn):
+                continue  # a request is arriving: it is served, with Connection: close
+            conn.writer.close()  # the handler reads EOF and returns
+        return recheck
+
+    async def wait(self, what: Waiting, timeout: float | None, token: CancelToken) -> None:
+        server = self.server
+        await server._waiter.wait(lambda: _holds(server._work(), what), timeout, token)
+
+    def end_long_lived(self) -> None:
+        self.server._end_long_lived(list(self.server._streams))
+
+    def cut(self) -> list[str]:
+        server = self.server
+        now = time.monotonic()
+        cut = [
+            f"{c.ticket.label} ({now - c.ticket.began:.1f}s)"
+            for c in sorted(server._connections, key=lambda c: c.ticket.began)
+            if not c.idle
+        ]
+        server._tokens.cut(_CUT_REASON)
+        for conn in list(server._connections):
             conn.cut = True
-            if conn.task is not None and not conn.task.done():
+            if conn.task is not None:
                 conn.task.cancel()
             conn.writer.transport.abort()
+        return cut
 
-    async def _join_handlers(self, token: CancelToken) -> None:
-        """Wait (bounded) for the handler tasks to end; they have left the tracker."""
-        tasks = [c.task for c in self._connections if c.task is not None and not c.task.done()]
+    async def join(self, timeout: float | None) -> bool:
+        tasks = [c.task for c in self.server._connections if c.task is not None]
         if tasks:
-            remaining = token.remaining()
-            await asyncio.wait(tasks, timeout=1.0 if remaining is None else max(remaining, 0.01))
+            await asyncio.wait(tasks, timeout=timeout)
+        return not self.server._connections
 
 
-def _no_deadline() -> float | None:
-    return None
+class StopWaiter:
+    """Where a stop waits for its work to change, woken from any thread, with no polling.
+
+    The code that changes the work (a request ends, turns long-lived, a
+    connection closes) calls `wake` when a stop runs; the stop's `wait`
+    returns once its condition holds, it was woken, its time is up or its
+    token fired. Spurious returns are fine: the stop sequence looks again.
+
+    Invariant: `wait` registers itself before it checks its condition, and
+    the changers change the work before they call `wake`, so no change can
+    fall between the check and the wait unseen.
+
+    Example::
+
+        waiter = StopWaiter()
+        await waiter.wait(lambda: not calls, timeout=5.0, token=token)   # the stop
+        waiter.wake()                                                    # a request ended
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        # The waits in progress (usually one: the stop's).
+        self._pending: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def wake(self) -> None:
+        """The work changed: let the waiting stops look again (any thread)."""
+        for loop, waiter in list(self._pending):
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, waiter)
+
+    async def wait(
+        self, holds: Callable[[], bool], timeout: float | None, token: CancelToken | None = None
+    ) -> None:
+        """Until ``holds()``, a `wake`, ``timeout`` seconds, or ``token`` fires."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        entry = (loop, waiter)
+        self._pending.append(entry)
+        detach = on_cancel_inline(token, self.wake) if token is not None else None
+        try:
+            if (token is not None and token.cancelled) or holds():
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await waiter
+        finally:
+            if detach is not None:
+                detach()
+            self._pending.remove(entry)
 
 
-def _cut_source(token: CancelToken) -> CancelSource:
-    """A child of ``token`` that fires `CUT_MARGIN` before its deadline."""
-    remaining = token.remaining()
-    if remaining is None:
-        return CancelSource(token)
-    margin = min(CUT_MARGIN, remaining / 10)
-    return CancelSource(token, timeout=max(0.0, remaining - margin))
+def _holds(work: Work, what: Waiting) -> bool:
+    if what == "ordinary":
+        return work.ordinary == 0
+    if what == "requests":
+        return work.requests == 0
+    return work.connections == 0
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _accept_queued(sock: socket.socket, name: str) -> list[socket.socket]:
+    """Accept every connection the kernel has queued on ``sock`` (non-blocking)."""
+    accepted: list[socket.socket] = []
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return accepted
+        except OSError as error:  # aborted by the peer, out of descriptors: take the rest later
+            _log.warning(
+                "accept failed while closing the listener", component=name, error=str(error)
+            )
+            return accepted
+        accepted.append(conn)
+
+
+def _has_input(conn: _Connection) -> bool:
+    """Whether bytes of a next request are buffered or waiting in the kernel."""
+    # StreamReader keeps what it received and the handler did not read yet in
+    # its buffer (``_buffer``, a bytearray, in every CPython since 3.4).
+    if getattr(conn.reader, "_buffer", None):
+        return True
+    sock = conn.writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile: nothing to serve
+        return False

@@ -2,28 +2,30 @@
 
 Both are components (``start``/``stop``/``ready``) that host a stdlib
 ``socketserver`` handler class, each connection on its own tracked thread.
-What they add to ``ThreadingHTTPServer`` is the shutdown sequence that
-ROLLING-FINDINGS measured to lose nothing in a rolling deploy:
+What they add to ``ThreadingHTTPServer`` is the stop sequence of
+`lifecycle._serving.stopseq` (the same for every server kind), carried out
+with threads and sockets:
 
 * **Drain** (from ``app.shutdown_token`` until ``stop``): keep accepting and
   serving, but every HTTP response says ``Connection: close`` and the
-  connection is closed after it (lesson 1), so no client sends a request on a
-  connection that is about to go away.
-* **stop(token)**:
+  connection is closed after it. A keep-alive client sends its next request
+  on the connection it has; a connection closed after a response that did
+  not say so loses that request.
+* **stop(token)**: close the listening socket itself, after accepting what
+  the kernel had queued (connections are then refused, which a load balancer
+  sees, instead of accepted and reset); close the idle keep-alive
+  connections; wait until only long-lived requests remain; cancel their
+  tokens (`mark_long_lived`); wait for every request and connection thread
+  (a process that exits under a handler cuts its response); `CUT_MARGIN`
+  before the stop deadline, shut down what remains, name every request cut
+  and raise `DeadlineExceeded`.
 
-  1. close the listening socket itself, after serving what the kernel had
-     already queued on it (lesson 2): new connections are then *refused*,
-     which a load balancer sees, instead of accepted and reset;
-  2. close the idle keep-alive connections: those whose handler waits for
-     the next request with no byte pending; one with a request already
-     arriving is served, with ``Connection: close``;
-  3. wait (``InFlight.wait_idle``) until only long-lived requests remain;
-  4. cancel the tokens of the long-lived ones (streams, long polls, see
-     `mark_long_lived`) and wait for every request to end;
-  5. wait for every connection thread (lesson 3). `CUT_MARGIN` before the
-     stop token's deadline, what remains is cut: sockets are shut down, the
-     requests cut are logged by name (``InFlight.describe``) and the threads
-     are joined with a bound, so that the stop returns within its budget.
+Two stdlib defaults are changed because they lose time or connections: the
+listen backlog is 128, not ``socketserver``'s 5 (a burst of connections
+beyond the backlog is dropped by the kernel), and Nagle's algorithm is off
+(``http.server`` writes the headers and the body in separate sends; with
+Nagle on, each keep-alive response waits for the client's delayed ACK,
+about 40 ms).
 
 Invariants the sequence relies on:
 
@@ -37,10 +39,18 @@ Invariants the sequence relies on:
   awaiting connection (on every connection when it cuts); the handler checks
   it after setting ``awaiting``, so a closing connection never starts
   another request.
-* A request's ticket is entered once its request line is in (never for an
-  idle connection) and left when its response is written, in the connection's
-  thread; ``InFlight.wait_idle`` therefore waits for requests, never for
-  keep-alive connections.
+* A connection has one `Slot` in the tracker for all its requests: a
+  request is begun in it once its request line is in (never while the
+  connection is idle) and ended when its response is written, in the
+  connection's thread; the stop therefore waits for requests, never for idle
+  keep-alive connections. Nothing is made per request.
+* No token is made per ordinary request: requests share the server's root
+  token (cancelled only at the cut) or, once draining, one shared child of
+  it carrying the deadline. A long-lived request gets a token of its own
+  when it is marked.
+* A handler's ``end_headers`` is its own until a close may be due (the
+  drain, ``lifecycle_close()``): no call of lifecycle's runs per response
+  until then (see ``_LifecycleHandler._lc_end_headers``).
 
 Added in 0.1.
 """
@@ -57,16 +67,29 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from contextvars import ContextVar
-from typing import Any, ClassVar, Protocol, cast
+from contextvars import Token as ContextToken
+from typing import Any, ClassVar, cast
 
 import structlog
 
 from .._core.errors import DeadlineExceeded
-from .._core.tokens import CancelSource, CancelToken, _current, current_token, use_token
-from .inflight import InFlight, Ticket, cut_deadline
+from .._core.tokens import CancelSource, CancelToken, _current, current_token
+from .._core.views import ShutdownView
+from .inflight import (
+    InFlight,
+    RequestScope,
+    RequestTokens,
+    Slot,
+    Ticket,
+    _on_cancel_inline,
+    cut_deadline,
+    enter_scope,
+    exit_scope,
+    mark_long_lived,
+)
+from .stopseq import CUT_MARGIN, Waiting, Work, drive_sync
 
-__all__ = ["HTTPServer", "TCPServer", "mark_long_lived"]
+__all__ = ["CUT_MARGIN", "HTTPServer", "TCPServer", "mark_long_lived"]
 
 _log = structlog.get_logger("lifecycle")
 
@@ -78,67 +101,13 @@ request on the way; it is not closed before this grace has passed since it
 was accepted."""
 
 _LINGER = 2.0  # seconds to wait for the peer's FIN after ours (lingering close)
-_FORCE_JOIN = 1.0  # seconds to join cut handler threads when the stop has no deadline
-
-CUT_MARGIN = 0.1
-"""Seconds before the stop deadline at which what still runs is cut.
-
-The runner abandons a stop at its deadline; cutting slightly earlier lets the
-stop shut the remaining connections, log what it cut by name and join the
-handler threads within its bound. With less than ``10 * CUT_MARGIN`` left, a
-tenth of what is left is kept instead (as `AsyncStreamServer` does)."""
 _LABEL_MAX = 200  # characters of a request target kept in a ticket's label
+_CUT_REASON = "server stop deadline: connection cut"
 
 # Errors of accept() after which the next accept may well succeed.
 _ACCEPT_RETRY = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 # Errors of accept() that mean resources are exhausted: back off a little.
 _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-class _Scope(Protocol):
-    """Whatever serves the current request: it knows how to make it long-lived."""
-
-    def _lc_mark_long_lived(self) -> None: ...
-
-
-_scope: ContextVar[_Scope | None] = ContextVar("lifecycle_request_scope", default=None)
-
-
-def mark_long_lived() -> bool:
-    r"""Mark the request being served in this thread as long-lived.
-
-    A long-lived request -- a stream, a long poll, a websocket -- would hold a
-    graceful stop until its deadline. Once marked, the server's stop does not
-    wait for it with the others: when only long-lived requests remain it
-    cancels their tokens (`current_token()` in the handler), and the handler
-    is expected to end the stream promptly and return. A request marked after
-    that point has its token cancelled at once.
-
-    Works in handlers served by `HTTPServer`, `TCPServer`, `WSGIServer` and
-    under `WSGIMiddleware`.
-
-    Returns:
-        True if there was a request to mark; False outside any request.
-
-    Example::
-
-        class Events(BaseHTTPRequestHandler):
-            def do_GET(self):
-                lifecycle.mark_long_lived()
-                token = lifecycle.current_token()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                while not token.wait(1.0):      # until the server stops
-                    self.wfile.write(b"data: tick\\n\\n")
-
-    Added in 0.1.
-    """
-    scope = _scope.get()
-    if scope is None:
-        return False
-    scope._lc_mark_long_lived()
-    return True
 
 
 class _Conn:
@@ -149,32 +118,27 @@ class _Conn:
         "addr",
         "awaiting",
         "closing",
-        "requests",
+        "handler",
+        "long_source",
+        "slot",
         "sock",
-        "source",
         "ticket",
     )
 
-    def __init__(self, sock: socket.socket, addr: Any, parent: CancelToken) -> None:
+    def __init__(self, sock: socket.socket, addr: Any) -> None:
         self.sock = sock
         self.addr = addr
-        # Cancelled when this connection's long-lived request must end, or at
-        # the stop deadline (through the server's root source).
-        self.source = CancelSource(parent)
         self.accepted = time.monotonic()
         self.awaiting = False  # the handler waits for the next request line
         self.closing = False  # the stop sequence closed it (set on awaiting only)
-        self.requests = 0  # request lines received so far
-        self.ticket: Ticket | None = None  # the request in progress, if any
-
-
-def _cut_source(token: CancelToken) -> CancelSource:
-    """A child of ``token`` that fires `CUT_MARGIN` before its deadline."""
-    remaining = token.remaining()
-    if remaining is None:
-        return CancelSource(token)
-    margin = min(CUT_MARGIN, remaining / 10)
-    return CancelSource(token, timeout=max(0.0, remaining - margin))
+        self.ticket: Ticket | None = None  # the TCP connection's ticket
+        self.handler: _LifecycleHandler | None = None  # an HTTP connection's, once set up
+        # An HTTP connection's requests, one after the other (in progress
+        # while ``slot.active``): nothing is made per request.
+        self.slot: Slot | None = None
+        # The own token of the long-lived request in progress (made when it
+        # is marked; for TCP, at the accept): cancelled to end it.
+        self.long_source: CancelSource | None = None
 
 
 def _peer(addr: Any) -> str:
@@ -231,10 +195,11 @@ class _HTTPListener(_TCPListener, http.server.HTTPServer):
 
 
 class _StreamServer:
-    """What `HTTPServer` and `TCPServer` share: listener, threads, the stop sequence."""
+    """What `HTTPServer` and `TCPServer` share: listener, threads, the stop operations."""
 
     _kind: ClassVar[str] = "tcp"
     _listener_class: ClassVar[type[_TCPListener]] = _TCPListener
+    _end_reason: ClassVar[str] = "server stopping: long-lived request asked to end"
 
     def __init__(
         self,
@@ -267,14 +232,15 @@ class _StreamServer:
         self._name = name
         self.tracker = InFlight(f"{name or self._kind} requests")
         """The `InFlight` of this server's requests (connections, for `TCPServer`)."""
-        self._app: Any = None
+        self._app: ShutdownView | None = None
         self._listener: _TCPListener | None = None
         self._cond = threading.Condition()
         self._conns: dict[int, _Conn] = {}
         # Every connection thread not yet known to have ended; pruned as it grows.
         self._threads: list[threading.Thread] = []
-        # Parent of every connection's source; cancelled at the stop deadline.
-        self._root = CancelSource()
+        # Invariant: every request token descends from _tokens.root, cancelled
+        # only at the cut; none is made per ordinary request.
+        self._tokens = RequestTokens()
         self._draining = False  # plain reads on the request path
         self._stopping = False
         self._ending_streams = False
@@ -339,7 +305,7 @@ class _StreamServer:
 
     # -- the component -----------------------------------------------------------
 
-    def lifecycle_bind(self, app: Any) -> None:
+    def lifecycle_bind(self, app: ShutdownView) -> None:
         """Called by ``App.add``: drain when ``app.shutdown_token`` is cancelled."""
         self._app = app
 
@@ -367,7 +333,7 @@ class _StreamServer:
         self._wake = socket.socketpair()
         self._listening = True
         if self._app is not None:
-            self._detach_drain = self._app.shutdown_token.on_cancel(self._begin_drain)
+            self._detach_drain = _on_cancel_inline(self._app.shutdown_token, self._begin_drain)
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"lifecycle:{self.name} accept", daemon=True
         )
@@ -379,59 +345,49 @@ class _StreamServer:
         """Stop without losing a request: the sequence in this module's docstring.
 
         Returns when every connection has ended. `CUT_MARGIN` before the
-        token's deadline, what remains is cut and logged by name, so that the
-        stop still returns within its bound. Returns at once when nothing was
-        in flight. Calling it again does nothing.
+        token's deadline, what remains is cut, logged by name and reported by
+        raising `DeadlineExceeded`, so that the stop still returns within its
+        bound. Returns at once when nothing was in flight. Calling it again
+        does nothing.
+
+        Raises:
+            DeadlineExceeded: requests were cut at the deadline; ``.cut`` names
+                every one.
         """
         if token is None:
             token = current_token()
-        if self._listener is None or self._stopping:
-            return
-        began = time.monotonic()
         with self._cond:
+            if self._listener is None or self._stopping:
+                return
             self._stopping = True
-            self._draining = True
-            self._stop_deadline = token.deadline
+        began = time.monotonic()
         _log.info(
             "server stopping",
             component=self.name,
             in_flight=self.tracker.count,
             connections=len(self._conns),
         )
-        finished = False
-        cut_work: list[str] = []
+        cut = False
         try:
-            with _cut_source(token) as cut:
-                wake = cut.token.on_cancel(self._notify)
-                try:
-                    self._close_listener(cut.token)
-                    finished = self._drain(cut.token) and self._join_connections(cut.token)
-                finally:
-                    wake()
+            drive_sync(_StopOps(self), token, name=self.name)
+        except DeadlineExceeded:
+            cut = True
+            raise
         finally:
-            if not finished:
-                # Join the cut threads in half of what is left: the other
-                # half is for returning before the runner abandons us.
-                remaining = token.remaining()
-                cut_work = self._force(
-                    _FORCE_JOIN if remaining is None else max(remaining / 2, 0.01)
-                )
-            self._root.close()
+            self._tokens.close()
             if self._detach_drain is not None:
                 self._detach_drain()
             if self._wake is not None:
                 for end in self._wake:
                     end.close()
             self._stopped.set()
-        _log.info(
-            "server stopped",
-            component=self.name,
-            requests=self.tracker.total,
-            cut=not finished,
-            duration=round(time.monotonic() - began, 6),
-        )
-        if cut_work:
-            raise DeadlineExceeded(self.name, cut_work)
+            _log.info(
+                "server stopped",
+                component=self.name,
+                requests=self.tracker.total,
+                cut=cut,
+                duration=round(time.monotonic() - began, 6),
+            )
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Block until `stop` has finished (its handler threads joined); True if it has.
@@ -487,7 +443,7 @@ class _StreamServer:
 
     def _spawn(self, sock: socket.socket, addr: Any) -> None:
         sock.setblocking(True)
-        conn = _Conn(sock, addr, self._root.token)
+        conn = _Conn(sock, addr)
         thread = threading.Thread(
             target=self._connection_main,
             args=(conn,),
@@ -505,15 +461,14 @@ class _StreamServer:
             _log.exception("cannot start a connection thread", component=self.name)
             with self._cond:
                 self._conns.pop(id(conn), None)
-            conn.source.close()
             sock.close()
 
-    def _close_listener(self, token: CancelToken) -> None:
+    def _close_listener(self, timeout: float | None) -> None:
         self._stop_accepting.set()
         if self._wake is not None:
             with suppress(OSError):
                 self._wake[1].send(b"x")
-        if not self._listener_closed.wait(token.remaining()):
+        if not self._listener_closed.wait(timeout):
             # The accept thread is stuck: close the socket under it anyway.
             self._listening = False
             if self._listener is not None:
@@ -527,37 +482,59 @@ class _StreamServer:
     def _serve(self, conn: _Conn) -> None:
         """Run the handler on one connection (in its thread). Overridden by `HTTPServer`."""
         assert self._listener is not None
-        ticket = self.tracker.enter(f"connection {_peer(conn.addr)}")
+        # A TCP connection is one long-lived unit: the stop cancels its token.
+        ticket = self.tracker.enter(f"connection {_peer(conn.addr)}", long_lived=True)
         if ticket is None:
             return
         conn.ticket = ticket
-        source = self._request_source(conn.source.token)
-        scope = _ConnScope(self, conn, ticket)
-        reset = _scope.set(scope)
+        source = CancelSource(self._request_token())
+        conn.long_source = source
+        if self._ending_streams:
+            source.cancel(self._end_reason)
+        scope = enter_scope(_ConnScope())
+        reset = _current.set(source.token)
         try:
-            with use_token(source.token if source is not None else conn.source.token):
-                self.handler_class(conn.sock, conn.addr, self._listener)
+            self.handler_class(conn.sock, conn.addr, self._listener)
         finally:
-            _scope.reset(reset)
+            _current.reset(reset)
+            exit_scope(scope)
             conn.ticket = None
-            if source is not None:
-                source.close()
+            conn.long_source = None
+            source.close()
             self.tracker.leave(ticket)
 
-    def _request_source(self, parent: CancelToken) -> CancelSource | None:
-        """A child of ``parent`` that expires when work begun now will be cut.
+    def _request_token(self) -> CancelToken:
+        """The token of a request that begins now: shared, never made per request.
 
-        None on the hot path (no shutdown requested): the connection's token
-        serves the request. Once draining, the deadline is the shutdown
-        deadline, or the stop's when that comes first.
+        Before the drain, the root's (cancelled only at the cut). Once
+        draining, a shared child of it that expires when work begun now will
+        be cut: at the shutdown deadline, or the stop's when that comes first.
         """
         if not self._draining:
-            return None
+            return self._tokens.root
+        return self._tokens.draining(self._cut_deadline)
+
+    def _cut_deadline(self) -> float | None:
         shutdown = self._app.shutdown_deadline if self._app is not None else None
-        deadline = cut_deadline(shutdown, self._stop_deadline)
-        if deadline is None:
+        return cut_deadline(shutdown, self._stop_deadline)
+
+    def _mark(self, conn: _Conn, ticket: Ticket) -> CancelToken | None:
+        """Make ``ticket``, in progress on ``conn``, long-lived; its new token, or None.
+
+        The request gets a token of its own, a child of the one it had, which
+        the stop cancels to end it.
+        """
+        # Invariant (with _end_long_lived, which sets its flag before it looks
+        # at the connections): a request marked while streams are being ended
+        # has its token cancelled by one side or the other.
+        if conn.long_source is not None:
             return None
-        return CancelSource(parent, deadline=deadline)
+        source = CancelSource(current_token())
+        conn.long_source = source
+        self.tracker.mark_long_lived(ticket)
+        if self._ending_streams:
+            source.cancel(self._end_reason)
+        return source.token
 
     def _connection_main(self, conn: _Conn) -> None:
         try:
@@ -568,7 +545,6 @@ class _StreamServer:
                     "connection handler raised", component=self.name, peer=_peer(conn.addr)
                 )
         finally:
-            conn.source.close()  # before the socket: a cancel callback may still use it
             self._close_socket(conn)
             with self._cond:
                 self._conns.pop(id(conn), None)
@@ -598,41 +574,45 @@ class _StreamServer:
         finally:
             sock.close()
 
-    # -- stopping ------------------------------------------------------------------
+    # -- stopping: what the stop sequence's steps do here --------------------------
 
     def _begin_drain(self) -> None:
-        # May run inside a signal handler (request_shutdown): flags only, no
-        # logging, no locks.
+        # Runs as the shutdown token fires: flags, no logging, no locks.
+        # Invariant (with parse_request, which checks _draining after its
+        # handler is findable in conn.handler): every response whose headers
+        # end after this says Connection: close -- the handlers found here are
+        # armed now, the others arm themselves when they parse.
         self._draining = True
+        for conn in list(self._conns.values()):
+            handler = conn.handler
+            if handler is not None:
+                handler._lc_arm()
 
     def _notify(self) -> None:
         with self._cond:
             self._cond.notify_all()
 
-    def _drain(self, token: CancelToken) -> bool:
-        """Steps 2-4 of the stop sequence; True if every request ended in time."""
-        self._end_streams("server stopping")
-        return self.tracker.wait_idle(token)
-
-    def _end_streams(self, reason: str) -> None:
-        """Cancel the tokens of long-lived requests (all connections, for TCP)."""
-        self._ending_streams = True
-        self._root.cancel(reason)
-
     def _close_idle(self, now: float) -> float | None:
         """Close connections that wait for a request; return seconds until the next check."""
         return None
 
-    def _join_connections(self, token: CancelToken) -> bool:
-        """Step 5: wait until every connection thread ended; False at the deadline."""
+    def _end_long_lived(self) -> None:
+        self._ending_streams = True
         with self._cond:
-            while self._conns:
-                recheck = self._close_idle(time.monotonic())
-                if token.cancelled:
-                    return False
-                waits = [w for w in (token.remaining(), recheck) if w is not None]
-                self._cond.wait(min([0.5, *waits]))
-        return self._join_threads(token.remaining())
+            conns = list(self._conns.values())
+        for conn in conns:
+            source = conn.long_source
+            if source is not None:
+                source.cancel(self._end_reason)
+
+    def _wait_connections(self, timeout: float | None, token: CancelToken) -> None:
+        detach = _on_cancel_inline(token, self._notify)
+        try:
+            with self._cond:
+                if self._conns and not token.cancelled:
+                    self._cond.wait(timeout)
+        finally:
+            detach()
 
     def _join_threads(self, timeout: float | None) -> bool:
         """Join every connection thread (bounded); True if none is left running."""
@@ -644,79 +624,98 @@ class _StreamServer:
         alive = [t for t in threads if t.is_alive()]
         with self._cond:
             self._threads = alive
+        if alive and self._forced:
+            _log.error(
+                "handler threads still running after the stop deadline; abandoned",
+                component=self.name,
+                threads=sorted(t.name for t in alive),
+            )
         return not alive
 
-    def _force(self, join: float) -> list[str]:
-        """At the deadline: cut what remains, say what was cut, join with a bound."""
+    def _cut(self) -> list[str]:
+        """At the deadline: cut what remains; return the requests cut, oldest first."""
         self._forced = True
-        cut = self.tracker.describe()
+        cut = self.tracker.describe(limit=None)
         self.tracker.close()
-        self._root.cancel("server stop deadline: connection cut")
+        self._tokens.cut(_CUT_REASON)
         with self._cond:
             conns = list(self._conns.values())
         for conn in conns:
             conn.closing = True
             with suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
-        if cut:
-            _log.error(
-                "work cut at the stop deadline",
-                component=self.name,
-                running=cut,
-                connections=len(conns),
-                hint="raise stop_timeout, or make these handlers honour lifecycle.current_token()",
-            )
-        elif conns:
+        if conns and not cut:
             _log.warning(
                 "connections closed at the stop deadline",
                 component=self.name,
                 connections=len(conns),
             )
-        if not self._join_threads(join):
-            with self._cond:
-                stuck = sorted(t.name for t in self._threads if t.is_alive())
-            _log.error(
-                "handler threads still running after the stop deadline; abandoned",
-                component=self.name,
-                threads=stuck,
-            )
         return cut
 
 
-class _ConnScope:
-    """The `_Scope` of a `TCPServer` connection."""
+class _StopOps:
+    """The stop sequence's operations (`SyncStopOps`) on a `_StreamServer`."""
 
-    __slots__ = ("conn", "server", "ticket")
+    __slots__ = ("server",)
 
-    def __init__(self, server: _StreamServer, conn: _Conn, ticket: Ticket) -> None:
+    def __init__(self, server: _StreamServer) -> None:
         self.server = server
-        self.conn = conn
-        self.ticket = ticket
+
+    def work(self) -> Work:
+        server = self.server
+        ordinary, long_lived = server.tracker.counts()
+        return Work(ordinary, long_lived, len(server._conns))
+
+    def drain(self, deadline: float | None) -> None:
+        server = self.server
+        server._stop_deadline = deadline
+        server._begin_drain()
+        # Requests begun from now on learn the stop's deadline.
+        server._tokens.renew(server._cut_deadline())
+
+    def close_listener(self, timeout: float | None) -> None:
+        self.server._close_listener(timeout)
+
+    def close_idle(self, now: float) -> float | None:
+        due = self.server._close_idle(now)
+        return None if due is None else now + due
+
+    def wait(self, what: Waiting, timeout: float | None, token: CancelToken) -> None:
+        server = self.server
+        if what == "connections":
+            server._wait_connections(timeout, token)
+        else:
+            server.tracker.wait_idle(token, timeout=timeout, ignore_long_lived=what == "ordinary")
+
+    def end_long_lived(self) -> None:
+        self.server._end_long_lived()
+
+    def cut(self) -> list[str]:
+        return self.server._cut()
+
+    def join(self, timeout: float | None) -> bool:
+        return self.server._join_threads(timeout)
+
+
+class _ConnScope:
+    """The `RequestScope` of a `TCPServer` connection: already long-lived, nothing to mark."""
+
+    __slots__ = ()
 
     def _lc_mark_long_lived(self) -> None:
-        _mark(self.server, self.conn, self.ticket)
-
-
-def _mark(server: _StreamServer, conn: _Conn, ticket: Ticket) -> None:
-    # Invariant (with _end_streams, which sets its flag before it looks at
-    # the tickets): a request marked while streams are being ended has its
-    # token cancelled by one side or the other.
-    ticket.long_lived = True
-    server.tracker.notify()
-    if server._ending_streams:
-        conn.source.cancel("server stopping: long-lived request asked to end")
+        pass
 
 
 class TCPServer(_StreamServer):
     """A component hosting a plain ``socketserver`` handler, one thread per connection.
 
-    Each connection is one unit in `tracker` and runs its handler inside
-    ``use_token(...)``: `current_token()` in ``handle()`` is the connection's
-    token, cancelled when the server stops. Nothing is protocol-aware, so the
-    stop sequence is: close the listening socket (after accepting what the
-    kernel had queued), cancel every connection's token, wait for the
-    handlers to return, and at the stop deadline shut the remaining sockets
-    down and log which connections were cut.
+    Each connection is one long-lived unit in `tracker` and runs its handler
+    with `current_token()` set to the connection's token, cancelled when the
+    server stops. Nothing is protocol-aware, so the stop sequence is: close
+    the listening socket (after accepting what the kernel had queued), cancel
+    every connection's token, wait for the handlers to return, and at the
+    stop deadline shut the remaining sockets down and raise
+    `DeadlineExceeded` naming the connections cut.
 
     A handler must therefore watch its token (or its socket) and return when
     it is cancelled.
@@ -726,7 +725,8 @@ class TCPServer(_StreamServer):
             ``self.server`` in it is a ``socketserver.TCPServer`` whose
             ``component`` attribute is this object.
         address: ``(host, port)``; port 0 picks a free port (see `port`).
-        backlog: the listen backlog (lesson 6: the stdlib's 5 is too small).
+        backlog: the listen backlog; 128 by default, not ``socketserver``'s 5,
+            beyond which a burst of connections is dropped by the kernel.
         name: for logs; default ``"tcp:PORT"``.
 
     Example::
@@ -749,6 +749,8 @@ class TCPServer(_StreamServer):
     Added in 0.1.
     """
 
+    _end_reason = "server stopping"
+
     def __init__(
         self,
         handler_class: type[socketserver.BaseRequestHandler],
@@ -769,21 +771,23 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
     """Put in front of the user's handler class: tracking, tokens, ``Connection: close``.
 
     Its overrides run first and call through to the user's class. The hot
-    path (no drain) costs one `InFlight` enter/leave and a few attribute
-    writes per request: the connection's token and scope are made current
-    once per connection, and the headers are inspected once, in
-    ``end_headers``.
+    path (no drain) costs a `Slot` begun and ended and a few attribute reads
+    and writes per request, about 0.5 µs: the shared token and the scope are
+    made current once per connection, no token or ticket is made per
+    request, and the headers are inspected only when a close may be due.
     """
 
-    disable_nagle_algorithm = True  # lesson 5: headers and body go in separate sends
+    # http.server writes the headers and the body in separate sends: with
+    # Nagle on, every keep-alive response waits ~40 ms for a delayed ACK.
+    disable_nagle_algorithm = True
     _lc_core: ClassVar[HTTPServer]
 
     _lc_close = False  # lifecycle_close() was called for this request
     # True when lifecycle chose HTTP/1.1 for the class (it said nothing):
     # unframed responses then close their connection.
     _lc_guard_framing: ClassVar[bool] = False
-    _lc_source: CancelSource | None = None  # a request begun while draining has its own
-    _lc_token_reset: Any = None
+    # Undoes the token made current for this request only (draining, marked).
+    _lc_token_reset: ContextToken[CancelToken] | None = None
     # The user's class's methods that ours wrap, bound per generated class
     # (a direct call is cheaper than super() on the per-request path).
     _lc_next_handle_one_request: Callable[[], None]
@@ -791,85 +795,130 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
     _lc_next_end_headers: Callable[[], None]
 
     def setup(self) -> None:
-        """Take the connection handed over by the server; make its token current."""
+        """Take the connection handed over by the server; make the shared token current."""
         conn: _Conn = _tls.conn
         self._lc_conn = conn
-        # For the whole connection (its own thread): current_token() is the
-        # connection's token and mark_long_lived() finds this handler.
-        self._lc_conn_token = _current.set(conn.source.token)
-        self._lc_conn_scope = _scope.set(self)
+        core = self._lc_core
         super().setup()
+        # One slot for all the connection's requests; they are named only
+        # when someone asks (a log, a cut), from the request line.
+        slot = core.tracker.open_slot(self._lc_label)
+        if slot is None:  # past the stop deadline: nothing new starts
+            conn.closing = True
+            slot = Slot()
+        conn.slot = self._lc_slot = slot
+        conn.handler = self
+        # For the whole connection (its own thread): current_token() is the
+        # server's shared token and mark_long_lived() finds this handler.
+        self._lc_conn_token = _current.set(core._tokens.root)
+        self._lc_conn_scope = enter_scope(cast("RequestScope", self))
 
     def finish(self) -> None:
         """Flush and close the streams; forget the connection's context."""
         try:
             super().finish()
         finally:
-            _scope.reset(self._lc_conn_scope)
+            exit_scope(self._lc_conn_scope)
             _current.reset(self._lc_conn_token)
+            self._lc_conn.handler = None
+            self.__dict__.pop("end_headers", None)  # _lc_arm's: it refers to self
+            self._lc_core.tracker.close_slot(self._lc_slot)
 
-    def handle_one_request(self) -> None:
-        """Wait for one request and serve it, as a closable idle connection while waiting."""
+    def _lc_label(self) -> str:
+        return f"{self.command} {self.path.partition('?')[0][:_LABEL_MAX]}"
+
+    def _lc_serve(self, once: bool) -> None:
+        """Serve requests, as a closable idle connection while waiting for each.
+
+        One loop for both ways in: `handle` (the usual one: no call of ours
+        per request) and `handle_one_request` (for a class with its own
+        ``handle``), so that the per-request bookkeeping exists once.
+        """
         conn = self._lc_conn
-        conn.awaiting = True
-        if conn.closing:
-            conn.awaiting = False
-            self.close_connection = True
-            return
+        slot = self._lc_slot
         core = self._lc_core
-        if core._stopping:
-            core._notify()  # it may be closed as idle now
-        try:
-            self._lc_next_handle_one_request()
-        finally:
-            conn.awaiting = False
-            ticket = conn.ticket
-            if ticket is not None:
-                conn.ticket = None
-                if self._lc_source is not None:
-                    _current.reset(self._lc_token_reset)
-                    self._lc_source.close()
-                    self._lc_source = None
-                core.tracker.leave(ticket)
+        serve_one = self._lc_next_handle_one_request
+        while True:
+            conn.awaiting = True
+            if conn.closing:
+                conn.awaiting = False
+                self.close_connection = True
+                return
+            if core._stopping:
+                core._notify()  # it may be closed as idle now
+            try:
+                serve_one()
+            finally:
+                conn.awaiting = False
+                if slot.active:
+                    if self._lc_token_reset is not None:
+                        _current.reset(self._lc_token_reset)
+                        self._lc_token_reset = None
+                    source = conn.long_source
+                    if source is not None:
+                        conn.long_source = None
+                        source.close()
+                    core.tracker.end(slot)
+            if once or self.close_connection:
+                return
+
+    def _lc_handle(self) -> None:
+        """``handle`` for a class that keeps the stdlib's: its loop, with ours inside."""
+        self.close_connection = True
+        self._lc_serve(False)
+
+    def _lc_handle_one_request(self) -> None:
+        """``handle_one_request`` for a class with its own ``handle``."""
+        self._lc_serve(True)
 
     def parse_request(self) -> bool:
-        """Parse the request; then track it (and give it its deadline once draining)."""
-        conn = self._lc_conn
-        conn.awaiting = False
-        conn.requests += 1
+        """Parse the request; then track it (and give it the drain's token once draining)."""
+        self._lc_conn.awaiting = False
         if self._lc_close:
             self._lc_close = False
         if not self._lc_next_parse_request():
             return False
         core = self._lc_core
-        ticket = core.tracker.enter(f"{self.command} {self.path.partition('?')[0][:_LABEL_MAX]}")
-        if ticket is None:  # past the stop deadline: nothing new starts
+        if not core.tracker.begin(self._lc_slot):  # past the stop deadline
             self.send_error(503, "Server shutting down")
             return False
-        conn.ticket = ticket
         if core._draining:
-            source = core._request_source(conn.source.token)
-            if source is not None:
-                self._lc_source = source
-                self._lc_token_reset = _current.set(source.token)
+            self._lc_token_reset = _current.set(core._request_token())
+            self._lc_arm()
         return True
 
     @property
     def lifecycle_ticket(self) -> Ticket | None:
         """The `Ticket` of the request being served (None between requests)."""
-        return self._lc_conn.ticket
+        slot = self._lc_slot
+        return slot if slot.active else None
 
     def _lc_mark_long_lived(self) -> None:
-        ticket = self._lc_conn.ticket
-        if ticket is not None:
-            _mark(self._lc_core, self._lc_conn, ticket)
+        slot = self._lc_slot
+        if not slot.active:
+            return
+        token = self._lc_core._mark(self._lc_conn, slot)
+        if token is not None:
+            reset = _current.set(token)
+            if self._lc_token_reset is None:
+                self._lc_token_reset = reset
 
     def lifecycle_close(self) -> None:
         """Make the current response the last on this connection (``Connection: close``)."""
         self._lc_close = True
         self.close_connection = True
+        self._lc_arm()
 
-    def end_headers(self) -> None:
+    def _lc_arm(self) -> None:
+        """From now on this connection's responses go through `_lc_end_headers`."""
+        if "end_headers" not in self.__dict__:
+            self.end_headers = self._lc_end_headers  # type: ignore[method-assign]
+
+    # Invariant: end_headers is the user's own (no call of ours per response)
+    # until a close may be due: `_lc_arm` makes it this one for the instance
+    # once draining or after lifecycle_close(); for a class that left its
+    # protocol to us (the framing guard), the class's own is this one.
+    def _lc_end_headers(self) -> None:
         """End the headers; a final response says ``Connection: close`` when it must.
 
         It must while draining and after `lifecycle_close`; a ``Connection:
@@ -919,14 +968,14 @@ class HTTPServer(_StreamServer):
     this module: during the drain every response says ``Connection: close``
     and the connection closes after it; ``stop`` closes the listening socket,
     closes idle keep-alive connections, waits for the requests in flight,
-    ends long-lived ones through their tokens, and cuts (and names) what is
-    left at the deadline.
+    ends long-lived ones through their tokens, and cuts what is left at the
+    deadline, raising `DeadlineExceeded` that names every request cut.
 
-    Each request is one unit of `tracker` (labelled ``"GET /path"``) and runs
-    inside ``use_token(...)``: `current_token()` in a ``do_GET`` is the
-    request's token, cancelled if the request is long-lived when the server
-    stops (`mark_long_lived`) or at the stop deadline, and carrying the
-    shutdown deadline for requests begun after shutdown was requested.
+    Each request is one unit of `tracker` (labelled ``"GET /path"``).
+    `current_token()` in a ``do_GET`` is the request's token: cancelled at
+    the stop deadline, carrying the shutdown deadline for requests begun after
+    shutdown was requested, and, for a request marked long-lived
+    (`mark_long_lived`), its own token, cancelled when the stop ends streams.
 
     The handler class is used through a subclass made for this server (the
     lifecycle hooks go in front of yours). If the class leaves
@@ -988,9 +1037,16 @@ class HTTPServer(_StreamServer):
         }
         for method in ("handle_one_request", "parse_request", "end_headers"):
             namespace[f"_lc_next_{method}"] = getattr(user, method)
+        # Per request, ours runs inside the stdlib's loop when the class keeps
+        # it (saving a call per request), else around each of its requests.
+        if user.handle is http.server.BaseHTTPRequestHandler.handle:
+            namespace["handle"] = _LifecycleHandler._lc_handle
+        else:
+            namespace["handle_one_request"] = _LifecycleHandler._lc_handle_one_request
         if _uses_default_protocol(user):
             namespace["protocol_version"] = "HTTP/1.1"
             namespace["_lc_guard_framing"] = True
+            namespace["end_headers"] = _LifecycleHandler._lc_end_headers
         return cast(
             "type[_LifecycleHandler]", type(user.__name__, (_LifecycleHandler, user), namespace)
         )
@@ -1004,22 +1060,6 @@ class HTTPServer(_StreamServer):
         finally:
             _tls.conn = None
 
-    def _drain(self, token: CancelToken) -> bool:
-        self._close_idle(time.monotonic())  # 2
-        if not self.tracker.wait_idle(token, ignore_long_lived=True):  # 3
-            return False
-        self._end_streams("server stopping: long-lived request asked to end")  # 4
-        return self.tracker.wait_idle(token)
-
-    def _end_streams(self, reason: str) -> None:
-        self._ending_streams = True
-        with self._cond:
-            conns = list(self._conns.values())
-        for conn in conns:
-            ticket = conn.ticket
-            if ticket is not None and ticket.long_lived:
-                conn.source.cancel(reason)
-
     def _close_idle(self, now: float) -> float | None:
         recheck: float | None = None
         with self._cond:
@@ -1027,7 +1067,7 @@ class HTTPServer(_StreamServer):
         for conn in conns:
             if not conn.awaiting or conn.closing:
                 continue
-            if conn.requests == 0:
+            if conn.slot is None or conn.slot.uses == 0:
                 due = conn.accepted + FIRST_REQUEST_GRACE - now
                 if due > 0:
                     recheck = due if recheck is None else min(recheck, due)

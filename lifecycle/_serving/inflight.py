@@ -1,9 +1,15 @@
-"""In-flight tracking: count work in progress, refuse new work once closed, wait until idle.
+"""In-flight tracking and the request scope: what is in progress, and which request this is.
 
-Any server can use it: ``enter`` when a request begins, ``leave`` when it
-ends; at shutdown ``close`` (new work is refused), then ``wait_idle`` under a
-token's deadline, and when the deadline hits, ``running()`` names what was
-still going — so the log says *which* requests were cut, not just how many.
+`InFlight`: any server can use it: ``enter`` when a request begins, ``leave``
+when it ends; at shutdown ``close`` (new work is refused), then ``wait_idle``
+under a token's deadline, and when the deadline hits, ``running()`` names what
+was still going -- so the log says *which* requests were cut, not just how
+many. Waiters are woken by the events that can end their wait (a leave, a
+unit marked long-lived, the token's cancellation), never by polling.
+
+The request scope: every server kind (threaded or asyncio, server or
+middleware) makes the request it serves findable through one context
+variable, so that `mark_long_lived()` works in any handler, sync or async.
 """
 
 from __future__ import annotations
@@ -13,13 +19,29 @@ import contextlib
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextvars import ContextVar
+from contextvars import Token as ContextToken
+from typing import Any, Protocol
 
 from .._core.errors import LifecycleError
-from .._core.tokens import CancelToken
+from .._core.tokens import CancelSource, CancelToken, current_token, on_cancel_inline
 
-__all__ = ["InFlight", "Refused", "Ticket", "cut_deadline"]
+__all__ = [
+    "InFlight",
+    "Refused",
+    "RequestScope",
+    "RequestTokens",
+    "Slot",
+    "Ticket",
+    "bind_scope",
+    "current_scope",
+    "cut_deadline",
+    "enter_scope",
+    "exit_scope",
+    "mark_long_lived",
+]
 
 _ids = itertools.count(1)
 
@@ -42,8 +64,9 @@ class Refused(LifecycleError):  # noqa: N818 - reads as "the work was refused"
 class Ticket:
     """One unit of work in progress.
 
-    A plain slotted class rather than an attrs one: one is made per request,
-    so its construction is on every server's hot path.
+    A plain slotted class rather than an attrs one: one is made per unit of
+    work entered with `InFlight.enter`, so its construction is on the hot
+    path of whoever tracks with it.
 
     Attributes:
         label: what it is (``"GET /orders"``), for the report of what was cut.
@@ -63,6 +86,10 @@ class Ticket:
 
     __slots__ = ("began", "id", "label", "long_lived")
 
+    active = True
+    """Whether the unit is in progress: always, for a ticket `InFlight.enter` made;
+    only between `InFlight.begin` and `InFlight.end`, for a `Slot`."""
+
     def __init__(self, label: str, began: float, long_lived: bool = False) -> None:
         self.label = label
         self.began = began
@@ -72,6 +99,52 @@ class Ticket:
     def __repr__(self) -> str:
         kind = " long-lived" if self.long_lived else ""
         return f"<Ticket #{self.id} {self.label!r}{kind} began={self.began:.3f}>"
+
+
+class Slot(Ticket):
+    """A ticket reused by the successive units of one connection: nothing is made per request.
+
+    Opened once per connection (`InFlight.open_slot`), it is in progress only
+    between `InFlight.begin` and `InFlight.end`, and leaves the tracker with
+    `InFlight.close_slot`. A server's hot path then writes a few attributes
+    per request instead of building a ticket and taking a lock twice.
+
+    Args:
+        describe: makes the label of the unit in progress when it is read
+            (for a log or a cut), so that no label is built per request.
+
+    Attributes:
+        uses: how many units it carried so far.
+
+    Example::
+
+        slot = tracker.open_slot()          # when the connection is accepted
+        while request := read_request():
+            tracker.begin(slot, f"GET {request.path}")
+            try:
+                serve(request)
+            finally:
+                tracker.end(slot)
+        tracker.close_slot(slot)            # when the connection ends
+    """
+
+    __slots__ = ("_describe", "_text", "active", "uses")
+
+    def __init__(self, describe: Callable[[], str] | None = None) -> None:
+        self._describe = describe
+        super().__init__("", 0.0)
+        self.active = False
+        self.uses = 0
+
+    @property
+    def label(self) -> str:
+        """What the unit in progress is; made only when read, by ``describe`` if given."""
+        describe = self._describe
+        return describe() if describe is not None else self._text
+
+    @label.setter
+    def label(self, value: str) -> None:
+        self._text = value
 
 
 class InFlight:
@@ -103,19 +176,23 @@ class InFlight:
         self.name = name
         self.clock = clock
         self._lock = threading.Lock()
+        # Tickets entered and slots opened, in progress or (slots) not.
         self._tickets: dict[int, Ticket] = {}
         self._closed = False
         self._idle = threading.Condition(self._lock)
         self._idle_callbacks: list[Callable[[], None]] = []
+        # Invariant: a waiter counts itself in _waiters (or registers its
+        # callback) *before* it looks at the tickets, and `end` clears
+        # ``active`` *before* it looks at _waiters: so an `end` without the
+        # lock either is seen by the waiter's look or sees the waiter.
         self._waiters = 0  # threads blocked in wait_idle
-        self.total = 0
-        """How many units entered since creation."""
+        self._entered = 0  # tickets entered, plus the uses of slots closed
         self.refused = 0
         """How many were refused because the tracker was closed."""
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<InFlight {self.name!r} {state} in_flight={len(self._tickets)}>"
+        return f"<InFlight {self.name!r} {state} in_flight={self.count}>"
 
     @property
     def closed(self) -> bool:
@@ -125,7 +202,16 @@ class InFlight:
     @property
     def count(self) -> int:
         """How many units are in progress now."""
-        return len(self._tickets)
+        with self._lock:
+            return sum(1 for t in self._tickets.values() if t.active)
+
+    @property
+    def total(self) -> int:
+        """How many units entered (or began in a slot) since creation."""
+        with self._lock:
+            return self._entered + sum(
+                t.uses for t in self._tickets.values() if isinstance(t, Slot)
+            )
 
     def enter(self, label: str = "", *, long_lived: bool = False) -> Ticket | None:
         """Begin a unit of work; None if the tracker is closed (refuse it)."""
@@ -135,16 +221,82 @@ class InFlight:
                 return None
             ticket = Ticket(label, self.clock(), long_lived)
             self._tickets[ticket.id] = ticket
-            self.total += 1
+            self._entered += 1
             return ticket
 
     def leave(self, ticket: Ticket) -> None:
         """End a unit of work (idempotent)."""
         with self._lock:
-            if self._tickets.pop(ticket.id, None) is None or self._tickets:
+            if self._tickets.pop(ticket.id, None) is None:
                 return
             if not self._waiters and not self._idle_callbacks:
-                return  # the hot path: nobody waits for idle
+                return  # the hot path: nobody waits
+            # A waiter may wait for "only long-lived left", which this leave
+            # can make true while tickets remain: wake every waiter to re-check.
+            self._idle.notify_all()
+            callbacks, self._idle_callbacks = self._idle_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def open_slot(
+        self, describe: Callable[[], str] | None = None, *, slot: Slot | None = None
+    ) -> Slot | None:
+        """A `Slot` for the units of one connection, not in progress yet; None if closed.
+
+        ``slot`` registers a `Slot` made by the caller (of a subclass that
+        carries the server's own state) instead of making one.
+        """
+        with self._lock:
+            if self._closed:
+                self.refused += 1
+                return None
+            if slot is None:
+                slot = Slot(describe)
+            self._tickets[slot.id] = slot
+            return slot
+
+    def begin(self, slot: Slot, label: str | None = None) -> bool:
+        """Begin a unit in ``slot`` (the hot path: no lock, nothing made); False if closed.
+
+        Without a ``label``, the slot's ``describe`` names the unit when asked.
+        """
+        if self._closed:
+            with self._lock:
+                self.refused += 1
+            return False
+        if label is not None:
+            slot.label = label
+        slot.began = self.clock()
+        slot.long_lived = False
+        slot.uses += 1
+        slot.active = True
+        return True
+
+    def end(self, slot: Slot) -> None:
+        """End the unit in ``slot`` (the hot path: no lock unless someone waits)."""
+        slot.active = False
+        if self._waiters or self._idle_callbacks:
+            self._wake_all()
+
+    def close_slot(self, slot: Slot) -> None:
+        """The connection ended: ``slot`` leaves the tracker (idempotent)."""
+        with self._lock:
+            if self._tickets.pop(slot.id, None) is not None:
+                self._entered += slot.uses
+        self.end(slot)
+
+    def mark_long_lived(self, ticket: Ticket) -> None:
+        """Turn ``ticket`` long-lived and wake the waiters that ignore long-lived work.
+
+        Example::
+
+            ticket = tracker.enter("GET /events")
+            tracker.mark_long_lived(ticket)     # a stream: stop asks it to end
+        """
+        with self._lock:
+            ticket.long_lived = True
+            if not self._waiters and not self._idle_callbacks:
+                return
             self._idle.notify_all()
             callbacks, self._idle_callbacks = self._idle_callbacks, []
         for callback in callbacks:
@@ -173,15 +325,33 @@ class InFlight:
     def running(self) -> list[Ticket]:
         """The units in progress, oldest first."""
         with self._lock:
-            return sorted(self._tickets.values(), key=lambda t: t.began)
+            return sorted((t for t in self._tickets.values() if t.active), key=lambda t: t.began)
 
-    def describe(self, limit: int = 20) -> list[str]:
-        """``["GET /slow (12.3s)", ...]``: what is in progress, oldest first, for logs."""
+    def counts(self) -> tuple[int, int]:
+        """``(ordinary, long_lived)``: how many units of each kind are in progress."""
+        ordinary = long_lived = 0
+        with self._lock:
+            for t in self._tickets.values():
+                if t.active:
+                    if t.long_lived:
+                        long_lived += 1
+                    else:
+                        ordinary += 1
+        return ordinary, long_lived
+
+    def describe(self, limit: int | None = 20) -> list[str]:
+        """``["GET /slow (12.3s)", ...]``: what is in progress, oldest first, for logs.
+
+        With a ``limit``, the lines past it are summed up in a last
+        ``"... and N more"`` line; ``limit=None`` lists every unit (what a stop
+        reports as cut).
+        """
         now = self.clock()
         tickets = self.running()
-        lines = [f"{t.label or f'#{t.id}'} ({now - t.began:.1f}s)" for t in tickets[:limit]]
-        if len(tickets) > limit:
-            lines.append(f"... and {len(tickets) - limit} more")
+        shown = tickets if limit is None else tickets[:limit]
+        lines = [f"{t.label or f'#{t.id}'} ({now - t.began:.1f}s)" for t in shown]
+        if len(tickets) > len(shown):
+            lines.append(f"... and {len(tickets) - len(shown)} more")
         return lines
 
     def wait_idle(
@@ -196,13 +366,13 @@ class InFlight:
         With ``ignore_long_lived`` it returns as soon as only long-lived units
         remain (so the caller can ask them to end). Returns True if idle
         (in that sense) when it returns.
+
+        No polling: a waiter is woken by what can end its wait -- a `leave`,
+        a `mark_long_lived`, `notify`, the token's cancellation or the end of
+        its time.
         """
-        end = None if timeout is None else self.clock() + timeout
-        if token is not None and token.deadline is not None:
-            end = token.deadline if end is None else min(end, token.deadline)
-        wake: Callable[[], bool] | None = None
-        if token is not None:
-            wake = token.on_cancel(self._wake_all)
+        end = self._end(token, timeout)
+        detach = _on_cancel_inline(token, self._wake_all) if token is not None else None
         try:
             with self._lock:
                 self._waiters += 1
@@ -210,9 +380,10 @@ class InFlight:
                     while not self._is_idle(ignore_long_lived=ignore_long_lived):
                         if token is not None and token.cancelled:
                             return False
-                        # Bounded slices: a token without a deadline still wakes us
-                        # through _wake_all; the slice only guards missed wakeups.
-                        remaining = 0.5 if end is None else min(0.5, end - self.clock())
+                        if end is None:
+                            self._idle.wait()
+                            continue
+                        remaining = end - self.clock()
                         if remaining <= 0:
                             return False
                         self._idle.wait(remaining)
@@ -220,8 +391,8 @@ class InFlight:
                 finally:
                     self._waiters -= 1
         finally:
-            if wake is not None:
-                wake()
+            if detach is not None:
+                detach()
 
     async def wait_idle_async(
         self,
@@ -230,41 +401,51 @@ class InFlight:
         timeout: float | None = None,
         ignore_long_lived: bool = False,
     ) -> bool:
-        """The asyncio twin of `wait_idle`: no thread is blocked while waiting."""
+        """The asyncio twin of `wait_idle`: no thread is blocked while waiting, no polling."""
         loop = asyncio.get_running_loop()
-        end = None if timeout is None else self.clock() + timeout
-        if token is not None and token.deadline is not None:
-            end = token.deadline if end is None else min(end, token.deadline)
-        while not self._is_idle(ignore_long_lived=ignore_long_lived):
-            if token is not None and token.cancelled:
-                return False
-            remaining = None if end is None else end - self.clock()
-            if remaining is not None and remaining <= 0:
-                return False
+        end = self._end(token, timeout)
+        while True:
             waiter: asyncio.Future[None] = loop.create_future()
 
             def wake(waiter: asyncio.Future[None] = waiter) -> None:
                 with contextlib.suppress(RuntimeError):  # loop closed: nobody waits
                     loop.call_soon_threadsafe(_resolve, waiter)
 
+            # Registered before the look (the class invariant): a leave or an
+            # end from another thread cannot fall between the two.
             with self._lock:
                 self._idle_callbacks.append(wake)
-            detach = token.on_cancel(wake) if token is not None else None
+                if self._is_idle(ignore_long_lived=ignore_long_lived):
+                    self._idle_callbacks.remove(wake)
+                    return True
+            detach = _on_cancel_inline(token, wake) if token is not None else None
             try:
-                slice_ = 0.5 if remaining is None else min(0.5, remaining)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), slice_)
+                if token is not None and token.cancelled:
+                    return False
+                remaining = None if end is None else end - self.clock()
+                if remaining is not None and remaining <= 0:
+                    return False
+                try:
+                    async with asyncio.timeout(remaining):
+                        await waiter
+                except TimeoutError:
+                    return self._is_idle(ignore_long_lived=ignore_long_lived)
             finally:
                 if detach is not None:
                     detach()
                 with self._lock, contextlib.suppress(ValueError):
                     self._idle_callbacks.remove(wake)
-        return True
+
+    def _end(self, token: CancelToken | None, timeout: float | None) -> float | None:
+        end = None if timeout is None else self.clock() + timeout
+        if token is not None and token.deadline is not None:
+            end = token.deadline if end is None else min(end, token.deadline)
+        return end
 
     def _is_idle(self, *, ignore_long_lived: bool) -> bool:
-        if not ignore_long_lived:
-            return not self._tickets
-        return all(t.long_lived for t in self._tickets.values())
+        if ignore_long_lived:
+            return all(t.long_lived or not t.active for t in self._tickets.values())
+        return not any(t.active for t in self._tickets.values())
 
     def _wake_all(self) -> None:
         with self._lock:
@@ -274,7 +455,7 @@ class InFlight:
             callback()
 
     def notify(self) -> None:
-        """Wake waiters to re-check (after marking a ticket long-lived, say)."""
+        """Wake waiters to re-check (after changing a ticket's ``long_lived`` by hand, say)."""
         self._wake_all()
 
 
@@ -283,9 +464,7 @@ def _resolve(waiter: asyncio.Future[Any]) -> None:
         waiter.set_result(None)
 
 
-def cut_deadline(
-    shutdown_deadline: float | None, stop_deadline: float | None
-) -> float | None:
+def cut_deadline(shutdown_deadline: float | None, stop_deadline: float | None) -> float | None:
     """When work begun now will be cut: the earlier of the shutdown and stop deadlines.
 
     What every server and middleware gives a request that starts once the
@@ -297,3 +476,171 @@ def cut_deadline(
     if shutdown_deadline is None:
         return stop_deadline
     return min(shutdown_deadline, stop_deadline)
+
+
+# -- the request scope ------------------------------------------------------------------
+
+
+class RequestScope(Protocol):
+    """What serves the current request, as `mark_long_lived` sees it.
+
+    Each server kind has its own (a handler, a middleware's request): marking
+    turns the request's ticket long-lived and gives the request a token of
+    its own, made current for the rest of the request, which the stop
+    cancels to end it.
+    """
+
+    def _lc_mark_long_lived(self) -> None: ...
+
+
+_scope: ContextVar[RequestScope | None] = ContextVar("lifecycle_request_scope", default=None)
+# Token -> (a weak reference to) the scope of the request it belongs to. The
+# value is weak: a scope refers to its token, which would otherwise keep the
+# entry, and the scope, alive for ever.
+_token_scopes: weakref.WeakKeyDictionary[CancelToken, weakref.ref[RequestScope]] = (
+    weakref.WeakKeyDictionary()
+)
+_scopes_lock = threading.Lock()
+
+
+def enter_scope(scope: RequestScope) -> ContextToken[RequestScope | None]:
+    """Make ``scope`` the request of this thread or task; pass the result to `exit_scope`."""
+    return _scope.set(scope)
+
+
+def exit_scope(reset: ContextToken[RequestScope | None]) -> None:
+    """Undo `enter_scope`."""
+    _scope.reset(reset)
+
+
+def bind_scope(token: CancelToken, scope: RequestScope) -> None:
+    """Make ``scope`` the current request scope wherever ``token`` is the current token.
+
+    For a server whose requests each run under a token of their own (reused
+    from one request to the next): it then writes one context variable per
+    request, the token, instead of two.
+    """
+    with _scopes_lock:
+        _token_scopes[token] = weakref.ref(scope)
+
+
+def current_scope() -> RequestScope | None:
+    """The scope of the request served in this thread or task, or None outside any.
+
+    The scope a server entered (`enter_scope`), else the one bound to
+    `current_token()` (`bind_scope`).
+    """
+    scope = _scope.get()
+    if scope is not None:
+        return scope
+    with _scopes_lock:
+        ref = _token_scopes.get(current_token())
+    return None if ref is None else ref()
+
+
+def mark_long_lived() -> bool:
+    r"""Mark the request being served in this thread or task as long-lived.
+
+    A long-lived request -- a stream, a long poll, a websocket -- would hold a
+    graceful stop until its deadline. Once marked, the server's stop does not
+    wait for it with the others: when only long-lived requests remain it
+    cancels their tokens, and the handler is expected to end the stream
+    promptly and return. The call gives the request a token of its own and
+    makes it `current_token()` for the rest of the request: read the token
+    *after* marking. A request marked once its server began ending the
+    long-lived ones has its token cancelled at once.
+
+    Works in handlers served by `HTTPServer`, `TCPServer`, `WSGIServer`,
+    `AsyncStreamServer` and under `WSGIMiddleware` and `ASGIMiddleware`.
+
+    Returns:
+        True if there was a request to mark; False outside any request.
+
+    Example::
+
+        class Events(BaseHTTPRequestHandler):
+            def do_GET(self):
+                lifecycle.mark_long_lived()
+                token = lifecycle.current_token()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                while not token.wait(1.0):      # until the server stops
+                    self.wfile.write(b"data: tick\\n\\n")
+
+    Added in 0.1; works in every server kind since 0.2.
+    """
+    scope = current_scope()
+    if scope is None:
+        return False
+    scope._lc_mark_long_lived()
+    return True
+
+
+class RequestTokens:
+    """The tokens a server's requests share, so that none is made per ordinary request.
+
+    * `root`: the token of every request begun before the drain; cancelled
+      only when the stop cuts (`cut`).
+    * `draining`: once the drain began, the token of every request begun from
+      then on: one shared child of `root` carrying the deadline by which such
+      work is cut, made when it is first asked for, made again by `renew`
+      when the stop begins (with the stop's deadline).
+
+    A long-lived request makes a token of its own when it is marked (a child
+    of the one it had), which the stop cancels to end it. A request that
+    arrives during the stop gets the live shared token: nothing but the cut
+    cancels it.
+
+    Example::
+
+        tokens = RequestTokens()
+        token = tokens.draining(lambda: app.shutdown_deadline) if draining else tokens.root
+    """
+
+    __slots__ = ("_drain", "_lock", "_source", "_sources", "root")
+
+    def __init__(self) -> None:
+        self._source = CancelSource()
+        self.root = self._source.token
+        self._drain: CancelToken | None = None
+        self._sources: list[CancelSource] = []
+        self._lock = threading.Lock()
+
+    def draining(self, deadline: Callable[[], float | None]) -> CancelToken:
+        """The shared token of requests begun now, while draining (made once, lazily)."""
+        token = self._drain
+        if token is None:
+            with self._lock:
+                if self._drain is None:
+                    self._drain = self._child(deadline())
+                token = self._drain
+        return token
+
+    def renew(self, deadline: float | None) -> None:
+        """Requests begun from now on share a new token with ``deadline`` (the stop began)."""
+        with self._lock:
+            self._drain = self._child(deadline)
+
+    def _child(self, deadline: float | None) -> CancelToken:
+        if deadline is None:
+            return self.root
+        source = CancelSource(self.root, deadline=deadline)
+        self._sources.append(source)
+        return source.token
+
+    def cut(self, reason: str) -> None:
+        """Cancel every request's token (the stop's cut)."""
+        self._source.cancel(reason)
+
+    def close(self) -> None:
+        """The server stopped: cancel and release every token (reason ``"closed"`` if none yet)."""
+        self._source.close()
+        with self._lock:
+            sources, self._sources = self._sources, []
+        for source in sources:
+            source.close()
+
+
+# The servers' wake-ups (drain flags, waiters) run in the cancelling thread.
+_on_cancel_inline = on_cancel_inline

@@ -27,15 +27,21 @@ crashes or changes nothing. The middleware therefore, while draining:
 3. else does nothing: the server decides (``wsgiref`` closes every
    connection anyway, it does not keep connections alive).
 
-A request is tracked until the server closes the response iterable (PEP 3333
-requires it to), so streaming bodies count as in flight while they stream.
+A request with a streamed body (an iterator: what frameworks return) is
+tracked until the server closes it (PEP 3333 requires it to), so it counts as
+in flight while it streams, with its token current; one with a built body (a
+list or tuple) ends when the app returns, since no app code runs while the
+server sends it. Its ``stop`` drives the stop sequence every server kind
+drives (`lifecycle._serving.stopseq`), without a listener of its own.
 
 Added in 0.1.
 """
 
 from __future__ import annotations
 
+import contextvars
 import sys
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -46,9 +52,18 @@ from wsgiref.util import is_hop_by_hop
 
 import structlog
 
-from .._core.tokens import CancelSource, CancelToken, _current
-from .http import HTTPServer, _scope
-from .inflight import InFlight, Ticket
+from .._core.tokens import _NEVER, CancelSource, CancelToken, _current, current_token
+from .._core.views import ShutdownView
+from .http import HTTPServer
+from .inflight import (
+    InFlight,
+    RequestTokens,
+    Slot,
+    _on_cancel_inline,
+    bind_scope,
+    cut_deadline,
+)
+from .stopseq import Waiting, Work, drive_sync
 
 __all__ = ["CLOSE_CONNECTION_KEY", "TRACKED_KEY", "WSGIMiddleware", "WSGIServer"]
 
@@ -101,16 +116,19 @@ class WSGIMiddleware:
     Hosted by `WSGIServer`, which does all that itself, it passes requests
     straight through.
 
-    The token of a request begun before the drain is shared by all such
-    requests (it is cancelled when only long-lived ones remain at stop, or
-    at the stop deadline); a request begun during the drain has its own,
-    which carries the shutdown deadline.
+    No token is made per request: requests begun before the drain share
+    one, cancelled only if the stop has to cut; requests begun during the
+    drain share one that carries the shutdown deadline (the stop's, once it
+    began). A request marked long-lived (`mark_long_lived`) gets its own,
+    which the stop cancels to end it.
 
-    It is also a component: registered with ``app.add``, its ``stop`` waits
-    for the requests in flight (ending long-lived ones through their tokens,
-    see `mark_long_lived`) and logs those still running at its deadline.
-    Make the resources the app uses depend on it, so that they close only
-    after the last request::
+    It is also a component: registered with ``app.add``, its ``stop`` drives
+    the same stop sequence as the servers, without a listener of its own:
+    wait for the ordinary requests, end the long-lived ones through their
+    tokens, wait again, and `CUT_MARGIN` before its deadline cancel the
+    tokens of what remains and raise `DeadlineExceeded` naming every request
+    cut (the exit code is then TIMEOUT). Make the resources the app uses
+    depend on it, so that they close only after the last request::
 
         db = app.add(Pool(dsn))
         app.add(middleware, depends_on=[db])
@@ -131,7 +149,7 @@ class WSGIMiddleware:
     """
 
     def __init__(
-        self, wsgi_app: WSGIApplication, app: Any = None, *, name: str | None = None
+        self, wsgi_app: WSGIApplication, app: ShutdownView | None = None, *, name: str | None = None
     ) -> None:
         if not callable(wsgi_app):
             raise TypeError(
@@ -141,226 +159,291 @@ class WSGIMiddleware:
         self.name = name or "wsgi"
         self.tracker = InFlight(f"{self.name} requests")
         """The `InFlight` of the requests this middleware tracks."""
-        self._app: Any = None
-        # Invariant: requests begun before the drain (and before stop) share
-        # _before's token, so the hot path creates no source. By the time
-        # stop ends the long-lived requests, every such request still in
-        # flight is long-lived (none can begin any more), so cancelling
-        # _before ends exactly them. Requests begun later have their own
-        # source, a child of _during, kept in _sources for that purpose.
-        self._before = CancelSource()
-        self._during = CancelSource()
-        self._sources: dict[int, CancelSource] = {}
+        self._app: ShutdownView | None = None
+        self._tokens = RequestTokens()
+        self._root = self._tokens.root
+        self._lock = threading.Lock()
+        # Invariant: a lane is in _free, or serves exactly one request (from
+        # the app call until the server closes the body). Every lane ever
+        # made is in _lanes, for the stop to end long-lived requests.
+        self._free: list[_Lane] = []
+        self._lanes: list[_Lane] = []
+        self._draining = False  # plain reads on the request path
         self._stopping = False
         self._ending_streams = False
+        self._stop_deadline: float | None = None
+        self._detach_drain: Callable[[], bool] | None = None
         if app is not None:
             self.lifecycle_bind(app)
 
     def __repr__(self) -> str:
         return f"<WSGIMiddleware {self.name!r} in_flight={self.tracker.count}>"
 
-    def lifecycle_bind(self, app: Any) -> None:
+    def lifecycle_bind(self, app: ShutdownView) -> None:
         """Called by ``App.add``: drain when ``app.shutdown_token`` is cancelled."""
+        if self._detach_drain is not None:
+            self._detach_drain()
         self._app = app
+        self._detach_drain = _on_cancel_inline(app.shutdown_token, self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        # Runs as the shutdown token fires: a flag, no logging, no locks.
+        self._draining = True
 
     @property
     def draining(self) -> bool:
         """True once the app's shutdown was requested (or `stop` began)."""
-        app = self._app
-        return self._stopping or (app is not None and app.shutdown_token.cancelled)
+        return self._draining
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request (the WSGI protocol)."""
         if environ.get(TRACKED_KEY):
             return self.wsgi_app(environ, start_response)
-        ticket = self.tracker.enter(_label(environ))
-        if ticket is None:  # someone closed the tracker: refuse rather than start
+        try:
+            lane = self._free.pop()
+        except IndexError:
+            lane = self._new_lane()
+        lane.environ = environ
+        if not self.tracker.begin(lane):  # someone closed the tracker: refuse
+            lane.end()
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"shutting down\n"]
-        if self.draining:
-            return self._call_draining(environ, start_response, ticket)
-        request = _MiddlewareRequest(self, ticket, self._before.token, None)
-        return self._serve(request, environ, start_response)
-
-    def _call_draining(
-        self, environ: WSGIEnvironment, start_response: StartResponse, ticket: Ticket
-    ) -> Iterable[bytes]:
-        app = self._app
-        deadline = app.shutdown_deadline if app is not None else None
-        source = CancelSource(self._during.token, deadline=deadline)
-        self._sources[ticket.id] = source
-        request = _MiddlewareRequest(self, ticket, source.token, source)
-
-        def closing_start(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            _ask_close(environ, start_response)
-            if exc_info is None:
-                return start_response(status, headers)
-            return start_response(status, headers, exc_info)
-
-        return self._serve(request, environ, closing_start)
-
-    def _serve(
-        self,
-        request: _MiddlewareRequest,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-    ) -> Iterable[bytes]:
-        """Call the app under the request's token; the request ends with its body."""
-        reset = request.enter()
+        if self._draining:
+            shared = self._tokens.draining(self._cut_deadline)
+            start_response = _closing_start(environ, start_response)
+        else:
+            shared = self._root
+        if lane.parent is not shared:
+            lane.renew(shared)
+        reset = _current.set(lane.token)
         try:
             result = self.wsgi_app(environ, start_response)
         except BaseException:
-            request.end()
+            _current.reset(reset)
+            lane.end()
             raise
-        finally:
-            request.exit(reset)
-        return _body(result, request)
+        if type(result) in _BUILT:
+            # Built before the app returned: no app code runs while the server
+            # sends it, so the request is over (and the body is the app's own).
+            _current.reset(reset)
+            lane.end()
+            return result
+        # Invariant: the request's token stays current in this context until
+        # the server closes the body, so that the body's code, which the
+        # server runs as it iterates (in the thread that called the app, as
+        # every WSGI server does), has it with nothing done per item.
+        return _StreamedBody(result, lane, reset)
 
-    def stop(self, token: CancelToken) -> None:
-        """Wait for the requests in flight; end long-lived ones; log what is cut.
+    def _new_lane(self) -> _Lane:
+        lane = _Lane(self)
+        with self._lock:
+            self._lanes.append(lane)
+        return lane
+
+    def _cut_deadline(self) -> float | None:
+        shutdown = self._app.shutdown_deadline if self._app is not None else None
+        return cut_deadline(shutdown, self._stop_deadline)
+
+    def stop(self, token: CancelToken | None = None) -> None:
+        """Wait for the requests in flight; end long-lived ones; cut the rest before the deadline.
 
         New requests are still served (the hosting server decides when to
-        stop accepting them), each told to close its connection.
+        stop accepting them), each told to close its connection, with a live
+        token. Returns when no request is left. Calling it again does nothing.
+
+        Raises:
+            DeadlineExceeded: requests were still running `CUT_MARGIN` before
+                the deadline: their tokens were cancelled, ``.cut`` names
+                every one.
         """
-        self._stopping = True
-        if self.tracker.wait_idle(token, ignore_long_lived=True):
-            self._end_streams()
-            if self.tracker.wait_idle(token):
+        if token is None:
+            token = current_token()
+        with self._lock:
+            if self._stopping:
                 return
-        cut = self.tracker.describe()
-        self._before.cancel("stop deadline: request abandoned")
-        self._during.cancel("stop deadline: request abandoned")
-        if cut:
-            _log.error(
-                "requests still running at the stop deadline",
-                component=self.name,
-                cut=cut,
-                hint="raise stop_timeout, or make these handlers honour lifecycle.current_token()",
-            )
-
-    def _end_streams(self) -> None:
-        reason = "server stopping: long-lived request asked to end"
-        self._ending_streams = True
-        self._before.cancel(reason)
-        for ticket in self.tracker.running():
-            source = self._sources.get(ticket.id)
-            if ticket.long_lived and source is not None:
-                source.cancel(reason)
+            self._stopping = True
+        drive_sync(_MiddlewareOps(self), token, name=self.name, sockets=False)
 
 
-class _MiddlewareRequest:
-    """One request under `WSGIMiddleware`: its ticket, its token, its end."""
+class _MiddlewareOps:
+    """The stop sequence's operations (`SyncStopOps`) on a `WSGIMiddleware`: no sockets."""
 
-    __slots__ = ("middleware", "source", "ticket", "token")
+    __slots__ = ("mw",)
 
-    def __init__(
-        self,
-        middleware: WSGIMiddleware,
-        ticket: Ticket,
-        token: CancelToken,
-        source: CancelSource | None,
-    ) -> None:
-        self.middleware = middleware
-        self.ticket = ticket
-        self.token = token
+    def __init__(self, mw: WSGIMiddleware) -> None:
+        self.mw = mw
+
+    def work(self) -> Work:
+        ordinary, long_lived = self.mw.tracker.counts()
+        return Work(ordinary, long_lived)
+
+    def drain(self, deadline: float | None) -> None:
+        mw = self.mw
+        mw._stop_deadline = deadline
+        mw._draining = True
+        mw._tokens.renew(mw._cut_deadline())
+
+    def close_listener(self, timeout: float | None) -> None:
+        """Not asked for: the hosting server owns the listener."""
+
+    def close_idle(self, now: float) -> float | None:
+        """Not asked for: the hosting server owns the connections."""
+        return None
+
+    def wait(self, what: Waiting, timeout: float | None, token: CancelToken) -> None:
+        self.mw.tracker.wait_idle(token, timeout=timeout, ignore_long_lived=what == "ordinary")
+
+    def end_long_lived(self) -> None:
+        mw = self.mw
+        mw._ending_streams = True
+        with mw._lock:
+            lanes = list(mw._lanes)
+        for lane in lanes:
+            source = lane.source
+            if lane.active and lane.long_lived and source is not None:
+                lane.parent = None  # its token is spent: the lane's next request makes one
+                source.cancel(_END_REASON)
+
+    def cut(self) -> list[str]:
+        mw = self.mw
+        cut = mw.tracker.describe(limit=None)
+        mw._tokens.cut("stop deadline: request cut")
+        return cut
+
+    def join(self, timeout: float | None) -> bool:
+        # The hosting server owns the threads: give the cut requests the
+        # time left to honour their cancelled tokens and leave.
+        return self.mw.tracker.wait_idle(timeout=timeout)
+
+
+_END_REASON = "server stopping: long-lived request asked to end"
+_BUILT = frozenset({list, tuple})  # bodies whose sending runs no app code
+
+
+def _closing_start(environ: WSGIEnvironment, start_response: StartResponse) -> StartResponse:
+    """A ``start_response`` that first asks the server to close after this response."""
+
+    def closing_start(
+        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        _ask_close(environ, start_response)
+        if exc_info is None:
+            return start_response(status, headers)
+        return start_response(status, headers, exc_info)
+
+    return closing_start
+
+
+class _Lane(Slot):
+    """What a request under `WSGIMiddleware` needs, reused request after request.
+
+    Lanes are pooled so that the hot path makes nothing (a body object for a
+    streamed response only) and takes no lock. A lane is the `Slot` its
+    requests are begun and ended in, one after the other; its token -- a
+    child of the requests' shared token, made again only when that one
+    changes (the drain, the stop) or after the stop ended it -- is bound to
+    the lane as its request scope, so that one context variable is written
+    per request.
+    """
+
+    __slots__ = ("__weakref__", "environ", "mw", "parent", "source", "token")
+
+    def __init__(self, mw: WSGIMiddleware) -> None:
+        super().__init__(self._request_label)
+        self.mw = mw
+        self.environ: WSGIEnvironment | None = None  # of the request served, if any
+        self.parent: CancelToken | None = None  # the shared token the own one descends from
+        self.source: CancelSource | None = None
+        self.token = mw._tokens.root
+        mw.tracker.open_slot(slot=self)  # closed: begin() refuses its requests
+
+    def renew(self, parent: CancelToken) -> None:
+        """A token of the lane's own, a child of ``parent``, for its next requests."""
+        old = self.source
+        source = CancelSource(parent)
+        self.parent = parent
         self.source = source
+        self.token = source.token
+        bind_scope(source.token, self)
+        if old is not None:
+            old.close()
 
-    def enter(self) -> tuple[Any, Any]:
-        """Make the request's token current and its scope findable; return the resets."""
-        return _current.set(self.token), _scope.set(self)
-
-    @staticmethod
-    def exit(reset: tuple[Any, Any]) -> None:
-        _scope.reset(reset[1])
-        _current.reset(reset[0])
+    def _request_label(self) -> str:
+        environ = self.environ
+        return "" if environ is None else _label(environ)
 
     def _lc_mark_long_lived(self) -> None:
-        mw = self.middleware
-        self.ticket.long_lived = True
-        mw.tracker.notify()
+        if not self.active or self.long_lived:
+            return
+        mw = self.mw
+        # Invariant (with end_long_lived, which sets its flag before it reads
+        # the lanes): a request marked while streams are ended is cancelled
+        # by one side or the other.
+        mw.tracker.mark_long_lived(self)
         if mw._ending_streams and self.source is not None:
-            self.source.cancel("server stopping: long-lived request asked to end")
+            self.parent = None  # its token is spent: the lane's next request makes one
+            self.source.cancel(_END_REASON)
 
     def end(self) -> None:
-        mw = self.middleware
-        if self.source is not None:
-            mw._sources.pop(self.ticket.id, None)
-            self.source.close()
-        mw.tracker.leave(self.ticket)
+        """The request is over: end its unit; back to the pool."""
+        self.environ = None
+        mw = self.mw
+        mw.tracker.end(self)
+        mw._free.append(self)
 
 
-def _body(result: Iterable[bytes], request: _MiddlewareRequest) -> Iterable[bytes]:
-    # A list or tuple runs no app code while iterated: no token to set then.
-    if isinstance(result, list | tuple):
-        return _TrackedList(result, request)
-    return _TrackedBody(result, request)
+class _StreamedBody:
+    """The app's streamed response: in flight, its token current, until the server closes it."""
 
+    __slots__ = ("_inner", "_lane", "_reset")
 
-class _TrackedList:
-    """A fully built body: iterated as is; the request ends when the server closes it."""
-
-    __slots__ = ("_items", "_request")
-
-    def __init__(self, items: list[bytes] | tuple[bytes, ...], request: _MiddlewareRequest) -> None:
-        self._items = items
-        self._request: _MiddlewareRequest | None = request
+    def __init__(
+        self, inner: Iterable[bytes], lane: _Lane, reset: contextvars.Token[CancelToken]
+    ) -> None:
+        self._inner = inner
+        self._lane: _Lane | None = lane
+        self._reset = reset
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        # Lets a server set Content-Length for a one-item body, as without us.
-        return len(self._items)
-
-    def close(self) -> None:
-        """End the request (PEP 3333: the server calls this once it is done)."""
-        request, self._request = self._request, None
-        if request is not None:
-            request.end()
-
-
-class _TrackedBody:
-    """The app's response iterable; the request is in flight until it is closed."""
-
-    __slots__ = ("_inner", "_iterator", "_request")
-
-    def __init__(self, inner: Iterable[bytes], request: _MiddlewareRequest) -> None:
-        self._inner = inner
-        self._request: _MiddlewareRequest | None = request
-        self._iterator: Iterator[bytes] | None = None
-
-    def __iter__(self) -> _TrackedBody:
-        return self
-
-    def __next__(self) -> bytes:
-        request = self._request
-        if request is None:
-            raise StopIteration
-        if self._iterator is None:
-            self._iterator = iter(self._inner)
-        reset = request.enter()
-        try:
-            return next(self._iterator)
-        finally:
-            request.exit(reset)
+        # The app's own iterator: nothing of ours runs per item.
+        return iter(self._inner)
 
     def close(self) -> None:
         """Close the app's iterable (PEP 3333), then end the request."""
-        request, self._request = self._request, None
-        if request is None:
+        lane, self._lane = self._lane, None
+        if lane is None:
             return
         try:
             close = getattr(self._inner, "close", None)
             if close is not None:
-                reset = request.enter()
-                try:
-                    close()
-                finally:
-                    request.exit(reset)
+                close()
         finally:
-            request.end()
+            # Invariant: no request's token stays current after its body closed.
+            # Every WSGI server closes the bodies of a context in the order it
+            # made them; a caller that closes out of order (two open at once,
+            # the first closed first) leaves an orphan that the later close
+            # unwinds past.
+            reset = self._reset
+            if _current.get(None) is lane.token:
+                _current.reset(reset)
+                if _orphans:
+                    _unwind(reset.old_value)
+            else:  # out of order, or closed from another context
+                _orphans[lane.token] = reset.old_value
+                lane.parent = None  # the lane's next request makes a new token
+            lane.end()
+
+
+# The token of a body closed out of order -> what was current before it. Such
+# a token is never used again (its lane makes a new one): a key is one request.
+_orphans: dict[CancelToken, object] = {}
+
+
+def _unwind(restored: object) -> None:
+    """A close made ``restored`` current again: go past the orphans it uncovers."""
+    while restored in _orphans:
+        restored = _orphans.pop(restored)
+        _current.set(restored if isinstance(restored, CancelToken) else _NEVER)
 
 
 # -- the server -------------------------------------------------------------------------
@@ -493,6 +576,53 @@ class _ChunkedBody(_Body):
         return self._done
 
 
+# RFC 9110 token characters: what a header name may be made of.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_UNSAFE = ("\r", "\n", "\0")  # would split or end the head: response splitting
+
+
+def _check_text(what: str, text: str) -> None:
+    if any(c in text for c in _UNSAFE):
+        raise ValueError(f"{what} {text!r} holds CR, LF or NUL; remove them (a response splitter)")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {text!r} is not latin-1; encode it (RFC 8187) first") from None
+
+
+def _check_status(status: object) -> None:
+    """Refuse a status that is not ``"NNN reason"`` in safe latin-1."""
+    if not (
+        isinstance(status, str)
+        and len(status) >= 4
+        and status[:3].isascii()
+        and status[:3].isdigit()
+        and status[3] == " "
+    ):
+        raise TypeError(f"the status must be a str like '200 OK', got {status!r}")
+    _check_text("the status", status)
+
+
+def _check_headers(headers: object) -> None:
+    """Refuse headers a response may not carry as given: all checked before any is sent."""
+    if not isinstance(headers, list):
+        raise TypeError(f"headers must be a list of (name, value) str pairs, got {headers!r}")
+    for header in headers:
+        if not (
+            isinstance(header, tuple)
+            and len(header) == 2
+            and isinstance(header[0], str)
+            and isinstance(header[1], str)
+        ):
+            raise TypeError(f"a header must be a (name, value) pair of str, got {header!r}")
+        name, value = header
+        if not name or not _TOKEN.issuperset(name):
+            raise ValueError(f"header name {name!r} is not an HTTP token; use letters, digits, -")
+        _check_text(f"the value of header {name!r},", value)
+        if name.lower() == "content-length" and not (value.isascii() and value.isdigit()):
+            raise ValueError(f"Content-Length must be a number of bytes, got {value!r}")
+
+
 class _Response:
     """``start_response``, ``write`` and the framing of one WSGI response."""
 
@@ -532,10 +662,11 @@ class _Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
-        if not isinstance(status, str) or not status[:3].isdigit():
-            raise TypeError(f"the status must be a str like '200 OK', got {status!r}")
-        if not isinstance(headers, list):
-            raise TypeError(f"headers must be a list of (name, value), got {headers!r}")
+        # Invariant: what is stored here is sent as is, so every check is made
+        # now, before anything is buffered: a bad header is one 500, never a
+        # second status line after a first one.
+        _check_status(status)
+        _check_headers(headers)
         self.status = status
         self.headers = headers
         return self.write
@@ -738,7 +869,9 @@ class _WSGIRequestHandler(BaseHTTPRequestHandler):
         if response.headers_sent:
             self.close_connection = True  # the response is broken: end it with the connection
             return
+        # Nothing was sent: drop anything buffered, so that the 500 is the only head.
         self._lc_pending = b""
+        self._headers_buffer: list[bytes] = []
         try:
             self.send_error(500, "Internal Server Error")
         except OSError:

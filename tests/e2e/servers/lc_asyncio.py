@@ -7,8 +7,9 @@ Run as ``python tests/e2e/servers/lc_asyncio.py PORT``. Serves ``GET
 * SIGTERM: readiness turns 503 at once; for ``drain_delay`` (2 s) the server
   keeps accepting and serving, and every response says ``Connection: close``
   (the handler reads ``server.draining``) so clients and haproxy reconnect;
-* then stop: the listening socket closes (new connections are refused), the
-  requests in flight finish, idle keep-alive connections are closed, exit 0.
+* then stop: the connections the kernel queued are taken in and the
+  listening socket closes (new connections are refused), idle keep-alive
+  connections are closed, the requests in flight finish, exit 0.
 
 The HTTP side is the least a keep-alive server needs: one
 ``server.request()`` per request (so an idle connection is told apart from
@@ -52,7 +53,7 @@ def build(port: int) -> tuple[lifecycle.App, lifecycle.AsyncStreamServer]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Idle between requests: stop may close the connection here.
         while request_line := await reader.readline():
-            async with server.request(request_line.decode("latin-1").strip()):
+            with server.request(request_line.decode("latin-1").strip()):
                 try:
                     method, target, version = request_line.decode("latin-1").split()
                 except ValueError:
@@ -77,7 +78,8 @@ def build(port: int) -> tuple[lifecycle.App, lifecycle.AsyncStreamServer]:
                     status, reason, body = await route(target)
                 else:
                     status, reason, body = 405, "Method Not Allowed", b"GET only\n"
-                # Draining: the last response on this connection says so (lesson 1).
+                # Draining: the last response on this connection says so; a keep-alive
+                # client would otherwise send its next request into the close.
                 close = close or server.draining
                 writer.write(_response(status, reason, body, close=close))
                 await writer.drain()

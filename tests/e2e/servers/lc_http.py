@@ -3,8 +3,9 @@
 Run as ``python tests/e2e/servers/lc_http.py PORT``. Same endpoints as
 ``naive.py`` on one port: ``GET /work?ms=N`` sleeps N ms and replies a small
 body; ``GET /readyz`` answers 200 while ``app.ready``, else 503. The app has a
-2 s drain delay (longer than haproxy needs to see ``/readyz`` turn 503, lesson
-7) and exits 0 after a graceful stop on SIGTERM.
+2 s drain delay, longer than haproxy needs to see ``/readyz`` turn 503 (its
+check runs every 500 ms), so that no connection is routed to a replica that
+already refuses, and exits 0 after a graceful stop on SIGTERM.
 """
 
 from __future__ import annotations
