@@ -17,7 +17,7 @@ import pytest
 
 import lifecycle
 from lifecycle._serving.aioserver import CUT_MARGIN, AsyncStreamServer
-from lifecycle._serving.http import FIRST_REQUEST_GRACE
+from lifecycle._serving.stopseq import FIRST_REQUEST_GRACE
 
 BOUND = 10.0  # seconds: the bound of every wait on something that should happen at once
 

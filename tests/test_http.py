@@ -606,6 +606,8 @@ def test_request_during_the_drain_delay_has_the_shutdown_deadline(gates):
     srv = app.add(HTTPServer(make_handler(gates)))
     with lifecycle.ThreadedRunner(app, signals=None) as runner:
         app.request_shutdown("test")
+        # The runner cancels the shutdown token (the drain begins) a moment later.
+        assert app.shutdown_token.wait(WAIT)
         conn = connect(srv)
         response, body = get(conn, "/token")
         conn.close()

@@ -70,9 +70,15 @@ from .._core.tokens import (
     on_cancel_inline,
 )
 from .._core.views import ShutdownView
-from .http import FIRST_REQUEST_GRACE
-from .inflight import InFlight, RequestTokens, Ticket, bind_scope, cut_deadline
-from .stopseq import CUT_MARGIN, Waiting, Work, drive_async
+from .inflight import (
+    InFlight,
+    RequestTokens,
+    Ticket,
+    bind_scope,
+    cut_deadline,
+    describe_work,
+)
+from .stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, Waiting, Work, drive_async
 
 __all__ = ["CUT_MARGIN", "AsyncStreamServer", "ConnectionHandler", "StopWaiter"]
 
@@ -731,12 +737,7 @@ class _StopOps:
 
     def cut(self) -> list[str]:
         server = self.server
-        now = time.monotonic()
-        cut = [
-            f"{c.ticket.label} ({now - c.ticket.began:.1f}s)"
-            for c in sorted(server._connections, key=lambda c: c.ticket.began)
-            if not c.idle
-        ]
+        cut = describe_work([c.ticket for c in server._connections if not c.idle], time.monotonic())
         server._tokens.cut(_CUT_REASON)
         for conn in list(server._connections):
             conn.cut = True

@@ -55,6 +55,7 @@ from .._core.tokens import (
 )
 from .._core.views import ShutdownView
 from .aioserver import _Serving
+from .inflight import describe_work
 from .stopseq import Waiting, Work, drive_async
 
 __all__ = ["ASGIApp", "ASGIMiddleware"]
@@ -168,9 +169,7 @@ class ASGIMiddleware(_Serving):
 
     def running(self) -> list[str]:
         """``["GET /slow (12.3s)", "WS /feed (40.1s)"]``: what is in progress, oldest first."""
-        now = time.monotonic()
-        calls = sorted(self._calls, key=lambda c: c.began)
-        return [f"{c.label} ({now - c.began:.1f}s)" for c in calls]
+        return describe_work(self._calls, time.monotonic())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

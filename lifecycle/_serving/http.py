@@ -87,18 +87,11 @@ from .inflight import (
     exit_scope,
     mark_long_lived,
 )
-from .stopseq import CUT_MARGIN, Waiting, Work, drive_sync
+from .stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, Waiting, Work, drive_sync
 
-__all__ = ["CUT_MARGIN", "HTTPServer", "TCPServer", "mark_long_lived"]
+__all__ = ["CUT_MARGIN", "FIRST_REQUEST_GRACE", "HTTPServer", "TCPServer", "mark_long_lived"]
 
 _log = structlog.get_logger("lifecycle")
-
-FIRST_REQUEST_GRACE = 1.0
-"""Seconds a new connection may stay silent at stop before it counts as idle.
-
-A connection accepted just before the listener closed usually has its first
-request on the way; it is not closed before this grace has passed since it
-was accepted."""
 
 _LINGER = 2.0  # seconds to wait for the peer's FIN after ours (lingering close)
 _LABEL_MAX = 200  # characters of a request target kept in a ticket's label

@@ -20,13 +20,19 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from contextvars import Token as ContextToken
 from typing import Any, Protocol
 
 from .._core.errors import LifecycleError
-from .._core.tokens import CancelSource, CancelToken, current_token, on_cancel_inline
+from .._core.tokens import (
+    CancelSource,
+    CancelToken,
+    cancel_in_background,
+    current_token,
+    on_cancel_inline,
+)
 
 __all__ = [
     "InFlight",
@@ -38,6 +44,7 @@ __all__ = [
     "bind_scope",
     "current_scope",
     "cut_deadline",
+    "describe_work",
     "enter_scope",
     "exit_scope",
     "mark_long_lived",
@@ -346,10 +353,9 @@ class InFlight:
         ``"... and N more"`` line; ``limit=None`` lists every unit (what a stop
         reports as cut).
         """
-        now = self.clock()
         tickets = self.running()
         shown = tickets if limit is None else tickets[:limit]
-        lines = [f"{t.label or f'#{t.id}'} ({now - t.began:.1f}s)" for t in shown]
+        lines = describe_work(shown, self.clock())
         if len(tickets) > len(shown):
             lines.append(f"... and {len(tickets) - len(shown)} more")
         return lines
@@ -462,6 +468,34 @@ class InFlight:
 def _resolve(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class _Work(Protocol):
+    """Anything in progress that a stop may have to name: a label and a start time."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def began(self) -> float: ...
+
+
+def describe_work(work: Iterable[_Work], now: float) -> list[str]:
+    """``["GET /slow (12.3s)", ...]``, oldest first: the one format of what was cut.
+
+    Every server kind names the requests it cut with these lines, in its log
+    and in `DeadlineExceeded.cut`. A unit without a label is named by its id
+    when it has one.
+    """
+    return [f"{_name(w)} ({now - w.began:.1f}s)" for w in sorted(work, key=_began)]
+
+
+def _name(work: _Work) -> str:
+    return work.label or f"#{getattr(work, 'id', '?')}"
+
+
+def _began(work: _Work) -> float:
+    return work.began
 
 
 def cut_deadline(shutdown_deadline: float | None, stop_deadline: float | None) -> float | None:
@@ -630,8 +664,8 @@ class RequestTokens:
         return source.token
 
     def cut(self, reason: str) -> None:
-        """Cancel every request's token (the stop's cut)."""
-        self._source.cancel(reason)
+        """Cancel every request's token (the stop's cut); user callbacks run off this thread."""
+        cancel_in_background(self._source, reason)
 
     def close(self) -> None:
         """The server stopped: cancel and release every token (reason ``"closed"`` if none yet)."""

@@ -88,6 +88,7 @@ from .._core.tokens import CancelToken
 
 __all__ = [
     "CUT_MARGIN",
+    "FIRST_REQUEST_GRACE",
     "FORCE_JOIN",
     "LOG_CUT_LIMIT",
     "Action",
@@ -118,6 +119,13 @@ The runner abandons a stop at its deadline; cutting this much earlier lets the
 stop end the remaining requests, log them by name and join its handlers within
 its bound. With less than ``10 * CUT_MARGIN`` of budget, a tenth of the budget
 is kept instead."""
+
+FIRST_REQUEST_GRACE: Final = 1.0
+"""Seconds a new connection may stay silent at stop before it counts as idle.
+
+A connection accepted just before the listener closed usually has its first
+request on the way; it is not closed before this grace has passed since it
+was accepted. Every server kind applies the same grace."""
 
 FORCE_JOIN: Final = 1.0
 """Seconds the handlers are joined after a cut when the stop has no deadline."""
