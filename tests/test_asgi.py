@@ -133,13 +133,12 @@ def test_during_drain_responses_say_connection_close():
     assert inner.headers == [(b"Connection", b"keep-alive"), (b"content-type", b"text/plain")]
 
 
-def test_before_the_drain_the_app_gets_the_servers_own_send_and_a_shared_token():
-    """The hot path wraps nothing: before the drain the app is given the server's own
-    ``send`` and every request shares one token (none is made per request)."""
+def test_before_the_drain_every_request_shares_one_token():
+    """No token is made per request: before the drain every request shares one, live."""
     seen = []
 
     async def inner(scope, receive, send):
-        seen.append((send, lifecycle.current_token()))
+        seen.append(lifecycle.current_token())
 
     mw = ASGIMiddleware(inner, lifecycle.App("t"))
     sent = Sent()
@@ -149,9 +148,28 @@ def test_before_the_drain_the_app_gets_the_servers_own_send_and_a_shared_token()
         await mw(http_scope(), receive_nothing, sent)
 
     run(main)
-    (send1, token1), (send2, token2) = seen
-    assert (send1 is sent, send2 is sent, token1 is token2) == (True, True, True)
-    assert (token1.cancelled, token1.deadline) == (False, None)
+    token1, token2 = seen
+    assert (token1 is token2, token1.cancelled, token1.deadline) == (True, False, None)
+
+
+def test_a_request_begun_before_the_drain_that_answers_during_it_says_close():
+    """The response of a request already in flight when the drain begins announces the close,
+    so the client's next request on that keep-alive connection goes to a new connection."""
+    app = lifecycle.App("t", shutdown_timeout=20)
+    sent = Sent()
+    inner = Held(headers=[(b"content-type", b"text/plain")])
+    mw = ASGIMiddleware(inner, app)
+
+    async def main():
+        call = asyncio.create_task(mw(http_scope("/hold"), receive_nothing, sent))
+        await asyncio.wait_for(inner.entered.wait(), BOUND)
+        app.request_shutdown("test")
+        assert app.shutdown_token.wait(BOUND)  # the drain has begun
+        inner.release.set()
+        await asyncio.wait_for(call, BOUND)
+
+    run(main)
+    assert sent.start["headers"] == [(b"content-type", b"text/plain"), (b"connection", b"close")]
 
 
 def test_http2_responses_get_no_connection_header():

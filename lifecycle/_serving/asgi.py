@@ -102,13 +102,31 @@ class _Call:
     label is built from the scope when the stop needs it.
     """
 
-    __slots__ = ("began", "mw", "scope", "source")
+    __slots__ = ("began", "mw", "scope", "server_send", "source")
 
     def __init__(self, mw: ASGIMiddleware, scope: Scope, began: float) -> None:
         self.mw = mw
         self.scope = scope
         self.began = began
         self.source: CancelSource | None = None  # own token, once long-lived
+        self.server_send: Send | None = None
+
+    def send(self, message: Message) -> Awaitable[None]:
+        """The server's ``send``; a response that starts once draining says close.
+
+        Also for a request begun before the drain: its response may start after
+        the drain began, and must then announce the close too, or the client's
+        next request on that keep-alive connection races the server's close. A
+        plain method returning the server's awaitable: no coroutine per message.
+        """
+        if (
+            self.mw.draining
+            and message["type"] == "http.response.start"
+            and self.scope.get("http_version", "1.1") in _CONNECTION_HEADER_VERSIONS
+        ):
+            message = _with_connection_close(message)
+        assert self.server_send is not None
+        return self.server_send(message)
 
     @property
     def label(self) -> str:
@@ -176,8 +194,9 @@ class ASGIMiddleware(_Serving):
         if kind not in ("http", "websocket"):
             await self.asgi_app(scope, receive, send)
             return
-        # The hot path: no token, no task lookup, no wrapper before the drain,
-        # one context variable (the shared token, bound to this middleware).
+        # The hot path: no token, no task lookup, one context variable (the
+        # shared token, bound to this middleware) and one thin send wrapper
+        # that reads the drain flag when the response starts.
         call = _Call(self, scope, time.monotonic())
         calls = self._calls
         calls.add(call)
@@ -191,6 +210,8 @@ class ASGIMiddleware(_Serving):
                 send = _closing_send(send)
         else:
             reset = _current.set(self._tokens.root)
+            call.server_send = send
+            send = call.send
         try:
             await self.asgi_app(scope, receive, send)
         finally:
