@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from lifecycle import (
     ShutdownPlan,
     UnknownDependency,
 )
+from lifecycle._core.tokens import on_cancel_inline
 from lifecycle._core.views import AppView, ShutdownView
 
 
@@ -122,6 +124,19 @@ def test_infinite_and_zero_timeouts_are_allowed():
     app = App(shutdown_timeout=math.inf, drain_delay=0)
     app.add(Database(), stop_timeout=math.inf, start_timeout=0)
     assert app.shutdown_timeout == math.inf
+
+
+@pytest.mark.parametrize("huge", [threading.TIMEOUT_MAX, 1e10, 1e308])
+def test_timeouts_no_thread_can_wait_are_no_limit(huge):
+    """A timeout of threading.TIMEOUT_MAX (292 years) or more is math.inf, app and component."""
+    app = App(shutdown_timeout=huge, stop_timeout=huge, start_timeout=huge, drain_delay=huge)
+    app.add(Database(), stop_timeout=huge, start_timeout=huge)
+    assert (app.shutdown_timeout, app.stop_timeout, app.start_timeout, app.drain_delay) == (
+        math.inf, math.inf, math.inf, math.inf,
+    )  # fmt: skip
+    assert app.plan().worst_case == math.inf
+    below = threading.TIMEOUT_MAX / 2
+    assert App(shutdown_timeout=below).shutdown_timeout == below
 
 
 @pytest.mark.parametrize("health", ["8081", 70000, -1, True, ("host",), ("h", "80"), 1.5])
@@ -325,18 +340,31 @@ def test_report_shape_before_running():
 
 
 def test_request_shutdown_before_running():
-    """request_shutdown is idempotent: first reason wins, deadline set, token cancelled."""
+    """request_shutdown is idempotent: first reason wins, deadline set, token cancelled soon."""
     app = App(shutdown_timeout=7)
     before = (app.shutdown_reason, app.shutdown_deadline, app.shutdown_token.cancelled)
     assert before == (None, None, False)
     app.request_shutdown("first")
     deadline = app.shutdown_deadline
     app.request_shutdown("second")
+    assert not app.ready
     assert deadline is not None
     assert (app.shutdown_reason, app.shutdown_deadline) == ("first", deadline)
-    assert app.shutdown_token.cancelled
+    assert app.shutdown_token.cancelled  # a plain call returns once the cancel is done
     assert app.shutdown_token.reason == "first"
-    assert not app.ready
+
+
+def where() -> str:
+    return threading.current_thread().name
+
+
+def test_request_shutdown_without_a_runner_cancels_on_the_deferred_thread():
+    """With no runner, shutdown_token is cancelled by lifecycle-deferred, never by the caller."""
+    app = App()
+    cancelled_in: list[str] = []
+    on_cancel_inline(app.shutdown_token, lambda: cancelled_in.append(where()))
+    app.request_shutdown("deploy")
+    assert cancelled_in == ["lifecycle-deferred"]
 
 
 def test_request_shutdown_needs_a_str_reason():

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gc
+import math
 import signal
 import threading
 import time
@@ -39,6 +40,7 @@ from lifecycle import (
     UnknownDependency,
     current_token,
 )
+from lifecycle._runtime.signals import SignalHandlers
 from lifecycle._runtime.watchdog import _guard as exit_guard
 from lifecycle._serving.health import HealthServer
 
@@ -1545,3 +1547,175 @@ def test_asyncio_run_teardown_is_bounded_and_names_what_stays(log_events):
     (pending,) = events_named(log_events, "task still pending when its event loop closed")
     assert pending["task"] == "stubborn"
     assert f"line {line_of('# <swallows>')}" in pending["stack"]
+
+
+# -- failure paths: what a caller giving up, a second runner and bad arguments do ---------
+
+
+@pytest.mark.realtime
+def test_a_cancelled_asyncio_start_stops_the_app_and_restores_the_handlers(log_events):
+    """asyncio.wait_for(runner.start(), 0.2), start hanging: the app is stopped, handlers back."""
+    assert threading.current_thread() is threading.main_thread()
+    watched = (signal.SIGTERM, signal.SIGINT)
+    before = {s: signal.getsignal(s) for s in watched}
+    app = App(shutdown_timeout=0.3, start_timeout=50)
+
+    class Hangs:
+        async def start(self, token: CancelToken) -> None:
+            await asyncio.sleep(BOUND * 10)  # ignores its token
+
+    app.add(Hangs(), name="hangs")
+
+    async def main() -> None:
+        runner = AsyncioRunner(app)  # the default signals: installed, from the main thread
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(runner.start(), 0.2)
+
+    try:
+        asyncio.run(main())
+        assert {s: signal.getsignal(s) for s in watched} == before
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert app.exit_code == ExitCode.TIMEOUT  # the start was abandoned at the deadline
+    assert app.components["hangs"].state is ComponentState.FAILED
+    assert events_named(log_events, "lifecycle control loop crashed; this is a bug") == []
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_runner_that_never_claimed_the_app_leaves_it_alone(kind, log_events):
+    """A second runner's start() raises ConfigError; its stop() returns CONFIG; the app runs on."""
+    trace, app = Trace(), App("shop")
+    add(app, trace, "db", flavour="sync" if kind == "thread" else "async")
+
+    def second() -> tuple[int, int]:
+        late = ThreadedRunner(app, signals=None)
+        with pytest.raises(ConfigError, match="was already run"):
+            late.start()
+        return late.stop("cleanup of the second runner"), late.wait()
+
+    async def asecond() -> tuple[int, int]:
+        late = AsyncioRunner(app, signals=None)
+        with pytest.raises(ConfigError, match="was already run"):
+            await late.start()
+        return await late.stop("cleanup of the second runner"), await late.wait()
+
+    if kind == "thread":
+        first = ThreadedRunner(app, signals=None)
+        first.start()
+        assert second() == (ExitCode.CONFIG, ExitCode.CONFIG)
+        assert (ready(app), app.shutdown_reason) == (True, None)
+        assert first.stop() == ExitCode.OK
+    else:
+
+        async def main() -> None:
+            first = AsyncioRunner(app, signals=None)
+            await first.start()
+            assert await asecond() == (ExitCode.CONFIG, ExitCode.CONFIG)
+            assert (ready(app), app.shutdown_reason) == (True, None)
+            assert await first.stop() == ExitCode.OK
+
+        lifecycle.asyncio_run(main())
+    assert trace.of("stop") == ["db"]
+
+
+@pytest.mark.parametrize("cls", [ThreadedRunner, AsyncioRunner])
+@pytest.mark.parametrize("grace", [None, "abc", math.nan, -1, math.inf, True])
+def test_a_bad_signal_grace_is_refused_at_construction(cls, grace):
+    """signal_grace must be a finite number of seconds >= 0; the message names it."""
+    with pytest.raises(ConfigError, match="signal_grace"):
+        cls(App(), signal_grace=grace)
+    assert cls(App(), signal_grace=0).signal_grace == 0.0
+
+
+@pytest.mark.parametrize("cls", [ThreadedRunner, AsyncioRunner])
+@pytest.mark.parametrize(
+    ("signals", "culprit"),
+    [
+        ([999], "999 is not a signal"),
+        ([signal.SIGTERM, signal.SIGKILL], "SIGKILL cannot be handled"),
+        ([signal.SIGSTOP], "SIGSTOP cannot be handled"),
+        ([True], "True is not a signal"),
+        ([15.0], "15.0 is not a signal"),
+        (15, "a tuple of signal numbers, got 15"),
+        ("SIGTERM", "a tuple of signal numbers, got 'SIGTERM'"),
+    ],
+)
+def test_bad_signals_are_refused_at_construction(cls, signals, culprit):
+    """signals must be catchable signal numbers of this platform; the message names the culprit."""
+    with pytest.raises(ConfigError, match=culprit):
+        cls(App(), signals=signals)
+
+
+def test_handlers_are_installed_all_or_none():
+    """A signal refusing its handler: ConfigError naming it; the ones installed before are back."""
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM)
+    handlers = SignalHandlers()
+    with pytest.raises(ConfigError, match="cannot handle SIGKILL"):
+        handlers.install((signal.SIGTERM, signal.SIGKILL), lambda signum, frame: None)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_main_raising_under_asyncio_run_stops_the_app_before_it_propagates(log_events):
+    """asyncio_run(main()), main raising after start(): stop runs, the error follows, no 'bug'."""
+    trace, app = Trace(), App()
+    add(app, trace, "db", flavour="async")
+
+    async def main() -> None:
+        runner = AsyncioRunner(app, signals=None)
+        await runner.start()
+        raise RuntimeError("main failed after start")
+
+    with pytest.raises(RuntimeError, match="main failed after start"):
+        lifecycle.asyncio_run(main())
+    assert trace.of("stop") == ["db"]
+    assert app.exit_code == ExitCode.OK
+    assert app.shutdown_reason == (
+        "the program's main() raised RuntimeError with the app still running"
+    )
+    assert events_named(log_events, "lifecycle control loop crashed; this is a bug") == []
+
+
+def test_plain_asyncio_run_cancelling_the_runner_stops_the_app_first(log_events):
+    """asyncio.run's teardown cancels the runner's task while the app runs: stop runs, no 'bug'."""
+    trace, app = Trace(), App()
+    add(app, trace, "db", flavour="sync")
+
+    async def main() -> None:
+        runner = AsyncioRunner(app, signals=None)
+        await runner.start()  # and main() returns with the app running
+
+    asyncio.run(main())
+    assert trace.of("stop") == ["db"]
+    assert app.shutdown_reason == "the runner's task was cancelled"
+    assert events_named(log_events, "lifecycle control loop crashed; this is a bug") == []
+
+
+def test_readiness_is_off_as_soon_as_a_critical_run_fails(drive):
+    """A critical worker raising: app.ready is False before the control loop has heard of it."""
+    blocked, release, go = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if event.get("event") == "run() raised":  # the control loop, handling the crash
+            blocked.set()
+            release.wait(BOUND)
+        return event
+
+    structlog.configure(processors=[hold, LogCapture()], cache_logger_on_first_use=False)
+    app = App()
+
+    @app.worker(name="crasher")
+    def crasher(token: CancelToken) -> None:
+        assert go.wait(BOUND)
+        raise RuntimeError("crashed at once")
+
+    drive.start(app)
+    assert ready(app)
+    go.set()
+    assert blocked.wait(BOUND)
+    try:
+        assert not ready(app)
+    finally:
+        release.set()
+    assert drive.wait() == ExitCode.FAILED

@@ -191,13 +191,33 @@ def child() -> Iterator[Callable[..., Child]]:
     made: list[Child] = []
 
     def spawn(runner: str, scenario: str) -> Child:
-        c = Child([sys.executable, str(CHILD), runner, scenario])
+        c = Child([sys.executable, "-m", "tests.procs.app_child", runner, scenario])
         made.append(c)
         return c
 
     yield spawn
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def edge() -> Iterator[Callable[..., Child]]:
+    """Spawns ``python -m tests.procs.edge_child SCENARIO RUNNER``."""
+    made: list[Child] = []
+
+    def spawn(scenario: str, runner: str = "thread") -> Child:
+        c = Child([sys.executable, "-m", "tests.procs.edge_child", scenario, runner])
+        made.append(c)
+        return c
+
+    yield spawn
+    for c in made:
+        c.close()
+
+
+def crashes(c: Child) -> list[dict[str, Any]]:
+    """Events saying the runtime itself failed (none is expected, ever)."""
+    return [e for e in c.events if "crashed" in e["event"] or "this is a bug" in e["event"]]
 
 
 def assert_clean_reverse_order(c: Child) -> None:
@@ -383,18 +403,23 @@ def test_signal_storm_is_one_graceful_shutdown(child, runner):
     assert len([e for e in c.named("app transition") if e["to_state"] == "DRAINING"]) == 1
     assert not c.named("forced exit")
     assert len(c.named("signal received")) == 1
-    assert c.named("repeated signal ignored"), "the repeats were ignored without a word"
+    # The first repeat is logged with its hint; the rest of the storm as one count.
+    assert len(c.named("repeated signal ignored")) == 1, "the repeats were not rate-limited"
+    counted = c.named("repeated signals ignored")
+    assert len(counted) <= 1
+    assert all(e["count"] >= 2 for e in counted)
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_signals_are_logged_off_the_signal_path_with_how_to_force(child, runner):
     """The first signal is logged with how to force the exit; a repeat in the grace as ignored."""
-    c = child(runner, "storm")
+    c = child(runner, "held_stop")  # api's stop returns on "release": the app outlasts the repeat
     c.wait_started()
     c.kill(signal.SIGTERM)
     first = c.wait_for(lambda e: e["event"] == "signal received")
     c.kill(signal.SIGINT)
     repeat = c.wait_for(lambda e: e["event"] == "repeated signal ignored")
+    c.send("release")
     assert c.finish() == 0, c.describe()
     assert first["signal"] == "SIGTERM"
     assert "send it again after 1s to force the exit" in first["hint"]
@@ -500,7 +525,7 @@ def test_a_stuck_non_daemon_thread_cannot_hold_the_exit(child, runner, scenario,
     assert stuck["thread"] == "user:non-daemon"
     assert "in wait" in stuck["stack"], stuck["stack"]  # where it blocks: Event.wait
     (final,) = c.named("exit despite running threads")
-    assert (final["exit_code"], final["threads"]) == (expected, ["user:non-daemon"])
+    assert (final["run_exit_code"], final["threads"]) == (expected, ["user:non-daemon"])
 
 
 def test_documented_asyncio_embedding_is_bounded_despite_a_stubborn_stop(child):
@@ -516,6 +541,162 @@ def test_documented_asyncio_embedding_is_bounded_despite_a_stubborn_stop(child):
     assert f'"{CHILD}", line {line_of(CHILD, "# <stubborn>")}' in pending["stack"]
     (exiting,) = c.named("exiting")
     assert exiting["code"] == 3
+
+
+@pytest.mark.parametrize(
+    ("runner", "scenario"),
+    [("thread", "stop_swallows_all"), ("asyncio", "stop_swallows_all"),
+     ("asyncio", "embedded_swallows_all")],
+)  # fmt: skip
+def test_an_abandoned_stop_that_swallows_everything_cannot_hold_the_exit(child, runner, scenario):
+    """An async stop swallowing every exception (GeneratorExit too) is left unclosed; exit 3.
+
+    Closing such a coroutine — as garbage collection or the interpreter's
+    exit would — throws GeneratorExit in, which it swallows, and loops for good.
+    """
+    c = child(runner, scenario)
+    c.wait_started()
+    sent = time.monotonic()
+    if scenario.startswith("embedded_"):
+        c.send("stop")
+    else:
+        c.kill(signal.SIGTERM)
+    assert c.finish(timeout=10.0) == 3, c.describe()
+    assert time.monotonic() - sent < 5.0
+    (stuck,) = c.named("component stuck")
+    assert (stuck["component"], stuck["phase"]) == ("api", "stop")
+    (pending,) = c.named("task still pending when its event loop closed")
+    assert f'"{CHILD}", line {line_of(CHILD, "# <swallows-all>")}' in pending["stack"]
+    assert "left unclosed" in pending["hint"]
+    assert crashes(c) == []
+
+
+# -- the program's own signal handling, forks and the exit ----------------------------
+
+
+def test_a_hosts_handler_calling_request_shutdown_never_deadlocks(edge):
+    """The program's SIGTERM handler calls request_shutdown while main polls wait(0): 20 of 20.
+
+    No runner is attached: the cancel the request causes runs on the
+    lifecycle-deferred thread, not inside the handler, where it would wait
+    for a lock the interrupted wait(0) holds.
+    """
+    c = edge("host_handler")
+    for i in range(ITERATIONS):
+        c.wait_for(iteration("polling", i))
+        c.kill(signal.SIGTERM)
+        done = c.wait_for(iteration("iteration done", i), timeout=ITERATION_BOUND)
+        assert done["cancelled"] is True, c.describe()
+    assert c.finish() == 0, c.describe()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_forked_child_is_ended_by_sigterm(edge, runner):
+    """A component's forked child inherits the runner's handler, yet terminate() ends it (-15)."""
+    c = edge("fork", runner)
+    c.wait_started()
+    c.kill(signal.SIGTERM)
+    assert c.finish() == 0, c.describe()
+    (forked,) = c.named("forked child")
+    assert (forked["alive"], forked["exitcode"]) == (False, -signal.SIGTERM)
+
+
+def test_a_request_in_a_forked_child_still_cancels_the_token(edge):
+    """An App made before os.fork(): in the child, request_shutdown still cancels its token."""
+    c = edge("request_after_fork")
+    assert c.finish() == 0, c.describe()
+    (forked,) = c.named("forked child")
+    assert forked["exitcode"] == 0
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_the_exit_guard_leaves_later_threads_and_a_later_crash_to_the_program(edge, runner):
+    """After run() returned 0: the program's own thread finishes its work; its crash exits 1."""
+    c = edge("after_run_thread", runner)
+    c.wait_started()
+    c.kill(signal.SIGTERM)
+    assert c.finish() == 1, c.describe()
+    (returned,) = c.named("run returned")
+    assert returned["code"] == 0
+    assert c.named("upload done"), c.describe()
+    assert not c.named("exit despite running threads")
+    assert any("RuntimeError: the program failed after run()" in line for line in c.stderr)
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_stuck_thread_of_the_app_is_left_and_the_sys_exit_code_stands(edge, runner):
+    """A component's non-daemon thread stuck past the deadline is left; sys.exit(5) is the code."""
+    c = edge("stuck_then_exit", runner)
+    c.wait_started()
+    code, took = c.exit_after(signal.SIGTERM, timeout=15.0)
+    assert code == 5, c.describe()
+    assert took < 0.5 + 2.0  # shutdown_timeout, then the guard's margin and the report
+    (stuck,) = c.named("thread still running at exit")
+    assert stuck["thread"] == "user:stuck"
+    (final,) = c.named("exit despite running threads")
+    assert (final["run_exit_code"], final["threads"]) == (0, ["user:stuck"])
+
+
+@pytest.mark.realtime
+def test_where_the_exit_wait_cannot_be_shortened_a_later_crash_still_exits_1(edge):
+    """The guard's os._exit fallback: an unhandled exception after run() returned 0 exits 1."""
+    c = edge("stuck_then_crash_os_exit")
+    c.wait_started()
+    assert c.exit_after(signal.SIGTERM, timeout=15.0)[0] == 1, c.describe()
+    (final,) = c.named("exit despite running threads")
+    assert (final["run_exit_code"], final["exit_code"]) == (0, 1)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_an_interrupt_escaping_run_stops_the_app_and_restores_the_handlers(edge, runner):
+    """run(signals=(SIGHUP,)), then Ctrl-C: app stopped, then KeyboardInterrupt; handlers back."""
+    c = edge("interrupt", runner)
+    c.wait_started()
+    c.kill(signal.SIGINT)
+    assert c.finish() == 0, c.describe()
+    assert [e["what"] for e in c.named("call")] == ["start", "stop"]
+    (raised,) = c.named("run raised")
+    assert raised["error"] == "KeyboardInterrupt"
+    (after,) = c.named("after")
+    assert (after["sighup_restored"], after["sigint_restored"], after["state"]) == (
+        True, True, "STOPPED",
+    )  # fmt: skip
+    assert crashes(c) == []
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_signals_no_process_can_handle_are_refused_before_any_is_installed(edge, runner):
+    """run(signals=(SIGTERM, SIGKILL)) raises ConfigError naming SIGKILL; SIGTERM still kills."""
+    c = edge("bad_signals", runner)
+    waiting = c.wait_for(lambda e: e["event"] == "waiting")
+    (raised,) = c.named("run raised")
+    assert raised["error"] == "ConfigError"
+    assert "SIGKILL cannot be handled" in raised["message"]
+    assert waiting["handler_is_default"] is True
+    assert c.exit_after(signal.SIGTERM)[0] == -signal.SIGTERM, c.describe()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_timeouts_too_long_for_any_thread_to_wait_are_no_limit(edge, runner):
+    """shutdown_timeout=stop_timeout=1e10 (past threading.TIMEOUT_MAX): SIGTERM stops; exit 0."""
+    c = edge("huge_timeouts", runner)
+    c.wait_started()
+    assert c.exit_after(signal.SIGTERM)[0] == 0, c.describe()
+    assert crashes(c) == []
+    assert c.summary()["components"]["db"]["state"] == "stopped"
+
+
+@pytest.mark.realtime
+def test_the_watchdog_stays_quiet_once_the_app_finished(edge):
+    """The app stops in time; a leftover holds its loop's teardown past the deadline: exit 0."""
+    c = edge("clean_teardown")
+    c.wait_started()
+    assert c.exit_after(signal.SIGTERM)[0] == 0, c.describe()
+    (returned,) = c.named("run returned")
+    assert returned["code"] == 0
+    assert not c.named("shutdown deadline missed")
 
 
 # -- embedding ---------------------------------------------------------------------

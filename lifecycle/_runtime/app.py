@@ -9,7 +9,6 @@ from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 import attrs
-import structlog
 
 from .._core.errors import ConfigError, DuplicateComponent, UnknownDependency
 from .._core.graph import Graph, analyze, critical_path
@@ -29,12 +28,21 @@ from .run import Run
 
 __all__ = ["App", "Blueprint", "ShutdownPlan"]
 
-_log = structlog.get_logger("lifecycle")
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 
-def _check_seconds(value: object, what: str, *, allow_none: bool = False) -> float | None:
+def check_seconds(value: object, what: str, *, allow_none: bool = False) -> float | None:
+    """A number of seconds >= 0, validated; ``math.inf`` for no limit.
+
+    A value of ``threading.TIMEOUT_MAX`` (about 292 years) or more is no limit
+    either: it is ``math.inf`` from here on, since no thread can wait that long
+    (``OverflowError``).
+
+    Raises:
+        ConfigError: not a number (a bool is none), NaN or negative; the
+            message names ``what``.
+    """
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -42,7 +50,7 @@ def _check_seconds(value: object, what: str, *, allow_none: bool = False) -> flo
     seconds = float(value)
     if math.isnan(seconds) or seconds < 0:
         raise ConfigError(f"{what} must be >= 0 seconds (math.inf for no limit), got {value!r}")
-    return seconds
+    return math.inf if seconds >= threading.TIMEOUT_MAX else seconds
 
 
 def _check_health(health: object) -> tuple[str, int] | None:
@@ -180,10 +188,10 @@ class App:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"the app's name must be a non-empty str, got {name!r}")
         self.name = name
-        self.shutdown_timeout = _check_seconds(shutdown_timeout, "shutdown_timeout") or 0.0
-        self.drain_delay = _check_seconds(drain_delay, "drain_delay") or 0.0
-        self.stop_timeout = _check_seconds(stop_timeout, "stop_timeout") or 0.0
-        self.start_timeout = _check_seconds(start_timeout, "start_timeout") or 0.0
+        self.shutdown_timeout = check_seconds(shutdown_timeout, "shutdown_timeout") or 0.0
+        self.drain_delay = check_seconds(drain_delay, "drain_delay") or 0.0
+        self.stop_timeout = check_seconds(stop_timeout, "stop_timeout") or 0.0
+        self.start_timeout = check_seconds(start_timeout, "start_timeout") or 0.0
         self._health_address = _check_health(health)
         self._entries: dict[str, _Entry] = {}
         self._names_by_id: dict[int, str] = {}
@@ -376,8 +384,8 @@ class App:
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty str, got {name!r}")
         label = name or describe(obj)
-        start_s = _check_seconds(start_timeout, f"start_timeout of {label!r}", allow_none=True)
-        stop_s = _check_seconds(stop_timeout, f"stop_timeout of {label!r}", allow_none=True)
+        start_s = check_seconds(start_timeout, f"start_timeout of {label!r}", allow_none=True)
+        stop_s = check_seconds(stop_timeout, f"stop_timeout of {label!r}", allow_none=True)
         if isinstance(depends_on, str | bytes):
             depends_on = (depends_on,)
         deps = tuple(depends_on)
@@ -426,11 +434,14 @@ class App:
         ``Connection: close``. Component ``run`` tokens are *not* cancelled
         then; they are at the component's own stop phase.
 
-        The runner cancels it a moment after the request, on its control
-        thread or loop — never inside a signal handler — and its ``on_cancel``
-        callbacks run on a lifecycle callback thread: a slow one delays only
-        itself. With no runner running (before ``start()``), it is cancelled
-        before `request_shutdown` returns.
+        It is cancelled off the thread that requested, never inside a
+        signal handler: a moment after the request by the runner's control
+        thread or loop; with no runner running (before ``start()``) by the
+        ``lifecycle-deferred`` thread, before `request_shutdown` returns
+        (except in a signal handler, which cannot wait: a moment after).
+        Its ``on_cancel`` callbacks run on a lifecycle callback thread: a slow
+        one delays only itself. Readiness is off before `request_shutdown`
+        returns, always.
 
         Example::
 
@@ -472,12 +483,18 @@ class App:
 
         True while RUNNING, until a shutdown is requested (it turns False
         synchronously in `request_shutdown` and in the runner's signal
-        handler), and while every component's ``ready()`` (where defined)
-        returns True. A non-critical component that failed is shown in the
-        report but does not make the app unready.
+        handler) or a critical component's ``run`` ends (False as it ends, in
+        its own thread, before the shutdown it causes), and while every
+        component's ``ready()`` (where defined) returns True. A non-critical
+        component that failed is shown in the report but does not make the
+        app unready.
         """
         run = self._run
-        if run.shutdown_reason is not None or run.state is not AppState.RUNNING:
+        if (
+            run.shutdown_reason is not None
+            or run.critical_down is not None
+            or run.state is not AppState.RUNNING
+        ):
             return False
         for entry_name, entry in self._entries.items():
             info = run.infos[entry_name]
@@ -573,10 +590,12 @@ class App:
     def request_shutdown(self, reason: str = "requested") -> None:
         """Ask the app to shut down. Thread-safe, signal-safe, idempotent.
 
-        Readiness turns False before this returns; the runner then cancels
-        `shutdown_token`, drains and stops. It only records the request and
-        wakes the runner, so it is safe in a signal handler of your own.
-        Called before the app runs, it makes ``run()`` return at once.
+        Readiness turns False before this returns; `shutdown_token` is
+        cancelled off this thread (see there); the runner then drains and
+        stops. In a signal handler it only records the request and wakes
+        another thread, so it is safe in a signal handler of your own, in
+        every state of the app. Called before the app runs, it makes
+        ``run()`` return at once.
 
         Example::
 

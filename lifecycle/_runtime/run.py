@@ -12,7 +12,9 @@ bytecodes of the main thread, which may hold any lock (a logger's, a
 queue's); so `request` only writes plain attributes and calls the wake-ups
 it was given, each of which is itself signal-safe (``SimpleQueue.put``,
 ``loop.call_soon_threadsafe``). Everything else — cancelling
-`shutdown_token`, logging, the scheduler — happens where the wake-up lands.
+`shutdown_token`, logging, the scheduler — happens where the wake-up lands:
+on the driver's control thread or loop, or, with no driver attached (before
+``start()``, after the end), on the ``lifecycle-deferred`` thread.
 """
 
 from __future__ import annotations
@@ -24,10 +26,17 @@ from collections.abc import Callable
 from .._core.scheduler import ComponentInfo, Scheduler
 from .._core.states import AppState, ExitCode
 from .._core.tokens import CancelSource, CancelToken, cancel_in_background
+from . import deferred
+from .signals import in_signal_handler
 
-__all__ = ["Run"]
+__all__ = ["HANDOFF_BOUND", "Run"]
 
 Wake = Callable[[], None]
+
+HANDOFF_BOUND = 5.0
+"""Seconds a plain call of `Run.request` (no runner attached, not in a signal handler)
+waits for the ``lifecycle-deferred`` thread to cancel the token: it is done in
+microseconds, so a plain call's token reads cancelled when it returns."""
 
 
 class Run:
@@ -51,12 +60,16 @@ class Run:
         # the reason sees the time).
         self.requested_at: float | None = None
         self.shutdown_reason: str | None = None
+        self.critical_down: str | None = None
+        """The first critical component whose ``run`` ended, written by the call's own
+        thread as it ends: readiness is off from then on, before the driver hears of it."""
         self._recording = threading.Lock()  # only ever tried, never waited on
         self._source = CancelSource()
         self._scheduler: Scheduler | None = None
         self._began: float | None = None
         self._wake: Wake | None = None
         self._watchers: tuple[Wake, ...] = ()
+        deferred.start()  # here, not in a signal handler: starting a thread takes locks
 
     # -- what the App reads --------------------------------------------------
 
@@ -88,8 +101,12 @@ class Run:
         """Record a shutdown request and wake the driver; False if one was recorded before.
 
         Signal-safe (see the module's invariant). With no driver attached
-        (before ``start()``, after the end) the token is cancelled here,
-        with its callbacks sent to lifecycle callback threads.
+        (before ``start()``, after the end) the token is cancelled on the
+        ``lifecycle-deferred`` thread, its callbacks on lifecycle callback
+        threads; a caller that is not in a signal handler waits for that
+        (`HANDOFF_BOUND` at most), so the token reads cancelled when it
+        returns. Inside a handler it cannot wait: the code it interrupted may
+        hold the token's locks, so the cancel happens a moment later.
         """
         if not self._record(reason):
             return False
@@ -97,7 +114,9 @@ class Run:
         if wake is not None:
             wake()
         else:
-            self.cancel_shutdown_token()
+            deferred.defer(self.cancel_shutdown_token)
+            if not in_signal_handler():
+                self._source.token.wait(HANDOFF_BOUND)
         self._notify_watchers()
         return True
 
@@ -133,9 +152,14 @@ class Run:
         self._wake = wake
 
     def detach(self) -> None:
-        """The driver is done: later requests cancel the token directly."""
+        """The driver is done: later requests go to the ``lifecycle-deferred`` thread.
+
+        A request recorded meanwhile (its wake-up reached a driver that no
+        longer reads) has its token cancelled here.
+        """
         self._wake = None
         self._watchers = ()
+        self.cancel_shutdown_token()
 
     def adopt(self, reason: str) -> None:
         """The scheduler began the shutdown, requested or by itself (a critical run ended).

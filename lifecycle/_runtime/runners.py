@@ -33,7 +33,14 @@ Invariants that keep every bound true:
   end of the app) goes through `cancel_in_background`, so a callback that
   blocks delays only itself.
 * What the control loop cannot keep — a deadline while an ``async def``
-  blocks the event loop — the `Watchdog` thread keeps.
+  blocks the event loop — the `Watchdog` thread keeps; once the app has
+  finished, it no longer acts (the runner's own teardown is bounded itself).
+* Logging never breaks the control loop: every log call goes through the
+  library's logger (``_core/log.py``), which swallows a failing processor
+  or handler (one line on stderr, once per process).
+* A caller that gives up on the app — an exception escaping ``start()`` or
+  `run`'s wait, a cancelled ``start()`` — stops it first, bounded by the
+  shutdown deadline, and restores the handlers.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import queue
 import signal
 import threading
@@ -50,9 +58,9 @@ from types import FrameType, TracebackType
 from typing import Any, Literal
 
 import attrs
-import structlog
 
 from .._core.errors import ConfigError, StartupError, is_cancellation
+from .._core.log import get_logger
 from .._core.scheduler import (
     Abandon,
     Action,
@@ -69,21 +77,29 @@ from .._core.scheduler import (
 )
 from .._core.states import AppState, ComponentState, ExitCode
 from .._core.tokens import CancelSource, cancel_in_background, use_token
-from .app import App, Blueprint
+from .app import App, Blueprint, check_seconds
 from .components import Call
-from .loop import TEARDOWN_TIMEOUT, asyncio_run, close_loop
+from .loop import TEARDOWN_TIMEOUT, asyncio_run, close_loop, finish_before_teardown
 from .run import Run
-from .signals import SignalHandlers, exit_after_report, signal_name
+from .signals import SignalHandlers, check_signals, exit_after_report, signal_name
 from .stacks import task_stack, thread_stack
-from .watchdog import Watchdog, guard_interpreter_exit
+from .watchdog import MARGIN, Watchdog, guard_interpreter_exit, wait_timeout
 
 __all__ = ["AsyncioRunner", "ThreadedRunner", "run"]
 
-_log = structlog.get_logger("lifecycle")
+_log = get_logger()
 DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 
 HEALTH_CLOSE_BOUND = 5.0
 """Seconds the asyncio runner waits for the health endpoint to close (off the loop)."""
+
+LOOP_JOIN_BOUND = 2 * TEARDOWN_TIMEOUT + 0.5
+"""Seconds the threaded runner waits for its private loop's teardown; a loop blocked
+by a synchronous call is left. The watchdog does not count it: the app finished by then."""
+
+TEARDOWN_BOUND = HEALTH_CLOSE_BOUND + LOOP_JOIN_BOUND
+"""Seconds a runner's own teardown may take once the app finished (its loop, its health
+endpoint): what an abort waits for past the shutdown deadline and the watchdog's margin."""
 
 # Events posted to the control loop.
 _Done = tuple[Literal["done"], str, Phase, BaseException | None]
@@ -92,6 +108,17 @@ _Signal = tuple[Literal["signal"], int, float, bool]  # signum, when, repeated
 _Tick = tuple[Literal["tick"]]
 _Event = _Done | _Shutdown | _Signal | _Tick
 _SHUTDOWN: _Shutdown = ("shutdown",)
+
+
+def _check_grace(value: object) -> float:
+    grace = check_seconds(value, "signal_grace")
+    assert grace is not None
+    if not math.isfinite(grace):
+        raise ConfigError(
+            f"signal_grace must be a finite number of seconds, got {value!r}; e.g. "
+            f"signal_grace=1.0 (a repeat after it forces the exit)"
+        )
+    return grace
 
 
 class _RunnerState(enum.Enum):
@@ -126,8 +153,8 @@ class _Driver:
         if not isinstance(app, App):
             raise TypeError(f"a runner needs a lifecycle.App, got {type(app).__name__}")
         self.app = app
-        self.signals = None if signals is None else tuple(signals)
-        self.signal_grace = signal_grace
+        self.signals = check_signals(signals)
+        self.signal_grace = _check_grace(signal_grace)
         self.clock: Callable[[], float] = time.monotonic
         self.scheduler: Scheduler | None = None
         self.exit_code: int | None = None
@@ -141,6 +168,8 @@ class _Driver:
         self._handlers = SignalHandlers()
         self._handlers_installed = False
         self._first_signal: float | None = None
+        self._repeats = 0  # signals ignored within the grace; the first is logged, then a count
+        self._app_since: float | None = None  # when the app entered its current state
         self._began = 0.0
         self._health: Any = None
         self._threads = _CallThreads()
@@ -176,6 +205,32 @@ class _Driver:
                 f"cannot {what}: the runner of app {self.app.name!r} was never started; call "
                 f"start() first (or use the runner as a context manager)"
             )
+
+    @property
+    def _claimed(self) -> bool:
+        """Whether this runner drives the app (its ``start()`` claimed the app's run)."""
+        return self._run is not None
+
+    def _abort_request(self, reason: str) -> float | None:
+        """Request the shutdown as the caller gives up on the app; how long to wait for it.
+
+        The wait is bounded: the shutdown deadline, the watchdog's margin
+        (by then the watchdog has ended a stuck run) and the teardown.
+        """
+        self.app.request_shutdown(reason)
+        deadline = self.app.shutdown_deadline
+        if deadline is None:  # pragma: no cover - a request sets it
+            return 0.0
+        return wait_timeout(deadline + MARGIN + TEARDOWN_BOUND - time.monotonic())
+
+    def _undo_prepare(self) -> None:
+        """The handlers could not be installed: end the prepared run before it began."""
+        self._close_health()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        assert self._run is not None
+        self._run.detach()
+        self._finish_now(ExitCode.CONFIG)
 
     # -- preparing ---------------------------------------------------------
 
@@ -295,11 +350,13 @@ class _Driver:
             # run ended, a start failed), readiness, shutdown_token and the
             # report say so alike, before the app moves on.
             run.adopt(sched.shutdown_reason)
+        since, self._app_since = self._app_since, now
         _log.info(
             "app transition",
             app=self.app.name,
             from_state=before.name,
             to_state=after.name,
+            duration=0.0 if since is None else round(now - since, 6),
             reason=self.app.shutdown_reason if after is not AppState.STARTING else None,
         )
 
@@ -326,6 +383,9 @@ class _Driver:
                 f"to force the exit",
             )
             return
+        self._repeats += 1
+        if self._repeats > 1:
+            return  # a storm: counted, and the count logged once as the run ends
         after = max(0.0, first + self.signal_grace - at)
         _log.warning(
             "repeated signal ignored",
@@ -333,8 +393,19 @@ class _Driver:
             signal=name,
             seconds_since_first=round(at - first, 3),
             hint=f"a repeat within signal_grace ({self.signal_grace:g}s) of the first counts "
-            f"as the first; send it again after {after:.1f}s to force the exit",
+            f"as the first; send it again after {after:.1f}s to force the exit (further "
+            f"repeats within the grace are counted, not logged one by one)",
         )
+
+    def _log_repeats(self) -> None:
+        if self._repeats > 1:
+            _log.warning(
+                "repeated signals ignored",
+                app=self.app.name,
+                count=self._repeats,
+                hint=f"signals within signal_grace ({self.signal_grace:g}s) of the first count "
+                f"as the first",
+            )
 
     # -- the control loop's work ---------------------------------------------
 
@@ -425,7 +496,7 @@ class _Driver:
                 call.fn(*call.args(token))
         except BaseException as exc:  # noqa: BLE001 - every outcome is reported to the scheduler
             error = exc
-        self._post(("done", name, phase, error))
+        self._ended(name, phase, error)
 
     async def _task_body(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         handle.task = asyncio.current_task()
@@ -438,6 +509,19 @@ class _Driver:
                 await call.fn(*call.args(token))
         except BaseException as exc:  # noqa: BLE001 - every outcome is reported to the scheduler
             error = exc
+        self._ended(name, phase, error)
+
+    def _ended(self, name: str, phase: Phase, error: BaseException | None) -> None:
+        """A call returned or raised (in its own thread or task): tell the control loop.
+
+        A critical component's ``run`` ending means a shutdown (rule 5):
+        readiness is off from here, before the control loop hears of it.
+        """
+        run = self._run
+        if phase == "run" and run is not None and run.critical_down is None:
+            info = run.infos.get(name)
+            if info is not None and info.critical:
+                run.critical_down = name
         self._post(("done", name, phase, error))
 
     def _spawn_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
@@ -475,6 +559,7 @@ class _Driver:
         run.detach()
         for handle in list(self._handles.values()):
             cancel_in_background(handle.source, "app finished")
+        self._log_repeats()
         self._log_summary(code)
 
     def _close_health(self) -> None:
@@ -498,7 +583,11 @@ class _Driver:
 
     def _deadline_missed(self) -> None:
         """The run is past its shutdown deadline by the watchdog's margin (watchdog thread)."""
-        code = self.exit_code if self.exit_code is not None else ExitCode.TIMEOUT
+        if self.exit_code is not None:
+            # The app finished in time: what remains is the runner's own
+            # teardown (the private loop's leftovers), which is bounded itself.
+            return
+        code = ExitCode.TIMEOUT
         if self._owns_process:
             exit_after_report(self._report_missed, code)
         self._report_missed()
@@ -559,9 +648,19 @@ class _Driver:
     # -- signals -----------------------------------------------------------
 
     def _install_signals(self) -> None:
+        """Install the handlers once the run is prepared; on failure end it before it began.
+
+        Raises:
+            ConfigError: a signal refused its handler (none is left installed).
+        """
         if self.signals is None:
             return
-        self._handlers_installed = self._handlers.install(self.signals, self._on_signal)
+        try:
+            self._handlers_installed = self._handlers.install(self.signals, self._on_signal)
+        except ConfigError as error:
+            _log.error("signal handlers not installed", app=self.app.name, error=str(error))
+            self._undo_prepare()
+            raise
         if not self._handlers_installed:
             _log.warning(
                 "signal handlers not installed",
@@ -698,9 +797,6 @@ class _PrivateLoop:
     blocks run now, on the loop, instead of at garbage collection.
     """
 
-    JOIN_BOUND = 2 * TEARDOWN_TIMEOUT + 0.5
-    """Seconds `close` waits for the teardown; a loop blocked by a synchronous call is left."""
-
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._main, name="lifecycle:asyncio", daemon=True)
@@ -719,7 +815,7 @@ class _PrivateLoop:
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # closed already
             self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(self.JOIN_BOUND)
+        self.thread.join(LOOP_JOIN_BOUND)
 
 
 class ThreadedRunner(_Driver):
@@ -784,10 +880,15 @@ class ThreadedRunner(_Driver):
             daemon=True,
         )
         self._control.start()
-        self._started.wait()
-        error = self._startup_error()
+        try:
+            self._started.wait()
+            error = self._startup_error()
+            if error is not None:
+                self._finished.wait()
+        except BaseException as why:  # KeyboardInterrupt, or a handler's exception
+            self._abort(f"{type(why).__name__} during start()")
+            raise
         if error is not None:
-            self._finished.wait()
             self._restore_signals()
             raise error
 
@@ -806,12 +907,24 @@ class ThreadedRunner(_Driver):
     def stop(self, reason: str = "stop() called") -> int:
         """Request shutdown, wait for it, return the exit code (idempotent).
 
+        A runner whose ``start()`` failed to claim the app (it was run by
+        another runner) leaves the app alone and returns its own code, CONFIG.
+
         Raises:
             RuntimeError: the runner was never started.
         """
         self._check_started("stop")
-        self.app.request_shutdown(reason)
+        if self._claimed:
+            self.app.request_shutdown(reason)
         return self.wait()
+
+    def _abort(self, reason: str) -> None:
+        """An exception escapes a wait: stop the app (bounded), restore the handlers."""
+        try:
+            if self._claimed and not self._finished.is_set():
+                self._finished.wait(self._abort_request(reason))
+        finally:
+            self._restore_signals()
 
     def __enter__(self) -> ThreadedRunner:
         self.start()
@@ -858,7 +971,7 @@ class ThreadedRunner(_Driver):
                 deadline = sched.next_deadline()
                 # No deadline pending means the app simply runs: the next
                 # event (a shutdown request, a crash) is what wakes us.
-                timeout = None if deadline is None else max(0.0, deadline - self.clock())
+                timeout = None if deadline is None else wait_timeout(deadline - self.clock())
                 try:
                     event: _Event = self._queue.get(timeout=timeout)
                 except queue.Empty:
@@ -944,10 +1057,16 @@ class AsyncioRunner(_Driver):
         self._control = self._loop.create_task(
             self._control_loop(actions), name=f"lifecycle:{self.app.name}"
         )
-        await self._started_async.wait()
-        error = self._startup_error()
+        finish_before_teardown(self._loop, self)
+        try:
+            await self._started_async.wait()
+            error = self._startup_error()
+            if error is not None:
+                await self._finished_async.wait()
+        except BaseException as why:  # cancelled (asyncio.wait_for(start(), ...)), interrupted
+            await self._abort(f"{type(why).__name__} during start()")
+            raise
         if error is not None:
-            await self._finished_async.wait()
             self._restore_signals()
             raise error
 
@@ -971,8 +1090,24 @@ class AsyncioRunner(_Driver):
             RuntimeError: the runner was never started.
         """
         self._check_started("stop")
-        self.app.request_shutdown(reason)
+        if self._claimed:
+            self.app.request_shutdown(reason)
         return await self.wait()
+
+    async def _abort(self, reason: str) -> None:
+        """Giving up on the app (start() cancelled, main() ended): stop it, bounded; restore."""
+        try:
+            if self._claimed and not self._finished.is_set():
+                timeout = self._abort_request(reason)
+                assert self._finished_async is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished_async.wait(), timeout)
+        finally:
+            self._restore_signals()
+
+    async def _finish_before_teardown(self, reason: str) -> None:
+        """`asyncio_run`: the program's main() ended with the app still running."""
+        await self._abort(reason)
 
     async def __aenter__(self) -> AsyncioRunner:
         await self.start()
@@ -1031,23 +1166,50 @@ class AsyncioRunner(_Driver):
         self._threads.submit(close, f"lifecycle:{self.app.name}.health-close")
         await asyncio.wait({closed}, timeout=HEALTH_CLOSE_BOUND)
 
-    async def _control_loop(self, actions: list[Action]) -> None:
+    async def _drive(self, actions: list[Action]) -> None:
+        """Carry out ``actions``, then every event's, until the app finished."""
         sched, q = self.scheduler, self._queue
         assert sched is not None
         assert q is not None
+        self._execute(actions)
+        while self.exit_code is None:
+            deadline = sched.next_deadline()
+            timeout = None if deadline is None else wait_timeout(deadline - self.clock())
+            try:
+                event: _Event = await asyncio.wait_for(q.get(), timeout)
+            except TimeoutError:
+                event = ("tick",)
+            self._execute(self._dispatch(event))
+
+    async def _control_loop(self, actions: list[Action]) -> None:
         try:
-            self._execute(actions)
-            while self.exit_code is None:
-                deadline = sched.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - self.clock())
-                try:
-                    event: _Event = await asyncio.wait_for(q.get(), timeout)
-                except TimeoutError:
-                    event = ("tick",)
-                self._execute(self._dispatch(event))
+            try:
+                await self._drive(actions)
+            except asyncio.CancelledError:
+                if self.exit_code is not None:
+                    raise
+                # The loop's owner cancels what is left in it (asyncio.run's
+                # teardown) while the app runs: stop the app first, bounded by
+                # its shutdown deadline, then end as asked.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                self.app.request_shutdown("the runner's task was cancelled")
+                await self._drive([])
+                raise
             await self._close_health_off_loop()
-        except BaseException:
-            _log.critical("lifecycle control loop crashed; this is a bug", exc_info=True)
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError):
+                if self.exit_code is None:
+                    _log.error(
+                        "the runner's task was cancelled again before the app finished",
+                        app=self.app.name,
+                        still_running=self._log_still_running("abandoned: component"),
+                        hint="let lifecycle.asyncio_run end the program's loop: it stops "
+                        "the app before cancelling what is left",
+                    )
+            else:
+                _log.critical("lifecycle control loop crashed; this is a bug", exc_info=True)
             self._finish(ExitCode.FAILED)
             self._close_health()  # cancelled or crashed: no awaiting any more
             raise
@@ -1075,11 +1237,18 @@ def run(
     ``run`` owns the process, and keeps the shutdown bounded whatever the
     components do: should the control loop miss the shutdown deadline by
     half a second (an ``async def`` blocking the event loop), a watchdog
-    logs where it is stuck and ends the process with TIMEOUT; and once
-    ``run`` returned, non-daemon threads still alive when the interpreter
-    exits get until the shutdown deadline (half a second at least) before
-    they are logged with their stacks and the process exits with the code
-    ``run`` returned.
+    logs where it is stuck and ends the process with TIMEOUT; and the
+    non-daemon threads the components started that outlive ``run`` get
+    until the shutdown deadline (half a second at least) once the
+    interpreter begins to exit, then are logged with their stacks and no
+    longer waited for: the process exits with the code it was exiting with
+    (the ``sys.exit`` code; 1 after an unhandled exception). Threads the
+    program starts after ``run`` returned are its own, joined as usual.
+
+    An exception escaping the wait (Ctrl-C while SIGINT is not among
+    ``signals``, a handler of the program's that raises) first stops the
+    app, bounded by its shutdown deadline, and restores the handlers; then
+    it propagates.
 
     Args:
         app: the `App` to run.
@@ -1090,6 +1259,12 @@ def run(
 
     Returns:
         An `ExitCode` value, or 128 + signum after a forced exit.
+
+    Raises:
+        ConfigError: ``signals`` holds something no process can handle
+            (SIGKILL, SIGSTOP, a number that is no signal); nothing was
+            installed.
+        ValueError: ``runner`` is none of the three.
 
     Example::
 
@@ -1103,6 +1278,7 @@ def run(
     kind = runner
     if kind == "auto":
         kind = "asyncio" if app._any_async else "thread"
+    before = set(threading.enumerate())
     driver: ThreadedRunner | AsyncioRunner
     if kind == "thread":
         driver = ThreadedRunner(app, signals=signals)
@@ -1113,27 +1289,41 @@ def run(
         driver._run_owns_process = True
         code = asyncio_run(_serve_async(driver))
     if driver._owns_process:
-        guard_interpreter_exit(code, app.shutdown_deadline)
+        started = [t for t in threading.enumerate() if not t.daemon and t not in before]
+        guard_interpreter_exit(code, app.shutdown_deadline, started)
     return code
 
 
 def _serve(runner: ThreadedRunner) -> int:
-    """`run`'s body on threads: start, wait, the exit code."""
+    """`run`'s body on threads: start, wait, the exit code.
+
+    An exception escaping the wait (Ctrl-C with SIGINT not among the
+    signals, a handler of the program's that raises) first stops the app,
+    bounded by its shutdown deadline, and restores the handlers.
+    """
     try:
         runner.start()
     except ConfigError:
         return int(ExitCode.CONFIG)
     except StartupError:
         pass  # logged; wait() gives the code
-    return runner.wait()
+    try:
+        return runner.wait()
+    except BaseException as why:
+        runner._abort(f"{type(why).__name__} while run() waited")
+        raise
 
 
 async def _serve_async(runner: AsyncioRunner) -> int:
-    """`run`'s body on asyncio: the twin of `_serve`."""
+    """`run`'s body on asyncio: the twin of `_serve` (asyncio_run turns Ctrl-C into a cancel)."""
     try:
         await runner.start()
     except ConfigError:
         return int(ExitCode.CONFIG)
     except StartupError:
         pass  # logged; wait() gives the code
-    return await runner.wait()
+    try:
+        return await runner.wait()
+    except BaseException as why:
+        await runner._abort(f"{type(why).__name__} while run() waited")
+        raise

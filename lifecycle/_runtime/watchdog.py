@@ -20,32 +20,56 @@ does:
   carried out, so that a signal handler never starts a thread.
 * `guard_interpreter_exit`: after `lifecycle.run` returned, the interpreter
   joins every non-daemon thread before the process can exit — forever, for
-  a user's thread that never ends. The guard gives them until the shutdown
-  deadline (at least `MARGIN`), then logs their names and stacks and exits
-  with the app's exit code.
+  a thread a component started that never ends. The guard concerns only
+  those: the non-daemon threads alive when ``run`` returned that were not
+  alive when it began. Threads the program starts afterwards are its own
+  business, joined as usual. The guard gives the app's threads until the
+  shutdown deadline (at least `MARGIN`), then logs their names and stacks
+  and lets the interpreter exit without them, with the exit code it was
+  exiting with (the ``sys.exit`` code, 1 after an unhandled exception).
+  Where the interpreter's wait cannot be shortened (CPython 3.13 and later
+  join in C), it ends the process with ``os._exit`` instead: code 1 if an
+  unhandled exception reached the top since ``run`` returned, else the code
+  ``run`` returned.
+
+Every wait here goes through `wait_timeout`: a timeout of
+``threading.TIMEOUT_MAX`` or more (an infinite shutdown_timeout) is a wait
+without one, never an ``OverflowError``.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import queue
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import structlog
-
-from .signals import exit_after_report
+from .._core.log import get_logger
+from .signals import report_bounded
 from .stacks import thread_stack
 
-__all__ = ["MARGIN", "Watchdog", "guard_interpreter_exit"]
+__all__ = ["MARGIN", "Watchdog", "guard_interpreter_exit", "wait_timeout"]
 
-_log = structlog.get_logger("lifecycle")
+_log = get_logger()
 
 MARGIN = 0.5
 """Seconds past the shutdown deadline before the watchdog acts (the control loop's own
 timers come first), and the least time non-daemon threads get at interpreter exit."""
+
+
+def wait_timeout(seconds: float | None) -> float | None:
+    """``seconds`` as a timeout a thread can wait: never negative, None for no bound.
+
+    None also for ``threading.TIMEOUT_MAX`` seconds and more (about 292 years,
+    or an infinite timeout): no thread can wait that long (``OverflowError``).
+    """
+    if seconds is None or seconds >= threading.TIMEOUT_MAX:
+        return None
+    return max(0.0, seconds)
+
 
 _WAKE = ("wake", 0)
 _STOP = ("stop", 0)
@@ -110,9 +134,9 @@ class Watchdog:
         while True:
             timeout = None
             deadline = None if missed else self._deadline()
-            if deadline is not None and math.isfinite(deadline):
-                timeout = deadline + MARGIN - time.monotonic()
-                if timeout <= 0:
+            if deadline is not None:
+                timeout = wait_timeout(deadline + MARGIN - time.monotonic())
+                if timeout == 0:
                     missed = True
                     self._call(self._on_missed)
                     continue
@@ -139,23 +163,34 @@ class _ExitGuard:
     def __init__(self) -> None:
         self.code: int | None = None
         self.deadline: float | None = None
+        self.threads: tuple[threading.Thread, ...] = ()
+        self.last_value: object = None
         self.registered = False
+
+    def arm(self, code: int, deadline: float | None, threads: Iterable[threading.Thread]) -> None:
+        self.code = code
+        self.deadline = deadline
+        self.threads = tuple(threads)
+        self.last_value = getattr(sys, "last_value", None)
 
     def at_exit(self) -> None:
         code, self.code = self.code, None
+        threads, self.threads = self.threads, ()
         if code is None:
             return
         until = max(self.deadline or 0.0, time.monotonic() + MARGIN)
-        me = threading.current_thread()
         stuck: list[threading.Thread] = []
-        for thread in threading.enumerate():
-            if thread is me or thread.daemon:
-                continue
-            thread.join(max(0.0, until - time.monotonic()))
+        for thread in threads:
+            thread.join(wait_timeout(until - time.monotonic()))
             if thread.is_alive():
                 stuck.append(thread)
         if not stuck:
             return
+        released = _release_from_exit_wait(stuck)
+        # An unhandled exception since run() returned has been printed by now
+        # (sys.last_value is set just before sys.excepthook runs): its code is 1.
+        crashed = getattr(sys, "last_value", None) is not self.last_value
+        exit_code = None if released else 1 if crashed else code
 
         def report() -> None:
             for thread in stuck:
@@ -166,29 +201,55 @@ class _ExitGuard:
                 )
             _log.critical(
                 "exit despite running threads",
-                exit_code=code,
                 threads=[t.name for t in stuck],
-                hint="these non-daemon threads did not end by the shutdown deadline; end "
-                "them through a token (or make them daemon threads)",
+                run_exit_code=code,
+                exit_code=exit_code,
+                hint="these non-daemon threads, started by the app's components, did not end "
+                "by the shutdown deadline; end them through a token (or make them daemon "
+                "threads)",
             )
 
-        exit_after_report(report, code)
+        report_bounded(report)
+        if exit_code is not None:
+            os._exit(exit_code)
+
+
+def _release_from_exit_wait(threads: list[threading.Thread]) -> bool:
+    """Let the interpreter exit without joining ``threads``; False where it cannot be done.
+
+    CPython up to 3.12 joins the non-daemon threads at exit through the set
+    ``threading._shutdown_locks`` of their state locks, read after the guard
+    ran: without their locks there, the threads are left as daemon threads
+    are, and the interpreter exits with the code it was exiting with.
+    """
+    locks: Any = getattr(threading, "_shutdown_locks", None)
+    guard: Any = getattr(threading, "_shutdown_locks_lock", None)
+    if not isinstance(locks, set) or guard is None:
+        return False
+    with guard:
+        for thread in threads:
+            locks.discard(getattr(thread, "_tstate_lock", None))
+    return True
 
 
 _guard = _ExitGuard()
 
 
-def guard_interpreter_exit(code: int, deadline: float | None) -> None:
-    """Bound the interpreter's wait for non-daemon threads once the app has finished.
+def guard_interpreter_exit(
+    code: int, deadline: float | None, threads: Iterable[threading.Thread]
+) -> None:
+    """Bound the interpreter's wait for the app's non-daemon threads once the app has finished.
 
-    Arms a hook that runs when the interpreter begins to exit, before it
-    joins the non-daemon threads: it joins them itself until ``deadline``
-    (and for `MARGIN` seconds at least); if some are still alive it logs
-    their names and stacks and ends the process with ``code``. Only
-    `lifecycle.run`, which owns the process, calls it; the latest call wins.
+    ``threads``: the non-daemon threads the app started that are still alive
+    (`lifecycle.run` passes those alive as it returns that were not as it
+    began). Arms a hook that runs when the interpreter begins to exit,
+    before it joins the non-daemon threads: it joins ``threads`` itself until
+    ``deadline`` (and for `MARGIN` seconds at least); those still alive are
+    logged with their stacks and no longer held for (see the module's
+    docstring for the exit code). Only `lifecycle.run`, which owns the
+    process, calls it; the latest call wins.
     """
-    _guard.code = code
-    _guard.deadline = deadline
+    _guard.arm(code, deadline, threads)
     if _guard.registered:
         return
     register: Any = getattr(threading, "_register_atexit", None)

@@ -59,8 +59,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Literal
 
-import structlog
-
+from .._core.log import get_logger
 from .._core.tokens import (
     CancelSource,
     CancelToken,
@@ -82,7 +81,7 @@ from .stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, Waiting, Work, drive_async
 
 __all__ = ["CUT_MARGIN", "AsyncStreamServer", "ConnectionHandler", "StopWaiter"]
 
-_log = structlog.get_logger("lifecycle")
+_log = get_logger()
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 """What ``asyncio.start_server`` calls: ``async def handle(reader, writer)``."""

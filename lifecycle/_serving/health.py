@@ -78,8 +78,8 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
-import structlog
 
+from .._core.log import get_logger
 from .._core.states import AppState, ComponentState
 from .._core.tokens import on_cancel_inline
 
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HealthServer"]
 
-_log = structlog.get_logger("lifecycle")
+_log = get_logger()
 
 MAX_HEAD_BYTES = 8192
 """Request line, headers and the empty line that ends them, in bytes; more is ``431``."""

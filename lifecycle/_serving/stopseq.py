@@ -81,9 +81,9 @@ from collections.abc import Callable
 from typing import Final, Literal, Protocol
 
 import attrs
-import structlog
 
 from .._core.errors import DeadlineExceeded
+from .._core.log import get_logger
 from .._core.tokens import CancelToken
 
 __all__ = [
@@ -110,7 +110,7 @@ __all__ = [
     "drive_sync",
 ]
 
-_log = structlog.get_logger("lifecycle")
+_log = get_logger()
 
 CUT_MARGIN: Final = 0.1
 """Seconds before the stop deadline at which what still runs is cut.

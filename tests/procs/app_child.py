@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tests/procs/app_child.py RUNNER SCENARIO
+    python -m tests.procs.app_child RUNNER SCENARIO
 
 RUNNER is ``thread`` or ``asyncio``. The components follow the runner (sync
 ones for ``thread``, async ones for ``asyncio``) except ``cache``, which is
@@ -15,7 +15,8 @@ structlog: the library's own events, and ``{"event": "call", "what":
 "start"|"started"|"stop"|"stopped", "component": ...}`` for each call. The
 parent reads them to synchronise (readiness is the "app started" event, not a
 sleep) and to assert. Lines on stdin are commands: ``crash`` makes the worker
-raise, ``stop`` calls ``app.request_shutdown()`` from a non-main thread.
+raise, ``stop`` calls ``app.request_shutdown()`` from a non-main thread,
+``release`` lets a held stop (``held_stop``) return.
 
 The app runs under ``lifecycle.run`` (which owns the process), except in the
 ``embedded_*`` scenarios: there an `AsyncioRunner` with ``signals=None`` runs
@@ -33,24 +34,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 import lifecycle
 from lifecycle import App, CancelToken
+from tests.procs import log_json_lines
 
-structlog.configure(
-    processors=[
-        structlog.processors.add_log_level,
-        structlog.processors.format_exc_info,
-        structlog.processors.JSONRenderer(default=str),
-    ],
-    logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-    cache_logger_on_first_use=False,
-)
-log = structlog.get_logger("child")
+log = log_json_lines()
 
 FOREVER = threading.Event()  # never set: what a stuck call waits on
 CRASH = threading.Event()
+RELEASE = threading.Event()  # set by the "release" command: a held stop returns
+HOLD_BOUND = 10.0
+"""Seconds a held stop waits for "release" at most."""
 
 
 def call(what: str, name: str) -> None:
@@ -140,6 +134,14 @@ async def stubborn_async(token: CancelToken) -> None:
             log.info("swallowed a cancellation")
 
 
+async def swallows_everything(token: CancelToken) -> None:
+    while True:
+        try:  # noqa: SIM105 - the fault under test, spelled as it is found in the field
+            await asyncio.sleep(3600)  # <swallows-all>
+        except BaseException:  # swallows even the GeneratorExit of a close
+            pass
+
+
 def wait_cancelled(token: CancelToken) -> None:
     token.wait()
     token.raise_if_cancelled()
@@ -160,6 +162,14 @@ async def aboom(token: CancelToken) -> None:
 
 def slow(token: CancelToken) -> None:
     token.wait(0.5)
+
+
+def held(token: CancelToken) -> None:
+    RELEASE.wait(HOLD_BOUND)
+
+
+async def aheld(token: CancelToken) -> None:
+    await asyncio.to_thread(RELEASE.wait, HOLD_BOUND)
 
 
 async def aslow(token: CancelToken) -> None:
@@ -200,6 +210,9 @@ def build(runner: str, scenario: str) -> App:
     elif scenario in ("stop_stubborn", "embedded_stubborn"):
         api_kind, api_stop = Async, stubborn_async
         api_timeout = {"stop_timeout": 0.2}
+    elif scenario in ("stop_swallows_all", "embedded_swallows_all"):
+        api_kind, api_stop = Async, swallows_everything
+        api_timeout = {"stop_timeout": 0.2}
     elif scenario == "block_loop":
         api_kind, api_stop = Async, blocking_the_loop
     elif scenario == "user_thread":
@@ -210,6 +223,8 @@ def build(runner: str, scenario: str) -> App:
         api_timeout = {"stop_timeout": 0.2}
     elif scenario == "storm":
         api_stop = pick(slow, aslow)
+    elif scenario == "held_stop":
+        api_stop = pick(held, aheld)
     elif scenario == "run_crash_noncritical":
         critical = False
 
@@ -253,6 +268,8 @@ def commands(app: App) -> None:
             CRASH.set()
         elif command == "stop":
             app.request_shutdown("stdin: stop")
+        elif command == "release":
+            RELEASE.set()
 
 
 async def embedded(app: App) -> int:
