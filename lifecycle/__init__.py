@@ -38,6 +38,7 @@ from ._runtime.runners import ThreadedRunner as ThreadedRunner
 from ._runtime.runners import run as run
 from ._serving.aioserver import AsyncStreamServer as AsyncStreamServer
 from ._serving.asgi import ASGIMiddleware as ASGIMiddleware
+from ._serving.h1 import Limits as HTTPLimits
 from ._serving.health import HealthServer as HealthServer
 from ._serving.http import HTTPServer as HTTPServer
 from ._serving.http import TCPServer as TCPServer
@@ -69,6 +70,7 @@ __all__ = [
     "DependencyFailed",
     "DuplicateComponent",
     "ExitCode",
+    "HTTPLimits",
     "HTTPServer",
     "HealthServer",
     "InFlight",

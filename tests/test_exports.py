@@ -26,6 +26,7 @@ PUBLIC = {
     "DependencyFailed",
     "DuplicateComponent",
     "ExitCode",
+    "HTTPLimits",
     "HTTPServer",
     "HealthServer",
     "InFlight",

@@ -15,6 +15,7 @@ import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from typing import ClassVar
 
 import pytest
 
@@ -22,6 +23,7 @@ import lifecycle
 from lifecycle import CancelSource, CancelToken, ExitCode, current_token
 from lifecycle._serving.http import FIRST_REQUEST_GRACE, HTTPServer, TCPServer, mark_long_lived
 from tests.serving import WAIT, connect, serving, wait_until
+from tests.test_hostile import exchange
 
 
 class Gates:
@@ -725,3 +727,137 @@ def test_tcp_stuck_connection_is_cut_and_named(tcp_server, gates, log_events):
     assert [line.split(" (")[0] for line in cut[0]["running"]] == [
         f"connection {peer[0]}:{peer[1]}"
     ]
+
+
+# -- strict requests: bodies, headers, expectations ------------------------------------------
+
+
+class BodyHandler(BaseHTTPRequestHandler):
+    """POST /ignore leaves the body unread; POST /all reads rfile to its end; GET echoes."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        type(self).seen.append(self.path)
+        if self.path == "/all":
+            self.reply(self.rfile.read())
+        elif self.path == "/lines":
+            self.reply(b"|".join(self.rfile.readlines()))
+        else:
+            self.reply(b"ignored")
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.path)
+        headers = [f"{name}={value}" for name, value in self.headers.items()]
+        self.reply(";".join(headers).encode())
+
+    def reply(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def body_server():
+    BodyHandler.seen = []
+    yield from serving(HTTPServer(BodyHandler), lambda: None)
+
+
+def test_an_unread_body_is_skipped_not_served_as_the_next_request(body_server):
+    """A handler that ignores its body: the body is dropped, never parsed as a request
+    (a body holding a request would otherwise be smuggled past the proxy)."""
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = (
+        b"POST /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+        + smuggled
+        + b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    received = exchange(body_server.address, data)
+    assert received.count(b"HTTP/1.1 200 ") == 2
+    assert BodyHandler.seen == ["/ignore", "/next"]
+
+
+def test_rfile_holds_the_body_only(body_server):
+    """rfile.read() and readlines() end with the body, on a connection that stays open."""
+    conn = connect(body_server)
+    conn.request("POST", "/all", body=b"hello world")
+    response = conn.getresponse()
+    assert response.read() == b"hello world"
+    conn.request("POST", "/lines", body=b"a\nb\nc")
+    assert conn.getresponse().read() == b"a\n|b\n|c"
+    assert not response.will_close
+    conn.close()
+
+
+def test_a_chunked_request_body_is_refused_with_411(body_server, log_events):
+    """http.server handlers read Content-Length bodies: a chunked one is a 411 and a close."""
+    data = (
+        b"POST /all HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    )
+    received = exchange(body_server.address, data)
+    assert received.startswith(b"HTTP/1.1 411 ")
+    assert received.count(b"HTTP/1.") == 1
+    assert BodyHandler.seen == []
+    assert [e["status"] for e in log_events if e["event"] == "request refused"] == [411]
+
+
+def test_headers_keep_their_case_order_and_repeats(body_server):
+    """self.headers is an HTTPMessage with the names as sent, in order, repeats kept."""
+    data = b"GET /h HTTP/1.1\r\nHost: x\r\nX-Trace: a\r\nx-trace: b\r\nAccept:  */* \r\n\r\n"
+    received = exchange(body_server.address, data)
+    assert received.endswith(b"Host=x;X-Trace=a;x-trace=b;Accept=*/*")
+
+
+def test_expect_100_continue_is_answered_before_the_body(body_server):
+    """A request that expects 100-continue gets it before sending the body, as http.server does."""
+    client = socket.create_connection(body_server.address, timeout=WAIT)
+    client.sendall(
+        b"POST /all HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert client.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    client.sendall(b"hello")
+    response = http.client.HTTPResponse(client)
+    response.begin()
+    assert (response.status, response.read()) == (200, b"hello")
+    client.close()
+
+
+def test_a_double_slash_path_is_made_single_as_http_server_does(body_server):
+    """self.path starting with // is made /... (the stdlib's guard against open redirects)."""
+    conn = connect(body_server)
+    conn.request("GET", "//evil.example/x")
+    conn.getresponse().read()
+    conn.close()
+    assert BodyHandler.seen == ["/evil.example/x"]
+
+
+def test_tcp_connections_past_the_cap_wait_for_one_to_end(gates, log_events):
+    """TCPServer(max_connections=1): a second client waits in the backlog, unserved, until
+    the first connection ends; then it is served. The cap is logged as a warning."""
+    srv = TCPServer(make_tcp_handler(gates), max_connections=1)
+    srv.start(CancelSource().token)
+    try:
+        first = socket.create_connection(srv.address, timeout=WAIT)
+        first.sendall(b"one\n")
+        assert first.recv(100) == b"one\n"
+        second = socket.create_connection(srv.address, timeout=WAIT)
+        second.sendall(b"two\n")
+        second.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            second.recv(100)
+        assert srv.tracker.count == 1
+        first.close()
+        second.settimeout(WAIT)
+        assert second.recv(100) == b"two\n"
+        second.close()
+    finally:
+        gates.open_all()
+        srv.stop(CancelSource(timeout=WAIT).token)
+    capped = [e for e in log_events if e["event"] == "connection limit reached"]
+    assert [e["max_connections"] for e in capped] == [1]

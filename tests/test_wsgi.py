@@ -6,6 +6,7 @@ Real sockets on 127.0.0.1 and real threads; requests are held in flight with
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -25,6 +26,7 @@ from lifecycle._serving.http import mark_long_lived
 from lifecycle._serving.wsgi import CLOSE_CONNECTION_KEY, TRACKED_KEY, WSGIMiddleware, WSGIServer
 from tests.fakes import FakeApp
 from tests.serving import WAIT, connect, serving, wait_until
+from tests.test_hostile import exchange
 
 
 class Gates:
@@ -710,3 +712,78 @@ def test_middleware_in_wsgiref_keeps_the_in_flight_request(gates):
         httpd.shutdown()
         serving.join(WAIT)
         httpd.server_close()
+
+
+# -- WSGIServer: strict requests -------------------------------------------------------------
+
+
+def test_a_path_holding_a_scheme_reaches_the_app_unchanged(server, gates):
+    """GET /public/http://x/admin is PATH_INFO /public/http://x/admin, not /admin (only a
+    target that does not start with / is absolute-form)."""
+    exchange(server.address, b"GET /public/http://x/admin HTTP/1.1\r\nHost: x\r\n\r\n")
+    exchange(server.address, b"GET http://example.com/real?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    paths = [(e["PATH_INFO"], e["QUERY_STRING"]) for e in gates.environs]
+    assert paths == [("/public/http://x/admin", ""), ("/real", "q=1")]
+
+
+def test_the_environ_is_built_from_the_parsed_head(server, gates):
+    """Headers become HTTP_*, repeats joined; CONTENT_LENGTH comes from the framing and is
+    absent for a chunked body; names with _ are dropped."""
+    exchange(
+        server.address,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\nCookie: a=1\r\nCookie: b=2\r\n"
+        b"X_Spoof: 1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    exchange(
+        server.address,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    )
+    first, second = gates.environs
+    assert (first["HTTP_X_A"], first["HTTP_COOKIE"]) == ("1,2", "a=1; b=2")
+    assert (first["CONTENT_TYPE"], first["CONTENT_LENGTH"]) == ("text/plain", "2")
+    assert "HTTP_X_SPOOF" not in first
+    assert "CONTENT_LENGTH" not in second
+    assert (first["SERVER_PROTOCOL"], first["REQUEST_METHOD"]) == ("HTTP/1.1", "POST")
+
+
+def test_100_continue_is_sent_only_when_the_app_reads_the_body(server):
+    """Expect: 100-continue: the 100 goes out when the app first reads wsgi.input; an app
+    that answers without reading sends none and the connection closes (the client may
+    never send that body)."""
+    expect = b"Host: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    client = socket.create_connection(server.address, timeout=WAIT)
+    client.sendall(b"POST /echo HTTP/1.1\r\n" + expect)
+    assert client.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    client.sendall(b"hello")
+    response = http.client.HTTPResponse(client)
+    response.begin()
+    assert response.read() == b"hello"
+    client.close()
+    received = exchange(server.address, b"POST / HTTP/1.1\r\n" + expect, half_close=False)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert b"100 Continue" not in received
+    assert b"Connection: close" in received
+
+
+def test_an_app_that_swallows_a_bad_body_still_closes_the_connection(log_events):
+    """An app that catches the error of a malformed body and answers anyway: its answer is
+    sent, and the connection closes (where the next request starts is unknown)."""
+
+    def app(environ, start_response):
+        with contextlib.suppress(ValueError):
+            environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    srv = WSGIServer(app)
+    srv.start(CancelSource().token)
+    try:
+        data = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n"
+            b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        received = exchange(srv.address, data, half_close=False)
+    finally:
+        srv.stop(CancelSource(timeout=WAIT).token)
+    assert received.count(b"HTTP/1.1 ") == 1
+    assert b"Connection: close" in received

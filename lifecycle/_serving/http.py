@@ -14,18 +14,23 @@ with threads and sockets:
 * **stop(token)**: close the listening socket itself, after accepting what
   the kernel had queued (connections are then refused, which a load balancer
   sees, instead of accepted and reset); close the idle keep-alive
-  connections; wait until only long-lived requests remain; cancel their
-  tokens (`mark_long_lived`); wait for every request and connection thread
-  (a process that exits under a handler cuts its response); `CUT_MARGIN`
-  before the stop deadline, shut down what remains, name every request cut
-  and raise `DeadlineExceeded`.
+  connections (and those whose head is still arriving); wait until only
+  long-lived requests remain; cancel their tokens (`mark_long_lived`); wait
+  for every request and connection thread (a process that exits under a
+  handler cuts its response); `CUT_MARGIN` before the stop deadline, shut
+  down what remains, name every request cut and raise `DeadlineExceeded`.
 
 Two stdlib defaults are changed because they lose time or connections: the
 listen backlog is 128, not ``socketserver``'s 5 (a burst of connections
 beyond the backlog is dropped by the kernel), and Nagle's algorithm is off
 (``http.server`` writes the headers and the body in separate sends; with
 Nagle on, each keep-alive response waits for the client's delayed ACK,
-about 40 ms).
+about 40 ms). And `HTTPServer` does not read requests as ``http.server``
+does: heads are parsed by the strict parser of `lifecycle._serving.h1`
+(RFC 9112: what a proxy in front could frame differently is refused, with
+an ``HTTP/1.1`` status line, and the connection closed), bounded by
+`lifecycle.HTTPLimits`, `HEAD_TIMEOUT` and `IDLE_TIMEOUT`, and a handler's
+``rfile`` holds its request's body only.
 
 Invariants the sequence relies on:
 
@@ -33,14 +38,21 @@ Invariants the sequence relies on:
   never reads; it only *peeks* (``MSG_PEEK | MSG_DONTWAIT``) and shuts the
   read side down, which on Linux wakes the blocked reader with EOF while any
   byte already received is still delivered first.
-* ``_Conn.awaiting`` is True only while the handler waits for the first
-  line of the next request; it is set before that read begins and cleared as
-  soon as the line is in. ``_Conn.closing`` is set by the stop thread on an
-  awaiting connection (on every connection when it cuts); the handler checks
-  it after setting ``awaiting``, so a closing connection never starts
-  another request.
+* ``_Conn.awaiting`` is True only while the handler waits for the next
+  request or reads its head; it is set before that read begins and cleared
+  as soon as the whole head is in. A connection whose head is still arriving
+  holds no request: the stop closes it as idle (after `FIRST_REQUEST_GRACE`
+  from the head's first byte). ``_Conn.closing`` is set on an awaiting
+  connection by the stop, the idle timeout or the cap (on every connection
+  when the stop cuts); the handler checks it after setting ``awaiting``, so a
+  closing connection never starts another request.
+* Timeouts are enforced by one thread per server that looks at the awaiting
+  connections, not by socket timeouts: nothing is done per request but a
+  clock read, and a head's deadline runs from its first byte however its
+  bytes trickle in. A connection past its timeout has its reading side shut
+  (its handler reads EOF): quietly for an idle one, ``408`` for a head.
 * A connection has one `Slot` in the tracker for all its requests: a
-  request is begun in it once its request line is in (never while the
+  request is begun in it once its head is in and accepted (never while the
   connection is idle) and ended when its response is written, in the
   connection's thread; the stop therefore waits for requests, never for idle
   keep-alive connections. Nothing is made per request.
@@ -58,23 +70,39 @@ Added in 0.1.
 from __future__ import annotations
 
 import errno
+import http.client
 import http.server
+import math
 import select
 import selectors
 import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from contextvars import Token as ContextToken
-from typing import Any, ClassVar, cast
+from email.message import Message
+from typing import Any, ClassVar, Final, NoReturn, cast
 
 import structlog
 
 from .._core.errors import DeadlineExceeded
 from .._core.tokens import CancelSource, CancelToken, _current, current_token
 from .._core.views import ShutdownView
+from .h1 import (
+    DEFAULT_LIMITS,
+    MAX_CHUNK_LINE,
+    ChunkedDecoder,
+    Head,
+    HTTPError,
+    LengthDecoder,
+    Limits,
+    check_response_head,
+    find_head_end,
+    parse_head,
+)
+from .health import _LOG_EVERY, _Throttle
 from .inflight import (
     InFlight,
     RequestScope,
@@ -89,7 +117,15 @@ from .inflight import (
 )
 from .stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, Waiting, Work, drive_sync
 
-__all__ = ["CUT_MARGIN", "FIRST_REQUEST_GRACE", "HTTPServer", "TCPServer", "mark_long_lived"]
+__all__ = [
+    "CUT_MARGIN",
+    "FIRST_REQUEST_GRACE",
+    "HEAD_TIMEOUT",
+    "IDLE_TIMEOUT",
+    "HTTPServer",
+    "TCPServer",
+    "mark_long_lived",
+]
 
 _log = structlog.get_logger("lifecycle")
 
@@ -101,6 +137,33 @@ _CUT_REASON = "server stop deadline: connection cut"
 _ACCEPT_RETRY = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 # Errors of accept() that mean resources are exhausted: back off a little.
 _ACCEPT_BACKOFF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_monotonic = time.monotonic  # read per request: one lookup less
+
+HEAD_TIMEOUT: Final = 5.0
+"""Seconds from the first byte of a request to the end of its head; then ``408`` and close.
+
+A client sends a head in one go (a proxy always does): a 64 KiB head takes
+2.6 s at 200 kbit/s, a usual 1 KiB one a few ms on any link. A head still
+arriving after this is a client that holds a thread for nothing (slowloris).
+The deadline runs from the first byte: bytes that keep trickling in do not
+extend it."""
+
+IDLE_TIMEOUT: Final = 75.0
+"""Seconds a connection may wait for its next request (or its first); then it is closed.
+
+Longer than the idle timeout of the proxies that usually sit in front (60 s
+for an AWS ALB and nginx's ``keepalive_timeout`` upstream default), so that
+the proxy, not the server, closes an idle connection: a server that closes
+first races the proxy's next request on that connection (a 502)."""
+
+DISCARD_LIMIT: Final = 64 * 1024
+"""Bytes of a body left unread that are read and dropped to keep the connection;
+with more left, the connection is closed after the response instead."""
+
+_PIECE: Final = 64 * 1024  # the most a request body is read in one call
+_CAP_RECHECK: Final = 0.1  # seconds between two looks for room while at max_connections
+_REAPER_SLACK: Final = 0.001  # past a due time, so that a wake-up never comes just before it
+_CHUNKED_REFUSED: Final = "chunked request bodies are not supported (send Content-Length)"
 
 
 class _Conn:
@@ -112,6 +175,9 @@ class _Conn:
         "awaiting",
         "closing",
         "handler",
+        "head_began",
+        "idle_since",
+        "late",
         "long_source",
         "slot",
         "sock",
@@ -122,8 +188,13 @@ class _Conn:
         self.sock = sock
         self.addr = addr
         self.accepted = time.monotonic()
-        self.awaiting = False  # the handler waits for the next request line
-        self.closing = False  # the stop sequence closed it (set on awaiting only)
+        self.awaiting = False  # the handler waits for the next request or reads its head
+        self.closing = False  # closed as idle: by the stop, the idle timeout or for room
+        # When the head being read began, once it did not arrive in one piece
+        # (None while none is, or it came whole): the head timeout runs from it.
+        self.head_began: float | None = None
+        self.idle_since = self.accepted  # when it began waiting for its current request
+        self.late = False  # its head overran the head timeout: answer 408
         self.ticket: Ticket | None = None  # the TCP connection's ticket
         self.handler: _LifecycleHandler | None = None  # an HTTP connection's, once set up
         # An HTTP connection's requests, one after the other (in progress
@@ -141,17 +212,45 @@ def _peer(addr: Any) -> str:
     return str(addr)
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has something to read (data, a FIN, a queued connection), at once."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _has_pending_bytes(sock: socket.socket) -> bool:
     """Whether the peer sent something not yet read, without reading or blocking."""
     try:
         # poll first: on a socket with a timeout, recv() would wait for data.
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        if not poller.poll(0):
+        if not _readable(sock):
             return False
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except (OSError, ValueError):  # closed meanwhile, or EAGAIN: nothing to serve
         return False
+
+
+def _shut_reading(conn: _Conn) -> None:
+    """Wake the connection's reader with EOF (what it already received is still delivered)."""
+    with suppress(OSError):
+        conn.sock.shutdown(socket.SHUT_RD)
+
+
+def _close_idle_conn(conn: _Conn) -> None:
+    """Close a connection that holds no request: its handler reads EOF and ends quietly."""
+    conn.closing = True
+    _shut_reading(conn)
+
+
+def _seconds(name: str, value: object) -> float | None:
+    """A timeout argument: seconds > 0, or None for none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be seconds > 0, or None for no timeout; got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, or None; got {value!r}")
+    return float(value)
 
 
 class _TCPListener(socketserver.TCPServer):
@@ -201,6 +300,7 @@ class _StreamServer:
         *,
         backlog: int,
         name: str | None,
+        max_connections: int | None = None,
     ) -> None:
         if not (
             isinstance(handler_class, type)
@@ -219,8 +319,18 @@ class _StreamServer:
             raise TypeError(f"address must be a (host, port) tuple, got {address!r}")
         if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
             raise ValueError(f"backlog must be an int >= 1, got {backlog!r}")
+        if max_connections is not None and (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ValueError(
+                f"max_connections must be an int >= 1, or None for no cap; got {max_connections!r}"
+            )
         self.handler_class = handler_class
         self.backlog = backlog
+        self.max_connections = max_connections
+        """Connections served at once (None: no cap); newcomers past it wait in the backlog."""
         self._requested = address
         self._name = name
         self.tracker = InFlight(f"{name or self._kind} requests")
@@ -246,6 +356,11 @@ class _StreamServer:
         self._stopped = threading.Event()
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._detach_drain: Callable[[], bool] | None = None
+        self._capped = False  # at max_connections: a connection that ends wakes the accept loop
+        self._cap_warnings = _Throttle(_LOG_EVERY)  # the accept thread's
+        # The thread that enforces the timeouts (HTTPServer); _reaped ends it.
+        self._reaper: threading.Thread | None = None
+        self._reaped = threading.Event()
 
     def __repr__(self) -> str:
         if self._stopped.is_set():
@@ -331,6 +446,11 @@ class _StreamServer:
             target=self._accept_loop, name=f"lifecycle:{self.name} accept", daemon=True
         )
         self._accept_thread.start()
+        if self._timeout_bound() is not None:
+            self._reaper = threading.Thread(
+                target=self._reaper_loop, name=f"lifecycle:{self.name} timeouts", daemon=True
+            )
+            self._reaper.start()
         host, port = self.address
         _log.info("server listening", component=self.name, host=host, port=port)
 
@@ -370,6 +490,9 @@ class _StreamServer:
             self._tokens.close()
             if self._detach_drain is not None:
                 self._detach_drain()
+            self._reaped.set()
+            if self._reaper is not None:
+                self._reaper.join(_LINGER)
             if self._wake is not None:
                 for end in self._wake:
                     end.close()
@@ -398,17 +521,35 @@ class _StreamServer:
         assert self._wake is not None
         sock = listener.socket
         sock.setblocking(False)
+        wake = self._wake[0]
+        wake.setblocking(False)
         try:
             with selectors.DefaultSelector() as selector:
-                selector.register(sock, selectors.EVENT_READ)
-                selector.register(self._wake[0], selectors.EVENT_READ)
+                selector.register(wake, selectors.EVENT_READ)
+                watching = False
                 while not self._stop_accepting.is_set():
-                    selector.select()
-                    self._accept_pending(sock)
+                    # At the cap the listener is not watched: newcomers wait in
+                    # the backlog, and a connection that ends wakes this loop.
+                    capped = self._at_cap()
+                    if capped == watching:
+                        if capped:
+                            selector.unregister(sock)
+                        else:
+                            selector.register(sock, selectors.EVENT_READ)
+                        watching = not capped
+                    for key, _ in selector.select(_CAP_RECHECK if capped else None):
+                        if key.fileobj is wake:
+                            with suppress(OSError):
+                                wake.recv(4096)
+                    if capped:
+                        self._make_room(sock)
+                    else:
+                        self._accept_pending(sock)
             # Invariant: nothing the kernel accepted on our behalf is dropped.
-            # Take what is queued, then close the socket itself at once: from
-            # then on the kernel refuses, which the load balancer can see.
-            self._accept_pending(sock)
+            # Take what is queued (past the cap too: the backlog bounds it),
+            # then close the socket itself at once: from then on the kernel
+            # refuses, which the load balancer can see.
+            self._accept_pending(sock, capped=False)
         except Exception:  # noqa: BLE001 - the loop must end with the listener closed
             _log.exception("accept loop crashed", component=self.name)
         finally:
@@ -416,8 +557,8 @@ class _StreamServer:
             listener.server_close()
             self._listener_closed.set()
 
-    def _accept_pending(self, sock: socket.socket) -> None:
-        while True:
+    def _accept_pending(self, sock: socket.socket, *, capped: bool = True) -> None:
+        while not (capped and self._at_cap()):
             try:
                 conn_sock, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -455,6 +596,33 @@ class _StreamServer:
             with self._cond:
                 self._conns.pop(id(conn), None)
             sock.close()
+
+    def _at_cap(self) -> bool:
+        cap = self.max_connections
+        self._capped = full = cap is not None and len(self._conns) >= cap
+        return full
+
+    def _make_room(self, sock: socket.socket) -> None:
+        """At the cap with a newcomer waiting: say so (rate-limited), close an idle connection."""
+        try:
+            if not _readable(sock):
+                return
+        except (OSError, ValueError):  # the listener was closed under us: the stop is on
+            return
+        held = self._cap_warnings()
+        if held is not None:
+            _log.warning(
+                "connection limit reached",
+                component=self.name,
+                max_connections=self.max_connections,
+                not_logged_since=held,
+                hint="newcomers wait in the listen backlog until a connection ends or idles; "
+                "raise max_connections or add replicas",
+            )
+        self._evict(time.monotonic())
+
+    def _evict(self, now: float) -> None:
+        """Close one connection that holds no request, to make room. Overridden by `HTTPServer`."""
 
     def _close_listener(self, timeout: float | None) -> None:
         self._stop_accepting.set()
@@ -542,6 +710,9 @@ class _StreamServer:
             with self._cond:
                 self._conns.pop(id(conn), None)
                 self._cond.notify_all()
+            if self._capped and self._wake is not None:
+                with suppress(OSError):
+                    self._wake[1].send(b"x")
 
     def _close_socket(self, conn: _Conn) -> None:
         """Send our FIN, then read until the peer's (bounded) before closing.
@@ -588,6 +759,29 @@ class _StreamServer:
     def _close_idle(self, now: float) -> float | None:
         """Close connections that wait for a request; return seconds until the next check."""
         return None
+
+    # -- timeouts ------------------------------------------------------------------
+
+    def _timeout_bound(self) -> float | None:
+        """The longest the timeout thread sleeps; None: no timeouts, no thread."""
+        return None
+
+    def _reap(self, now: float) -> float | None:
+        """Close what overran a timeout at ``now``; return when the next is due, or None."""
+        return None
+
+    def _reaper_loop(self) -> None:
+        bound = self._timeout_bound()
+        assert bound is not None
+        try:
+            while True:
+                now = time.monotonic()
+                due = self._reap(now)
+                wait = bound if due is None else min(due - now + _REAPER_SLACK, bound)
+                if self._reaped.wait(wait):
+                    return
+        except Exception:  # noqa: BLE001 - logged; the stop still closes what is left
+            _log.exception("timeout thread crashed; timeouts no longer apply", component=self.name)
 
     def _end_long_lived(self) -> None:
         self._ending_streams = True
@@ -721,6 +915,9 @@ class TCPServer(_StreamServer):
         backlog: the listen backlog; 128 by default, not ``socketserver``'s 5,
             beyond which a burst of connections is dropped by the kernel.
         name: for logs; default ``"tcp:PORT"``.
+        max_connections: connections served at once; None (the default): no
+            cap. Past it, newcomers wait in the listen backlog until a
+            connection ends; a warning says so, at most once per 10 s.
 
     Example::
 
@@ -739,7 +936,7 @@ class TCPServer(_StreamServer):
 
         app.add(lifecycle.TCPServer(Echo, ("0.0.0.0", 7000)))
 
-    Added in 0.1.
+    Added in 0.1; ``max_connections`` in 0.2.
     """
 
     _end_reason = "server stopping"
@@ -751,8 +948,511 @@ class TCPServer(_StreamServer):
         *,
         backlog: int = 128,
         name: str | None = None,
+        max_connections: int | None = None,
     ) -> None:
-        super().__init__(handler_class, address, backlog=backlog, name=name)
+        super().__init__(
+            handler_class, address, backlog=backlog, name=name, max_connections=max_connections
+        )
+
+
+# -- HTTP: strict requests ----------------------------------------------------------------
+
+
+class _Refusals:
+    """Logs the requests a server refuses: one per 10 s at INFO, the others at DEBUG.
+
+    The INFO line says how many were held back since the last. What a client
+    sends never logs a stack: a flood of bad requests must not flood the log.
+    """
+
+    def __init__(self, component: Callable[[], str]) -> None:
+        self._component = component
+        self._lock = threading.Lock()  # the throttle is shared by the connection threads
+        self._throttle = _Throttle(_LOG_EVERY)
+
+    @property
+    def component(self) -> str:
+        return self._component()
+
+    def log(self, exc: HTTPError, peer: Any) -> None:
+        with self._lock:
+            held = self._throttle()
+        fields = {
+            "component": self._component(),
+            "status": exc.status,
+            "reason": exc.reason,
+            "detail": exc.detail,
+            "peer": _peer(peer),
+        }
+        if held is None:
+            _log.debug("request refused", **fields)
+        else:
+            _log.info("request refused", not_logged_since=held, **fields)
+
+
+class _Body:
+    """A request's body as a file (``rfile``, ``wsgi.input``): its bytes only, decoded.
+
+    It reads from the connection in pieces of at most 64 KiB, only as the
+    reader asks, and never past the body's end, whatever the framing
+    (``Content-Length`` or chunked): a declared length reserves nothing, a
+    ``read()`` without a size returns at the body's end instead of waiting
+    for the connection's, and what follows stays for the next request. A
+    malformed or short body raises `HTTPError` (400; 413 past
+    ``Limits.max_body``), kept in ``error``: the request's framing is lost
+    and its connection must close. A ``100 Continue`` owed to the client is
+    sent when the body is first read.
+    """
+
+    __slots__ = ("_buffer", "_continue", "_searched", "decoder", "error", "rfile")
+
+    def __init__(
+        self,
+        rfile: Any,
+        decoder: LengthDecoder | ChunkedDecoder,
+        send_continue: Callable[[], None] | None = None,
+    ) -> None:
+        self.rfile = rfile
+        self.decoder = decoder
+        self.error: HTTPError | None = None
+        self._continue = send_continue
+        self._buffer = bytearray()  # decoded bytes not returned yet
+        self._searched = 0  # bytes of _buffer known to hold no newline
+
+    def _piece(self, limit: int = _PIECE) -> bytes:
+        """The next decoded bytes, at most ``limit``: one read's worth; b"" at the body's end."""
+        decoder = self.decoder
+        while not decoder.done:
+            if self.error is not None:
+                raise self.error
+            if self._continue is not None:
+                send, self._continue = self._continue, None
+                send()
+            rfile = self.rfile
+            expected = decoder.expected
+            if expected:
+                read = getattr(rfile, "read1", None) or rfile.read
+                data = read(min(expected, limit, _PIECE))
+            else:  # a chunk-size or trailer line
+                data = rfile.readline(MAX_CHUNK_LINE)
+            try:
+                out = decoder.feed(data) if data else _ended_early()
+            except HTTPError as exc:
+                self.error = exc
+                raise
+            if out:
+                return out
+        return b""
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes of the body (fewer only at its end); the rest, by default."""
+        buffer = self._buffer
+        if size is None or size < 0:
+            parts = [bytes(buffer)]
+            buffer.clear()
+            while piece := self._piece():
+                parts.append(piece)
+            self._searched = 0
+            return b"".join(parts)
+        while len(buffer) < size:
+            piece = self._piece(size - len(buffer))
+            if not piece:
+                break
+            if not buffer and len(piece) == size:
+                return piece
+            buffer += piece
+        data = bytes(buffer[:size])
+        del buffer[:size]
+        self._searched = 0
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        """What one read gives, at most ``size`` bytes if given; b"" at the body's end."""
+        if size == 0:
+            return b""
+        held = len(self._buffer)
+        if held:
+            return self.read(held if size < 0 else min(size, held))
+        return self._piece(_PIECE if size < 0 else size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """One line of the body, newline included, at most ``size`` bytes."""
+        limit = None if size is None or size < 0 else size
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\n", self._searched) + 1
+            if end or (limit is not None and len(buffer) >= limit):
+                break
+            self._searched = len(buffer)
+            piece = self._piece()
+            if not piece:
+                break
+            buffer += piece
+        if not end:
+            end = len(buffer)
+        if limit is not None:
+            end = min(end, limit)
+        line = bytes(buffer[:end])
+        del buffer[:end]
+        self._searched = 0
+        return line
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        """The lines of the body, until ``hint`` bytes were read (all by default)."""
+        lines: list[bytes] = []
+        total = 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def readable(self) -> bool:
+        return True
+
+    def complete_within(self, limit: int) -> bool:
+        """Whether dropping what is unread keeps the connection: known to be at most ``limit``."""
+        decoder = self.decoder
+        if decoder.done:
+            return self.error is None
+        if self.error is not None or self._continue is not None:
+            return False  # framing lost, or the client may never send the body
+        return isinstance(decoder, LengthDecoder) and decoder.expected <= limit
+
+    def discard(self, limit: int) -> bool:
+        """Read and drop the rest, up to ``limit`` bytes; True if the body ended.
+
+        True: the connection may carry the next request; False: it must close.
+        Never waits for a body owed a ``100 Continue`` (the client may never send it).
+        """
+        decoder = self.decoder
+        if self.error is not None or (self._continue is not None and not decoder.done):
+            return False
+        if isinstance(decoder, LengthDecoder) and decoder.expected > limit:
+            return False
+        self._buffer.clear()
+        dropped = 0
+        try:
+            while dropped <= limit:
+                piece = self._piece()
+                if not piece:
+                    return True
+                dropped += len(piece)
+        except HTTPError:
+            return False
+        return decoder.done
+
+
+def _ended_early() -> NoReturn:
+    raise HTTPError(400, "request body ended before its declared end")
+
+
+_NO_BODY: Final = _Body(None, LengthDecoder(0))
+"""The body of a request without one: reads return b"" (stateless, shared)."""
+
+
+class _OneByOne:
+    """``peek`` and ``read`` over an unbuffered ``rfile`` (``rbufsize = 0``), a byte at a time.
+
+    So that nothing past the head is taken from the socket.
+    """
+
+    __slots__ = ("_byte", "_raw")
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._byte = b""
+
+    def peek(self, size: int = 1) -> bytes:
+        if not self._byte:
+            self._byte = self._raw.read(1) or b""
+        return self._byte
+
+    def read(self, size: int = -1) -> bytes:
+        byte, self._byte = self._byte, b""
+        return byte
+
+
+def _message(raw: bytes, head: Head | None) -> http.client.HTTPMessage:
+    """``self.headers`` of http.server: the head's fields, names as sent, in order.
+
+    ``Content-Length`` appears once, as the one length the framing found
+    (``5, 5`` on one line or two reads ``5``), so that ``int()`` of it works.
+    """
+    message = http.client.HTTPMessage()
+    length = None if head is None else head.framing.length
+    for line in raw.split(b"\r\n")[1:-2]:  # the head passed parse_head: each is name:value
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            if length is None:
+                continue  # a repeat of the one given already
+            message[name.decode("latin-1")], length = str(length), None
+        else:
+            message[name.decode("latin-1")] = value.strip(b" \t").decode("latin-1")
+    return message
+
+
+class _StrictHandler(http.server.BaseHTTPRequestHandler):
+    """http.server's request reading, replaced by the strict parser of `h1`.
+
+    The generated handler class of `HTTPServer` puts it after the user's
+    class, so that a handler's own ``super().handle_one_request()`` or
+    ``super().parse_request()`` reaches it. Per request it reads the head
+    without taking a byte past it (at most ``Limits.max_head``), parses it,
+    refuses what `h1` refuses (answered with an ``HTTP/1.1`` status line, then
+    the close), makes ``rfile`` the body bounded by its framing for the
+    request's handler, drops a small unread rest afterwards (the next request
+    starts after it), and checks the status and every header the handler
+    sends (CR, LF, NUL: a 500 instead). ``self.headers`` is built only when read.
+    """
+
+    # Per server (set by HTTPServer._wrap_handler); these serve a bare handler.
+    _lc_limits: ClassVar[Limits] = DEFAULT_LIMITS
+    _lc_refusals: ClassVar[_Refusals] = _Refusals(lambda: "http")
+    # A chunked request body is decoded (WSGI) or refused with 411: http.server
+    # handlers read Content-Length bodies and would take a chunked one for none.
+    _lc_chunked: ClassVar[bool] = False
+    # The 100 Continue is sent at the body's first read (WSGI), not by
+    # handle_expect_100 before the handler runs (http.server's way).
+    _lc_lazy_continue: ClassVar[bool] = False
+
+    _lc_raw_head = b""
+    _lc_head: Head | None = None
+    _lc_message: Message | None = None
+    _lc_body: _Body = _NO_BODY
+    _lc_responded = False  # a final status line of this request was sent or buffered
+    _lc_refusing = False
+
+    def _lc_partial_head(self, began: bool) -> None:
+        """A head did not arrive in one piece (``began``: its timeout runs), or ended at last.
+
+        `_LifecycleHandler`'s records it for the timeout thread and the stop.
+        """
+
+    def _lc_timed_out(self) -> bool:
+        """Whether the head being read overran its timeout."""
+        return False
+
+    @property
+    def headers(self) -> Message:
+        """The request's header fields (an ``http.client.HTTPMessage``), made when first read."""
+        message = self._lc_message
+        if message is None:
+            message = self._lc_message = _message(self._lc_raw_head, self._lc_head)
+        return message
+
+    @headers.setter
+    def headers(self, value: Message) -> None:
+        self._lc_message = value
+
+    def handle_one_request(self) -> None:
+        """Read one request's head, run ``do_<METHOD>``, drop what it left of the body."""
+        self._lc_responded = False
+        self._lc_raw_head = b""
+        try:
+            raw = self._lc_read_head()
+        except HTTPError as exc:
+            self._lc_refuse(exc)
+            return
+        except TimeoutError:  # the socket timeout of the handler class's own ``timeout``
+            self.close_connection = True
+            return
+        if raw is None:
+            self.close_connection = True
+            return
+        self._lc_raw_head = raw
+        if not self.parse_request():
+            return
+        head = self._lc_head
+        assert head is not None
+        rfile = self.rfile
+        body = _NO_BODY
+        if head.framing.body_length != 0:
+            send_continue = (
+                self._lc_send_continue if head.expect_continue and self._lc_lazy_continue else None
+            )
+            body = _Body(rfile, head.framing.decoder(self._lc_limits), send_continue)
+            self.rfile = cast("Any", body)
+        self._lc_body = body
+        try:
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self.send_error(501, f"Unsupported method ({self.command!r})")
+            else:
+                method()
+                self.wfile.flush()
+        except HTTPError as exc:
+            self._lc_failed(exc)
+        finally:
+            if body is not _NO_BODY:
+                self.rfile = rfile
+                self._lc_body = _NO_BODY
+        if body is not _NO_BODY and not self.close_connection:
+            try:
+                kept = body.discard(DISCARD_LIMIT)
+            except OSError:
+                kept = False
+            if not kept:
+                self.close_connection = True
+
+    def _lc_read_head(self) -> bytes | None:
+        """The next request's head as `h1` delimits it; None at EOF (or a close) before its end.
+
+        Looks at what the connection has (``peek``) and takes exactly the
+        head, so that the body and a pipelined request stay in ``rfile``.
+        """
+        rfile: Any = self.rfile
+        if not hasattr(rfile, "peek"):
+            rfile = _OneByOne(rfile)
+        limits = self._lc_limits
+        chunk = rfile.peek(1)
+        if chunk:
+            end = find_head_end(chunk, limits=limits)
+            if end >= 0:  # the usual case: the whole head in one piece
+                return bytes(rfile.read(end))
+        buffer = bytearray()
+        while chunk:
+            start = len(buffer)
+            buffer += chunk
+            end = find_head_end(buffer, start, limits=limits)
+            if end >= 0:
+                rfile.read(end - start)
+                if start:
+                    self._lc_partial_head(began=False)
+                return bytes(buffer[:end])
+            rfile.read(len(chunk))
+            if not start:
+                self._lc_partial_head(began=True)
+            chunk = rfile.peek(1)
+        if buffer and self._lc_timed_out():
+            raise HTTPError(408, "request head not received in time")
+        return None
+
+    def parse_request(self) -> bool:
+        """Check the head with `h1`; set what http.server's ``parse_request`` sets.
+
+        ``command``, ``path`` (the target as sent, ``//`` at its start made
+        ``/`` as http.server does), ``request_version``, ``headers``,
+        ``close_connection``; and ``handle_expect_100()`` for a request that
+        expects ``100 Continue``. A refused request is answered here.
+        """
+        raw = self._lc_raw_head
+        try:
+            head = parse_head(raw, limits=self._lc_limits)
+        except HTTPError as exc:
+            self._lc_refuse(exc)
+            return False
+        if head.framing.chunked and not self._lc_chunked:
+            self._lc_refuse(HTTPError(411, _CHUNKED_REFUSED))
+            return False
+        self._lc_head = head
+        self._lc_message = None
+        line = raw[: raw.find(b"\r\n")]
+        self.raw_requestline = line + b"\r\n"
+        self.requestline = line.decode("latin-1")
+        self.command = head.method.decode("ascii")
+        path = head.target.decode("ascii")
+        if path[:2] == "//":  # http.server's guard against open redirects
+            path = "/" + path.lstrip("/")
+        self.path = path
+        self.request_version = "HTTP/1.1" if head.version == (1, 1) else "HTTP/1.0"
+        self.close_connection = head.close_after or self.protocol_version < "HTTP/1.1"
+        if head.expect_continue and self.protocol_version >= "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
+
+    def _lc_send_continue(self) -> None:
+        self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _lc_refuse(self, exc: HTTPError) -> None:
+        """Answer a refused request with its status, on an ``HTTP/1.1`` status line; then close."""
+        self.close_connection = True
+        self.request_version = "HTTP/1.1"  # the error page needs a status line
+        self.command = ""  # ... and a body
+        self.requestline = self._lc_raw_head.partition(b"\r\n")[0][:200].decode("latin-1")
+        self._lc_head = None
+        self._lc_refusals.log(exc, self.client_address)
+        self._headers_buffer: list[bytes] = []
+        with suppress(OSError):
+            self.send_error(exc.status, exc.reason)
+
+    def _lc_failed(self, exc: HTTPError) -> None:
+        """An `HTTPError` out of the handler: answer it if still possible; close.
+
+        A 500 is a response head refused (answered already); a 4xx is the
+        malformed body the handler read, answered now if nothing was sent.
+        """
+        self.close_connection = True
+        if exc.status >= 500:
+            return
+        if self._lc_responded:
+            self._lc_refusals.log(exc, self.client_address)
+        else:
+            self._lc_refuse(exc)
+
+    def send_response_only(self, code: int, message: str | None = None) -> None:
+        """Write the status line, once checked: no CR, LF or NUL, a code from 100 to 599."""
+        if not (
+            isinstance(code, int)
+            and 100 <= code <= 599
+            and (message is None or (message.isascii() and message.isprintable()))
+        ):
+            status: int | str = code if message is None else f"{int(code)} {message}"
+            try:
+                check_response_head(status, ())
+            except HTTPError as exc:
+                self._lc_refuse_response(exc)
+        if code >= 200:
+            self._lc_responded = True
+        super().send_response_only(code, message)
+
+    def send_header(self, keyword: str, value: object) -> None:
+        """Buffer a header line, once checked: a token name, a value without CR, LF or NUL."""
+        text = value if type(value) is str else str(value)  # as http.server formats it
+        if not (
+            keyword.isascii()
+            and keyword.replace("-", "").isalnum()
+            and text.isascii()
+            and text.isprintable()
+        ):
+            try:
+                check_response_head(200, [(keyword, text)])
+            except HTTPError as exc:
+                self._lc_refuse_response(exc)
+        super().send_header(keyword, text)
+
+    def _lc_refuse_response(self, exc: HTTPError) -> NoReturn:
+        """Answer 500 instead of a status or header that would split the response; raise ``exc``.
+
+        Logged with the handler's stack; the socket's sending side is shut, so
+        that whatever the handler writes next fails and one response is sent.
+        """
+        if self._lc_refusing:
+            raise exc
+        _log.error(
+            "response head refused",
+            component=self._lc_refusals.component,
+            request=getattr(self, "requestline", ""),
+            detail=exc.detail,
+            exc_info=True,
+        )
+        self._headers_buffer = []
+        self.close_connection = True
+        self._lc_refusing = True
+        try:
+            with suppress(OSError):
+                self.send_error(500)
+        finally:
+            self._lc_refusing = False
+            with suppress(OSError):
+                # Whatever the handler writes next fails: one response on the wire.
+                self.connection.shutdown(socket.SHUT_WR)
+        raise exc
 
 
 # -- HTTP ------------------------------------------------------------------------------
@@ -764,10 +1464,11 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
     """Put in front of the user's handler class: tracking, tokens, ``Connection: close``.
 
     Its overrides run first and call through to the user's class. The hot
-    path (no drain) costs a `Slot` begun and ended and a few attribute reads
-    and writes per request, about 0.5 µs: the shared token and the scope are
-    made current once per connection, no token or ticket is made per
-    request, and the headers are inspected only when a close may be due.
+    path (no drain) costs a `Slot` begun and ended, a clock read (for the
+    idle timeout) and a few attribute reads and writes per request, about
+    0.7 µs: the shared token and the scope are made current once per
+    connection, no token or ticket is made per request, and the headers are
+    inspected only when a close may be due.
     """
 
     # http.server writes the headers and the body in separate sends: with
@@ -832,6 +1533,7 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
         core = self._lc_core
         serve_one = self._lc_next_handle_one_request
         while True:
+            conn.idle_since = _monotonic()
             conn.awaiting = True
             if conn.closing:
                 conn.awaiting = False
@@ -879,6 +1581,13 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
             self._lc_token_reset = _current.set(core._request_token())
             self._lc_arm()
         return True
+
+    def _lc_partial_head(self, began: bool) -> None:
+        """A head did not come in one piece: its timeout runs from now; or it is in at last."""
+        self._lc_conn.head_began = _monotonic() if began else None
+
+    def _lc_timed_out(self) -> bool:
+        return self._lc_conn.late
 
     @property
     def lifecycle_ticket(self) -> Ticket | None:
@@ -960,9 +1669,10 @@ class HTTPServer(_StreamServer):
     keep-alive, Nagle off, backlog 128), with the whole graceful sequence of
     this module: during the drain every response says ``Connection: close``
     and the connection closes after it; ``stop`` closes the listening socket,
-    closes idle keep-alive connections, waits for the requests in flight,
-    ends long-lived ones through their tokens, and cuts what is left at the
-    deadline, raising `DeadlineExceeded` that names every request cut.
+    closes idle keep-alive connections (and those whose head is still
+    arriving), waits for the requests in flight, ends long-lived ones through
+    their tokens, and cuts what is left at the deadline, raising
+    `DeadlineExceeded` that names every request cut.
 
     Each request is one unit of `tracker` (labelled ``"GET /path"``).
     `current_token()` in a ``do_GET`` is the request's token: cancelled at
@@ -976,11 +1686,36 @@ class HTTPServer(_StreamServer):
     response without ``Content-Length`` is then closed after it, so handlers
     written for HTTP/1.0 still work.
 
+    Requests are read strictly (RFC 9112, `lifecycle._serving.h1`), not by
+    http.server: a request that two parsers could frame differently is
+    refused with its status (400, 411, 413, 414, 431, 501, 505) on an
+    ``HTTP/1.1`` status line and the connection closed, logged at INFO at
+    most once per 10 s (DEBUG otherwise), without a stack. For the handler
+    ``rfile`` is the request's body only: ``rfile.read()`` ends with it, and
+    what the handler left unread is dropped (up to 64 KiB, else the
+    connection closes) so that it is never taken for the next request. A
+    chunked request body is refused with ``411 Length Required``: handlers
+    of http.server read ``Content-Length`` bodies (`WSGIServer` reads chunked
+    ones). Each status and header the handler sends is checked: CR, LF or NUL
+    in it (a response splitter) answers 500 instead, logged with the
+    handler's stack. ``self.headers`` is built only when the handler reads it.
+
     Args:
         handler_class: the request handler class.
         address: ``(host, port)``; port 0 picks a free port (see `port`).
         backlog: the listen backlog.
         name: for logs; default ``"http:PORT"``.
+        limits: the bounds of a request (``lifecycle.HTTPLimits``): head
+            size (431), header count (431), request line (414), body (413).
+        head_timeout: seconds from a request's first byte to the end of its
+            head, else ``408`` and close; None: no limit. `HEAD_TIMEOUT`.
+        idle_timeout: seconds a connection may wait for its next (or first)
+            request, else it is closed; None: no limit. `IDLE_TIMEOUT`.
+        max_connections: connections served at once; None (the default):
+            no cap. A newcomer past the cap is not refused: it waits in the
+            listen backlog, and the longest idle connection (else the oldest
+            one whose head is still arriving, answered 408) is closed to make
+            room for it; a warning says so, at most once per 10 s.
 
     Example::
 
@@ -993,10 +1728,11 @@ class HTTPServer(_StreamServer):
                 self.wfile.write(body)
 
         app = lifecycle.App("web", drain_delay=5)
-        app.add(lifecycle.HTTPServer(Hello, ("0.0.0.0", 8080)))
+        app.add(lifecycle.HTTPServer(Hello, ("0.0.0.0", 8080), max_connections=1000))
         sys.exit(lifecycle.run(app))
 
-    Added in 0.1.
+    Added in 0.1; ``limits``, ``head_timeout``, ``idle_timeout`` and
+    ``max_connections`` in 0.2.
     """
 
     _kind = "http"
@@ -1009,6 +1745,10 @@ class HTTPServer(_StreamServer):
         *,
         backlog: int = 128,
         name: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        head_timeout: float | None = HEAD_TIMEOUT,
+        idle_timeout: float | None = IDLE_TIMEOUT,
+        max_connections: int | None = None,
     ) -> None:
         if not (
             isinstance(handler_class, type)
@@ -1018,18 +1758,32 @@ class HTTPServer(_StreamServer):
                 f"HTTPServer needs an http.server.BaseHTTPRequestHandler subclass, got "
                 f"{handler_class!r}; for a plain socketserver handler use TCPServer"
             )
-        super().__init__(handler_class, address, backlog=backlog, name=name)
+        if not isinstance(limits, Limits):
+            raise TypeError(
+                f"limits must be a lifecycle.HTTPLimits, got {limits!r}; "
+                "e.g. HTTPLimits(max_body=10 * 1024 * 1024)"
+            )
+        super().__init__(
+            handler_class, address, backlog=backlog, name=name, max_connections=max_connections
+        )
+        self.limits = limits
+        """The bounds each request is held to (`lifecycle.HTTPLimits`)."""
+        self.head_timeout = _seconds("head_timeout", head_timeout)
+        """Seconds from a request's first byte to the end of its head (None: no limit)."""
+        self.idle_timeout = _seconds("idle_timeout", idle_timeout)
+        """Seconds a connection may wait for a request (None: no limit)."""
+        self._refusals = _Refusals(lambda: self.name)
 
     def _wrap_handler(self) -> Callable[..., socketserver.BaseRequestHandler]:
         user = self.handler_class
         namespace: dict[str, Any] = {
             "_lc_core": self,
+            "_lc_limits": self.limits,
+            "_lc_refusals": self._refusals,
             "__module__": user.__module__,
             "__qualname__": user.__qualname__,
             "__doc__": user.__doc__,
         }
-        for method in ("handle_one_request", "parse_request", "end_headers"):
-            namespace[f"_lc_next_{method}"] = getattr(user, method)
         # Per request, ours runs inside the stdlib's loop when the class keeps
         # it (saving a call per request), else around each of its requests.
         if user.handle is http.server.BaseHTTPRequestHandler.handle:
@@ -1040,9 +1794,17 @@ class HTTPServer(_StreamServer):
             namespace["protocol_version"] = "HTTP/1.1"
             namespace["_lc_guard_framing"] = True
             namespace["end_headers"] = _LifecycleHandler._lc_end_headers
-        return cast(
-            "type[_LifecycleHandler]", type(user.__name__, (_LifecycleHandler, user), namespace)
-        )
+        # The strict reading goes after the user's class: its super() calls reach it.
+        bases: tuple[type, ...] = (_LifecycleHandler, user)
+        if user is http.server.BaseHTTPRequestHandler:
+            bases = (_LifecycleHandler, _StrictHandler)
+        elif not issubclass(user, _StrictHandler):
+            bases += (_StrictHandler,)
+        cls = type(user.__name__, bases, namespace)
+        for method in ("handle_one_request", "parse_request", "end_headers"):
+            # What comes after ours in the generated class: the user's, else the strict one.
+            setattr(cls, f"_lc_next_{method}", getattr(super(_LifecycleHandler, cls), method))
+        return cast("type[_LifecycleHandler]", cls)
 
     def _serve(self, conn: _Conn) -> None:
         listener = self._listener
@@ -1060,16 +1822,80 @@ class HTTPServer(_StreamServer):
         for conn in conns:
             if not conn.awaiting or conn.closing:
                 continue
-            if conn.slot is None or conn.slot.uses == 0:
-                due = conn.accepted + FIRST_REQUEST_GRACE - now
-                if due > 0:
-                    recheck = due if recheck is None else min(recheck, due)
-                    continue
-            if _has_pending_bytes(conn.sock):
+            due = _closable_from(conn) - now
+            if due > 0:
+                recheck = due if recheck is None else min(recheck, due)
+                continue
+            if conn.head_began is None and _has_pending_bytes(conn.sock):
                 continue  # a request is arriving: it is served, with Connection: close
-            conn.closing = True
-            with suppress(OSError):
-                # Wakes the handler's read with EOF (bytes already received
-                # are still delivered first); it then closes the connection.
-                conn.sock.shutdown(socket.SHUT_RD)
+            # Its handler reads EOF and ends the connection; a head still
+            # arriving holds no request: it is closed as idle.
+            _close_idle_conn(conn)
         return recheck
+
+    # -- timeouts and the cap ------------------------------------------------------
+
+    def _timeout_bound(self) -> float | None:
+        timeouts = [t for t in (self.head_timeout, self.idle_timeout) if t is not None]
+        return min(timeouts) if timeouts else None
+
+    def _reap(self, now: float) -> float | None:
+        head_timeout, idle_timeout = self.head_timeout, self.idle_timeout
+        next_due: float | None = None
+        with self._cond:
+            conns = list(self._conns.values())
+        for conn in conns:
+            if not conn.awaiting or conn.closing or conn.late:
+                continue
+            began = conn.head_began
+            if began is not None:
+                if head_timeout is None:
+                    continue
+                due = began + head_timeout
+                if due <= now:
+                    conn.late = True  # its handler reads EOF and answers 408
+                    _shut_reading(conn)
+                    continue
+            else:
+                if idle_timeout is None:
+                    continue
+                due = conn.idle_since + idle_timeout
+                if due <= now:
+                    if not _has_pending_bytes(conn.sock):  # else a request just arrived
+                        _close_idle_conn(conn)
+                    continue
+            next_due = due if next_due is None else min(next_due, due)
+        return next_due
+
+    def _evict(self, now: float) -> None:
+        with self._cond:
+            conns = list(self._conns.values())
+        waiting = [c for c in conns if c.awaiting]
+        if any(c.closing or c.late for c in waiting):
+            return  # one is already on its way out: its end makes the room
+        closable = sorted(
+            (c for c in waiting if _closable_from(c) <= now),
+            key=lambda c: (c.head_began is not None, c.head_began or c.idle_since),
+        )
+        for conn in closable:
+            if conn.head_began is not None:
+                conn.late = True  # the oldest head still arriving: 408
+                _shut_reading(conn)
+                return
+            if not _has_pending_bytes(conn.sock):
+                _close_idle_conn(conn)  # the longest idle one
+                return
+
+
+def _closable_from(conn: _Conn) -> float:
+    """From when a connection that waits for a request may be closed without losing one.
+
+    At once once it served one; a new connection, or one whose head is still
+    arriving, after `FIRST_REQUEST_GRACE` (its request is usually on the way).
+    """
+    began = conn.head_began
+    if began is not None:
+        return began + FIRST_REQUEST_GRACE
+    if conn.slot is None or conn.slot.uses == 0:
+        return conn.accepted + FIRST_REQUEST_GRACE
+    return conn.idle_since

@@ -42,11 +42,10 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, ClassVar, Final
+from urllib.parse import unquote
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from wsgiref.util import is_hop_by_hop
 
@@ -54,7 +53,15 @@ import structlog
 
 from .._core.tokens import _NEVER, CancelSource, CancelToken, _current, current_token
 from .._core.views import ShutdownView
-from .http import HTTPServer
+from .h1 import DEFAULT_LIMITS, Head, Limits, check_response_head
+from .http import (
+    DISCARD_LIMIT,
+    HEAD_TIMEOUT,
+    IDLE_TIMEOUT,
+    HTTPServer,
+    _Body,
+    _StrictHandler,
+)
 from .inflight import (
     InFlight,
     RequestTokens,
@@ -79,8 +86,6 @@ TRACKED_KEY: Final = "lifecycle.tracked"
 """Environ key set to True by a server that tracks requests and sets their token
 itself (`WSGIServer`): `WSGIMiddleware` then passes requests straight through."""
 
-_DISCARD_LIMIT = 64 * 1024  # unread request body we read and drop to keep the connection
-_CHUNK_READ = 64 * 1024
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
@@ -449,162 +454,16 @@ def _unwind(restored: object) -> None:
 # -- the server -------------------------------------------------------------------------
 
 
-class _Body:
-    """``wsgi.input`` of a request with a ``Content-Length``: never reads past the body."""
+def _check_start(status: object, headers: object) -> None:
+    """Refuse, before anything is buffered, a status or headers the response cannot carry.
 
-    __slots__ = ("_left", "_rfile")
-
-    def __init__(self, rfile: Any, length: int) -> None:
-        self._rfile = rfile
-        self._left = length
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Read up to ``size`` bytes (all that is left by default)."""
-        return self._read_with(self._rfile.read, size)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        """Read one line, at most ``size`` bytes."""
-        return self._read_with(self._rfile.readline, size)
-
-    def _read_with(self, method: Callable[[int], bytes], size: int | None) -> bytes:
-        """Call ``method`` for at most what is left of the body; count what it read."""
-        left = self._left
-        if size is None or size < 0 or size > left:
-            size = left
-        if size <= 0:
-            return b""
-        data = method(size)
-        self._left = left - len(data) if data else 0
-        return data
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        """Read lines until ``hint`` bytes (all by default)."""
-        lines: list[bytes] = []
-        total = 0
-        while line := self.readline():
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        while line := self.readline():
-            yield line
-
-    def complete_within(self, limit: int) -> bool:
-        """Whether what is left unread is known to be at most ``limit`` bytes."""
-        return self._left <= limit
-
-    def discard(self, limit: int) -> bool:
-        """Read and drop what the app left unread, up to ``limit``; True if none remains."""
-        if self._left > limit:
-            return False
-        while self._left and self.read(_CHUNK_READ):
-            pass
-        return self._left == 0
-
-
-class _ChunkedBody(_Body):
-    """``wsgi.input`` of a request with ``Transfer-Encoding: chunked``."""
-
-    __slots__ = ("_buffer", "_chunk_left", "_done")
-
-    def __init__(self, rfile: Any) -> None:
-        super().__init__(rfile, 0)
-        self._buffer = bytearray()
-        self._chunk_left = 0
-        self._done = False
-
-    def _fill(self) -> bool:
-        """Read more of the body into the buffer; False at its end."""
-        if self._done:
-            return False
-        rfile = self._rfile
-        if self._chunk_left == 0:
-            line = rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ValueError(f"malformed chunk size line {line[:40]!r}") from None
-            if size == 0:
-                while rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers are dropped
-                self._done = True
-                return False
-            self._chunk_left = size
-        data = rfile.read(min(self._chunk_left, _CHUNK_READ))
-        if not data:
-            raise ValueError("the chunked request body ended early")
-        self._buffer += data
-        self._chunk_left -= len(data)
-        if self._chunk_left == 0 and rfile.readline(3).strip():
-            raise ValueError("a chunk did not end with CRLF")
-        return True
-
-    def _take(self, size: int) -> bytes:
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Read up to ``size`` bytes (all by default)."""
-        want = -1 if size is None or size < 0 else size
-        while (want < 0 or len(self._buffer) < want) and self._fill():
-            pass
-        return self._take(len(self._buffer) if want < 0 else want)
-
-    def readline(self, size: int | None = -1) -> bytes:
-        """Read one line, at most ``size`` bytes."""
-        want = -1 if size is None or size < 0 else size
-        while b"\n" not in self._buffer and (want < 0 or len(self._buffer) < want) and self._fill():
-            pass
-        end = self._buffer.find(b"\n") + 1 or len(self._buffer)
-        return self._take(end if want < 0 else min(end, want))
-
-    def complete_within(self, limit: int) -> bool:
-        """Whether the body was read to its end (its unread size is unknown)."""
-        return self._done
-
-    def discard(self, limit: int) -> bool:
-        """Read and drop the rest, up to ``limit`` bytes; True if the body ended."""
-        dropped = len(self._buffer)
-        self._buffer.clear()
-        while dropped <= limit and self._fill():
-            dropped += len(self._buffer)
-            self._buffer.clear()
-        return self._done
-
-
-# RFC 9110 token characters: what a header name may be made of.
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_UNSAFE = ("\r", "\n", "\0")  # would split or end the head: response splitting
-
-
-def _check_text(what: str, text: str) -> None:
-    if any(c in text for c in _UNSAFE):
-        raise ValueError(f"{what} {text!r} holds CR, LF or NUL; remove them (a response splitter)")
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} {text!r} is not latin-1; encode it (RFC 8187) first") from None
-
-
-def _check_status(status: object) -> None:
-    """Refuse a status that is not ``"NNN reason"`` in safe latin-1."""
-    if not (
-        isinstance(status, str)
-        and len(status) >= 4
-        and status[:3].isascii()
-        and status[:3].isdigit()
-        and status[3] == " "
-    ):
+    The types PEP 3333 requires (a ``"NNN reason"`` str, a list of str
+    pairs) and a ``Content-Length`` of digits are checked here; splitting
+    bytes (CR, LF, NUL), names that are no token and text that is not
+    latin-1 by `check_response_head`.
+    """
+    if not (isinstance(status, str) and status[3:4] == " "):
         raise TypeError(f"the status must be a str like '200 OK', got {status!r}")
-    _check_text("the status", status)
-
-
-def _check_headers(headers: object) -> None:
-    """Refuse headers a response may not carry as given: all checked before any is sent."""
     if not isinstance(headers, list):
         raise TypeError(f"headers must be a list of (name, value) str pairs, got {headers!r}")
     for header in headers:
@@ -615,10 +474,8 @@ def _check_headers(headers: object) -> None:
             and isinstance(header[1], str)
         ):
             raise TypeError(f"a header must be a (name, value) pair of str, got {header!r}")
-        name, value = header
-        if not name or not _TOKEN.issuperset(name):
-            raise ValueError(f"header name {name!r} is not an HTTP token; use letters, digits, -")
-        _check_text(f"the value of header {name!r},", value)
+    check_response_head(status, headers)
+    for name, value in headers:
         if name.lower() == "content-length" and not (value.isascii() and value.isdigit()):
             raise ValueError(f"Content-Length must be a number of bytes, got {value!r}")
 
@@ -665,8 +522,7 @@ class _Response:
         # Invariant: what is stored here is sent as is, so every check is made
         # now, before anything is buffered: a bad header is one 500, never a
         # second status line after a first one.
-        _check_status(status)
-        _check_headers(headers)
+        _check_start(status, headers)
         self.status = status
         self.headers = headers
         return self.write
@@ -740,19 +596,27 @@ class _Response:
                 handler.send_header("Transfer-Encoding", "chunked")
             else:
                 handler.lifecycle_close()  # an HTTP/1.0 body is delimited by the close
-        if not self.body.complete_within(_DISCARD_LIMIT):
+        if not self.body.complete_within(DISCARD_LIMIT):
             handler.lifecycle_close()  # too much unread to skip: say so before closing
         handler._lc_pending = self._frame(first)
         self.headers_sent = True
         handler.end_headers()
 
 
-class _WSGIRequestHandler(BaseHTTPRequestHandler):
-    """Runs a WSGI app for every request method; built per server with its app."""
+class _WSGIRequestHandler(_StrictHandler):
+    """Runs a WSGI app for every request method; built per server with its app.
+
+    The head is read and checked by `_StrictHandler` (the strict parser):
+    the environ is made from the parsed head, ``wsgi.input`` is the body
+    bounded by its framing (``Content-Length`` or chunked), and a ``100
+    Continue`` is sent when the app first reads it.
+    """
 
     protocol_version = "HTTP/1.1"
     server_version = "lifecycle"
     wsgi_app: ClassVar[Callable[..., Iterable[bytes]]]
+    _lc_chunked = True
+    _lc_lazy_continue = True
     _lc_pending = b""  # body bytes to send with the headers, in one write
 
     def __getattr__(self, name: str) -> Any:
@@ -767,6 +631,14 @@ class _WSGIRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: a line per request would dominate the log; errors are logged as events."""
 
+    def handle_expect_100(self) -> bool:
+        """Defer the ``100 Continue`` to the app's first read of ``wsgi.input``.
+
+        An app that answers without reading the body (a 401, a 413) then sends
+        none, and the client need not send the body at all.
+        """
+        return True
+
     def flush_headers(self) -> None:
         """Send the headers together with the first body bytes."""
         pending, self._lc_pending = self._lc_pending, b""
@@ -778,17 +650,15 @@ class _WSGIRequestHandler(BaseHTTPRequestHandler):
         """Make the current response the last on this connection."""
         self.close_connection = True
 
-    def _lc_environ(self, body: _Body) -> dict[str, Any]:
-        path, _, query = self.path.partition("?")
-        if "://" in path:  # absolute-form target (a proxy request): keep the path
-            path = "/" + path.split("://", 1)[1].partition("/")[2]
+    def _lc_environ(self, head: Head, body: _Body) -> dict[str, Any]:
         server = self.server
         host, port = self.client_address[:2]
+        path = head.path.decode("latin-1")
         environ: WSGIEnvironment = {
             "REQUEST_METHOD": self.command,
             "SCRIPT_NAME": "",
-            "PATH_INFO": urllib.parse.unquote(path, "iso-8859-1"),
-            "QUERY_STRING": query,
+            "PATH_INFO": unquote(path, "latin-1") if "%" in path else path,
+            "QUERY_STRING": head.query.decode("latin-1"),
             "SERVER_NAME": getattr(server, "server_name", "localhost"),
             "SERVER_PORT": str(getattr(server, "server_port", "")),
             "SERVER_PROTOCOL": self.request_version,
@@ -806,39 +676,25 @@ class _WSGIRequestHandler(BaseHTTPRequestHandler):
             CLOSE_CONNECTION_KEY: self.lifecycle_close,
             TRACKED_KEY: True,
         }
-        for name, value in self.headers.items():
-            if "_" in name:
-                continue  # X_Forwarded_For would pose as X-Forwarded-For
-            key = name.upper().replace("-", "_")
-            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                environ[key] = value
+        length = head.framing.length
+        if length is not None:  # from the framing: absent for a chunked body or none
+            environ["CONTENT_LENGTH"] = str(length)
+        for name, value in head.headers:
+            key = _environ_key(name)
+            if key is None:
                 continue
-            key = "HTTP_" + key
-            if key in environ:
-                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+            text = value.decode("latin-1")
+            if key in environ and key != "CONTENT_TYPE":
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + text
             else:
-                environ[key] = value
-        if isinstance(body, _ChunkedBody):
-            environ.pop("CONTENT_LENGTH", None)
+                environ[key] = text
         return environ
 
-    def _lc_body(self) -> _Body | None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return _ChunkedBody(self.rfile)
-        length = self.headers.get("Content-Length")
-        if length is None:
-            return _Body(self.rfile, 0)
-        length = length.strip()
-        if not length.isdigit():
-            return None
-        return _Body(self.rfile, int(length))
-
     def _lc_run_app(self) -> None:
-        body = self._lc_body()
-        if body is None:
-            self.send_error(400, "Bad Content-Length")
-            return
-        environ = self._lc_environ(body)
+        head = self._lc_head
+        assert head is not None
+        body = self._lc_body
+        environ = self._lc_environ(head, body)
         response = _Response(self, body)
         result: Iterable[bytes] | None = None
         try:
@@ -850,6 +706,11 @@ class _WSGIRequestHandler(BaseHTTPRequestHandler):
         except ConnectionError:
             self.close_connection = True  # the client went away: nobody to answer
         except Exception:  # noqa: BLE001 - the app's error becomes a 500, the server goes on
+            if body.error is not None:
+                # The app failed on a malformed body: the client's fault, answered
+                # with the body's status (400, 413) and no stack.
+                self._lc_pending = b""
+                raise body.error from None
             self._lc_app_failed(response)
         finally:
             close = getattr(result, "close", None)
@@ -858,10 +719,7 @@ class _WSGIRequestHandler(BaseHTTPRequestHandler):
                     close()
                 except Exception:  # noqa: BLE001 - reported; the response is already out
                     _log.exception("WSGI response close() raised", request=self.requestline)
-        try:
-            if not body.discard(_DISCARD_LIMIT):
-                self.close_connection = True
-        except (OSError, ValueError):
+        if body.error is not None:  # the app swallowed it: the framing is lost all the same
             self.close_connection = True
 
     def _lc_app_failed(self, response: _Response) -> None:
@@ -878,6 +736,26 @@ class _WSGIRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+# Header name (lowercase bytes) -> its environ key; None for a name left out. Bounded:
+# names come from clients.
+_ENVIRON_KEYS: dict[bytes, str | None] = {b"content-length": None, b"content-type": "CONTENT_TYPE"}
+_ENVIRON_KEYS_MAX = 512
+
+
+def _environ_key(name: bytes) -> str | None:
+    """The environ key of a header name: ``HTTP_X_THING`` for ``x-thing``, or None.
+
+    None for a name with ``_`` (``X_Forwarded_For`` would pose as
+    ``X-Forwarded-For``) and for Content-Length (set from the framing).
+    """
+    key = _ENVIRON_KEYS.get(name, "")
+    if key == "":
+        key = None if b"_" in name else "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_ENVIRON_KEYS) < _ENVIRON_KEYS_MAX:
+            _ENVIRON_KEYS[name] = key
+    return key
+
+
 class WSGIServer(HTTPServer):
     """A component serving a WSGI app on `HTTPServer`: threaded, keep-alive, zero-loss.
 
@@ -889,6 +767,17 @@ class WSGIServer(HTTPServer):
     encoding; request bodies may have a ``Content-Length`` or be chunked.
     An app that raises gets a 500 (logged with its stack).
 
+    Requests are read as `HTTPServer` reads them (strictly; refused with
+    their status and the close, logged without a stack), and the environ is
+    made from the parsed head: ``PATH_INFO`` is the target's path
+    percent-decoded as latin-1 (the path of an absolute-form target, any
+    other path as it is), ``CONTENT_LENGTH`` comes from the framing (absent
+    for a chunked body), a header whose name holds ``_`` is dropped.
+    ``wsgi.input`` is the body only, read in pieces of at most 64 KiB; an
+    app whose read of it fails (a malformed or short body, 413 past
+    ``limits.max_body``) makes the answer that status, without a stack. A
+    ``100 Continue`` is sent when the app first reads ``wsgi.input``.
+
     The environ carries ``lifecycle.close_connection`` (a callable: make this
     response the last on its connection) and ``lifecycle.tracked``.
 
@@ -898,6 +787,8 @@ class WSGIServer(HTTPServer):
         address: ``(host, port)``; port 0 picks a free port (see `port`).
         backlog: the listen backlog.
         name: for logs; default ``"wsgi:PORT"``.
+        limits, head_timeout, idle_timeout, max_connections: as for
+            `HTTPServer`.
 
     Example::
 
@@ -908,7 +799,8 @@ class WSGIServer(HTTPServer):
         app.add(lifecycle.WSGIServer(application, ("0.0.0.0", 8000)), depends_on=[db])
         sys.exit(lifecycle.run(app))
 
-    Added in 0.1.
+    Added in 0.1; ``limits``, ``head_timeout``, ``idle_timeout`` and
+    ``max_connections`` in 0.2.
     """
 
     _kind = "wsgi"
@@ -920,6 +812,10 @@ class WSGIServer(HTTPServer):
         *,
         backlog: int = 128,
         name: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        head_timeout: float | None = HEAD_TIMEOUT,
+        idle_timeout: float | None = IDLE_TIMEOUT,
+        max_connections: int | None = None,
     ) -> None:
         if not callable(wsgi_app):
             raise TypeError(f"WSGIServer needs a WSGI application (a callable), got {wsgi_app!r}")
@@ -929,4 +825,13 @@ class WSGIServer(HTTPServer):
             (_WSGIRequestHandler,),
             {"wsgi_app": staticmethod(wsgi_app), "__module__": __name__},
         )
-        super().__init__(handler, address, backlog=backlog, name=name)
+        super().__init__(
+            handler,
+            address,
+            backlog=backlog,
+            name=name,
+            limits=limits,
+            head_timeout=head_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+        )
