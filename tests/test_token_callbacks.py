@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import gc
 import os
-import select
-import signal
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -29,6 +27,7 @@ import pytest
 from lifecycle import DEADLINE_EXCEEDED, Cancelled, CancelSource, CancelToken, DeadlineTimer
 from lifecycle._core import tokens as _tokens
 from tests.fakes import FakeClock
+from tests.test_tokens import in_forked_child
 
 JOIN = 10.0  # bound on every join / wait that is expected to finish at once
 CALLBACK_THREAD = "lifecycle-callbacks"
@@ -227,7 +226,7 @@ def test_inline_registration_detaches_like_on_cancel():
     detached = (detach(), detach())
     source.cancel()
     expected: tuple[tuple[bool, bool], list[int], int] = ((True, False), [], 0)
-    assert expected == (detached, calls, len(source.token._callbacks))
+    assert expected == (detached, calls, len(source.token._callbacks or ()))
 
 
 def test_inline_registration_on_a_cancelled_token_runs_at_once():
@@ -317,11 +316,105 @@ def test_cancel_landing_inside_on_cancel_runs_the_callback_once():
             cancel_in_background(source, "signal")  # lands between the check and the insert
             super().__setitem__(key, value)
 
-    source.token._callbacks = InterruptedDict()
+    object.__setattr__(source.token, "_callbacks", InterruptedDict())  # the token is read-only
     detach = source.token.on_cancel(lambda: calls.append(1))
     idle()
     expected = ([1], False, "signal")
     assert expected == (calls, detach(), source.token.reason)
+
+
+# -- a second cancel of a tree being cancelled ---------------------------------------
+
+
+def test_a_second_cancel_waits_for_the_first_ones_wakeups(release):
+    """A second cancel of a tree another thread is cancelling returns after its wake-ups ran."""
+    root = CancelSource()
+    kid = CancelSource(root.token)
+    in_wakeup = threading.Event()
+    order: list[str] = []
+
+    def wakeup() -> None:
+        in_wakeup.set()
+        release.wait(JOIN)
+        order.append("first's wake-up done")
+
+    on_cancel_inline(kid.token, wakeup)
+    first = in_thread(lambda: cancel_in_background(root, "first"))
+    assert True is in_wakeup.wait(JOIN)
+
+    def second_cancel() -> None:
+        cancel_in_background(root, "second")
+        order.append("second")
+
+    second = in_thread(second_cancel)
+    second.join(0.2)  # time enough to return, were it not waiting
+    waiting = second.is_alive()
+    release.set()
+    second.join(JOIN)
+    first.join(JOIN)
+    expected = (True, ["first's wake-up done", "second"], "first")
+    assert expected == (waiting, order, kid.token.reason)
+
+
+def test_a_second_cancel_returns_with_the_whole_tree_cancelled():
+    """A second cancel racing a first over 50 000 children returns with all of them cancelled."""
+    root = CancelSource()
+    kids = [CancelSource(root.token) for _ in range(50_000)]
+    drained = threading.Event()
+    on_cancel_inline(kids[0].token, drained.set)  # a server's drain flag
+    first = in_thread(lambda: cancel_in_background(root, "first"))
+    until = time.monotonic() + JOIN
+    while not root.token.cancelled and time.monotonic() < until:
+        pass  # the first cancel has begun
+    cancel_in_background(root, "second")
+    seen = (sum(k.token.cancelled for k in kids), drained.is_set())
+    first.join(JOIN)
+    expected = (len(kids), True)
+    assert expected == seen
+
+
+def test_a_cancel_from_a_wakeup_of_the_same_tree_does_not_wait():
+    """A wake-up cancelling its own tree again (same thread, re-entrant) returns at once."""
+    root = CancelSource()
+    kids = [CancelSource(root.token) for _ in range(3)]
+    woken: list[int] = []
+
+    def cancel_again() -> None:
+        root.cancel("again")  # this thread is the one cancelling: no wait
+        woken.append(0)
+
+    on_cancel_inline(kids[0].token, cancel_again)
+    on_cancel_inline(kids[1].token, functools.partial(woken.append, 1))
+    on_cancel_inline(kids[2].token, functools.partial(woken.append, 2))
+    done = threading.Event()
+
+    def first_cancel() -> None:
+        cancel_in_background(root, "first")
+        done.set()
+
+    canceller = in_thread(first_cancel)
+    canceller.join(JOIN)
+    expected = (True, [0, 1, 2], {"first"})
+    assert expected == (done.is_set(), sorted(woken), {k.token.reason for k in kids})
+
+
+def test_wait_callbacks_idle_with_a_huge_timeout_waits_for_the_callbacks(release):
+    """wait_callbacks_idle(1e10) waits for a running callback like any other timeout."""
+    block_a_callback_thread(release)
+    results: list[object] = []
+
+    def wait() -> None:
+        try:
+            results.append(_tokens.wait_callbacks_idle(1e10))
+        except Exception as exc:  # recorded for the assertion
+            results.append(exc)
+
+    waiter = in_thread(wait)
+    waiter.join(0.2)  # time enough to fail, were the timeout refused
+    release.set()
+    waiter.join(JOIN)
+    expected = [True]
+    assert expected == results
 
 
 # -- the executor ---------------------------------------------------------------
@@ -431,34 +524,20 @@ def test_forked_child_gets_a_working_executor(release):
 
     holder = in_thread(hold_the_locks)
     assert True is held.wait(JOIN)
-    read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
-        pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        try:
-            source = CancelSource()
-            names: list[str] = []
-            source.token.on_cancel(lambda: names.append(threading.current_thread().name))
-            cancel_in_background(source, "in child")
-            idle_in_child = _tokens.wait_callbacks_idle(5.0)
-            on_callback_thread = [n.startswith(CALLBACK_THREAD) for n in names]
-            ok = idle_in_child and on_callback_thread == [True]
-            os.write(write_end, b"ok" if ok else b"no")
-        finally:
-            os._exit(0)
-    done.set()
-    holder.join(JOIN)
-    os.close(write_end)
-    answer = b"hung"
-    try:
-        ready, _, _ = select.select([read_end], [], [], JOIN)
-        answer = os.read(read_end, 2) if ready else b"hung"
-    finally:
-        os.close(read_end)
-        if answer == b"hung":
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+
+    def callbacks_run_in_child() -> bool:
+        source = CancelSource()
+        names: list[str] = []
+        source.token.on_cancel(lambda: names.append(threading.current_thread().name))
+        cancel_in_background(source, "in child")
+        idle_in_child = _tokens.wait_callbacks_idle(5.0)
+        return idle_in_child and [n.startswith(CALLBACK_THREAD) for n in names] == [True]
+
+    def release_the_locks() -> None:
+        done.set()
+        holder.join(JOIN)
+
+    answer = in_forked_child(callbacks_run_in_child, release_the_locks)
     expected = b"ok"
     assert expected == answer
 

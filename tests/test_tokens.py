@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import functools
 import gc
 import math
 import os
+import random
+import select
 import signal
+import subprocess
 import sys
 import threading
 import time
 import types
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -32,6 +40,7 @@ from lifecycle._core import tokens as _tokens
 from tests.fakes import FakeClock
 
 JOIN = 10.0  # bound on every join / wait that is expected to finish at once
+ROOT = Path(__file__).resolve().parent.parent  # the repository, where `tests` imports from
 
 
 @pytest.fixture
@@ -411,7 +420,7 @@ def test_detach_leaves_no_registration_behind():
     for _ in range(1000):
         source.token.on_cancel(lambda: None)()
     expected = 0
-    assert expected == len(source.token._callbacks)
+    assert expected == len(source.token._callbacks or ())
 
 
 def test_on_cancel_runs_for_child_when_parent_cancelled():
@@ -828,7 +837,7 @@ def test_child_registering_while_parent_cancelled_reentrantly():
             parent.cancel("signal")  # lands between the check and the insertion
             super().add(item)
 
-    parent.token._children = InterruptedSet()
+    object.__setattr__(parent.token, "_children", InterruptedSet())  # the token is read-only
     child = CancelSource(parent.token)
     expected = (True, "signal")
     assert expected == (child.token.cancelled, child.token.reason)
@@ -922,7 +931,7 @@ def test_wait_async_times_out_with_false():
     """wait_async(timeout) on a live token returns False when the timeout passes."""
     source = CancelSource()
     expected = (False, 0)
-    assert expected == (asyncio.run(source.token.wait_async(0)), len(source.token._callbacks))
+    assert expected == (asyncio.run(source.token.wait_async(0)), len(source.token._callbacks or ()))
 
 
 def test_wait_async_woken_from_same_loop():
@@ -1006,7 +1015,7 @@ def test_wait_async_detaches_its_callback_when_task_cancelled():
 
     asyncio.run(main())
     expected = 0
-    assert expected == len(source.token._callbacks)
+    assert expected == len(source.token._callbacks or ())
 
 
 def test_wait_async_woken_by_deadline(clock, timer):
@@ -1217,7 +1226,7 @@ def test_cancel_scope_normal_exit_detaches():
         return "done"
 
     expected = ("done", 0)
-    assert expected == (asyncio.run(main()), len(source.token._callbacks))
+    assert expected == (asyncio.run(main()), len(source.token._callbacks or ()))
 
 
 def test_cancel_scope_late_fire_after_exit_is_ignored():
@@ -1445,3 +1454,550 @@ def test_bad_deadline_is_rejected_naming_it(deadline, error, message):
     """deadline= that is no number, or NaN, is refused with a message naming it."""
     with pytest.raises(error, match=message):
         CancelSource(deadline=deadline)
+
+
+# -- read-only tokens, the never-cancelled token, deep trees ---------------------------
+
+
+def test_cancelled_cannot_be_assigned():
+    """Assigning or deleting `cancelled` raises AttributeError naming the way out; no change."""
+    token = CancelSource().token
+    with pytest.raises(AttributeError, match="read-only; cancel through its CancelSource"):
+        token.cancelled = True
+    with pytest.raises(AttributeError, match="read-only; cancel through its CancelSource"):
+        del token.cancelled
+    expected = (False, None)
+    assert expected == (token.cancelled, token.reason)
+
+
+def test_registrations_on_the_never_cancelled_token_are_not_stored():
+    """Outside any component, on_cancel and wait_async's wake-up store nothing; detach says True."""
+    token = current_token()
+    detaches = [token.on_cancel(lambda: None) for _ in range(10_000)]
+    detaches.append(_tokens.on_cancel_inline(token, lambda: None))
+
+    async def main() -> bool:
+        return await token.wait_async(0.001)
+
+    timed_out = asyncio.run(main())
+    expected = (0, {True}, False)
+    assert expected == (len(token._callbacks or ()), {d() for d in detaches}, timed_out)
+
+
+def test_registering_on_a_deep_token_leaves_its_ancestors_alone():
+    """A registration 20 000 levels deep is held by its root alone: no other ancestor changes."""
+    chain = [CancelSource()]
+    for _ in range(20_000):
+        chain.append(CancelSource(chain[-1].token))
+    leaf = chain[-1].token
+    touched_while_registered = []
+    for _ in range(3):
+        detach = leaf.on_cancel(lambda: None)
+        touched_while_registered.append(sum(s.token._pinned is not None for s in chain))
+        assert True is detach()
+    expected = ([1, 1, 1], 0, {leaf})
+    assert expected == (
+        touched_while_registered,
+        sum(s.token._pinned is not None for s in chain),
+        set(chain[0].token._pinned or ()) | {leaf},
+    )
+
+
+# -- deadlines from different timers ----------------------------------------------------
+
+
+def test_linking_deadlines_of_different_clocks_is_refused(clock):
+    """Linking tokens whose deadlines are on timers of different clocks is refused."""
+    fake = DeadlineTimer(clock, threaded=False)
+    dated = CancelSource(timeout=5, timer=fake).token
+    with pytest.raises(ValueError, match="different DeadlineTimers cannot be linked"):
+        CancelSource.linked(dated, CancelSource(timeout=100).token)
+    with pytest.raises(ValueError, match="different DeadlineTimers cannot be linked"):
+        CancelSource.linked(CancelSource().token, dated, timeout=1, timer=DeadlineTimer())
+
+
+def test_a_linked_token_keeps_time_on_the_timer_of_its_dated_input(clock):
+    """A linked token whose one dated input is on a fake clock keeps its own timeout there too."""
+    fake = DeadlineTimer(clock, threaded=False)
+    dated = CancelSource(timeout=5, timer=fake).token
+    linked = CancelSource.linked(CancelSource().token, dated, timeout=0.5).token
+    before = (linked.deadline, linked.remaining())
+    clock.advance(0.5)
+    fake.fire_due()
+    expected = ((clock() - 0.5 + 0.5, 0.5), DEADLINE_EXCEEDED)
+    assert expected == (before, linked.reason)
+
+
+def test_a_child_on_another_clock_under_a_dated_parent_is_refused(clock):
+    """A child with its own timer (another clock) under a parent with a deadline is refused."""
+    fake = DeadlineTimer(clock, threaded=False)
+    parent = CancelSource(timeout=100).token
+    with pytest.raises(ValueError, match="different DeadlineTimers cannot be linked"):
+        CancelSource(parent, timeout=5, timer=fake)
+    with pytest.raises(ValueError, match="different DeadlineTimers cannot be linked"):
+        CancelSource(parent, timer=fake)  # it would read the parent's deadline on its own clock
+
+
+def test_tokens_of_different_clocks_without_deadlines_mix_freely(clock):
+    """Without deadlines (or with one clock) tokens of different timers link and cancel as usual."""
+    fake = DeadlineTimer(clock, threaded=False)
+    same_clock = DeadlineTimer(clock, threaded=False)
+    plain_fake = CancelSource(timer=fake).token
+    linked = CancelSource.linked(CancelSource().token, plain_fake)
+    dated = CancelSource.linked(
+        CancelSource(timeout=5, timer=fake).token, CancelSource(timeout=3, timer=same_clock).token
+    )
+    with_own = CancelSource(plain_fake, timeout=2)
+    clock.advance(2)
+    fake.fire_due()
+    expected = (None, clock() + 1, DEADLINE_EXCEEDED, 0.0)
+    assert expected == (
+        linked.token.deadline,
+        dated.token.deadline,
+        with_own.token.reason,
+        with_own.token.remaining(),
+    )
+
+
+# -- huge timeouts ------------------------------------------------------------------
+
+
+@pytest.mark.realtime
+def test_realtime_a_huge_timeout_is_just_very_long(log_events):
+    """timeout=1e10 on a real timer thread waits quietly; a nearer deadline still fires on time."""
+    timer = DeadlineTimer()
+    far = CancelSource(timeout=1e10, timer=timer)
+    near = CancelSource(timeout=0.05, timer=timer)
+    fired = near.token.wait(5.0)
+    errors = [e for e in log_events if e["event"].startswith("deadline timer failed")]
+    expected: tuple[bool, bool, list[object]] = (True, False, [])
+    assert expected == (fired, far.token.cancelled, errors)
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("timeout", [1e10, math.inf], ids=["1e10", "inf"])
+def test_realtime_wait_with_a_huge_timeout_blocks_until_cancelled(timeout):
+    """token.wait() with a timeout beyond what the OS can wait for blocks until the cancel."""
+    source = CancelSource(timeout=0.05)
+    expected = (True, DEADLINE_EXCEEDED)
+    assert expected == (source.token.wait(timeout), source.token.reason)
+
+
+# -- fork ---------------------------------------------------------------------------
+
+
+def in_forked_child(check: Callable[[], bool], meanwhile: Callable[[], object] = int) -> bytes:
+    """Fork; run ``check`` in the child, ``meanwhile`` in the parent; the child's answer.
+
+    b"ok" or b"no" as ``check`` returned, b"hung" if no answer came within the bound
+    (the child is then killed). The child never returns into pytest.
+    """
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+        pid = os.fork()
+    if pid == 0:  # the child: report through the pipe
+        try:
+            os.write(write_end, b"ok" if check() else b"no")
+        finally:
+            os._exit(0)
+    meanwhile()
+    os.close(write_end)
+    answer = b"hung"
+    try:
+        ready, _, _ = select.select([read_end], [], [], JOIN)
+        answer = os.read(read_end, 2) if ready else b"hung"
+    finally:
+        os.close(read_end)
+        if answer == b"hung":
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.process
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_a_users_own_threaded_timer():
+    """A deadline pending on a user's own threaded timer across fork fires in the child."""
+    timer = DeadlineTimer()
+    source = CancelSource(timeout=0.2, timer=timer)
+    CancelSource(timeout=0.001, timer=timer).token.wait(JOIN)  # the timer thread runs
+
+    def fires_in_child() -> bool:
+        return source.token.wait(5.0) and source.token.reason == DEADLINE_EXCEEDED
+
+    expected = b"ok"
+    assert expected == in_forked_child(fires_in_child)
+
+
+# -- re-entrant entries: signal handlers and Ctrl-C ------------------------------------
+#
+# A signal handler runs between two bytecodes of whatever the main thread does, the
+# middle of a cancellation included; so does the KeyboardInterrupt of a Ctrl-C. The
+# hooks below land such an entry at a chosen point: in the walk over a token's
+# children, as a child links in, or as a callback starts.
+
+
+def current_children(token: CancelToken) -> list[CancelToken]:
+    return [] if token._children is None else list(token._children)
+
+
+class HookedChildren(weakref.WeakSet):  # type: ignore[type-arg]
+    """A child set that runs ``hook`` (``times`` times at most): each time a walk over it has
+    yielded its first child (``on="iter"``), or after each add (``on="add"``)."""
+
+    def __init__(
+        self, items: list[CancelToken], hook: Callable[[], object], on: str, times: int
+    ) -> None:
+        self.hook = hook
+        self.on = ""  # the items below are no adds to hook
+        self.left = times
+        super().__init__(items)
+        self.on = on
+
+    def fire(self) -> None:
+        if self.left > 0:
+            self.left -= 1
+            self.hook()
+
+    def __iter__(self) -> Iterator[CancelToken]:
+        for i, item in enumerate(super().__iter__()):
+            yield item
+            if i == 0 and self.on == "iter":
+                self.fire()
+
+    def add(self, item: CancelToken) -> None:
+        super().add(item)
+        if self.on == "add":
+            self.fire()
+
+
+def hook_children(
+    token: CancelToken, hook: Callable[[], object], on: str = "iter", times: int = 1
+) -> None:
+    """Make ``hook`` land inside the next walk over (or add to) ``token``'s children."""
+    hooked = HookedChildren(current_children(token), hook, on, times)
+    object.__setattr__(token, "_children", hooked)  # the token itself is read-only
+
+
+def ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupted_at_entry(target: Callable[..., object]) -> Iterator[None]:
+    """Raise KeyboardInterrupt once, as ``target`` starts, before its first line runs.
+
+    Where a Ctrl-C lands when the interpreter checks for signals on entering a
+    function; a trace function raising on the "call" event does exactly that.
+    """
+    code = getattr(target, "__code__", None)
+    armed = [True]
+
+    def tracer(frame: types.FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is code and armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+
+
+def test_cancel_landing_inside_a_traversal_finishes_the_tree():
+    """A handler's cancel() of a child landing in the walk over the children: all are cancelled."""
+    root = CancelSource()
+    kids = [CancelSource(root.token) for _ in range(5)]
+    hook_children(root.token, lambda: kids[3].cancel("signal"))
+    root.cancel("main")  # the walk began first: its reason wins everywhere
+    expected = ["main"] * 5
+    assert expected == [k.token.reason for k in kids]
+
+
+def test_cancel_landing_as_a_child_links_in_cancels_the_child():
+    """A handler's cancel() of the parent landing as a child links in: the child is cancelled."""
+    root = CancelSource()
+    hook_children(root.token, lambda: root.cancel("signal"), on="add")
+    child = CancelSource(root.token)
+    expected = (True, "signal")
+    assert expected == (child.token.cancelled, child.token.reason)
+
+
+def test_children_made_inside_a_traversal_come_out_cancelled():
+    """Children a handler makes under a tree being cancelled come out cancelled, with its reason."""
+    root = CancelSource()
+    kids = [CancelSource(root.token) for _ in range(3)]
+    made: list[CancelSource] = []
+
+    def make() -> None:
+        made.append(CancelSource(root.token))
+        made.append(CancelSource(kids[0].token))
+        made.append(CancelSource.linked(kids[1].token, CancelSource().token))
+
+    hook_children(root.token, make)
+    root.cancel("main")
+    expected = ["main"] * 3
+    assert expected == [m.token.reason for m in made]
+
+
+def cancel_with(background: bool, source: CancelSource, reason: str) -> None:
+    if background:
+        _tokens.cancel_in_background(source, reason)
+    else:
+        source.cancel(reason)
+
+
+def tree_with_callbacks(n: int) -> tuple[CancelSource, list[CancelSource], list[int]]:
+    """A root with ``n`` children; child ``i``'s callback appends ``i`` to the list."""
+    root = CancelSource()
+    kids = [CancelSource(root.token) for _ in range(n)]
+    calls: list[int] = []
+    for i, kid in enumerate(kids):
+        kid.token.on_cancel(functools.partial(calls.append, i))
+    return root, kids, calls
+
+
+BACKGROUND = pytest.mark.parametrize("background", [False, True], ids=["cancel", "background"])
+
+
+@BACKGROUND
+def test_ctrl_c_inside_a_traversal_finishes_it_then_propagates(background):
+    """Ctrl-C landing in the walk over the children: the tree is finished, then it propagates."""
+    root, kids, calls = tree_with_callbacks(5)
+    hook_children(root.token, ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        cancel_with(background, root, "shutdown")
+    idle = _tokens.wait_callbacks_idle(JOIN)
+    expected = (["shutdown"] * 5, [0, 1, 2, 3, 4], True)
+    assert expected == ([k.token.reason for k in kids], sorted(calls), idle)
+
+
+@BACKGROUND
+def test_a_retried_cancel_finishes_what_ctrl_c_broke_off(background):
+    """Ctrl-C landing again and again in one cancel: the next cancel() finishes it, once each."""
+    root, kids, calls = tree_with_callbacks(5)
+    hook_children(root.token, ctrl_c, times=5)
+    with pytest.raises(KeyboardInterrupt):
+        cancel_with(background, root, "shutdown")
+    for _ in range(5):  # a caller that keeps retrying while its Ctrl-Cs land
+        try:
+            root.cancel("again")
+            break
+        except KeyboardInterrupt:
+            pass
+    idle = _tokens.wait_callbacks_idle(JOIN)
+    expected = (["shutdown"] * 5, [0, 1, 2, 3, 4], True)
+    assert expected == ([k.token.reason for k in kids], sorted(calls), idle)
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["callback", "wake-up"])
+def test_ctrl_c_as_a_callback_starts_still_runs_it_once(inline, log_events):
+    """Ctrl-C landing as a callback or wake-up starts, before its first line: it runs, once."""
+    source = CancelSource()
+    calls: list[int] = []
+
+    def second() -> None:
+        calls.append(2)
+
+    register = (
+        functools.partial(_tokens.on_cancel_inline, source.token)
+        if inline
+        else source.token.on_cancel
+    )
+    register(functools.partial(calls.append, 1))
+    register(second)
+    register(functools.partial(calls.append, 3))
+    with interrupted_at_entry(second), pytest.raises(KeyboardInterrupt):
+        source.cancel("shutdown")
+    expected: tuple[list[int], list[str]] = ([1, 2, 3], [])
+    assert expected == (calls, [e["event"] for e in log_events])
+
+
+class TreeFuzz:
+    """Random operations on one token tree, from the main thread and from a signal handler.
+
+    Each operation creates a child (or a linked child, or 50 at once), registers a
+    callback (and detaches it half the time), cancels or closes a node. Every
+    registration records its calls and what its detach said.
+    """
+
+    def __init__(self, timer: DeadlineTimer, seed: int) -> None:
+        self.timer = timer
+        self.main_rng = random.Random(seed)
+        self.handler_rng = random.Random(seed + 1)
+        self.nodes: list[CancelSource] = []
+        self.registrations: list[tuple[list[int], list[bool]]] = []
+        self.errors: list[str] = []
+        self.armed = False
+
+    def op(self, rng: random.Random) -> None:
+        nodes = self.nodes
+        node = rng.choice(nodes)
+        x = rng.random()
+        if x < 0.2:
+            nodes.append(CancelSource(node.token, timeout=rng.choice([None, 30.0])))
+        elif x < 0.3:
+            nodes.append(CancelSource.linked(node.token, rng.choice(nodes).token))
+        elif x < 0.35:
+            nodes.extend(CancelSource(node.token) for _ in range(50))
+        elif x < 0.75:
+            calls: list[int] = []
+            detached: list[bool] = []
+            self.registrations.append((calls, detached))
+            detach = node.token.on_cancel(functools.partial(calls.append, 1))
+            if rng.random() < 0.5:
+                detached.append(detach())
+        elif x < 0.9:
+            node.cancel("op")
+        else:
+            node.close()
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.armed:
+            try:
+                self.op(self.handler_rng)
+            except Exception as exc:  # recorded: the test fails on any
+                self.errors.append(f"in the handler: {exc!r}")
+
+    def round(self, steps: int) -> list[str]:
+        """One tree: ``steps`` main-thread operations under fire; what is broken after."""
+        root = CancelSource(timer=self.timer)
+        self.nodes = [root]
+        self.registrations = []
+        self.armed = True
+        try:
+            for _ in range(steps):
+                try:
+                    self.op(self.main_rng)
+                except Exception as exc:  # recorded: the test fails on any
+                    self.errors.append(f"in the main thread: {exc!r}")
+        finally:
+            self.armed = False
+        root.cancel("end")
+        broken = list(self.errors)
+        tokens = [n.token for n in self.nodes]
+        if any(not t.cancelled for t in tokens):
+            broken.append(
+                f"{sum(not t.cancelled for t in tokens)} tokens live under a cancelled root"
+            )
+        if any(p.cancelled for t in tokens for p in (t._pinned or ())):
+            broken.append("a cancelled token is still held by a registration pin")
+        if any(t.cancelled for t in self.timer._keep):
+            broken.append("the timer still keeps a cancelled token")
+        wrong = [
+            (len(calls), detached)
+            for calls, detached in self.registrations
+            if len(calls) != (0 if detached == [True] else 1)
+        ]
+        if wrong:
+            broken.append(f"registrations that did not run once iff not detached: {wrong[:5]}")
+        return broken
+
+
+def fuzz_signal_handler_ops(seconds: float) -> list[tuple[int, list[str]]]:
+    """Rounds of `TreeFuzz` under a signal handler that fires every 200 µs; the broken ones."""
+    fuzz = TreeFuzz(DeadlineTimer(FakeClock(), threaded=False), seed=11)
+    failures: list[tuple[int, list[str]]] = []
+    signal.signal(signal.SIGALRM, fuzz.handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        until = time.monotonic() + seconds
+        rounds = 0
+        while time.monotonic() < until and not failures:
+            rounds += 1
+            broken = fuzz.round(steps=300)
+            if broken:
+                failures.append((rounds, broken))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return failures
+
+
+def fuzz_ctrl_c(seconds: float) -> list[tuple[int, int, int, bool]]:
+    """Cancels of 100-child trees, each hit by a Ctrl-C at a random point; the broken rounds.
+
+    A round is broken when, after the caller's retry, a child is still live, the
+    callbacks did not run exactly once each, or the callback threads are not idle.
+    """
+    armed = [False]
+
+    def ctrl_c_once(signum: int, frame: object) -> None:
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    rng = random.Random(2024)
+    failures: list[tuple[int, int, int, bool]] = []
+    signal.signal(signal.SIGALRM, ctrl_c_once)
+    until = time.monotonic() + seconds
+    rounds = 0
+    while time.monotonic() < until and not failures:
+        rounds += 1
+        root = CancelSource()
+        kids = [CancelSource(root.token) for _ in range(100)]
+        calls: list[int] = []
+        for kid in kids:
+            kid.token.on_cancel(lambda: calls.append(1))  # noqa: B023 - this round's list
+        try:
+            armed[0] = True
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 3e-4))
+            cancel_with(rounds % 2 == 0, root, "shutdown")
+            spin_until = time.monotonic() + 0.05  # a cancel faster than the timer: it lands here
+            while armed[0] and time.monotonic() < spin_until:
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        root.cancel("again")  # the caller's retry
+        idle = _tokens.wait_callbacks_idle(JOIN)
+        live = sum(not k.token.cancelled for k in kids)
+        if live or len(calls) != len(kids) or not idle:
+            failures.append((rounds, live, len(calls), idle))
+    return failures
+
+
+FUZZES: dict[str, Callable[[float], list[Any]]] = {
+    "handler-ops": fuzz_signal_handler_ops,
+    "ctrl-c": fuzz_ctrl_c,
+}
+
+
+def run_fuzz_in_child(name: str, seconds: float) -> object:
+    """Run ``FUZZES[name]`` in a child process (it owns SIGALRM there); what it returned."""
+    code = f"from tests.test_tokens import FUZZES; print(repr(FUZZES[{name!r}]({seconds!r})))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 40,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.process
+@pytest.mark.realtime
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+def test_realtime_token_operations_from_a_signal_handler_keep_the_tree_whole():
+    """Token operations from a signal handler every 200 µs, landing anywhere in the main
+    thread's cancels, creations, registrations and detaches, keep every invariant of the
+    tree after each round (3 s of rounds, in a child process)."""
+    expected: list[object] = []
+    assert expected == run_fuzz_in_child("handler-ops", 3.0)
+
+
+@pytest.mark.process
+@pytest.mark.realtime
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+def test_realtime_ctrl_c_at_random_points_of_cancels_loses_nothing():
+    """Ctrl-C from a real signal at a random point of each cancel: every tree ends whole, each
+    callback ran once, the callback threads end idle (2 s of rounds, in a child process)."""
+    expected: list[object] = []
+    assert expected == run_fuzz_in_child("ctrl-c", 2.0)

@@ -13,10 +13,11 @@ node born under already cancelled parents takes the reason of the first
 cancelled one in argument order (its causes all precede its birth).
 
 A registered, undetached callback runs exactly once iff its node is cancelled,
-whether or not its source was dropped: a node with a pending callback (or with
-a child that is so pinned) is held by its live parents and, while its own
-deadline is pending, by the timer. A dropped node's token may be collected
-otherwise; the model is compared with the tokens that are still alive.
+whether or not its source was dropped: a live node with a pending callback is
+held by its anchors, the nearest root or own-deadline node on each path up
+(and an own-deadline node that holds one, or has a pending callback itself, is
+kept by the timer). A dropped node's token may be collected otherwise; the
+model is compared with the tokens that are still alive.
 """
 
 from __future__ import annotations
@@ -66,17 +67,21 @@ class Node:
         return any(not c.detached and c.expected_calls == 0 for c in self.callbacks)
 
     def pinned(self) -> bool:
-        """Held by its parents: live, with a pending callback or a pinned child."""
-        stack, seen = [self], set()
-        while stack:
-            node = stack.pop()
-            if node.cancelled or id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.pending():
-                return True
-            stack.extend(node.children)
-        return False
+        """Held by its anchors: live, with a pending callback."""
+        return not self.cancelled and self.pending()
+
+    def holds(self) -> bool:
+        """An anchor for the nodes below it: a root, or a node with its own deadline."""
+        return not self.parents or self.scheduled
+
+    def anchors(self) -> list[Node]:
+        """The nearest anchor on each path up (each node once)."""
+        found: list[Node] = []
+        for parent in self.parents:
+            for anchor in [parent] if parent.holds() else parent.anchors():
+                if all(anchor is not f for f in found):
+                    found.append(anchor)
+        return found
 
 
 @dataclass(eq=False)
@@ -268,16 +273,21 @@ class TokenForest(RuleBasedStateMachine):
             )
             assert expected == actual
 
-    @invariant()
-    def pinned_children_held_strongly(self):
-        for node, token in self.alive():
-            actual = set(token._pinned or ())
-            expected = {c.ref() for c in node.children if c.pinned()}
-            assert expected == actual
+    def pinned_by(self, anchor: Node) -> set[CancelToken | None]:
+        return {n.ref() for n in self.all_nodes if n.pinned() and anchor in n.anchors()}
 
     @invariant()
-    def timer_holds_pinned_deadlines(self):
-        expected = {n.ref() for n in self.all_nodes if n.scheduled and n.pinned()}
+    def pinned_tokens_held_by_their_anchors(self):
+        for node, token in self.alive():
+            assert self.pinned_by(node) == set(token._pinned or ())
+
+    @invariant()
+    def timer_keeps_deadline_anchors_and_pinned_deadlines(self):
+        expected = {
+            n.ref()
+            for n in self.all_nodes
+            if n.scheduled and not n.cancelled and (n.pending() or self.pinned_by(n))
+        }
         assert expected == set(self.timer._keep)
 
 
