@@ -5,8 +5,14 @@ keeps readiness truthful, and on SIGTERM drains and stops them in reverse
 order under per-component timeouts, so that a rolling deploy loses nothing.
 
 Everything public is importable from here; the ``_``-prefixed modules are
-private and may change at any time.
+private and may change at any time. The integrations with third-party servers
+are public submodules, each needing its extra (``pip install
+'lifecycle[uvicorn]'``): ``lifecycle.uvicorn``, ``lifecycle.gunicorn``,
+``lifecycle.grpc``, ``lifecycle.aiohttp``. ``import lifecycle`` imports none of
+them; naming one (``lifecycle.uvicorn.Server``) imports it then.
 """
+
+import importlib as _importlib
 
 from ._core.errors import Cancelled as Cancelled
 from ._core.errors import ConfigError as ConfigError
@@ -50,6 +56,16 @@ from ._serving.wsgi import WSGIMiddleware as WSGIMiddleware
 from ._serving.wsgi import WSGIServer as WSGIServer
 
 __version__ = "0.1.0.dev0"
+
+# The optional integrations, imported when first named (each imports its server).
+_INTEGRATIONS = frozenset({"uvicorn", "gunicorn", "grpc", "aiohttp"})
+
+
+def __getattr__(name: str) -> object:
+    """Import an integration submodule when it is first named: ``lifecycle.uvicorn``."""
+    if name in _INTEGRATIONS:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEADLINE_EXCEEDED",

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import enum
 import inspect
+import subprocess
+import sys
+
+import pytest
 
 import lifecycle
+
+INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp"}
 
 PUBLIC = {
     "ASGIMiddleware",
@@ -63,13 +69,31 @@ def test_every_public_name_is_importable():
 
 
 def test_no_private_module_leaks():
-    """The package's namespace holds no private module beyond the _-prefixed rooms."""
+    """The package's namespace holds no module beyond the _-prefixed rooms and integrations."""
     leaked = {
         name
         for name, value in vars(lifecycle).items()
         if inspect.ismodule(value) and not name.startswith("_")
     }
-    assert leaked == set()
+    assert leaked - INTEGRATIONS == set()
+
+
+def test_importing_the_package_imports_no_server_package():
+    """``import lifecycle`` loads none of the optional servers; naming one loads it."""
+    code = (
+        "import sys, lifecycle\n"
+        "print(sorted(m for m in ('uvicorn', 'gunicorn', 'grpc', 'aiohttp') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unknown_attribute_is_an_attribute_error():
+    """Only the integrations are looked up lazily; a typo still fails loudly."""
+    with pytest.raises(AttributeError, match="no attribute 'uvicron'"):
+        _ = lifecycle.uvicron
 
 
 def test_every_public_callable_has_a_docstring_with_an_example():
