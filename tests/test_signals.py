@@ -733,3 +733,113 @@ def test_example_embedded_own_signals(runner):
         assert checked["ok"] is True
     finally:
         c.close()
+
+
+# -- a signal that lands on another thread ---------------------------------------------
+
+THREADS_CHILD = "tests.procs.signal_threads_child"
+SHUTDOWN_LATENCY = 2.0
+"""Seconds from a SIGTERM to the child's "signal received" at most, whichever thread it hit
+(measured: a few milliseconds; without a wakeup, a main thread blocked in a lock never
+hears of a signal that hit another thread)."""
+BATCH = 5
+"""Children signalled at once (a bound on the machine's load)."""
+
+
+def _shutdown_began(e: dict[str, Any]) -> bool:
+    """The runner's "signal received", or (no handler of its own) the app leaving RUNNING."""
+    return e["event"] == "signal received" or (
+        e["event"] == "app transition" and e["to_state"] in ("DRAINING", "STOPPING")
+    )
+
+
+def _signal_spread(
+    runner: str, count: int, *, direct: bool, mode: tuple[str, ...] = ()
+) -> list[float]:
+    """``count`` fresh busy children, ``BATCH`` at a time, each sent one SIGTERM; the latencies.
+
+    ``direct``: the child sends it to a spinning worker's thread itself
+    (``pthread_kill``); otherwise the parent sends it to the process.
+    Each child must begin its shutdown within `SHUTDOWN_LATENCY` of the
+    signal (by the child's own clock, the same as ours) and exit 0 (130).
+    ``mode``: further arguments of the child (``own``: its own handler;
+    ``interrupt``: embedded under ``asyncio_run``, sent SIGINT, exit 130).
+    """
+    code, reason = 0, "signal SIGTERM"
+    if "own" in mode:
+        reason = "own SIGTERM"
+    if "interrupt" in mode:
+        code, reason = 130, "the runner's with-block ended"
+    latencies: list[float] = []
+    for first in range(0, count, BATCH):
+        kids = [
+            Child([sys.executable, "-m", THREADS_CHILD, runner, *mode])
+            for _ in range(min(BATCH, count - first))
+        ]
+        try:
+            for c in kids:
+                c.wait_for(lambda e: e["event"] == "armed")
+                c.wait_started()  # the main thread is in the runner's wait, or soon will be
+            sent: list[float] = []
+            for c in kids:
+                sent.append(time.monotonic())
+                if direct:
+                    c.send("direct")
+                else:
+                    c.kill(signal.SIGTERM)
+            for c, sent_at in zip(kids, sent, strict=True):
+                at = c.wait_for(lambda e: e["event"] == "directed")["t"] if direct else sent_at
+                got = c.wait_for(
+                    _shutdown_began,
+                    timeout=max(0.0, at + SHUTDOWN_LATENCY - time.monotonic()),
+                )
+                latencies.append(got["t"] - at)
+                assert got["t"] - at <= SHUTDOWN_LATENCY, c.describe()
+            for c in kids:
+                assert c.finish() == code, c.describe()
+                assert not crashes(c), c.describe()
+                assert c.summary()["reason"] == reason, c.describe()
+        finally:
+            for c in kids:
+                c.close()
+    return latencies
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_sigterm_directed_at_a_busy_worker_thread_starts_the_shutdown_at_once(runner):
+    """SIGTERM sent to a spinning worker's thread (pthread_kill): shutdown within 2 s, exit 0.
+
+    The C-level handler runs in that thread; the main thread, blocked in the
+    runner's wait (or the event loop's select), must still be woken to run
+    the Python-level one.
+    """
+    latencies = _signal_spread(runner, BATCH, direct=True)
+    assert len(latencies) == BATCH
+
+
+@pytest.mark.realtime
+@pytest.mark.timeout(180)  # ~12 s on an idle machine: 30 children; loaded machines are slower
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_sigterm_to_a_process_full_of_busy_threads_starts_the_shutdown_at_once(runner):
+    """30 fresh children, busy threads of their own and lifecycle's, one SIGTERM each: 30 of 30."""
+    latencies = _signal_spread(runner, 30, direct=False)
+    assert len(latencies) == 30
+
+
+@pytest.mark.realtime
+def test_sigterm_on_a_worker_thread_reaches_an_embedding_hosts_own_handler_promptly():
+    """signals=None, the host's own handler: SIGTERM on a worker's thread still stops the app.
+
+    The runner installs no wake-up then (it touches no process-global
+    state); waiting in slices bounds the host handler's delay.
+    """
+    latencies = _signal_spread("thread", BATCH, direct=True, mode=("own",))
+    assert len(latencies) == BATCH
+
+
+@pytest.mark.realtime
+def test_sigint_on_a_worker_thread_reaches_asyncio_runs_handler_at_once():
+    """Embedded under asyncio_run, SIGINT on a worker's thread: the loop wakes, the app stops."""
+    latencies = _signal_spread("asyncio", BATCH, direct=True, mode=("interrupt",))
+    assert len(latencies) == BATCH

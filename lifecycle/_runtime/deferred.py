@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from .._core.log import get_logger
+from .._core.threads import helper_thread
 
 __all__ = ["KEEP_BOUND", "defer", "keep", "start"]
 
@@ -64,8 +65,11 @@ def start() -> None:
     with _State.lock:
         thread = _State.thread
         if thread is None or not thread.is_alive():
+            inbox = _State.inbox
+            # Its jobs cancel tokens in the background: the callbacks run on
+            # the callback threads, which get the program's mask back.
             _State.thread = threading.Thread(
-                target=_serve, args=(_State.inbox,), name="lifecycle-deferred", daemon=True
+                target=helper_thread(lambda: _serve(inbox)), name="lifecycle-deferred", daemon=True
             )
             _State.thread.start()
 

@@ -41,7 +41,7 @@ from typing import Any, Protocol, TypeVar
 
 from .._core.log import get_logger
 from . import deferred
-from .signals import SignalHandlers
+from .signals import SignalHandlers, SignalWakeup
 from .stacks import task_stack
 
 __all__ = ["TEARDOWN_TIMEOUT", "asyncio_run", "close_loop", "finish_before_teardown"]
@@ -150,6 +150,8 @@ class _CancelOnInterrupt:
     def __init__(self) -> None:
         self.interrupted = False
         self._handlers = SignalHandlers()
+        self._wakeup = SignalWakeup()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any]) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -165,9 +167,18 @@ class _CancelOnInterrupt:
                 loop.call_soon_threadsafe(main.cancel)
 
         self._handlers.install((signal.SIGINT,), on_sigint)
+        # A SIGINT that hits another thread wakes the loop's select, so that
+        # the main thread runs on_sigint at once.
+        if self._wakeup.install():
+            self._loop = loop
+            loop.add_reader(self._wakeup.fileno(), self._wakeup.drain)
 
     def restore(self) -> None:
         self._handlers.restore()
+        loop, fd = self._loop, self._wakeup.fileno()
+        if loop is not None and fd >= 0 and threading.current_thread() is threading.main_thread():
+            loop.remove_reader(fd)  # a no-op on a closed loop
+        self._wakeup.restore()
 
 
 def asyncio_run(main: Coroutine[Any, Any, T], *, teardown_timeout: float = TEARDOWN_TIMEOUT) -> T:

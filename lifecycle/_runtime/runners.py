@@ -28,6 +28,12 @@ Invariants that keep every bound true:
   loop blocked by a synchronous call would keep readiness on; a Python-level
   handler runs in the main thread as soon as the signal arrives, and flips it
   there (``call_soon_threadsafe`` then wakes the loop).
+* A signal that hits any thread runs that handler at once: the kernel may
+  deliver a process-directed signal to a component's thread, where only the
+  C-level handler runs, and CPython runs the Python-level one in the main
+  thread. The runner points ``signal.set_wakeup_fd`` at a `SignalWakeup`
+  that the main thread waits on: ``wait()``/``start()`` of the threaded
+  runner wait on it (`wait_event`), the asyncio runner's loop reads it.
 * The control thread/loop never runs a user's ``on_cancel`` callback: every
   cancellation it makes (shutdown, start and run tokens, abandoned calls, the
   end of the app) goes through `cancel_in_background`, so a callback that
@@ -81,7 +87,16 @@ from .app import App, Blueprint, check_seconds
 from .components import Call
 from .loop import TEARDOWN_TIMEOUT, asyncio_run, close_loop, finish_before_teardown
 from .run import Run
-from .signals import SignalHandlers, check_signals, exit_after_report, signal_name
+from .signals import (
+    SignalHandlers,
+    SignalWakeup,
+    check_signals,
+    exit_after_report,
+    helper_thread,
+    signal_name,
+    user_code_thread,
+    wait_event,
+)
 from .stacks import task_stack, thread_stack
 from .watchdog import MARGIN, Watchdog, guard_interpreter_exit, wait_timeout
 
@@ -167,6 +182,7 @@ class _Driver:
         self._finish_lock = threading.Lock()
         self._handlers = SignalHandlers()
         self._handlers_installed = False
+        self._wakeup = SignalWakeup()
         self._first_signal: float | None = None
         self._repeats = 0  # signals ignored within the grace; the first is logged, then a count
         self._app_since: float | None = None  # when the app entered its current state
@@ -668,9 +684,14 @@ class _Driver:
                 reason="Python only allows signal handlers in the main thread",
                 hint="pass signals=None and call app.request_shutdown() from your own handler",
             )
+            return
+        # Whichever thread a signal hits, its C-level handler writes here,
+        # which wakes the main thread to run `_on_signal`.
+        self._wakeup.install()
 
     def _restore_signals(self) -> None:
         self._handlers.restore()
+        self._wakeup.restore()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Runs in the main thread between two bytecodes of whatever it was
@@ -756,7 +777,8 @@ class _CallThreads:
             inbox = self._idle.pop() if self._idle else None
         if inbox is None:
             inbox = queue.SimpleQueue()
-            threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True).start()
+            work = user_code_thread(lambda: self._work(inbox))
+            threading.Thread(target=work, name=name, daemon=True).start()
         inbox.put((job, name))
 
     def close(self) -> None:
@@ -799,7 +821,9 @@ class _PrivateLoop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name="lifecycle:asyncio", daemon=True)
+        self.thread = threading.Thread(
+            target=user_code_thread(self._main), name="lifecycle:asyncio", daemon=True
+        )
         self.thread.start()
 
     def _main(self) -> None:
@@ -873,18 +897,19 @@ class ThreadedRunner(_Driver):
         self._begin()
         actions = self._prepare()
         self._install_signals()
+        # It runs no user code (the calls go to user-code threads, the
+        # callbacks to the callback threads): it leaves signals to the main thread.
         self._control = threading.Thread(
-            target=self._control_loop,
-            args=(actions,),
+            target=helper_thread(lambda: self._control_loop(actions)),
             name=f"lifecycle:{self.app.name}",
             daemon=True,
         )
         self._control.start()
         try:
-            self._started.wait()
+            wait_event(self._started, None, self._wakeup)
             error = self._startup_error()
             if error is not None:
-                self._finished.wait()
+                wait_event(self._finished, None, self._wakeup)
         except BaseException as why:  # KeyboardInterrupt, or a handler's exception
             self._abort(f"{type(why).__name__} during start()")
             raise
@@ -899,7 +924,7 @@ class ThreadedRunner(_Driver):
             RuntimeError: the runner was never started.
         """
         self._check_started("wait")
-        self._finished.wait()
+        wait_event(self._finished, None, self._wakeup)
         self._restore_signals()
         assert self.exit_code is not None
         return self.exit_code
@@ -922,7 +947,7 @@ class ThreadedRunner(_Driver):
         """An exception escapes a wait: stop the app (bounded), restore the handlers."""
         try:
             if self._claimed and not self._finished.is_set():
-                self._finished.wait(self._abort_request(reason))
+                wait_event(self._finished, self._abort_request(reason), self._wakeup)
         finally:
             self._restore_signals()
 
@@ -940,6 +965,14 @@ class ThreadedRunner(_Driver):
 
     def _post(self, event: _Event) -> None:
         self._queue.put(event)
+
+    def _set_started(self) -> None:
+        super()._set_started()
+        self._wakeup.wake()
+
+    def _set_finished(self) -> None:
+        super()._set_finished()
+        self._wakeup.wake()
 
     def _spawn_async(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         if self._loop is None:
@@ -1120,6 +1153,20 @@ class AsyncioRunner(_Driver):
         tb: TracebackType | None,
     ) -> None:
         await self.stop("the runner's with-block ended")
+
+    def _install_signals(self) -> None:
+        super()._install_signals()
+        loop, fd = self._loop, self._wakeup.fileno()
+        if loop is not None and fd >= 0:
+            # A signal that hits another thread wakes the loop's select here;
+            # the main thread then runs `_on_signal` before the next callback.
+            loop.add_reader(fd, self._wakeup.drain)
+
+    def _restore_signals(self) -> None:
+        loop, fd = self._loop, self._wakeup.fileno()
+        if loop is not None and fd >= 0 and threading.current_thread() is threading.main_thread():
+            loop.remove_reader(fd)  # a no-op on a closed loop
+        super()._restore_signals()
 
     def _post(self, event: _Event) -> None:
         loop, q = self._loop, self._queue

@@ -10,6 +10,31 @@ that reaches a forked child back to the handler the child should have, and
 `exit_after_report`, which every deliberate process exit goes through — the
 forced exit on a second signal, the watchdog's exit on a missed deadline,
 the exit guard's on stuck threads.
+
+A signal sent to the process may land on any thread that does not block
+it, but CPython runs Python-level handlers only in the main thread: the
+C-level handler, running in the thread the kernel picked, merely marks the
+signal pending. A main thread blocked in a lock (``threading.Event.wait``)
+or in ``select`` without a timeout then never hears of it. Two layers keep
+the handler prompt whichever thread the signal hit:
+
+* `SignalWakeup` points ``signal.set_wakeup_fd`` at a socket the main
+  thread waits on (`wait_event`, or an event loop's reader): the C-level
+  handler writes to it from whatever thread it runs in, and the main thread
+  wakes at once. Measured on a loaded 2-core machine, SIGTERM sent to one
+  of three threads spinning on the CPU: the runner's "signal received" in
+  a median of 35-85 ms, at most 0.25 s (the GIL's hand-over among the
+  spinning threads); without the wake-up, never. `wait_event` waits in
+  slices as well: `WAIT_SLICE` bounds the delay where no wake-up can be
+  installed (``signals=None``).
+* `helper_thread` blocks `HELPER_BLOCKED` in lifecycle's own threads that
+  run no user code (the control thread, the watchdog, the report, the
+  deadline timer, the servers' accept loops), so the kernel delivers to
+  another thread; `user_code_thread` (both in ``lifecycle._core.threads``,
+  re-exported here) gives a thread that runs user code the
+  signal mask it would have had, so that nothing a component starts
+  (``subprocess``, ``multiprocessing``, which inherit the mask) begins with
+  SIGTERM blocked.
 """
 
 from __future__ import annotations
@@ -18,28 +43,51 @@ import contextlib
 import functools
 import logging
 import os
+import selectors
 import signal
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
 from typing import Any, NoReturn
 
 from .._core.errors import ConfigError
+from .._core.threads import HELPER_BLOCKED, helper_thread, user_code_thread
 
 __all__ = [
+    "HELPER_BLOCKED",
     "REPORT_BOUND",
+    "WAIT_SLICE",
+    "WAKEUP_SLICE",
     "SignalHandlers",
+    "SignalWakeup",
     "check_signals",
     "exit_after_report",
+    "helper_thread",
     "in_signal_handler",
     "report_bounded",
     "signal_name",
+    "user_code_thread",
+    "wait_event",
 ]
 
 REPORT_BOUND = 0.5
 """Seconds a report gets before a deliberate exit happens anyway: the report runs in
 its own thread, in case the code it interrupted holds the logger's lock for good."""
+
+WAIT_SLICE = 0.1
+"""Seconds the main thread waits at a time in `wait_event` with no wake-up installed: the
+longest a Python-level handler then waits for a signal that hit another thread (measured
+idle cost: 5.5 ms of CPU per 5 s)."""
+
+WAKEUP_SLICE = 0.5
+"""Seconds the main thread waits at a time in `wait_event` on an installed wake-up, which
+wakes it at once: the slice only bounds the wait should the program replace the wake-up fd
+meanwhile (measured idle cost: 1 ms of CPU per 5 s, against 0.1 ms for a bare
+``Event.wait``; an idle app under the threaded runner, health endpoint and HTTP server
+included, 1.1-1.3 ms per 5 s, against 0.3 ms before)."""
 
 Handler = Callable[[int, FrameType | None], Any]
 
@@ -186,6 +234,141 @@ class SignalHandlers:
         self._thread = None
 
 
+class SignalWakeup:
+    """A socket the C-level signal handler writes to, so any thread's signal wakes the main one.
+
+    `install` points ``signal.set_wakeup_fd`` at it (main thread only); the
+    main thread then waits on `fileno` (`wait_event`, or an event loop's
+    ``add_reader`` calling `drain`). A wake-up fd installed before (an
+    asyncio loop's, for its ``add_signal_handler``) keeps working: the
+    signal numbers read here are passed on to it, and `restore` puts it back.
+    `wake` wakes the waiter from any thread (a zero byte, which is no signal
+    and is not passed on).
+
+    Example::
+
+        wakeup = SignalWakeup()
+        if wakeup.install():
+            wait_event(finished, None, wakeup)   # a signal on any thread wakes it
+        wakeup.restore()                         # main thread; closes the socket
+    """
+
+    def __init__(self) -> None:
+        self._sockets: tuple[socket.socket, socket.socket] | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._previous = -1
+
+    @property
+    def installed(self) -> bool:
+        """Whether the wake-up fd is this one's (until `restore`)."""
+        return self._sockets is not None
+
+    def install(self) -> bool:
+        """Point the process's wake-up fd here; False off the main thread or where it fails."""
+        if self._sockets is not None:
+            return True
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        reader, writer = socket.socketpair()
+        for end in (reader, writer):
+            end.setblocking(False)
+        try:
+            self._previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except (OSError, ValueError):
+            reader.close()
+            writer.close()
+            return False
+        self._sockets = (reader, writer)
+        return True
+
+    def fileno(self) -> int:
+        """The end to wait on for reading; -1 once restored."""
+        return -1 if self._sockets is None else self._sockets[0].fileno()
+
+    def wake(self) -> None:
+        """Wake the waiter. Thread-safe and signal-safe; a no-op once restored."""
+        sockets = self._sockets
+        if sockets is not None:
+            with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+                sockets[1].send(b"\0")
+
+    def drain(self) -> None:
+        """Read what was written; pass the signal numbers on to the wake-up fd installed before."""
+        sockets = self._sockets
+        if sockets is None:
+            return
+        while True:
+            try:
+                data = sockets[0].recv(4096)
+            except OSError:  # empty (BlockingIOError), or closed
+                return
+            if not data:
+                return
+            signums = data.replace(b"\0", b"")
+            if signums and self._previous >= 0:
+                with contextlib.suppress(OSError):  # its reader is gone or full
+                    os.write(self._previous, signums)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a signal or `wake`; False when not installed."""
+        sockets = self._sockets
+        if sockets is None:
+            return False
+        if self._selector is None:
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(sockets[0], selectors.EVENT_READ)
+        if self._selector.select(timeout):
+            self.drain()
+        return True
+
+    def restore(self) -> None:
+        """Put back the wake-up fd installed before and close the socket; main thread only."""
+        sockets = self._sockets
+        if sockets is None or threading.current_thread() is not threading.main_thread():
+            return
+        current = signal.set_wakeup_fd(self._previous)
+        if current != sockets[1].fileno():
+            signal.set_wakeup_fd(current)  # replaced after ours: leave the newer one
+        self.drain()  # signal numbers still unread go on to the one put back
+        self._sockets = None
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        for end in sockets:
+            end.close()
+
+
+def wait_event(
+    event: threading.Event, timeout: float | None = None, wakeup: SignalWakeup | None = None
+) -> bool:
+    """``event.wait(timeout)``, but in the main thread prompt to run signal handlers.
+
+    Off the main thread it is ``event.wait``. In the main thread it waits
+    on ``wakeup`` when installed (whoever sets ``event`` must call
+    ``wakeup.wake()``), so that a signal that hit any thread runs its
+    Python-level handler at once; and in slices of `WAIT_SLICE` at most,
+    which bound the handler's delay where no wake-up is installed.
+
+    Example::
+
+        finished = threading.Event()
+        wait_event(finished, 5.0)     # True once set, False after 5 s
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return event.wait(timeout)
+    end = None if timeout is None else time.monotonic() + timeout
+    while not event.is_set():
+        step = WAIT_SLICE if wakeup is None or not wakeup.installed else WAKEUP_SLICE
+        if end is not None:
+            left = end - time.monotonic()
+            if left <= 0:
+                return event.is_set()
+            step = min(step, left)
+        if wakeup is None or not wakeup.wait(step):
+            event.wait(step)
+    return True
+
+
 def report_bounded(report: Callable[[], object]) -> None:
     """Run ``report`` and flush the logs in a thread of their own, for `REPORT_BOUND` at most.
 
@@ -204,7 +387,9 @@ def report_bounded(report: Callable[[], object]) -> None:
             with contextlib.suppress(Exception):
                 stream.flush()
 
-    reporter = threading.Thread(target=report_and_flush, name="lifecycle:report", daemon=True)
+    reporter = threading.Thread(
+        target=helper_thread(report_and_flush), name="lifecycle:report", daemon=True
+    )
     reporter.start()
     reporter.join(REPORT_BOUND)
 

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._core.log import get_logger
-from .signals import report_bounded
+from .signals import helper_thread, report_bounded
 from .stacks import thread_stack
 
 __all__ = ["MARGIN", "Watchdog", "guard_interpreter_exit", "wait_timeout"]
@@ -110,7 +110,7 @@ class Watchdog:
         self._on_force = on_force
         self._inbox: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._thread = threading.Thread(
-            target=self._watch, name=f"lifecycle:{name}.watchdog", daemon=True
+            target=helper_thread(self._watch), name=f"lifecycle:{name}.watchdog", daemon=True
         )
 
     def start(self) -> None:
