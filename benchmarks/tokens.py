@@ -20,7 +20,13 @@ Measures the promises of `CancelToken`:
   dropped children accumulate in the parent or in memory;
 * registering and detaching a callback on a token 100 000 levels deep costs
   what it costs on a child of a root (a registration is held by its nearest
-  root or own-deadline ancestor, not by every ancestor).
+  root or own-deadline ancestor, not by every ancestor);
+* building a chain 100 000 deep, registering a callback on each token,
+  cancelling the root and dropping it costs what the same does for a root
+  with 100 000 children (no work per token grows with its depth);
+* the hot paths (a new root, a new child of a root, the cancel of a lone
+  leaf, a second cancel of it, `current_token()`) cost as much with 500 other
+  threads inside the user callbacks of their own cancels as alone.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from lifecycle import CancelSource, CancelToken, DeadlineTimer
+from lifecycle import CancelSource, CancelToken, DeadlineTimer, current_token
 from lifecycle._core.tokens import cancel_in_background, wait_callbacks_idle
 
 READ_NUMBER = 200_000  # reads per timeit repetition
@@ -50,6 +56,9 @@ DEPTH = 100_000  # levels of the deep chain
 DEEP_PAIRS = 2000  # register/detach pairs measured on it
 PARK = 0.0003  # seconds the firing side waits so that the waiter is blocked
 DEADLINE_ROUNDS = 20  # deadlines measured while another deadline's callback blocks
+HOT_NUMBER = 20_000  # operations per repetition of a hot path
+HOT_REPEAT = 7  # repetitions; the best one counts
+BLOCKED = 500  # threads inside a slow callback of their own cancel()
 
 Fire = Callable[[], object]
 
@@ -444,6 +453,161 @@ def deep_registration() -> list[Row]:
     ]
 
 
+# -- a deep chain next to a flat fan-out ------------------------------------------
+
+
+def chain_of(depth: int) -> tuple[CancelSource, list[CancelSource]]:
+    root = CancelSource()
+    chain = [root]
+    for _ in range(depth):
+        chain.append(CancelSource(chain[-1].token))
+    return root, chain[1:]
+
+
+def fan_out_of(width: int) -> tuple[CancelSource, list[CancelSource]]:
+    root = CancelSource()
+    return root, [CancelSource(root.token) for _ in range(width)]
+
+
+def whole_life(
+    shape: Callable[[int], tuple[CancelSource, list[CancelSource]]], gc_on: bool
+) -> float:
+    """Seconds to build ``shape``, register on every token, cancel the root, drop it all."""
+    gc.collect()
+    if not gc_on:
+        gc.disable()
+    try:
+        start = time.perf_counter()
+        root, sources = shape(DEPTH)
+        for source in sources:
+            source.token.on_cancel(int)
+        root.cancel()
+        del root, sources
+        gc.collect()  # the registrations' cycles too: all of it gone
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
+
+
+def deep_chain() -> list[Row]:
+    rows = []
+    for gc_on, target in ((False, 3.0), (True, None)):
+        flat = deep = float("inf")
+        for _ in range(3):  # interleaved, so drift hits both alike
+            flat = min(flat, whole_life(fan_out_of, gc_on))
+            deep = min(deep, whole_life(chain_of, gc_on))
+        ratio = deep / flat
+        label = "collector off" if not gc_on else "collector on"
+        rows.append(
+            Row(
+                f"build+register+cancel+drop, {DEPTH:,} children of a root, {label}  [baseline]",
+                f"{flat:.2f} s",
+            )
+        )
+        rows.append(
+            Row(
+                f"the same, a chain {DEPTH:,} deep, {label}",
+                f"{deep:.2f} s, {ratio:.2f}x the fan-out",
+                "-" if target is None else f"<= {target:.0f}x",
+                None if target is None else ratio <= target,
+            )
+        )
+    return rows
+
+
+# -- hot paths, alone and beside many cancellations under way ----------------------
+
+
+def hot_costs() -> dict[str, float]:
+    """Nanoseconds of this thread's CPU per operation of each hot path (best of HOT_REPEAT).
+
+    CPU time, not wall time: the threads of other programs on a busy machine do
+    not count, the work of the measured call (the collector's included) does.
+    """
+    root = CancelSource()
+    held: list[CancelSource] = []
+
+    def children() -> None:
+        held.clear()
+        append, token = held.append, root.token
+        for _ in range(HOT_NUMBER):
+            append(CancelSource(token))
+
+    def roots() -> None:
+        for _ in range(HOT_NUMBER):
+            CancelSource()
+
+    def leaves() -> Callable[[], None]:
+        batch = [CancelSource() for _ in range(HOT_NUMBER)]
+
+        def cancel() -> None:
+            for source in batch:
+                source.cancel()
+
+        return cancel
+
+    def current() -> None:
+        for _ in range(HOT_NUMBER):
+            current_token()
+
+    best: dict[str, float] = {}
+    for _ in range(HOT_REPEAT):
+        cancel = leaves()
+        for key, run in (
+            ("new root", roots),
+            ("new child of a root", children),
+            ("cancel a lone leaf", cancel),
+            ("cancel it again", cancel),
+            ("current_token()", current),
+        ):
+            start = time.thread_time()
+            run()
+            took = (time.thread_time() - start) / HOT_NUMBER * 1e9
+            best[key] = min(best.get(key, float("inf")), took)
+    return best
+
+
+def hot_paths() -> list[Row]:
+    alone = hot_costs()
+    gate = threading.Event()
+    inside = threading.Semaphore(0)
+
+    def cancel_with_a_slow_callback() -> None:
+        def slow() -> None:
+            inside.release()
+            gate.wait(60.0)
+
+        source = CancelSource()
+        source.token.on_cancel(slow)
+        source.cancel()
+
+    threads = [
+        threading.Thread(target=cancel_with_a_slow_callback, daemon=True) for _ in range(BLOCKED)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+            assert inside.acquire(timeout=10.0), "a slow callback did not start"
+        beside = hot_costs()
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(10.0)
+    rows = []
+    for key, ns in alone.items():
+        ratio = beside[key] / ns
+        rows.append(Row(key, f"{ns:.0f} ns CPU/op"))
+        rows.append(
+            Row(
+                f"  {key}, {BLOCKED} other cancels in callbacks",
+                f"{beside[key]:.0f} ns CPU/op, {ratio:.2f}x",
+                "<= 1.5x",
+                ratio <= 1.5,
+            )
+        )
+    return rows
+
+
 # -- report -------------------------------------------------------------------
 
 
@@ -470,11 +634,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lifecycle tokens benchmark, Python {sys.version.split()[0]}, {sys.platform}")
     rows = [
         *read_costs(),
+        *hot_paths(),
         *wake_latencies(),
         *deadline_beside_blocked(),
         fan_out_cancel(),
         *accumulation(),
         *deep_registration(),
+        *deep_chain(),
     ]
     print(render(rows))
     failed = [r.name for r in rows if r.ok is False]

@@ -1503,6 +1503,76 @@ def test_registering_on_a_deep_token_leaves_its_ancestors_alone():
     )
 
 
+DEEP = 100_000  # levels of the deep chain below, and children of the fan-out beside it
+
+
+def chain_of(depth: int) -> tuple[CancelSource, list[CancelSource]]:
+    """A root and a chain ``depth`` deep below it (each the child of the one before)."""
+    root = CancelSource()
+    chain = [root]
+    for _ in range(depth):
+        chain.append(CancelSource(chain[-1].token))
+    return root, chain[1:]
+
+
+def fan_out_of(width: int) -> tuple[CancelSource, list[CancelSource]]:
+    """A root and ``width`` children of it."""
+    root = CancelSource()
+    return root, [CancelSource(root.token) for _ in range(width)]
+
+
+def register_cancel_and_drop(shape: Callable[[int], tuple[CancelSource, list[CancelSource]]]):
+    """Seconds to build ``shape(DEEP)``, register on each token, cancel the root, drop it all.
+
+    The cyclic collector is off while it runs: what is timed is the tokens' own work.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        root, sources = shape(DEEP)
+        ran: list[int] = []
+        for source in sources:
+            source.token.on_cancel(functools.partial(ran.append, 1))
+        reasons = {sources[0].token.reason, sources[-1].token.reason}
+        del sources[:-1]
+        root.cancel("deep")
+        reasons |= {sources[-1].token.reason}
+        del root, sources
+        return time.perf_counter() - start, len(ran), reasons
+    finally:
+        gc.enable()
+
+
+@pytest.mark.realtime
+def test_realtime_a_chain_100_000_deep_costs_what_a_fan_out_of_as_many_does():
+    """Building, registering on, cancelling and dropping a 100 000-deep chain is linear."""
+    flat_seconds, flat_ran, flat_reasons = register_cancel_and_drop(fan_out_of)
+    deep_seconds, deep_ran, deep_reasons = register_cancel_and_drop(chain_of)
+    # Linear work measures 0.6-1.9x the fan-out on a busy machine; work growing with
+    # the depth of each token would be thousands of times the fan-out at this size.
+    assert deep_seconds < 10 * flat_seconds, (deep_seconds, flat_seconds)
+    expected = (DEEP, {None, "deep"})
+    assert expected == (deep_ran, deep_reasons) == (flat_ran, flat_reasons)
+
+
+def test_a_chain_100_000_deep_is_registered_closed_and_dropped_without_recursion():
+    """A 100 000-deep chain registers at its leaf, closes from the leaf, and is freed from one."""
+    root, chain = chain_of(DEEP)
+    leaf = chain[-1]
+    detach = leaf.token.on_cancel(int)  # its anchor, the root, is found by a walk up
+    half = len(chain) // 2
+    for source in reversed(chain[half:]):
+        source.close()
+    closed = (leaf.token.reason, chain[half - 1].token.cancelled, detach())
+    ref = weakref.ref(chain[0].token)
+    del chain[half:], leaf
+    del chain[:-1]
+    del chain  # its deepest live token was the last hold on the 50 000 above it
+    expected = ("closed", False, False, None, 0)
+    assert expected == (*closed, ref(), children_of(root.token))
+
+
 # -- deadlines from different timers ----------------------------------------------------
 
 
@@ -1559,6 +1629,37 @@ def test_tokens_of_different_clocks_without_deadlines_mix_freely(clock):
     )
 
 
+def test_an_own_timeout_over_inputs_on_different_clocks_needs_a_timer(clock):
+    """A linked own timeout over undated inputs on two clocks is refused unless timer= picks one."""
+    fake = DeadlineTimer(clock, threaded=False)
+    on_fake, on_real = CancelSource(timer=fake).token, CancelSource().token
+    refused = []
+    for inputs in ((on_fake, on_real), (on_real, on_fake)):
+        with pytest.raises(ValueError, match="different clocks") as caught:
+            CancelSource.linked(*inputs, timeout=5)
+        refused.append(str(caught.value))
+    chosen = CancelSource.linked(on_real, on_fake, timeout=5, timer=fake)
+    clock.advance(5)
+    fake.fire_due()
+    assert all(repr(fake) in m and "clock" in m and "pass timer=" in m for m in refused), refused
+    expected = (2, DEADLINE_EXCEEDED)
+    assert expected == (len(refused), chosen.token.reason)
+
+
+def test_a_child_of_inputs_on_different_clocks_needs_a_timer_for_its_timeout(clock):
+    """A child's own timeout under a linked token of two clocks is refused unless timer= picks."""
+    fake = DeadlineTimer(clock, threaded=False)
+    mixed = CancelSource.linked(CancelSource(timer=fake).token, CancelSource().token).token
+    with pytest.raises(ValueError, match="pass timer="):
+        CancelSource(mixed, timeout=5)
+    plain = CancelSource(mixed)  # no deadline: nothing to decide
+    chosen = CancelSource(mixed, timeout=5, timer=fake)
+    clock.advance(5)
+    fake.fire_due()
+    expected = (None, DEADLINE_EXCEEDED)
+    assert expected == (plain.token.deadline, chosen.token.reason)
+
+
 # -- huge timeouts ------------------------------------------------------------------
 
 
@@ -1572,6 +1673,28 @@ def test_realtime_a_huge_timeout_is_just_very_long(log_events):
     errors = [e for e in log_events if e["event"].startswith("deadline timer failed")]
     expected: tuple[bool, bool, list[object]] = (True, False, [])
     assert expected == (fired, far.token.cancelled, errors)
+
+
+@pytest.mark.realtime
+def test_realtime_infinite_and_huge_deadlines_on_a_timer_thread_wait_quietly(log_events):
+    """inf, 1e10 and the largest float as timeout or deadline: no error, a near deadline fires."""
+    timer = DeadlineTimer()
+    far = [
+        CancelSource(timeout=math.inf, timer=timer),
+        CancelSource(deadline=math.inf, timer=timer),
+        CancelSource(timeout=1e10, timer=timer),
+        CancelSource(timeout=sys.float_info.max, timer=timer),
+        CancelSource(deadline=sys.float_info.max, timer=timer),
+    ]
+    near = CancelSource(timeout=0.05, timer=timer)
+
+    async def wait_async_long() -> bool:
+        return await near.token.wait_async(1e10)
+
+    fired = (near.token.wait(5.0), asyncio.run(wait_async_long()))
+    errors = [e["event"] for e in log_events if e["event"].startswith("deadline timer")]
+    expected: tuple[object, ...] = ((True, True), [False] * 5, [], 3)
+    assert expected == (fired, [f.token.cancelled for f in far], errors, timer.pending())
 
 
 @pytest.mark.realtime
@@ -1628,6 +1751,34 @@ def test_forked_child_runs_a_users_own_threaded_timer():
 
     expected = b"ok"
     assert expected == in_forked_child(fires_in_child)
+
+
+@pytest.mark.process
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_every_users_threaded_timer_and_a_new_one():
+    """Deadlines on two of a user's threaded timers fire in a forked child; so do new ones."""
+    timers = [DeadlineTimer(), DeadlineTimer()]
+    sources = [CancelSource(timeout=0.2, timer=t) for t in timers]
+    for timer in timers:
+        CancelSource(timeout=0.001, timer=timer).token.wait(JOIN)  # each timer thread runs
+
+    def fire_in_child() -> bool:
+        fresh = CancelSource(timeout=0.05, timer=timers[0])
+        return all(s.token.wait(5.0) for s in [*sources, fresh])
+
+    expected = b"ok"
+    assert expected == in_forked_child(fire_in_child)
+
+
+def test_the_timers_known_for_fork_are_held_weakly():
+    """The at-fork registry of timers does not keep a dropped timer alive."""
+    timer = DeadlineTimer(threaded=False)
+    CancelSource(timeout=5, timer=timer).cancel()
+    ref = weakref.ref(timer)
+    del timer
+    gc.collect()
+    expected = None
+    assert expected is ref()
 
 
 # -- re-entrant entries: signal handlers and Ctrl-C ------------------------------------

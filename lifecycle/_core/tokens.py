@@ -42,7 +42,9 @@ Design notes (the invariants the rest of the package relies on):
   only once that one has marked every token and run its wake-ups (not its user
   callbacks), so both keep the same promises. The waiting thread holds no lock,
   and a cancellation waits only after running its own wake-ups, so two never
-  wait on each other; one re-entered in the thread it waits for helps instead.
+  wait on each other; one re-entered in the thread it waits for, or made from
+  a wake-up of a cancellation its own thread drives (where the other may be
+  waiting on it in turn), helps instead.
 * Where callbacks run. A cancellation marks the whole tree first (flags and
   reasons), then runs the library's own wake-ups (`on_cancel_inline`: an
   asyncio waiter's future, a drain flag) in the cancelling thread, always,
@@ -99,9 +101,9 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
-import structlog
-
 from .errors import Cancelled
+from .log import get_logger
+from .threads import helper_thread, user_code_thread
 
 __all__ = [
     "CALLBACK_THREADS",
@@ -135,7 +137,7 @@ _WAIT_POLL: Final = 0.05
 """Seconds between two looks of a second cancellation at the one it waits for
 (a notification normally comes first; the look finds one whose thread gave up)."""
 
-_log = structlog.get_logger("lifecycle")
+_log = get_logger()
 
 # Guards every token's mutable state (flags, callbacks, children, pins), each
 # timer's heap and ``_keep``, and ``_m``. Invariant: never held while user code
@@ -219,7 +221,15 @@ class _Machine:
     handler, a finalizer) and defers its change.
     """
 
-    __slots__ = ("after", "busy", "later", "marking", "unfinished", "watching")
+    __slots__ = (
+        "abandoned",
+        "after",
+        "busy",
+        "later",
+        "marking",
+        "waking",
+        "watching",
+    )
 
     def __init__(self) -> None:
         self.busy = False
@@ -232,8 +242,17 @@ class _Machine:
         # The cancellation marking in the open critical section: a child that
         # links in under one of its cancelled tokens joins its walk.
         self.marking: _Traversal | None = None
-        # Every cancellation not finished yet, oldest first.
-        self.unfinished: dict[_Traversal, None] = {}
+        # The cancellations that began marking and have not woken yet (run their
+        # wake-ups, woken their waiters), oldest first: those with tokens still to
+        # mark (a walk an interrupt cut short) are among them, and a second
+        # cancellation waits for them. Those past it, running user callbacks (any
+        # number, one per thread), are in no list: no operation scans them.
+        self.waking: dict[_Traversal, None] = {}
+        # The cancellations that began marking, are not finished, and no thread
+        # drives: the next cancellation adopts them.
+        # In both, an entry is added before its state needs it and removed after:
+        # one too many is possible (each use re-checks it), one missing is not.
+        self.abandoned: dict[_Traversal, None] = {}
         # Threads waiting on _PROGRESS (a hint: notify only when one waits).
         self.watching = 0
 
@@ -245,8 +264,11 @@ class _Machine:
         self.busy = False
         self.marking = None
         self.watching = 0
-        for tr in list(self.unfinished):
+        # Those past their wake-ups and driven by a vanished thread are forgotten:
+        # only their user callbacks were left, and those are the parent's.
+        for tr in list({**self.waking, **self.abandoned}):
             if tr.owner != me:
+                self.abandoned[tr] = None
                 tr.owner = None
                 tr.wakeups = tr.callbacks = None
                 tr.events = tr.waits = None
@@ -462,8 +484,12 @@ class _CallbackExecutor:
             or len(self._threads) >= CALLBACK_THREADS
         ):
             return None
+        # The callbacks are user code: the program's mask, even when a helper
+        # thread (the deadline timer, a server's) cancelled.
         thread = threading.Thread(
-            target=self._serve, name=f"lifecycle-callbacks-{next(self._names)}", daemon=True
+            target=user_code_thread(self._serve),
+            name=f"lifecycle-callbacks-{next(self._names)}",
+            daemon=True,
         )
         self._threads.add(thread)
         self._starting.add(thread)
@@ -549,7 +575,7 @@ def wait_callbacks_idle(timeout: float) -> bool:
     Added in 0.1.
     """
     seconds = _check_timeout(timeout)
-    if _m.unfinished:
+    if _m.abandoned:
         _adopt_abandoned()
     return _executor.wait_idle(_clamp(seconds))
 
@@ -574,7 +600,9 @@ class DeadlineTimer:
     call `fire_due` after advancing the clock, so deadline logic runs with no
     sleep and no timer thread; `wait_callbacks_idle` waits for the callbacks.
     Deadlines of two clocks never meet in one token: a source whose parents'
-    deadlines, or whose own, are on timers of different clocks is refused.
+    deadlines, or whose own, are on timers of different clocks is refused; so
+    is a deadline of its own, without ``timer=``, under parents without one
+    whose timers are on different clocks (which clock would count it?).
 
     Example::
 
@@ -630,7 +658,9 @@ class DeadlineTimer:
                 self._cond.notify()
 
     def _start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="lifecycle-deadlines", daemon=True)
+        self._thread = threading.Thread(
+            target=helper_thread(self._loop), name="lifecycle-deadlines", daemon=True
+        )
         self._thread.start()
 
     def _dropped(self, _ref: object) -> None:
@@ -685,7 +715,8 @@ class DeadlineTimer:
                 if token is not None and not token.cancelled:
                     if due is None:
                         due = _Traversal([], background=True, owner=None)
-                        _m.unfinished[due] = None
+                        # Abandoned until this thread drives it.
+                        _m.waking[due] = _m.abandoned[due] = None
                     due.stack.append((token, DEADLINE_EXCEEDED))
                 elif self._stale:
                     self._stale -= 1
@@ -740,19 +771,67 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
+class _MixedTimer(DeadlineTimer):
+    """The timer of a token whose undated parents are on timers of different clocks.
+
+    It fires nothing: such a token has no deadline, and one of its own (or of a
+    child that would inherit this timer) is refused until ``timer=`` says which
+    clock to count on. Its clock equals no other, so no deadline can meet it.
+    """
+
+    def __init__(self, first: DeadlineTimer, second: DeadlineTimer) -> None:
+        super().__init__(self._now, threaded=False)
+        self.first, self.second = first, second
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<DeadlineTimer of mixed clocks: {self.first!r} and {self.second!r}>"
+
+
+def _no_clock_for(mixed: _MixedTimer) -> str:
+    first, second = mixed.first, mixed.second
+    while isinstance(first, _MixedTimer):  # name the timers the user made
+        inner: _MixedTimer = first
+        first, second = inner.first, inner.second
+    return (
+        f"a timeout or deadline needs one clock, and this token's parents are on "
+        f"timers of different clocks: {first!r} (clock {first.clock!r}) and {second!r} "
+        f"(clock {second.clock!r}); pass timer= (one of them) to say which clock it counts on"
+    )
+
+
+def _common_timer(parents: tuple[CancelToken, ...]) -> DeadlineTimer:
+    """The first parent's timer, or a `_MixedTimer` if another one's is on another clock."""
+    timer = parents[0]._timer
+    for parent in parents[1:]:
+        if parent._timer.clock != timer.clock:
+            return _MixedTimer(timer, parent._timer)
+    return timer
+
+
 def _timer_for(
     parents: tuple[CancelToken, ...], timer: DeadlineTimer | None, own_deadline: bool
 ) -> DeadlineTimer:
     """The timer of a new token: ``timer``, or its parents'.
 
     Raises ValueError when the token would compare deadlines of two clocks:
-    its parents' deadlines, and its own, must all be on timers of one clock.
+    its parents' deadlines, and its own, must all be on timers of one clock;
+    and when it has a deadline of its own, no ``timer``, and no dated parent
+    to take the clock from, while its parents are on timers of different
+    clocks (taking either would count the deadline on a clock nobody advances).
     """
     if not parents:
         return _default_timer if timer is None else timer
     dated = [p._timer for p in parents if p._deadline is not None]
     if timer is None:
-        timer = dated[0] if dated else (parents[0]._timer if parents else _default_timer)
+        if dated:
+            timer = dated[0]
+        else:
+            timer = parents[0]._timer if len(parents) == 1 else _common_timer(parents)
+            if own_deadline and isinstance(timer, _MixedTimer):
+                raise ValueError(_no_clock_for(timer))
     for other in dated if dated or own_deadline else ():
         if other.clock != timer.clock:
             raise ValueError(
@@ -891,9 +970,15 @@ class _Traversal(_Outcome):
         """Drive it to the end in this thread; raise what must reach the caller."""
         self.owner = _get_ident()
         try:
+            if _m.abandoned:
+                _m.abandoned.pop(self, None)
             self._finish()
         finally:
-            self.owner = None  # first in the block: no interrupt is delivered before it
+            # No call in these lines: no interrupt is delivered before the owner is
+            # cleared. One that began marking and stopped short is left to adoption.
+            if self.phase != _DONE and (self.phase != _MARKING or self in _m.waking):
+                _m.abandoned[self] = None
+            self.owner = None
             if _m.watching:
                 _notify_progress()
 
@@ -936,6 +1021,7 @@ class _Traversal(_Outcome):
         if self.phase == _WAKING:
             self._wake()
             self.phase = _WOKEN
+            _m.waking.pop(self, None)
             if _m.watching:
                 _notify_progress()
         if self.phase == _WOKEN:
@@ -947,12 +1033,13 @@ class _Traversal(_Outcome):
             elif self.callbacks:
                 _run_claimed(self.callbacks, self, log=True)
             self.phase = _DONE
-            _m.unfinished.pop(self, None)
+            if _m.waking:  # an entry an interrupt left behind
+                _m.waking.pop(self, None)
         return True
 
     def _mark(self) -> None:
         """Mark this tree, and finish the marking of any other (critical section)."""
-        _m.unfinished[self] = None
+        _m.waking[self] = None
         if (
             self.background
             and not self.announced
@@ -961,7 +1048,7 @@ class _Traversal(_Outcome):
             _executor.expect(self)
         _m.marking = self
         while True:
-            for tr in list(_m.unfinished):
+            for tr in list(_m.waking):
                 if tr.stack:
                     tr._walk(self)
             if not _m.later:
@@ -980,7 +1067,7 @@ class _Traversal(_Outcome):
                 self.marked += 1
             elif driver is self and self.waits is None:
                 # Another cancellation marked it first: wait until that one has woken.
-                self.waits = [t for t in list(_m.unfinished) if t is not self and t.phase < _WOKEN]
+                self.waits = [t for t in list(_m.waking) if t is not self and t.phase < _WOKEN]
             table = token._callbacks
             if table:
                 keys = list(table)
@@ -1034,11 +1121,15 @@ class _Traversal(_Outcome):
 
         Helping (its wake-ups are taken one by one, each runs once; its events are
         set) leaves it at most a wake-up it is running. That one is waited for,
-        but never where waiting could deadlock: a cancellation suspended beneath
-        this call in this thread, or this thread holding a lock of this module (a
-        signal handler interrupted code holding it), is helped only.
+        but never where waiting could deadlock, where it is helped only: a
+        cancellation suspended beneath this call in this thread; this thread
+        holding a lock of this module (a signal handler interrupted code holding
+        it); or this call made from a wake-up of a cancellation this thread
+        drives, which the other may be waiting on in turn (two threads' wake-ups
+        each cancelling again the tree the other is waking).
         """
         me = _get_ident()
+        inside: bool | None = None  # this thread is in a wake-up of its own cancellation
         for other in self.waits or ():
             while other.phase < _WOKEN:
                 owner = other.owner
@@ -1047,6 +1138,14 @@ class _Traversal(_Outcome):
                     continue
                 other._wake()
                 if owner == me or _holds(_LOCK) or _holds(_executor._lock):
+                    break
+                if inside is None:
+                    inside = any(
+                        t.owner == me and t.phase == _WAKING
+                        for t in list(_m.waking)
+                        if t is not self
+                    )
+                if inside:
                     break
                 with _PROGRESS:
                     _m.watching += 1
@@ -1093,8 +1192,11 @@ def _adopt_abandoned() -> None:
     """Finish the cancellations whose thread gave up (interrupted without progress)."""
     if _m.busy:
         return
-    for tr in list(_m.unfinished):
-        if tr.owner is None:
+    abandoned = _m.abandoned
+    for tr in list(abandoned):
+        if tr.phase == _DONE:
+            abandoned.pop(tr, None)
+        elif tr.owner is None and tr not in _m.after:  # a queued one runs where it was queued
             _adopt(tr)
 
 
@@ -1158,13 +1260,14 @@ def _cancel_tree(root: CancelToken, reason: str, *, background: bool) -> None:
     be anything to hand over): a lone leaf, a request's token, costs no
     executor round trip.
     """
-    if root.cancelled and not _m.unfinished and not _m.after:
-        return  # cancelled before, and no cancellation is under way anywhere
+    m = _m
+    if root.cancelled and not (m.waking or m.abandoned or m.after):
+        return  # cancelled before, and none is under way that it would wait for or finish
     try:
         _Traversal([(root, reason)], background=background, owner=_get_ident())()
     finally:
         _run_after()
-    if _m.unfinished:
+    if _m.abandoned:
         _adopt_abandoned()
 
 
@@ -1634,7 +1737,9 @@ class CancelSource:
         TypeError: ``parent`` is not a `CancelToken`, or ``timeout`` or
             ``deadline`` is no number.
         ValueError: ``timeout`` is negative or NaN, ``deadline`` is NaN, or
-            the token would compare deadlines of timers on different clocks.
+            the token would compare deadlines of timers on different clocks,
+            or it has a deadline of its own, no ``timer``, and parents on
+            timers of different clocks (pass ``timer=`` to pick the clock).
 
     Example::
 
