@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import http.client
 import json
 import socket
@@ -21,7 +22,13 @@ import pytest
 
 import lifecycle
 from lifecycle import CancelSource, CancelToken, ExitCode, current_token
-from lifecycle._serving.http import FIRST_REQUEST_GRACE, HTTPServer, TCPServer, mark_long_lived
+from lifecycle._serving.http import (
+    CUT_MARGIN,
+    FIRST_REQUEST_GRACE,
+    HTTPServer,
+    TCPServer,
+    mark_long_lived,
+)
 from tests.serving import WAIT, connect, serving, wait_until
 from tests.test_hostile import exchange
 
@@ -39,6 +46,7 @@ class Gates:
         self.nodelay: list[int] = []
         self.reasons: list[str | None] = []
         self.tokens: list[CancelToken] = []
+        self.contexts: list[contextvars.Context] = []
 
     def open_all(self) -> None:
         for event in (self.release, self.stuck, self.before_read):
@@ -66,6 +74,18 @@ def make_handler(gates: Gates) -> type[BaseHTTPRequestHandler]:
                 gates.entered.set()
                 gates.release.wait(WAIT)
                 self.reply(b"held\n")
+            elif path == "/until-deadline":  # works until its token's deadline, then answers
+                token = current_token()
+                gates.tokens.append(token)
+                gates.entered.set()
+                token.wait(WAIT)
+                self.reply(b"done\n")
+            elif path in ("/copy", "/copy-hold"):  # hands its context to code run elsewhere
+                gates.contexts.append(contextvars.copy_context())
+                if path == "/copy-hold":
+                    gates.entered.set()
+                    gates.release.wait(WAIT)
+                self.reply(b"copied\n")
             elif path == "/token":
                 token = current_token()
                 info = {"deadline": token.deadline, "cancelled": token.cancelled}
@@ -515,7 +535,8 @@ def test_every_cut_request_is_named_in_the_exception(server, gates):
 
 
 def test_request_token_carries_the_shutdown_deadline_once_requested(server):
-    """current_token() in a handler has no deadline, then the shutdown deadline once requested."""
+    """current_token() has no deadline, then, once shutdown is requested, a margin before the cut
+    a stop ending at the shutdown deadline makes (0.2 s before it: 0.1 s to answer)."""
     conn = connect(server)
     _, before = get(conn, "/token")
     assert json.loads(before) == {"deadline": None, "cancelled": False}
@@ -526,8 +547,80 @@ def test_request_token_carries_the_shutdown_deadline_once_requested(server):
     info = json.loads(during)
     assert not info["cancelled"]
     # Set as a timeout from "now": equal up to the time between two clock reads.
-    assert info["deadline"] == server.app.shutdown_deadline
+    assert server.app.shutdown_deadline is not None
+    assert info["deadline"] == pytest.approx(server.app.shutdown_deadline - 2 * CUT_MARGIN)
     conn.close()
+
+
+@pytest.mark.realtime
+def test_a_request_begun_during_the_stop_that_works_until_its_deadline_is_not_cut(server, gates):
+    """A handler that waits for its token's deadline, then answers, is done before the cut."""
+    conn = connect(server)  # new and silent: the stop keeps it through its first-request grace
+    stop = CancelSource(timeout=0.6).token
+    outcome: list[BaseException | None] = []
+
+    def stopping() -> None:
+        try:
+            server.stop(stop)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    stopper = threading.Thread(target=stopping)
+    stopper.start()
+    assert server._listener_closed.wait(WAIT)
+    response, body = get(conn, "/until-deadline")
+    stopper.join(WAIT)
+    conn.close()
+    assert (response.status, body) == (200, b"done\n")
+    assert outcome == [None]
+    token = gates.tokens[0]
+    assert token.deadline is not None
+    assert stop.deadline is not None
+    assert token.deadline < stop.deadline - CUT_MARGIN  # before the cut, with room to answer
+    assert token.reason == "deadline exceeded"
+
+
+def test_marking_from_a_copied_context_after_the_request_ended_is_a_no_op(server, gates):
+    """mark_long_lived() run in a context copied from a request that ended returns False and
+    leaves the next request on the same connection ordinary."""
+    conn = connect(server)
+    assert get(conn, "/copy")[1] == b"copied\n"
+    conn.request("GET", "/hold")  # the next request, on the same connection and thread
+    assert gates.entered.wait(WAIT)
+    assert gates.contexts[0].run(mark_long_lived) is False
+    assert server.tracker.counts() == (1, 0)
+    gates.release.set()
+    assert conn.getresponse().read() == b"held\n"
+    conn.close()
+
+
+def test_marking_from_a_copied_context_during_the_request_marks_that_request(server, gates):
+    """mark_long_lived() in a thread running a copy of the request's context marks that request."""
+    conn = connect(server)
+    conn.request("GET", "/copy-hold")
+    assert gates.entered.wait(WAIT)
+    marked: list[bool] = []
+    thread = threading.Thread(target=lambda: marked.append(gates.contexts[0].run(mark_long_lived)))
+    thread.start()
+    thread.join(WAIT)
+    assert marked == [True]
+    assert server.tracker.counts() == (0, 1)
+    gates.release.set()
+    assert conn.getresponse().read() == b"copied\n"
+    assert get(conn)[1] == b"ok\n"  # the connection goes on, its next request ordinary
+    conn.close()
+
+
+def test_tcp_marking_after_the_connection_ended_is_a_no_op(tcp_server, gates):
+    """mark_long_lived() in a context copied from a TCP connection that ended returns False."""
+    client = socket.create_connection(tcp_server.address, timeout=WAIT)
+    client.sendall(b"copy\n")
+    assert client.recv(100) == b"copied\n"
+    client.close()
+    wait_until(lambda: tcp_server.tracker.count == 0, "the connection ended")
+    assert gates.contexts[0].run(mark_long_lived) is False
 
 
 def test_stop_with_nothing_in_flight_returns_promptly(server):
@@ -614,7 +707,8 @@ def test_request_during_the_drain_delay_has_the_shutdown_deadline(gates):
         response, body = get(conn, "/token")
         conn.close()
         assert response.getheader("Connection") == "close"
-        assert json.loads(body)["deadline"] == app.shutdown_deadline
+        assert app.shutdown_deadline is not None
+        assert json.loads(body)["deadline"] == pytest.approx(app.shutdown_deadline - 2 * CUT_MARGIN)
         assert runner.wait() == ExitCode.OK
 
 
@@ -677,7 +771,9 @@ def make_tcp_handler(gates: Gates) -> type[socketserver.BaseRequestHandler]:
             for line in self.rfile:
                 if line == b"stuck\n":
                     gates.stuck.wait(WAIT * 3)
-                self.wfile.write(line)
+                if line == b"copy\n":
+                    gates.contexts.append(contextvars.copy_context())
+                self.wfile.write(b"copied\n" if line == b"copy\n" else line)
             gates.reasons.append(token.reason)
 
         def _wake(self) -> None:
@@ -861,3 +957,156 @@ def test_tcp_connections_past_the_cap_wait_for_one_to_end(gates, log_events):
         srv.stop(CancelSource(timeout=WAIT).token)
     capped = [e for e in log_events if e["event"] == "connection limit reached"]
     assert [e["max_connections"] for e in capped] == [1]
+
+
+# -- a listening socket given to the server (sock=) --------------------------------------------
+
+
+def listening(backlog: int = 16) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1 (a free port) and listening; blocking, as made."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    return sock
+
+
+def test_serves_on_a_listening_socket_it_is_given(gates):
+    """Given a bound, listening socket, the server serves on it (its address, its port)."""
+    sock = listening()
+    srv = HTTPServer(make_handler(gates), sock=sock)
+    assert srv.address == sock.getsockname()  # known before start
+    for served in serving(srv, gates.open_all):
+        assert served.address == sock.getsockname()
+        assert served.name == f"http:{sock.getsockname()[1]}"
+        conn = connect(served)
+        for _ in range(2):
+            assert get(conn)[1] == b"ok\n"
+        conn.close()
+
+
+def test_a_stop_closes_the_given_socket_and_later_connects_are_refused(gates):
+    """The stop closes the given socket as its own (from the blocking socket the test made):
+    it returns in bound, the socket is closed, and a new connection is refused."""
+    sock = listening()
+    address = sock.getsockname()
+    srv = HTTPServer(make_handler(gates), sock=sock)
+    srv.start(CancelSource().token)
+    conn = connect(srv)
+    assert get(conn)[1] == b"ok\n"
+    began = time.monotonic()
+    srv.stop(CancelSource(timeout=WAIT).token)
+    assert time.monotonic() - began < WAIT / 2
+    assert sock.fileno() == -1
+    assert not srv.ready()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=WAIT).close()
+    conn.close()
+
+
+def test_connections_queued_on_the_given_socket_before_start_are_all_served(gates):
+    """What the kernel queued on the given socket before the server started is served, even
+    when the stop follows the start at once: taken from the backlog, never reset."""
+    sock = listening()
+    clients = []
+    for _ in range(5):
+        client = socket.create_connection(sock.getsockname(), timeout=WAIT)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        clients.append(client)
+    srv = HTTPServer(make_handler(gates), sock=sock)
+    srv.start(CancelSource().token)
+    srv.stop(CancelSource(timeout=WAIT).token)
+    for client in clients:
+        response = http.client.HTTPResponse(client)
+        response.begin()
+        assert (response.status, response.read()) == (200, b"ok\n")
+        client.close()
+    assert srv.tracker.total == 5
+    assert sock.fileno() == -1
+
+
+def test_address_and_sock_together_are_refused_naming_both():
+    """sock= with an address other than the default is refused: the message names both."""
+    with listening() as sock:
+        with pytest.raises(ValueError, match=r"address.*sock.*drop address") as raised:
+            HTTPServer(BaseHTTPRequestHandler, ("127.0.0.1", 8080), sock=sock)
+        assert f"127.0.0.1:{sock.getsockname()[1]}" in str(raised.value)
+        assert sock.fileno() != -1  # refused: left as it was
+
+
+def _unix_listening(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(4)
+    return sock
+
+
+def _bound_only() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _closed() -> socket.socket:
+    sock = listening()
+    sock.close()
+    return sock
+
+
+def _udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda tmp: _bound_only(), ValueError, r"is not listening.*bound to 127\.0\.0\.1:\d+"),
+        (lambda tmp: socket.socket(), ValueError, r"is not listening \(not bound\).*bind"),
+        (lambda tmp: _udp(), ValueError, r"SOCK_STREAM.*got SOCK_DGRAM"),
+        (lambda tmp: _closed(), ValueError, r"closed"),
+        (lambda tmp: _unix_listening(str(tmp / "s")), ValueError, r"AF_INET.*AF_UNIX"),
+        (lambda tmp: 3, TypeError, r"socket\.socket.*got 3"),
+    ],
+    ids=["bound-not-listening", "unbound", "udp", "closed", "unix", "not-a-socket"],
+)
+@pytest.mark.parametrize("kind", [HTTPServer, TCPServer])
+def test_a_wrong_kind_of_socket_is_refused_saying_what_is_wrong(
+    tmp_path, kind, make, error, message
+):
+    """A socket that is not a bound, listening TCP socket is refused, with what is wrong."""
+    handler = BaseHTTPRequestHandler if kind is HTTPServer else socketserver.StreamRequestHandler
+    sock = make(tmp_path)
+    try:
+        with pytest.raises(error, match=message):
+            kind(handler, sock=sock)
+    finally:
+        if isinstance(sock, socket.socket):
+            sock.close()
+
+
+def test_a_given_socket_closed_before_start_fails_the_start_saying_so(gates):
+    """A socket closed between construction and start fails start (not the accept thread)."""
+    sock = listening()
+    srv = HTTPServer(make_handler(gates), sock=sock)
+    sock.close()
+    with pytest.raises(ValueError, match="closed"):
+        srv.start(CancelSource().token)
+    assert not srv.ready()
+
+
+def test_tcp_server_serves_and_closes_a_given_socket(gates):
+    """TCPServer takes sock= too: it echoes on the socket and closes it at stop."""
+    sock = listening()
+    address = sock.getsockname()
+    srv = TCPServer(make_tcp_handler(gates), sock=sock)
+    srv.start(CancelSource().token)
+    client = socket.create_connection(address, timeout=WAIT)
+    client.sendall(b"hello\n")
+    assert client.recv(100) == b"hello\n"
+    srv.stop(CancelSource(timeout=WAIT).token)
+    assert client.recv(100) == b""
+    client.close()
+    assert sock.fileno() == -1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=WAIT).close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,14 @@ from collections.abc import Callable
 import pytest
 
 import lifecycle
+from lifecycle._serving.inflight import (
+    cut_deadline,
+    enter_scope,
+    exit_scope,
+    note_request,
+    noted_request,
+)
+from lifecycle._serving.stopseq import CUT_MARGIN
 from tests.fakes import FakeClock
 from tests.serving import wait_until
 
@@ -349,3 +358,57 @@ def test_waiter_wakes_when_a_slot_ends_without_the_lock():
     tracker.end(slot)
     waiter.join(5.0)
     assert woke[0] - ended < WAKE_LATENCY
+
+
+# -- request deadlines and the request scope -------------------------------------------------
+
+
+def test_the_deadline_of_work_begun_while_draining_is_a_margin_before_its_cut() -> None:
+    """cut_deadline: from the shutdown deadline alone, a margin before the cut a stop ending
+    by it makes; with the stop's request deadline, the earlier of the two."""
+    now = lambda: 100.0  # noqa: E731 - a fixed clock
+    assert cut_deadline(130.0, None, clock=now) == pytest.approx(130.0 - 2 * CUT_MARGIN)
+    # A short budget keeps a tenth of it at each step, as the cut does.
+    assert cut_deadline(100.5, None, clock=now) == pytest.approx(100.405)
+    assert cut_deadline(130.0, 120.0, clock=now) == 120.0
+    assert cut_deadline(110.0, 125.0, clock=now) == pytest.approx(110.0 - 2 * CUT_MARGIN)
+    assert cut_deadline(None, 125.0, clock=now) == 125.0
+    assert cut_deadline(None, None, clock=now) is None
+
+
+class _Scope:
+    def __init__(self, answer: bool | None) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def _lc_mark_long_lived(self) -> bool | None:
+        self.calls += 1
+        return self.answer
+
+
+@pytest.mark.parametrize(("answer", "expected"), [(False, False), (True, True), (None, True)])
+def test_mark_long_lived_says_whether_the_scope_had_a_request_of_this_context(
+    answer: bool | None, expected: bool
+) -> None:
+    """mark_long_lived() is False when the scope has no request of this context (it ended)."""
+    scope = _Scope(answer)
+    reset = enter_scope(scope)
+    try:
+        assert lifecycle.mark_long_lived() is expected
+    finally:
+        exit_scope(reset)
+    assert scope.calls == 1
+    assert lifecycle.mark_long_lived() is False
+
+
+def test_a_noted_request_is_seen_by_copies_of_the_context_only_as_it_was() -> None:
+    """note_request: a copy of the context keeps the request it was copied in."""
+
+    def serve() -> tuple[int, int]:
+        note_request(7)
+        copy = contextvars.copy_context()
+        note_request(8)  # the next request in the same context
+        return copy.run(noted_request), noted_request()
+
+    assert contextvars.Context().run(serve) == (7, 8)
+    assert contextvars.Context().run(noted_request) == 0  # outside any request

@@ -35,6 +35,7 @@ from lifecycle._serving.stopseq import (
     cut_time,
     drive_async,
     drive_sync,
+    request_deadline,
 )
 from tests.fakes import FakeClock
 
@@ -75,7 +76,7 @@ def test_no_work_runs_every_step_once_in_order():
     seq = StopSequence("s", now=T0, deadline=T0 + 10)
     actions = run(seq, lambda a, now: (now, NONE))
     assert actions == [
-        Drain(T0 + 10),
+        Drain(T0 + 10, requests_by=request_deadline(T0, T0 + 10)),
         CloseListener(T0 + 10 - CUT_MARGIN),
         CloseIdle(),
         EndLongLived(),
@@ -247,7 +248,7 @@ def test_a_deadline_already_passed_still_closes_the_listener_then_cuts():
     """A stop that begins past its deadline closes the listener first, then cuts at once."""
     seq = StopSequence("s", now=T0, deadline=T0 - 1)
     work = Work(ordinary=1)
-    assert seq.next(T0, work) == Drain(T0 - 1)
+    assert seq.next(T0, work) == Drain(T0 - 1, requests_by=T0 - 1)
     assert seq.next(T0, work) == CloseListener(T0 - 1)
     assert seq.next(T0, work) == Cut()
     seq.cut_done(["GET /"])
@@ -312,6 +313,37 @@ def test_cut_margin_is_a_tenth_of_a_short_budget(budget, margin):
     assert cut_time(T0, T0 + budget) == pytest.approx(T0 + budget - margin)
     assert cut_time(T0, None) is None
     assert CUT_MARGIN == 0.1
+
+
+@pytest.mark.parametrize(
+    ("budget", "cut_after", "requests_after"),
+    [(10.0, 9.9, 9.8), (0.5, 0.45, 0.405), (0.05, 0.045, 0.0405)],
+)
+def test_requests_begun_during_the_stop_are_due_a_margin_before_the_cut(
+    budget, cut_after, requests_after
+):
+    """Drain gives requests a deadline before the cut by the cut's own rule: room to answer."""
+    seq = StopSequence("s", now=T0, deadline=T0 + budget)
+    assert seq.cut_at == pytest.approx(T0 + cut_after)
+    assert seq.requests_by == pytest.approx(T0 + requests_after)
+    assert request_deadline(T0, T0 + budget) == seq.requests_by
+    drain = seq.next(T0, NONE)
+    assert drain == Drain(T0 + budget, requests_by=seq.requests_by)
+    assert StopSequence("s", now=T0, deadline=None).requests_by is None
+
+
+def test_the_drivers_pass_the_request_deadline_to_drain():
+    """drive_sync and drive_async hand the server the requests' deadline, not the stop's."""
+    ops, token = fake(10.0, Work(ordinary=1), [])
+    ops.leave_after["ordinary"] = 1.0
+    began = ops.clock()
+    drive_sync(ops, token, name="s", clock=ops.clock)
+    assert ops.drained == [pytest.approx(began + 10.0 - 2 * CUT_MARGIN)]
+    aops, atoken = fake(10.0, Work(ordinary=1), [], AsyncFakeOps)
+    aops.leave_after["ordinary"] = 1.0
+    began = aops.clock()
+    asyncio.run(drive_async(aops, atoken, name="aio", clock=aops.clock))
+    assert aops.drained == [pytest.approx(began + 10.0 - 2 * CUT_MARGIN)]
 
 
 def test_every_cut_label_is_kept():
@@ -399,6 +431,7 @@ class FakeOps:
         self.calls: list[str] = []
         self.leave_after: dict[Waiting, float] = {}
         self.fail_on: str | None = None
+        self.drained: list[float | None] = []
 
     def _record(self, name: str) -> None:
         self.calls.append(name)
@@ -409,6 +442,7 @@ class FakeOps:
         return self.current
 
     def drain(self, deadline: float | None) -> None:
+        self.drained.append(deadline)
         self._record("drain")
 
     def close_listener(self, timeout: float | None) -> None:

@@ -7,6 +7,7 @@ Real sockets on 127.0.0.1 and real threads; requests are held in flight with
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import http.client
 import json
 import socket
@@ -23,6 +24,7 @@ import pytest
 import lifecycle
 from lifecycle import CancelSource, CancelToken, ExitCode, current_token
 from lifecycle._serving.http import mark_long_lived
+from lifecycle._serving.stopseq import CUT_MARGIN
 from lifecycle._serving.wsgi import CLOSE_CONNECTION_KEY, TRACKED_KEY, WSGIMiddleware, WSGIServer
 from tests.fakes import FakeApp
 from tests.serving import WAIT, connect, serving, wait_until
@@ -36,6 +38,7 @@ class Gates:
         self.stuck = threading.Event()
         self.reasons: list[str | None] = []
         self.environs: list[dict[str, Any]] = []
+        self.contexts: list[contextvars.Context] = []
 
     def open_all(self) -> None:
         self.release.set()
@@ -67,6 +70,8 @@ def make_app(gates: Gates):
             return [json.dumps([line.decode() for line in lines]).encode()]
         if path == "/boom":
             raise RuntimeError("boom")
+        if path == "/copy":  # hands its context to code run elsewhere
+            gates.contexts.append(contextvars.copy_context())
         if path == "/token":
             token = current_token()
             start_response("200 OK", [("Content-Type", "application/json")])
@@ -146,6 +151,53 @@ def test_serves_the_app_with_keep_alive_and_a_computed_length(server, gates):
     assert environ["SERVER_PORT"] == str(server.port)
     assert environ[TRACKED_KEY] is True
     assert callable(environ[CLOSE_CONNECTION_KEY])
+
+
+@pytest.mark.parametrize(
+    ("multiprocess", "expected"), [(None, False), (False, False), (True, True)]
+)
+def test_wsgi_multiprocess_says_whether_other_processes_serve_the_app(
+    gates, multiprocess, expected
+):
+    """environ["wsgi.multiprocess"] is False by default and True with multiprocess=True;
+    wsgi.multithread is True either way."""
+    options = {} if multiprocess is None else {"multiprocess": multiprocess}
+    for srv in serving(WSGIServer(make_app(gates), **options), gates.open_all):
+        conn = connect(srv)
+        assert request(conn)[1] == b"ok\n"
+        conn.close()
+    environ = gates.environs[0]
+    assert (environ["wsgi.multiprocess"], environ["wsgi.multithread"]) == (expected, True)
+
+
+def test_multiprocess_must_be_a_bool():
+    """multiprocess takes True or False only: a truthy string is refused, saying so."""
+    with pytest.raises(TypeError, match="multiprocess must be True or False"):
+        WSGIServer(make_app(Gates()), multiprocess="yes")  # type: ignore[arg-type]
+
+
+def test_serves_the_app_on_a_given_socket_and_closes_it_at_stop(gates):
+    """sock= works for WSGIServer as for HTTPServer: served on it (SERVER_PORT its port),
+    closed by the stop, later connections refused."""
+    sock = socket.create_server(("127.0.0.1", 0), backlog=16)
+    address = sock.getsockname()
+    for srv in serving(WSGIServer(make_app(gates), sock=sock), gates.open_all):
+        conn = connect(srv)
+        assert request(conn)[1] == b"ok\n"
+        conn.close()
+    assert gates.environs[0]["SERVER_PORT"] == str(address[1])
+    assert sock.fileno() == -1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=WAIT).close()
+
+
+def test_a_given_socket_and_an_address_are_refused_together():
+    """WSGIServer refuses address and sock together, naming both."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as sock,
+        pytest.raises(ValueError, match="address or sock, not both"),
+    ):
+        WSGIServer(make_app(Gates()), ("0.0.0.0", 8000), sock=sock)
 
 
 def test_streamed_body_is_chunked_and_head_has_none(server):
@@ -328,12 +380,14 @@ def test_drain_responses_say_close_and_new_connections_are_served(server):
 
 
 def test_request_token_has_the_shutdown_deadline(server):
-    """current_token() in the app carries the shutdown deadline once shutdown was requested."""
+    """current_token() in the app carries, once shutdown was requested, a margin before the
+    cut a stop ending at the shutdown deadline makes."""
     conn = connect(server)
     assert json.loads(request(conn, path="/token")[1]) == {"deadline": None}
     server.app.request_shutdown()
     deadline = json.loads(request(conn, path="/token")[1])["deadline"]
-    assert deadline == server.app.shutdown_deadline
+    assert server.app.shutdown_deadline is not None
+    assert deadline == pytest.approx(server.app.shutdown_deadline - 2 * CUT_MARGIN)
     conn.close()
 
 
@@ -474,7 +528,8 @@ def test_middleware_token_is_current_in_the_app_and_its_body():
     assert seen[0] is seen[1]
     token = seen[0]
     assert isinstance(token, lifecycle.CancelToken)
-    assert token.deadline == fake.shutdown_deadline
+    assert fake.shutdown_deadline is not None
+    assert token.deadline == pytest.approx(fake.shutdown_deadline - 2 * CUT_MARGIN)
     assert current_token() is not token
 
 
@@ -669,7 +724,8 @@ def test_middleware_request_arriving_during_the_stop_gets_a_live_token():
     held.close()  # type: ignore[attr-defined]
     stopper.join(WAIT)
     assert not stopper.is_alive()
-    assert seen[0].deadline == stop.deadline
+    assert stop.deadline is not None
+    assert seen[0].deadline == pytest.approx(stop.deadline - 2 * CUT_MARGIN)  # before the cut
     assert seen[0].reason in (None, "closed")  # live while served; released after the stop
 
 
@@ -787,3 +843,100 @@ def test_an_app_that_swallows_a_bad_body_still_closes_the_connection(log_events)
         srv.stop(CancelSource(timeout=WAIT).token)
     assert received.count(b"HTTP/1.1 ") == 1
     assert b"Connection: close" in received
+
+
+# -- marking from a copied context, request deadlines under a stop ---------------------------
+
+
+def test_wsgiserver_marking_from_a_copied_context_after_the_request_ended_is_a_no_op(server, gates):
+    """Under WSGIServer, a context copied from a request that ended marks nothing (False)."""
+    conn = connect(server)
+    assert request(conn, path="/copy")[1] == b"ok\n"
+    conn.request("GET", "/hold")  # the next request, on the same connection and thread
+    assert gates.entered.wait(WAIT)
+    assert gates.contexts[0].run(mark_long_lived) is False
+    assert server.tracker.counts() == (1, 0)
+    gates.release.set()
+    assert conn.getresponse().read() == b"held\n"
+    conn.close()
+
+
+def test_middleware_marking_from_a_copied_context_after_the_request_ended_is_a_no_op():
+    """Under WSGIMiddleware, a context copied from a request that ended marks nothing, even
+    though its pooled slot now serves another request."""
+    contexts: list[contextvars.Context] = []
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        if environ["PATH_INFO"] == "/copy":
+            contexts.append(contextvars.copy_context())
+            return [b"copied"]
+        return iter([b"streaming"])
+
+    mw = WSGIMiddleware(app, FakeApp())
+    assert mw(environ_for("/copy"), Recorder()) == [b"copied"]
+    stream = mw(environ_for("/stream"), Recorder())  # reuses the slot the first one had
+    assert contexts[0].run(mark_long_lived) is False
+    assert mw.tracker.counts() == (1, 0)
+    assert list(stream) == [b"streaming"]
+    stream.close()  # type: ignore[attr-defined]
+
+
+def test_middleware_marking_from_a_copied_context_during_the_request_marks_it():
+    """Under WSGIMiddleware, a thread running a copy of the request's context marks it."""
+    contexts: list[contextvars.Context] = []
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        contexts.append(contextvars.copy_context())
+        return iter([b"streaming"])
+
+    mw = WSGIMiddleware(app, FakeApp())
+    stream = mw(environ_for("/stream"), Recorder())
+    marked: list[bool] = []
+    thread = threading.Thread(target=lambda: marked.append(contexts[0].run(mark_long_lived)))
+    thread.start()
+    thread.join(WAIT)
+    assert marked == [True]
+    assert mw.tracker.counts() == (0, 1)
+    stream.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.realtime
+def test_middleware_request_begun_during_the_stop_working_until_its_deadline_is_not_cut():
+    """A request begun during the stop that waits for its token's deadline, then answers,
+    is done before the cut: the stop returns normally."""
+    fake = FakeApp()
+    mw = WSGIMiddleware(body_app([]), fake)
+    held = mw(environ_for("/held"), Recorder())  # keeps the stop waiting
+    stop = CancelSource(timeout=0.6).token
+    outcome: list[BaseException | None] = []
+
+    def stopping() -> None:
+        try:
+            mw.stop(stop)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    stopper = threading.Thread(target=stopping)
+    stopper.start()
+    wait_until(lambda: mw.draining, "the stop began")
+    tokens: list[CancelToken] = []
+
+    def until_deadline(environ, start_response):
+        token = current_token()
+        tokens.append(token)
+        token.wait(WAIT)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    mw.wsgi_app = until_deadline
+    assert mw(environ_for("/late"), Recorder()) == [b"done"]
+    held.close()  # type: ignore[attr-defined]
+    stopper.join(WAIT)
+    assert outcome == [None]
+    assert stop.deadline is not None
+    assert tokens[0].deadline is not None
+    assert tokens[0].deadline < stop.deadline - CUT_MARGIN

@@ -85,9 +85,9 @@ from contextvars import Token as ContextToken
 from email.message import Message
 from typing import Any, ClassVar, Final, NoReturn, cast
 
-import structlog
-
 from .._core.errors import DeadlineExceeded
+from .._core.log import get_logger
+from .._core.threads import helper_thread, user_code_thread
 from .._core.tokens import CancelSource, CancelToken, _current, current_token
 from .._core.views import ShutdownView
 from .h1 import (
@@ -111,11 +111,14 @@ from .inflight import (
     Ticket,
     _on_cancel_inline,
     cut_deadline,
+    describe_work,
     enter_scope,
     exit_scope,
     mark_long_lived,
+    note_request,
+    noted_request,
 )
-from .stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, Waiting, Work, drive_sync
+from .stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, LOG_CUT_LIMIT, Waiting, Work, drive_sync
 
 __all__ = [
     "CUT_MARGIN",
@@ -127,7 +130,7 @@ __all__ = [
     "mark_long_lived",
 ]
 
-_log = structlog.get_logger("lifecycle")
+_log = get_logger()
 
 _LINGER = 2.0  # seconds to wait for the peer's FIN after ours (lingering close)
 _LABEL_MAX = 200  # characters of a request target kept in a ticket's label
@@ -162,6 +165,7 @@ with more left, the connection is closed after the response instead."""
 
 _PIECE: Final = 64 * 1024  # the most a request body is read in one call
 _CAP_RECHECK: Final = 0.1  # seconds between two looks for room while at max_connections
+_CUT_JOIN_MIN: Final = 0.02  # seconds: a shorter join after a cut is not worth a turn
 _REAPER_SLACK: Final = 0.001  # past a due time, so that a wake-up never comes just before it
 _CHUNKED_REFUSED: Final = "chunked request bodies are not supported (send Content-Length)"
 
@@ -174,6 +178,7 @@ class _Conn:
         "addr",
         "awaiting",
         "closing",
+        "done",
         "handler",
         "head_began",
         "idle_since",
@@ -190,6 +195,7 @@ class _Conn:
         self.accepted = time.monotonic()
         self.awaiting = False  # the handler waits for the next request or reads its head
         self.closing = False  # closed as idle: by the stop, the idle timeout or for room
+        self.done = False  # its handler returned: only the socket's close is left
         # When the head being read began, once it did not arrive in one piece
         # (None while none is, or it came whole): the head timeout runs from it.
         self.head_began: float | None = None
@@ -257,7 +263,8 @@ class _TCPListener(socketserver.TCPServer):
     """The listening socket, shaped as the stdlib server object handlers expect.
 
     Handlers receive it as ``self.server``; ``self.server.component`` is the
-    lifecycle server. Its ``serve_forever`` is never used.
+    lifecycle server. Its ``serve_forever`` is never used. Given ``sock``, it
+    holds that socket (already bound and listening) instead of making one.
     """
 
     allow_reuse_address = True
@@ -268,22 +275,77 @@ class _TCPListener(socketserver.TCPServer):
         handler_class: Callable[..., socketserver.BaseRequestHandler],
         backlog: int,
         component: _StreamServer,
+        sock: socket.socket | None = None,
     ) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.request_queue_size = backlog
         self.component = component
-        super().__init__(address, handler_class)
+        if sock is None:
+            self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+            super().__init__(address, handler_class)
+            return
+        # Neither bound nor listened on again: the socket's owner did both.
+        socketserver.BaseServer.__init__(self, address, handler_class)
+        self.address_family = sock.family
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self._lc_bound()
+
+    def server_bind(self) -> None:
+        """Bind the socket made for the address."""
+        socketserver.TCPServer.server_bind(self)
+        self._lc_bound()
+
+    def _lc_bound(self) -> None:
+        """Once ``server_address`` is known (bound here, or given bound)."""
 
 
 class _HTTPListener(_TCPListener, http.server.HTTPServer):
     """As `_TCPListener`, with the ``server_name``/``server_port`` of ``http.server``."""
 
-    def server_bind(self) -> None:
-        """Bind without ``http.server``'s reverse DNS lookup (``getfqdn`` may hang)."""
-        socketserver.TCPServer.server_bind(self)
+    # server_bind is _TCPListener's: without http.server's reverse DNS lookup
+    # (``getfqdn`` may hang).
+
+    def _lc_bound(self) -> None:
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+
+_DEFAULT_ADDRESS: Final = ("127.0.0.1", 0)
+# SO_ACCEPTCONN: 1 on a listening socket (Linux, the BSDs); absent elsewhere.
+_SO_ACCEPTCONN: Final[int | None] = getattr(socket, "SO_ACCEPTCONN", None)
+
+
+def _check_listening(owner: str, sock: object) -> socket.socket:
+    """``sock`` if it is an open, bound, listening TCP socket; else say what is wrong."""
+    if not isinstance(sock, socket.socket):
+        raise TypeError(
+            f"{owner} sock must be a socket.socket (bound and listening), got {sock!r}; "
+            f"for a file descriptor pass socket.socket(fileno=fd)"
+        )
+    if sock.fileno() == -1:
+        raise ValueError(
+            f"{owner} sock {sock!r} is closed; pass an open listening socket "
+            f"(the server closes it when it stops)"
+        )
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        raise ValueError(
+            f"{owner} serves TCP: sock must be AF_INET or AF_INET6, got "
+            f"{socket.AddressFamily(sock.family).name}; bind a TCP socket to (host, port)"
+        )
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(
+            f"{owner} sock must be SOCK_STREAM, got {socket.SocketKind(sock.type).name}; "
+            f"make it with socket.socket(socket.AF_INET, socket.SOCK_STREAM)"
+        )
+    if _SO_ACCEPTCONN is not None and not sock.getsockopt(socket.SOL_SOCKET, _SO_ACCEPTCONN):
+        host, port = sock.getsockname()[:2]
+        where = f"bound to {host}:{port}" if port else "not bound"
+        raise ValueError(
+            f"{owner} sock is not listening ({where}); call sock.bind((host, port)) "
+            f"and sock.listen(128) before passing it"
+        )
+    return sock
 
 
 class _StreamServer:
@@ -301,6 +363,7 @@ class _StreamServer:
         backlog: int,
         name: str | None,
         max_connections: int | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         if not (
             isinstance(handler_class, type)
@@ -317,6 +380,17 @@ class _StreamServer:
             or not isinstance(address[1], int)
         ):
             raise TypeError(f"address must be a (host, port) tuple, got {address!r}")
+        if sock is not None:
+            owner = type(self).__name__
+            _check_listening(owner, sock)
+            host, port = sock.getsockname()[:2]
+            if address != _DEFAULT_ADDRESS:
+                raise ValueError(
+                    f"{owner} takes address or sock, not both: sock is already bound to "
+                    f"{host}:{port}, address asks for {address[0]}:{address[1]}; drop "
+                    f"address=... (the socket says where to serve), or drop sock=..."
+                )
+            address = (str(host), int(port))
         if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
             raise ValueError(f"backlog must be an int >= 1, got {backlog!r}")
         if max_connections is not None and (
@@ -332,6 +406,9 @@ class _StreamServer:
         self.max_connections = max_connections
         """Connections served at once (None: no cap); newcomers past it wait in the backlog."""
         self._requested = address
+        # Invariant: a given socket is the server's from `start` on: the stop
+        # closes it, as a socket the server made.
+        self._sock = sock
         self._name = name
         self.tracker = InFlight(f"{name or self._kind} requests")
         """The `InFlight` of this server's requests (connections, for `TCPServer`)."""
@@ -352,7 +429,10 @@ class _StreamServer:
         self._stop_deadline: float | None = None
         self._accept_thread: threading.Thread | None = None
         self._stop_accepting = threading.Event()
+        self._take_until: float | None = None  # the bound on taking in the queue at stop
         self._listener_closed = threading.Event()
+        self._emptied = threading.Event()  # set once no connection is left, after a cut
+        self._cut_go = threading.Event()  # the cut's wake-ups may begin
         self._stopped = threading.Event()
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._detach_drain: Callable[[], bool] | None = None
@@ -420,15 +500,22 @@ class _StreamServer:
     def start(self, token: CancelToken | None = None) -> None:
         """Bind, listen and serve in background threads; return once accepting.
 
+        With ``sock``, serve that socket as it is (no bind, no listen); from
+        here on the server owns it and its stop closes it.
+
         Raises:
             OSError: the address cannot be bound (the message names it).
+            ValueError: the given ``sock`` is no longer a listening socket
+                (closed since it was given; the message says what is wrong).
             RuntimeError: the server was already started (a server starts once).
         """
         if self._listener is not None:
             raise RuntimeError(f"{self.name!r} was already started; a server starts once")
+        if self._sock is not None:  # it may have been closed since it was given
+            _check_listening(type(self).__name__, self._sock)
         try:
             self._listener = self._listener_class(
-                self._requested, self._wrap_handler(), self.backlog, self
+                self._requested, self._wrap_handler(), self.backlog, self, self._sock
             )
         except OSError as error:
             host, port = self._requested
@@ -443,12 +530,16 @@ class _StreamServer:
         if self._app is not None:
             self._detach_drain = _on_cancel_inline(self._app.shutdown_token, self._begin_drain)
         self._accept_thread = threading.Thread(
-            target=self._accept_loop, name=f"lifecycle:{self.name} accept", daemon=True
+            target=helper_thread(self._accept_loop),
+            name=f"lifecycle:{self.name} accept",
+            daemon=True,
         )
         self._accept_thread.start()
         if self._timeout_bound() is not None:
             self._reaper = threading.Thread(
-                target=self._reaper_loop, name=f"lifecycle:{self.name} timeouts", daemon=True
+                target=helper_thread(self._reaper_loop),
+                name=f"lifecycle:{self.name} timeouts",
+                daemon=True,
             )
             self._reaper.start()
         host, port = self.address
@@ -487,15 +578,21 @@ class _StreamServer:
             cut = True
             raise
         finally:
-            self._tokens.close()
             if self._detach_drain is not None:
                 self._detach_drain()
             self._reaped.set()
-            if self._reaper is not None:
-                self._reaper.join(_LINGER)
-            if self._wake is not None:
-                for end in self._wake:
-                    end.close()
+            if self._forced:
+                # After a cut the stop waits for nothing more (see _cut): the
+                # cut's thread cancels and releases the tokens and closes the
+                # rest; the timeout thread ends by itself.
+                self._cut_go.set()
+            else:
+                self._tokens.close()
+                if self._reaper is not None:
+                    self._reaper.join(_LINGER)
+                if self._wake is not None:
+                    for end in self._wake:
+                        end.close()
             self._stopped.set()
             _log.info(
                 "server stopped",
@@ -523,6 +620,7 @@ class _StreamServer:
         sock.setblocking(False)
         wake = self._wake[0]
         wake.setblocking(False)
+        queued: list[tuple[socket.socket, Any]] = []
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(wake, selectors.EVENT_READ)
@@ -546,19 +644,26 @@ class _StreamServer:
                     else:
                         self._accept_pending(sock)
             # Invariant: nothing the kernel accepted on our behalf is dropped.
-            # Take what is queued (past the cap too: the backlog bounds it),
-            # then close the socket itself at once: from then on the kernel
-            # refuses, which the load balancer can see.
-            self._accept_pending(sock, capped=False)
+            # Take what is queued, once (past the cap too), then close the
+            # socket itself at once: from then on the kernel refuses, which
+            # the load balancer can see. Under steady load the queue never
+            # empties, so the taking is bounded by what the queue can hold
+            # and by time, and nothing is served until the socket is closed:
+            # a client served meanwhile would connect again and refill it.
+            queued = self._take_queued(sock)
         except Exception:  # noqa: BLE001 - the loop must end with the listener closed
             _log.exception("accept loop crashed", component=self.name)
         finally:
             self._listening = False
             listener.server_close()
+            for conn_sock, addr in queued:
+                self._spawn(conn_sock, addr)
             self._listener_closed.set()
 
-    def _accept_pending(self, sock: socket.socket, *, capped: bool = True) -> None:
-        while not (capped and self._at_cap()):
+    def _accept_pending(self, sock: socket.socket) -> None:
+        """Accept what is queued, until the queue is empty, the cap or the stop."""
+        stopping = self._stop_accepting.is_set
+        while not self._at_cap():
             try:
                 conn_sock, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -574,13 +679,34 @@ class _StreamServer:
                     return
                 raise
             self._spawn(conn_sock, addr)
+            if stopping():
+                return  # the stop takes in the rest at once
+
+    def _take_queued(self, sock: socket.socket) -> list[tuple[socket.socket, Any]]:
+        """Accept, without serving, what the kernel queued: at most a full backlog, by a bound.
+
+        Linux queues up to ``backlog + 1`` completed connections; the time
+        bound is the `CloseListener` one (a stuck accept is not waited for).
+        """
+        taken: list[tuple[socket.socket, Any]] = []
+        end = self._take_until
+        limit = self.backlog + 1
+        while len(taken) < limit and (end is None or _monotonic() < end):
+            try:
+                taken.append(sock.accept())
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as error:
+                if error.errno in _ACCEPT_RETRY:
+                    continue
+                break  # out of descriptors or memory: serve what was taken
+        return taken
 
     def _spawn(self, sock: socket.socket, addr: Any) -> None:
         sock.setblocking(True)
         conn = _Conn(sock, addr)
         thread = threading.Thread(
-            target=self._connection_main,
-            args=(conn,),
+            target=user_code_thread(lambda: self._connection_main(conn)),  # the handler
             name=f"lifecycle:{self.name} {_peer(addr)}",
             daemon=True,
         )
@@ -625,6 +751,7 @@ class _StreamServer:
         """Close one connection that holds no request, to make room. Overridden by `HTTPServer`."""
 
     def _close_listener(self, timeout: float | None) -> None:
+        self._take_until = None if timeout is None else _monotonic() + timeout
         self._stop_accepting.set()
         if self._wake is not None:
             with suppress(OSError):
@@ -652,7 +779,7 @@ class _StreamServer:
         conn.long_source = source
         if self._ending_streams:
             source.cancel(self._end_reason)
-        scope = enter_scope(_ConnScope())
+        scope = enter_scope(_ConnScope(conn))
         reset = _current.set(source.token)
         try:
             self.handler_class(conn.sock, conn.addr, self._listener)
@@ -700,7 +827,9 @@ class _StreamServer:
     def _connection_main(self, conn: _Conn) -> None:
         try:
             self._serve(conn)
+            conn.done = True
         except Exception as error:  # noqa: BLE001 - one connection's failure is logged, not fatal
+            conn.done = True
             if not (self._forced or conn.closing or isinstance(error, ConnectionError)):
                 _log.exception(
                     "connection handler raised", component=self.name, peer=_peer(conn.addr)
@@ -710,6 +839,8 @@ class _StreamServer:
             with self._cond:
                 self._conns.pop(id(conn), None)
                 self._cond.notify_all()
+                if self._forced and not self._conns:
+                    self._emptied.set()
             if self._capped and self._wake is not None:
                 with suppress(OSError):
                     self._wake[1].send(b"x")
@@ -802,7 +933,17 @@ class _StreamServer:
             detach()
 
     def _join_threads(self, timeout: float | None) -> bool:
-        """Join every connection thread (bounded); True if none is left running."""
+        """Join every connection thread (bounded); True if none is left running.
+
+        After a cut, one bounded wait for the last connection to end instead
+        of a join per thread: with hundreds of cut handlers waking at once,
+        every wait of the stop thread's is a turn it may lose to them.
+        """
+        if self._forced:
+            self._cut_go.set()  # the wake-ups begin: see _cut
+            if timeout is not None and timeout < _CUT_JOIN_MIN:
+                return not self._conns  # no time to wait for the woken handlers
+            return self._wait_emptied(timeout)
         end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             threads = [t for t in self._threads if t is not threading.current_thread()]
@@ -811,33 +952,127 @@ class _StreamServer:
         alive = [t for t in threads if t.is_alive()]
         with self._cond:
             self._threads = alive
-        if alive and self._forced:
+        return not alive
+
+    def _wait_emptied(self, timeout: float | None) -> bool:
+        ended = self._emptied.wait(timeout)
+        with self._cond:
+            alive = [t for t in self._threads if t.is_alive()]
+            self._threads = alive
+            ended = ended and not self._conns
+        if not ended:
+            names = sorted(t.name for t in alive)
+            shown = names[:LOG_CUT_LIMIT]
+            if len(names) > LOG_CUT_LIMIT:
+                shown.append(f"... and {len(names) - LOG_CUT_LIMIT} more")
             _log.error(
                 "handler threads still running after the stop deadline; abandoned",
                 component=self.name,
-                threads=sorted(t.name for t in alive),
+                threads=shown,
+                count=len(names),
             )
-        return not alive
+        return ended
 
     def _cut(self) -> list[str]:
-        """At the deadline: cut what remains; return the requests cut, oldest first."""
+        """At the deadline: cut what remains; return the requests cut, oldest first.
+
+        Every connection accepted and closed here without its response is
+        named: a request in progress, and one received but not begun yet (its
+        thread not yet at it, its head still arriving).
+
+        Nothing is woken here: the wake-ups -- every request token cancelled,
+        every socket shut -- are done by a thread of their own, from when the
+        stop joins (`_join_threads`) or returns. Hundreds of handlers woken at
+        once queue for the interpreter, and every wait of the stop thread's
+        after that is a turn behind all of them (200 cut requests: 20-50 ms
+        past a 0.05 s budget when the stop thread woke them itself, measured);
+        so the stop names and logs what it cut first, then wakes, then waits
+        only when there is time for it.
+        """
         self._forced = True
-        cut = self.tracker.describe(limit=None)
         self.tracker.close()
-        self._tokens.cut(_CUT_REASON)
+        now = time.monotonic()
         with self._cond:
             conns = list(self._conns.values())
-        for conn in conns:
-            conn.closing = True
-            with suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+            if not conns:
+                self._emptied.set()
+        work: list[Any] = self.tracker.running()
+        work.extend(self._unbegun(conns, now))
+        cut = describe_work(work, now)
         if conns and not cut:
             _log.warning(
                 "connections closed at the stop deadline",
                 component=self.name,
                 connections=len(conns),
             )
+        waker = threading.Thread(
+            target=helper_thread(lambda: self._wake_cut(conns)),
+            name=f"lifecycle:{self.name} cut",
+            daemon=True,
+        )
+        try:
+            waker.start()  # before anything is woken: starting it takes a turn
+        except RuntimeError:  # no thread to be had: wake them from here
+            self._cut_go.set()
+            self._wake_cut(conns)
         return cut
+
+    def _wake_cut(self, conns: list[_Conn]) -> None:
+        """End what the cut found, once told: cancel every request token, shut every socket."""
+        self._cut_go.wait()
+        self._tokens.cut(_CUT_REASON)
+        for conn in conns:
+            conn.closing = True
+            with suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
+        self._tokens.close()
+
+    def _unbegun(self, conns: list[_Conn], now: float) -> list[_Unbegun]:
+        """The connections holding work that the tracker does not know of yet, to be named.
+
+        For `TCPServer`: every connection whose handler did not begin.
+        """
+        return [
+            _Unbegun(f"connection {_peer(conn.addr)}", conn.accepted)
+            for conn in conns
+            if conn.ticket is None and not conn.done
+        ]
+
+
+class _Unbegun:
+    """Work cut before it began: a label and when its connection was accepted."""
+
+    __slots__ = ("began", "label")
+
+    def __init__(self, label: str, began: float) -> None:
+        self.label = label
+        self.began = began
+
+
+def _peek_request(sock: socket.socket) -> str | None:
+    """``"GET /path"`` of the request waiting unread on ``sock``; None if nothing waits."""
+    try:
+        if not _readable(sock):
+            return None
+        data = sock.recv(_LABEL_MAX + 32, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (OSError, ValueError):  # closed meanwhile, or EAGAIN: nothing to serve
+        return None
+    if not data:
+        return None
+    return _request_label(data)
+
+
+def _request_label(head: bytes) -> str:
+    """``"GET /path"`` from the start of a request head, or ``"a request"`` when it is no HTTP."""
+    line = head.partition(b"\r\n")[0].partition(b"\n")[0]
+    parts = line.split(b" ")
+    if len(parts) >= 2 and parts[0].isalpha():
+        target = parts[1].partition(b"?")[0][:_LABEL_MAX]
+        return f"{parts[0].decode('latin-1')} {target.decode('latin-1')}"
+    return "a request"
 
 
 class _StopOps:
@@ -887,10 +1122,13 @@ class _StopOps:
 class _ConnScope:
     """The `RequestScope` of a `TCPServer` connection: already long-lived, nothing to mark."""
 
-    __slots__ = ()
+    __slots__ = ("conn",)
 
-    def _lc_mark_long_lived(self) -> None:
-        pass
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+
+    def _lc_mark_long_lived(self) -> bool:
+        return self.conn.ticket is not None  # False once the connection ended
 
 
 class TCPServer(_StreamServer):
@@ -918,6 +1156,8 @@ class TCPServer(_StreamServer):
         max_connections: connections served at once; None (the default): no
             cap. Past it, newcomers wait in the listen backlog until a
             connection ends; a warning says so, at most once per 10 s.
+        sock: serve this socket instead of binding ``address``: as for
+            `HTTPServer`.
 
     Example::
 
@@ -936,7 +1176,7 @@ class TCPServer(_StreamServer):
 
         app.add(lifecycle.TCPServer(Echo, ("0.0.0.0", 7000)))
 
-    Added in 0.1; ``max_connections`` in 0.2.
+    Added in 0.1; ``max_connections`` and ``sock`` in 0.2.
     """
 
     _end_reason = "server stopping"
@@ -944,14 +1184,20 @@ class TCPServer(_StreamServer):
     def __init__(
         self,
         handler_class: type[socketserver.BaseRequestHandler],
-        address: tuple[str, int] = ("127.0.0.1", 0),
+        address: tuple[str, int] = _DEFAULT_ADDRESS,
         *,
         backlog: int = 128,
         name: str | None = None,
         max_connections: int | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         super().__init__(
-            handler_class, address, backlog=backlog, name=name, max_connections=max_connections
+            handler_class,
+            address,
+            backlog=backlog,
+            name=name,
+            max_connections=max_connections,
+            sock=sock,
         )
 
 
@@ -1477,6 +1723,10 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
     _lc_core: ClassVar[HTTPServer]
 
     _lc_close = False  # lifecycle_close() was called for this request
+    # Of the strict reading (`_StrictHandler`, always behind this class): the
+    # head of the request being served, and whether its response began.
+    _lc_raw_head: bytes
+    _lc_responded: bool
     # True when lifecycle chose HTTP/1.1 for the class (it said nothing):
     # unframed responses then close their connection.
     _lc_guard_framing: ClassVar[bool] = False
@@ -1547,7 +1797,10 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
                 conn.awaiting = False
                 if slot.active:
                     if self._lc_token_reset is not None:
-                        _current.reset(self._lc_token_reset)
+                        # ValueError: it was set in a copy of this context (a
+                        # mark from another thread): nothing to undo here.
+                        with suppress(ValueError):
+                            _current.reset(self._lc_token_reset)
                         self._lc_token_reset = None
                     source = conn.long_source
                     if source is not None:
@@ -1574,9 +1827,11 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
         if not self._lc_next_parse_request():
             return False
         core = self._lc_core
-        if not core.tracker.begin(self._lc_slot):  # past the stop deadline
+        slot = self._lc_slot
+        if not core.tracker.begin(slot):  # past the stop deadline
             self.send_error(503, "Server shutting down")
             return False
+        note_request(slot.uses)  # what a copy of this context may mark
         if core._draining:
             self._lc_token_reset = _current.set(core._request_token())
             self._lc_arm()
@@ -1595,15 +1850,18 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
         slot = self._lc_slot
         return slot if slot.active else None
 
-    def _lc_mark_long_lived(self) -> None:
+    def _lc_mark_long_lived(self) -> bool:
         slot = self._lc_slot
-        if not slot.active:
-            return
+        if not slot.active or noted_request() != slot.uses:
+            return False  # no request, or not this context's: it ended
         token = self._lc_core._mark(self._lc_conn, slot)
         if token is not None:
+            # Made current in the calling context: the handler's, or a copy
+            # of it (a thread the handler started) whose reset _lc_serve skips.
             reset = _current.set(token)
             if self._lc_token_reset is None:
                 self._lc_token_reset = reset
+        return True
 
     def lifecycle_close(self) -> None:
         """Make the current response the last on this connection (``Connection: close``)."""
@@ -1676,8 +1934,11 @@ class HTTPServer(_StreamServer):
 
     Each request is one unit of `tracker` (labelled ``"GET /path"``).
     `current_token()` in a ``do_GET`` is the request's token: cancelled at
-    the stop deadline, carrying the shutdown deadline for requests begun after
-    shutdown was requested, and, for a request marked long-lived
+    the stop's cut; for requests begun after shutdown was requested, carrying
+    a deadline a margin before that cut (0.2 s before the shutdown deadline,
+    the stop's cut less 0.1 s, or a tenth of a short budget at each step), so
+    that a handler working until its deadline still answers; and, for a
+    request marked long-lived
     (`mark_long_lived`), its own token, cancelled when the stop ends streams.
 
     The handler class is used through a subclass made for this server (the
@@ -1716,6 +1977,17 @@ class HTTPServer(_StreamServer):
             listen backlog, and the longest idle connection (else the oldest
             one whose head is still arriving, answered 408) is closed to make
             room for it; a warning says so, at most once per 10 s.
+        sock: a TCP socket already bound and listening (made by the program,
+            inherited from a supervisor, systemd or gunicorn), served instead
+            of binding ``address``; give one or the other. Checked here and
+            at `start`: an open ``SOCK_STREAM`` socket of ``AF_INET`` or
+            ``AF_INET6`` on which ``listen`` was called, else ``ValueError``
+            saying what is wrong. The server neither binds nor listens again
+            (``backlog`` is then the backlog it listens with: it bounds how
+            many queued connections the stop takes in), makes it non-blocking,
+            and from `start` on owns it: the stop takes in what the kernel
+            queued, once, then closes it, as its own. A copy held elsewhere
+            (a duplicate descriptor, another process) keeps the port open.
 
     Example::
 
@@ -1731,8 +2003,12 @@ class HTTPServer(_StreamServer):
         app.add(lifecycle.HTTPServer(Hello, ("0.0.0.0", 8080), max_connections=1000))
         sys.exit(lifecycle.run(app))
 
-    Added in 0.1; ``limits``, ``head_timeout``, ``idle_timeout`` and
-    ``max_connections`` in 0.2.
+        # or on a socket the program (or its supervisor) made:
+        sock = socket.create_server(("0.0.0.0", 8080), backlog=128)
+        app.add(lifecycle.HTTPServer(Hello, sock=sock))
+
+    Added in 0.1; ``limits``, ``head_timeout``, ``idle_timeout``,
+    ``max_connections`` and ``sock`` in 0.2.
     """
 
     _kind = "http"
@@ -1741,7 +2017,7 @@ class HTTPServer(_StreamServer):
     def __init__(
         self,
         handler_class: type[http.server.BaseHTTPRequestHandler],
-        address: tuple[str, int] = ("127.0.0.1", 0),
+        address: tuple[str, int] = _DEFAULT_ADDRESS,
         *,
         backlog: int = 128,
         name: str | None = None,
@@ -1749,6 +2025,7 @@ class HTTPServer(_StreamServer):
         head_timeout: float | None = HEAD_TIMEOUT,
         idle_timeout: float | None = IDLE_TIMEOUT,
         max_connections: int | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         if not (
             isinstance(handler_class, type)
@@ -1764,7 +2041,12 @@ class HTTPServer(_StreamServer):
                 "e.g. HTTPLimits(max_body=10 * 1024 * 1024)"
             )
         super().__init__(
-            handler_class, address, backlog=backlog, name=name, max_connections=max_connections
+            handler_class,
+            address,
+            backlog=backlog,
+            name=name,
+            max_connections=max_connections,
+            sock=sock,
         )
         self.limits = limits
         """The bounds each request is held to (`lifecycle.HTTPLimits`)."""
@@ -1832,6 +2114,33 @@ class HTTPServer(_StreamServer):
             # arriving holds no request: it is closed as idle.
             _close_idle_conn(conn)
         return recheck
+
+    def _unbegun(self, conns: list[_Conn], now: float) -> list[_Unbegun]:
+        """Requests received and not begun: their head read but not parsed, or unread yet.
+
+        An idle keep-alive connection, or a new one that sent nothing, holds
+        no request: closing it loses nothing, and it is not named.
+        """
+        found = []
+        for conn in conns:
+            slot = conn.slot
+            if conn.done or (slot is not None and slot.active):
+                continue  # ended, or named by the tracker
+            handler = conn.handler
+            if (
+                handler is not None
+                and not conn.awaiting
+                and handler._lc_raw_head
+                and not handler._lc_responded
+            ):
+                label: str | None = _request_label(handler._lc_raw_head)
+            elif conn.head_began is not None:
+                label = f"connection {_peer(conn.addr)} (head incomplete)"
+            else:
+                label = _peek_request(conn.sock)
+            if label is not None:
+                found.append(_Unbegun(label, conn.accepted))
+        return found
 
     # -- timeouts and the cap ------------------------------------------------------
 

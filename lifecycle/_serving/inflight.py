@@ -33,6 +33,7 @@ from .._core.tokens import (
     current_token,
     on_cancel_inline,
 )
+from .stopseq import request_deadline
 
 __all__ = [
     "InFlight",
@@ -48,6 +49,8 @@ __all__ = [
     "enter_scope",
     "exit_scope",
     "mark_long_lived",
+    "note_request",
+    "noted_request",
 ]
 
 _ids = itertools.count(1)
@@ -498,13 +501,30 @@ def _began(work: _Work) -> float:
     return work.began
 
 
-def cut_deadline(shutdown_deadline: float | None, stop_deadline: float | None) -> float | None:
-    """When work begun now will be cut: the earlier of the shutdown and stop deadlines.
+def cut_deadline(
+    shutdown_deadline: float | None,
+    stop_deadline: float | None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> float | None:
+    """The deadline of work begun now: a margin before it would be cut, the earlier one.
 
-    What every server and middleware gives a request that starts once the
-    shutdown was requested (``CancelSource(parent, deadline=cut_deadline(...))``),
-    so that ``current_token().deadline`` in its handler says when it ends.
+    ``stop_deadline`` is what the stop sequence gives requests begun during
+    the stop (`Drain.requests_by`: a margin before its cut). Before the stop
+    began, only the shutdown deadline is known: the stop ends by it at the
+    latest, so the request deadline is `request_deadline` of a stop that ends
+    at the shutdown deadline. What every server and middleware gives a
+    request that starts once the shutdown was requested
+    (``CancelSource(parent, deadline=cut_deadline(...))``), so that a handler
+    that works until ``current_token().deadline`` still answers before the cut.
+
+    Example::
+
+        # 30 s of shutdown left: requests are done 0.2 s before it, 0.1 s before the cut.
+        assert cut_deadline(130.0, None, clock=lambda: 100.0) == 129.8
     """
+    if shutdown_deadline is not None:
+        shutdown_deadline = request_deadline(clock(), shutdown_deadline)
     if stop_deadline is None:
         return shutdown_deadline
     if shutdown_deadline is None:
@@ -521,13 +541,25 @@ class RequestScope(Protocol):
     Each server kind has its own (a handler, a middleware's request): marking
     turns the request's ticket long-lived and gives the request a token of
     its own, made current for the rest of the request, which the stop
-    cancels to end it.
+    cancels to end it. It returns False when the calling context holds no
+    request of the scope's in progress (a context copied from a request that
+    ended); None or True otherwise.
     """
 
-    def _lc_mark_long_lived(self) -> None: ...
+    def _lc_mark_long_lived(self) -> bool | None: ...
 
 
 _scope: ContextVar[RequestScope | None] = ContextVar("lifecycle_request_scope", default=None)
+# Which of its scope's requests the context belongs to: a scope that serves
+# request after request in one context (a connection's handler, a pooled
+# middleware slot) writes its `Slot.uses` here as each begins, so that a
+# context copied from one request (a thread the handler started) is told
+# apart from the later requests of the same scope. One write per request.
+_request_use: ContextVar[int] = ContextVar("lifecycle_request_use", default=0)
+note_request = _request_use.set
+"""``note_request(slot.uses)``: the request begun in ``slot`` is the one of this context."""
+noted_request = _request_use.get
+"""``noted_request()``: the `Slot.uses` of the request this context belongs to (0: none)."""
 # Token -> (a weak reference to) the scope of the request it belongs to. The
 # value is weak: a scope refers to its token, which would otherwise keep the
 # entry, and the scope, alive for ever.
@@ -587,8 +619,15 @@ def mark_long_lived() -> bool:
     Works in handlers served by `HTTPServer`, `TCPServer`, `WSGIServer`,
     `AsyncStreamServer` and under `WSGIMiddleware` and `ASGIMiddleware`.
 
+    Only the request whose context the call runs in is marked: from a
+    context copied in a handler (``contextvars.copy_context()``, a thread it
+    started), the request it was copied from, while it is in progress;
+    once that request ended the call marks nothing and returns False, even
+    if the same connection serves another request by then.
+
     Returns:
-        True if there was a request to mark; False outside any request.
+        True if there was a request to mark; False outside any request, or
+        once the request of this context ended.
 
     Example::
 
@@ -607,8 +646,7 @@ def mark_long_lived() -> bool:
     scope = current_scope()
     if scope is None:
         return False
-    scope._lc_mark_long_lived()
-    return True
+    return scope._lc_mark_long_lived() is not False
 
 
 class RequestTokens:
@@ -618,8 +656,9 @@ class RequestTokens:
       only when the stop cuts (`cut`).
     * `draining`: once the drain began, the token of every request begun from
       then on: one shared child of `root` carrying the deadline by which such
-      work is cut, made when it is first asked for, made again by `renew`
-      when the stop begins (with the stop's deadline).
+      work must be done not to be cut (`cut_deadline`: a margin before the
+      cut), made when it is first asked for, made again by `renew` when the
+      stop begins (with `Drain.requests_by`).
 
     A long-lived request makes a token of its own when it is marked (a child
     of the one it had), which the stop cancels to end it. A request that

@@ -40,6 +40,7 @@ Added in 0.1.
 from __future__ import annotations
 
 import contextvars
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -49,12 +50,12 @@ from urllib.parse import unquote
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from wsgiref.util import is_hop_by_hop
 
-import structlog
-
+from .._core.log import get_logger
 from .._core.tokens import _NEVER, CancelSource, CancelToken, _current, current_token
 from .._core.views import ShutdownView
 from .h1 import DEFAULT_LIMITS, Head, Limits, check_response_head
 from .http import (
+    _DEFAULT_ADDRESS,
     DISCARD_LIMIT,
     HEAD_TIMEOUT,
     IDLE_TIMEOUT,
@@ -69,12 +70,14 @@ from .inflight import (
     _on_cancel_inline,
     bind_scope,
     cut_deadline,
+    note_request,
+    noted_request,
 )
 from .stopseq import Waiting, Work, drive_sync
 
 __all__ = ["CLOSE_CONNECTION_KEY", "TRACKED_KEY", "WSGIMiddleware", "WSGIServer"]
 
-_log = structlog.get_logger("lifecycle")
+_log = get_logger()
 
 CLOSE_CONNECTION_KEY: Final = "lifecycle.close_connection"
 """Environ key of a callable that makes the response the last on its connection.
@@ -123,9 +126,11 @@ class WSGIMiddleware:
 
     No token is made per request: requests begun before the drain share
     one, cancelled only if the stop has to cut; requests begun during the
-    drain share one that carries the shutdown deadline (the stop's, once it
-    began). A request marked long-lived (`mark_long_lived`) gets its own,
-    which the stop cancels to end it.
+    drain share one whose deadline is a margin before their cut (from the
+    shutdown deadline, or the stop's once it began: `cut_deadline`), so that
+    an app working until its deadline still answers. A request marked
+    long-lived (`mark_long_lived`) gets its own, which the stop cancels to
+    end it.
 
     It is also a component: registered with ``app.add``, its ``stop`` drives
     the same stop sequence as the servers, without a listener of its own:
@@ -213,6 +218,7 @@ class WSGIMiddleware:
             lane.end()
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"shutting down\n"]
+        note_request(lane.uses)  # what a copy of this context may mark
         if self._draining:
             shared = self._tokens.draining(self._cut_deadline)
             start_response = _closing_start(environ, start_response)
@@ -377,9 +383,11 @@ class _Lane(Slot):
         environ = self.environ
         return "" if environ is None else _label(environ)
 
-    def _lc_mark_long_lived(self) -> None:
-        if not self.active or self.long_lived:
-            return
+    def _lc_mark_long_lived(self) -> bool:
+        if not self.active or noted_request() != self.uses:
+            return False  # no request, or not this context's: it ended
+        if self.long_lived:
+            return True
         mw = self.mw
         # Invariant (with end_long_lived, which sets its flag before it reads
         # the lanes): a request marked while streams are ended is cancelled
@@ -388,6 +396,7 @@ class _Lane(Slot):
         if mw._ending_streams and self.source is not None:
             self.parent = None  # its token is spent: the lane's next request makes one
             self.source.cancel(_END_REASON)
+        return True
 
     def end(self) -> None:
         """The request is over: end its unit; back to the pool."""
@@ -615,6 +624,7 @@ class _WSGIRequestHandler(_StrictHandler):
     protocol_version = "HTTP/1.1"
     server_version = "lifecycle"
     wsgi_app: ClassVar[Callable[..., Iterable[bytes]]]
+    _lc_multiprocess: ClassVar[bool] = False  # the environ's wsgi.multiprocess
     _lc_chunked = True
     _lc_lazy_continue = True
     _lc_pending = b""  # body bytes to send with the headers, in one write
@@ -670,7 +680,7 @@ class _WSGIRequestHandler(_StrictHandler):
             "wsgi.input": body,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
+            "wsgi.multiprocess": self._lc_multiprocess,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
             CLOSE_CONNECTION_KEY: self.lifecycle_close,
@@ -779,7 +789,8 @@ class WSGIServer(HTTPServer):
     ``100 Continue`` is sent when the app first reads ``wsgi.input``.
 
     The environ carries ``lifecycle.close_connection`` (a callable: make this
-    response the last on its connection) and ``lifecycle.tracked``.
+    response the last on its connection) and ``lifecycle.tracked``;
+    ``wsgi.multithread`` is True, ``wsgi.multiprocess`` is ``multiprocess``.
 
     Args:
         wsgi_app: the WSGI application (Flask's ``app``, Django's
@@ -787,8 +798,15 @@ class WSGIServer(HTTPServer):
         address: ``(host, port)``; port 0 picks a free port (see `port`).
         backlog: the listen backlog.
         name: for logs; default ``"wsgi:PORT"``.
-        limits, head_timeout, idle_timeout, max_connections: as for
-            `HTTPServer`.
+        limits, head_timeout, idle_timeout, max_connections, sock: as for
+            `HTTPServer` (``sock``: serve a listening socket given, not
+            ``address``).
+        multiprocess: the environ's ``wsgi.multiprocess``: say True when
+            other processes serve the same app at the same time (several
+            workers on one socket, as `lifecycle.gunicorn.ThreadWorker` with
+            more than one worker), so that an app that keeps state in
+            process memory (a cache, a session store) knows it is not seen
+            by every request.
 
     Example::
 
@@ -799,8 +817,11 @@ class WSGIServer(HTTPServer):
         app.add(lifecycle.WSGIServer(application, ("0.0.0.0", 8000)), depends_on=[db])
         sys.exit(lifecycle.run(app))
 
-    Added in 0.1; ``limits``, ``head_timeout``, ``idle_timeout`` and
-    ``max_connections`` in 0.2.
+        # a worker process of several, on the socket their parent made:
+        lifecycle.WSGIServer(application, sock=inherited, multiprocess=True)
+
+    Added in 0.1; ``limits``, ``head_timeout``, ``idle_timeout``,
+    ``max_connections``, ``sock`` and ``multiprocess`` in 0.2.
     """
 
     _kind = "wsgi"
@@ -808,7 +829,7 @@ class WSGIServer(HTTPServer):
     def __init__(
         self,
         wsgi_app: WSGIApplication,
-        address: tuple[str, int] = ("127.0.0.1", 0),
+        address: tuple[str, int] = _DEFAULT_ADDRESS,
         *,
         backlog: int = 128,
         name: str | None = None,
@@ -816,14 +837,27 @@ class WSGIServer(HTTPServer):
         head_timeout: float | None = HEAD_TIMEOUT,
         idle_timeout: float | None = IDLE_TIMEOUT,
         max_connections: int | None = None,
+        sock: socket.socket | None = None,
+        multiprocess: bool = False,
     ) -> None:
         if not callable(wsgi_app):
             raise TypeError(f"WSGIServer needs a WSGI application (a callable), got {wsgi_app!r}")
+        if not isinstance(multiprocess, bool):
+            raise TypeError(
+                f"multiprocess must be True or False (the environ's wsgi.multiprocess), "
+                f"got {multiprocess!r}"
+            )
         self.wsgi_app = wsgi_app
+        self.multiprocess = multiprocess
+        """The environ's ``wsgi.multiprocess``: other processes serve the app too."""
         handler = type(
             "WSGIRequestHandler",
             (_WSGIRequestHandler,),
-            {"wsgi_app": staticmethod(wsgi_app), "__module__": __name__},
+            {
+                "wsgi_app": staticmethod(wsgi_app),
+                "_lc_multiprocess": multiprocess,
+                "__module__": __name__,
+            },
         )
         super().__init__(
             handler,
@@ -834,4 +868,5 @@ class WSGIServer(HTTPServer):
             head_timeout=head_timeout,
             idle_timeout=idle_timeout,
             max_connections=max_connections,
+            sock=sock,
         )
