@@ -7,6 +7,7 @@ sleeps; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import http.client
 import socket
 import threading
@@ -356,7 +357,9 @@ def test_current_token_carries_the_shutdown_deadline_once_shutdown_was_requested
         before, during = held.tokens
         assert before.deadline is None
         assert app.shutdown_deadline is not None
-        assert during.deadline == app.shutdown_deadline
+        assert during.deadline is not None
+        # A margin before the shutdown's cut, so that a handler working until it still answers.
+        assert app.shutdown_deadline - 2 * CUT_MARGIN <= during.deadline < app.shutdown_deadline
         assert during.cancelled is True  # the request ended: its scope closed
 
     run(main)
@@ -823,3 +826,387 @@ def test_a_cut_that_ends_only_idle_connections_is_no_deadline_exceeded():
         return server.connections
 
     assert run(main) == 0
+
+
+# -- stop racing start ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port no one listens on now (the kernel picked it; the server may bind it again)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def refuses(port: int) -> bool:
+    """True when a connection to ``port`` is refused (no listening socket there)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=BOUND).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def tasks_left() -> list[asyncio.Task[object]]:
+    """The tasks of the running loop other than the test's own."""
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+class PausingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose ``create_server`` pauses at one of its real suspension points.
+
+    ``"before bind"``: before it binds (where a host name is resolved);
+    ``"listening"``: the one loop iteration asyncio yields once the socket
+    listens (in ``create_server`` itself, or in ``Server.start_serving``), held
+    open until the test resumes it.
+    """
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+        self.paused = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def create_server(self, *args, **kwargs):
+        if self.where == "before bind":
+            await self._pause()
+        server = await super().create_server(*args, **kwargs)
+        if self.where == "listening":
+            if kwargs.get("start_serving", True):
+                await self._pause()
+            else:
+                serve = server.start_serving
+
+                async def start_serving() -> None:
+                    await serve()
+                    await self._pause()
+
+                server.start_serving = start_serving  # type: ignore[method-assign]
+        return server
+
+    async def _pause(self) -> None:
+        self.paused.set()
+        await asyncio.wait_for(self.resume.wait(), BOUND)
+
+
+def run_on(loop: asyncio.AbstractEventLoop, main):
+    """`run`, on ``loop``."""
+
+    async def bounded():
+        try:
+            async with asyncio.timeout(30):
+                return await main()
+        finally:
+            for writer in _clients:
+                writer.close()
+            _clients.clear()
+
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        return runner.run(bounded())
+
+
+def test_a_stop_before_start_leaves_the_port_closed_and_start_refuses():
+    """A server stopped before it started never listens: start() raises, saying why."""
+    port = free_port()
+
+    async def main():
+        server = serve_http(Held().route, port=port)
+        await server.stop(lifecycle.CancelSource(timeout=BOUND).token)
+        with pytest.raises(RuntimeError, match="was stopped"):
+            await server.start()
+        return refuses(port), server.ready(), tasks_left()
+
+    assert run(main) == (True, False, [])
+
+
+@pytest.mark.parametrize("where", ["before bind", "listening"])
+def test_a_stop_during_start_leaves_nothing_listening(where):
+    """stop() from another task while start() binds: once stop returns the port refuses,
+    no task of the server is left, start() raises instead of returning, and a request
+    that reached the socket while it listened is answered."""
+    port = free_port()
+    loop = PausingLoop(where)
+
+    async def main():
+        server = serve_http(Held().route, port=port, unit="request")
+        starting = asyncio.create_task(server.start())
+        await asyncio.wait_for(loop.paused.wait(), BOUND)
+        early = None
+        if where == "listening":
+            early = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
+            early.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        stopping = asyncio.create_task(server.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        await asyncio.sleep(0)  # one loop iteration: the stop task takes its first step
+        loop.resume.set()
+        await asyncio.wait_for(stopping, BOUND)
+        refused = refuses(port)
+        with pytest.raises(RuntimeError, match="was stopped"):
+            await asyncio.wait_for(starting, BOUND)
+        answered = None if early is None else (await outcomes([early]))[0].split()[0]
+        return refused, refuses(port), server.connections, tasks_left(), answered
+
+    expected = None if where == "before bind" else "200"
+    assert run_on(loop, main) == (True, True, 0, [], expected)
+
+
+@pytest.mark.parametrize("where", ["before bind", "listening"])
+def test_a_start_cancelled_midway_leaves_nothing_listening(where):
+    """A start cancelled while it binds (a start timeout) leaves no listening socket behind."""
+    port = free_port()
+    loop = PausingLoop(where)
+
+    async def main():
+        server = serve_http(Held().route, port=port)
+        starting = asyncio.create_task(server.start())
+        await asyncio.wait_for(loop.paused.wait(), BOUND)
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(starting, BOUND)
+        return refuses(port), server.ready(), tasks_left()
+
+    assert run_on(loop, main) == (True, False, [])
+
+
+@pytest.mark.parametrize("action", ["stop", "cancel"])
+def test_interrupting_start_at_any_step_leaves_nothing_listening(action):
+    """Whatever loop iteration start() has reached (and with a client connecting at each),
+    a stop leaves the port refusing with no connection or task left; so does a cancel
+    that lands before start returned."""
+
+    async def attempt(steps: int, port: int) -> tuple[bool, int, list[asyncio.Task[object]], bool]:
+        server = serve_http(Held().route, port=port, unit="request")
+        starting = asyncio.create_task(server.start())
+        clients = []
+        for _ in range(steps):
+            try:  # the kernel completes it at once if the socket listens, or refuses it
+                client = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
+            except ConnectionRefusedError:
+                pass
+            else:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                clients.append(client)
+            await asyncio.sleep(0)  # one loop iteration: start takes its next step
+        answered = True
+        try:
+            if action == "stop":
+                await server.stop(lifecycle.CancelSource(timeout=BOUND).token)
+                refused = refuses(port)
+                await asyncio.wait([starting], timeout=BOUND)
+                # Zero loss: every request that reached the socket while it listened is answered.
+                seen, clients = await outcomes(clients), []
+                answered = all(outcome.startswith("200 ") for outcome in seen)
+            else:
+                cancelled = starting.cancel()
+                await asyncio.wait([starting], timeout=BOUND)
+                if not cancelled or not starting.cancelled():
+                    await server.stop(lifecycle.CancelSource(timeout=BOUND).token)
+                refused = refuses(port)
+            if not starting.cancelled():
+                starting.exception()  # retrieved: a start that a stop pre-empted raises
+            return refused, server.connections, tasks_left(), answered
+        finally:
+            for client in clients:
+                client.close()
+
+    async def main():
+        return [await attempt(steps, free_port()) for steps in range(8)]
+
+    assert run(main) == [(True, 0, [], True)] * 8
+
+
+def test_a_second_stop_during_a_stop_waits_for_it_and_shares_its_cut():
+    """A stop called while another runs returns with it, raising the same DeadlineExceeded;
+    a stop called after it returns that outcome at once."""
+
+    async def main():
+        held = Held()
+        server = serve_http(held.route, unit="request")
+        await server.start()
+        _, writer = await connect(server)
+        writer.write(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(held.entered.wait(), BOUND)
+        first, source = await begin_cut_stop(server)
+        second = asyncio.create_task(server.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        waited = (first.done(), second.done())
+        source.cancel("deadline exceeded")
+        done, _ = await asyncio.wait([first, second], timeout=BOUND)
+        errors = [task.exception() for task in (first, second)]
+        later = server.stop(lifecycle.CancelSource(timeout=BOUND).token)
+        return waited, len(done), errors, finishes_at_once(later)
+
+    waited, done, (first, second), later = run(main)
+    assert waited == (False, False)
+    assert done == 2
+    assert isinstance(first, lifecycle.DeadlineExceeded)
+    assert second is first
+    assert later is first
+
+
+def finishes_at_once(coro) -> BaseException | None:
+    """Run ``coro`` one step: what it raised (None if it returned); fails if it waited."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return None
+    except BaseException as error:  # the outcome under test
+        return error
+    coro.close()
+    raise AssertionError(f"{coro!r} waited instead of finishing at once")
+
+
+# -- mark_long_lived from a context copied out of a request -------------------------------
+
+
+def script_handler(holder: list[AsyncStreamServer], script):
+    """A handler that runs ``script(server, reader, writer)`` once, then answers ``done``."""
+
+    async def handle(reader, writer):
+        await reader.readline()
+        await script(holder[0], reader, writer)
+        writer.write(b"done\n")
+        await writer.drain()
+
+    return handle
+
+
+def run_script(script, **kwargs):
+    """Serve one connection with ``script``; return the server once the handler answered."""
+    holder: list[AsyncStreamServer] = []
+    server = AsyncStreamServer(script_handler(holder, script), **kwargs)
+    holder.append(server)
+
+    async def main():
+        await server.start()
+        reader, writer = await connect(server)
+        writer.write(b"go\n")
+        assert await asyncio.wait_for(reader.readline(), BOUND) == b"done\n"
+        writer.close()
+        await server.stop(lifecycle.CancelSource(timeout=BOUND).token)
+        return server
+
+    return run(main)
+
+
+def work_of(server: AsyncStreamServer) -> tuple[int, int]:
+    work = server._work()
+    return work.ordinary, work.long_lived
+
+
+def test_a_mark_from_a_copy_of_an_ended_request_does_not_mark_the_next_one():
+    """The copy of request 1's context marks nothing once it ended: request 2 stays ordinary."""
+    seen: list[object] = []
+
+    async def script(server, reader, writer):
+        with server.request("first"):
+            copied = contextvars.copy_context()
+        with server.request("second"):
+            seen.append(copied.run(lifecycle.mark_long_lived))
+            seen.append(work_of(server))
+        seen.append(copied.run(lifecycle.mark_long_lived))  # between requests: none of its own
+        seen.append(work_of(server))
+
+    server = run_script(script)
+    assert seen == [False, (1, 0), False, (0, 0)]
+    assert server.tracker.total == 1
+
+
+def test_a_mark_from_a_task_or_thread_during_the_request_marks_it():
+    """During its request, a task it created or a thread it started marks that request."""
+    seen: list[object] = []
+
+    async def script(server, reader, writer):
+        with server.request("task"):
+            seen.append(await asyncio.create_task(mark_in_task()))
+            seen.append(work_of(server))
+        with server.request("thread"):
+            seen.append(await asyncio.to_thread(lifecycle.mark_long_lived))
+            seen.append(work_of(server))
+        seen.append(work_of(server))
+
+    async def mark_in_task() -> bool:
+        return lifecycle.mark_long_lived()
+
+    run_script(script)
+    assert seen == [True, (0, 1), True, (0, 1), (0, 0)]
+
+
+def test_a_mark_from_a_task_after_its_request_ended_returns_false():
+    """A task begun in request 1 that marks once request 2 runs marks nothing."""
+    seen: list[object] = []
+
+    async def script(server, reader, writer):
+        go = asyncio.Event()
+
+        async def late() -> bool:
+            await go.wait()
+            return lifecycle.mark_long_lived()
+
+        with server.request("first"):
+            task = asyncio.create_task(late())
+        with server.request("second"):
+            go.set()
+            seen.append(await asyncio.wait_for(task, BOUND))
+            seen.append(work_of(server))
+
+    run_script(script)
+    assert seen == [False, (1, 0)]
+
+
+def test_a_mark_from_a_copy_of_an_inner_request_leaves_the_outer_one_ordinary():
+    """Nested blocks: the copy of the inner one marks nothing once it ended; the handler's own
+    context then marks the outer one."""
+    seen: list[object] = []
+
+    async def script(server, reader, writer):
+        with server.request("outer"):
+            with server.request("inner"):
+                copied = contextvars.copy_context()
+            seen.append(copied.run(lifecycle.mark_long_lived))
+            seen.append(work_of(server))
+            seen.append(lifecycle.mark_long_lived())
+            seen.append(work_of(server))
+
+    run_script(script)
+    assert seen == [False, (1, 0), True, (0, 1)]
+
+
+def test_connection_unit_a_copy_marks_the_connection_only_while_it_is_open():
+    """Connection mode: a copy marks the connection while its handler runs, nothing after."""
+    seen: list[object] = []
+    copies: list[contextvars.Context] = []
+
+    async def script(server, reader, writer):
+        copies.append(contextvars.copy_context())
+        seen.append(work_of(server))
+
+    server = run_script(script)
+    assert seen == [(1, 0)]
+    assert copies[0].run(lifecycle.mark_long_lived) is False  # the connection ended
+    assert work_of(server) == (0, 0)
+    assert server._streams == set()
+
+    seen.clear()
+
+    async def marks(server, reader, writer):
+        seen.append(await asyncio.to_thread(lifecycle.mark_long_lived))
+        seen.append(work_of(server))
+
+    run_script(marks)
+    assert seen == [True, (0, 1)]
+
+
+def test_a_copy_made_before_the_first_request_marks_none_of_the_later_ones():
+    """A copy of the handler's context from before any request block belongs to the
+    connection unit, which the first block ended: it marks nothing."""
+    seen: list[object] = []
+
+    async def script(server, reader, writer):
+        copied = contextvars.copy_context()
+        with server.request("first"):
+            seen.append(copied.run(lifecycle.mark_long_lived))
+            seen.append(work_of(server))
+
+    run_script(script)
+    assert seen == [False, (1, 0)]

@@ -8,6 +8,7 @@ Requests are held with events; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib.util
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 import lifecycle
 from lifecycle._serving.aioserver import AsyncStreamServer
 from lifecycle._serving.asgi import ASGIMiddleware
+from lifecycle._serving.stopseq import CUT_MARGIN
 
 BOUND = 10.0
 
@@ -218,7 +220,9 @@ def test_current_token_gets_the_shutdown_deadline_once_shutdown_was_requested():
     before, during = inner.tokens
     assert (before.deadline, before.cancelled) == (None, False)
     assert app.shutdown_deadline is not None
-    assert during.deadline == app.shutdown_deadline
+    assert during.deadline is not None
+    # A margin before the shutdown's cut, so that a handler working until it still answers.
+    assert app.shutdown_deadline - 2 * CUT_MARGIN <= during.deadline < app.shutdown_deadline
     assert lifecycle.current_token() is not during  # reset after the call
 
 
@@ -699,3 +703,409 @@ def test_uvicorn_a_request_arriving_while_stop_ends_a_stream_is_served_with_a_li
     assert during == (200, "close")
     assert seen == [(False, None), (False, None)]
     assert code == lifecycle.ExitCode.OK
+
+
+# -- more than one stop, and what comes after the stop ---------------------------------------
+
+
+def finishes_at_once(coro) -> BaseException | None:
+    """Run ``coro`` one step: what it raised (None if it returned); fails if it waited."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return None
+    except BaseException as error:  # the outcome under test
+        return error
+    coro.close()
+    raise AssertionError(f"{coro!r} waited instead of finishing at once")
+
+
+async def hold_one(mw, inner):
+    """A request held in the app; its task once the app has it."""
+    call = asyncio.create_task(mw(http_scope("/hold"), receive_nothing, Sent()))
+    await asyncio.wait_for(inner.entered.wait(), BOUND)
+    return call
+
+
+async def begin_stop(mw, token):
+    """A stop task, once it waits for the requests in flight."""
+    waiting = watch_stop(mw)
+    stopping = asyncio.create_task(mw.stop(token))
+    await asyncio.wait_for(waiting.wait(), BOUND)
+    return stopping
+
+
+def test_a_second_stop_during_a_stop_that_cuts_raises_the_same_deadline_exceeded():
+    """Called while the first stop runs, a second waits for it and raises what it raises."""
+    inner = Held()
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        call = await hold_one(mw, inner)
+        source = lifecycle.CancelSource()
+        first = await begin_stop(mw, source.token)
+        second = asyncio.create_task(mw.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        waited = (first.done(), second.done())
+        source.cancel("deadline exceeded")  # the first stop's deadline, now
+        await asyncio.wait([first, second, call], timeout=BOUND)
+        return waited, first.exception(), second.exception()
+
+    waited, first, second = run(main)
+    assert waited == (False, False)
+    assert isinstance(first, lifecycle.DeadlineExceeded)
+    assert second is first
+
+
+def test_a_second_stop_whose_deadline_comes_first_cuts_and_both_raise():
+    """A second stop with an earlier deadline does not return with work still running:
+    the running stop cuts at its time, and both raise DeadlineExceeded naming the cut."""
+    inner = Held()
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        call = await hold_one(mw, inner)
+        first = await begin_stop(mw, lifecycle.CancelSource(timeout=BOUND).token)
+        source = lifecycle.CancelSource()
+        second = asyncio.create_task(mw.stop(source.token))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        waited = second.done()
+        source.cancel("deadline exceeded")  # the second stop's deadline, now
+        await asyncio.wait([first, second], timeout=BOUND)
+        return waited, first.exception(), second.exception(), call.done(), mw.in_flight
+
+    waited, first, second, call_done, in_flight = run(main)
+    assert waited is False
+    assert isinstance(second, lifecycle.DeadlineExceeded)
+    assert [line.rsplit(" (", 1)[0] for line in second.cut] == ["GET /hold"]
+    assert first is second
+    assert (call_done, in_flight) == (True, 0)
+
+
+def test_a_second_stop_after_the_first_was_abandoned_raises_for_what_it_cut():
+    """The first stop's task is cancelled (abandoned): it cuts; a stop waiting on it raises
+    DeadlineExceeded for that cut instead of returning as if nothing had been lost."""
+    inner = Held()
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        call = await hold_one(mw, inner)
+        first = await begin_stop(mw, lifecycle.CancelSource(timeout=BOUND).token)
+        second = asyncio.create_task(mw.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.wait([first, second, call], timeout=BOUND)
+        return first.cancelled(), second.exception()
+
+    abandoned, second = run(main)
+    assert abandoned is True
+    assert isinstance(second, lifecycle.DeadlineExceeded)
+    assert [line.rsplit(" (", 1)[0] for line in second.cut] == ["GET /hold"]
+
+
+def test_a_second_stop_abandoned_cuts_what_runs_and_the_first_raises():
+    """A second stop whose task is cancelled (abandoned at its deadline) leaves nothing
+    running, as an abandoned first stop does: the running stop cuts and raises."""
+    inner = Held()
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        call = await hold_one(mw, inner)
+        first = await begin_stop(mw, lifecycle.CancelSource().token)  # no deadline of its own
+        second = asyncio.create_task(mw.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        await asyncio.sleep(0)  # the second stop takes its first step and waits
+        second.cancel()
+        await asyncio.wait([first, second, call], timeout=BOUND)
+        return second.cancelled(), first.exception(), call.done()
+
+    abandoned, first, call_done = run(main)
+    assert (abandoned, call_done) == (True, True)
+    assert isinstance(first, lifecycle.DeadlineExceeded)
+    assert [line.rsplit(" (", 1)[0] for line in first.cut] == ["GET /hold"]
+
+
+@pytest.mark.parametrize("first_cut", [False, True])
+def test_a_stop_after_a_finished_stop_returns_its_outcome_at_once(first_cut):
+    """Once a stop returned (or raised), another returns (or raises the same) without
+    waiting, even with a request begun after the first."""
+    inner = Held()
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        first_error = None
+        if first_cut:
+            call = await hold_one(mw, inner)
+            source = lifecycle.CancelSource()
+            first = await begin_stop(mw, source.token)
+            source.cancel("deadline exceeded")
+            await asyncio.wait([first, call], timeout=BOUND)
+            first_error = first.exception()
+            inner.entered.clear()
+        else:
+            await mw.stop(lifecycle.CancelSource(timeout=BOUND).token)
+        late = asyncio.create_task(mw(http_scope("/hold"), receive_nothing, Sent()))
+        await asyncio.sleep(0)  # the late request takes its first step
+        again = finishes_at_once(mw.stop(lifecycle.CancelSource(timeout=BOUND).token))
+        inner.release.set()
+        await asyncio.wait_for(late, BOUND)
+        return first_error, again
+
+    first_error, again = run(main)
+    assert again is first_error
+    assert (first_error is not None) == first_cut
+
+
+async def cut_stop(mw, inner):
+    """A stop that cuts a held request; returns once it raised."""
+    call = await hold_one(mw, inner)
+    source = lifecycle.CancelSource()
+    stopping = await begin_stop(mw, source.token)
+    source.cancel("deadline exceeded")
+    await asyncio.wait([stopping, call], timeout=BOUND)
+    assert isinstance(stopping.exception(), lifecycle.DeadlineExceeded)
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        (
+            http_scope("/x"),
+            [
+                503,
+                [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"56"),
+                    (b"retry-after", b"0"),
+                    (b"connection", b"close"),
+                ],
+            ],
+        ),
+        (
+            http_scope("/x", http_version="2"),
+            [
+                503,
+                [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"56"),
+                    (b"retry-after", b"0"),
+                ],
+            ],
+        ),
+        ({"type": "websocket", "path": "/ws"}, [{"type": "websocket.close", "code": 1001}]),
+    ],
+    ids=["http/1.1", "http/2", "websocket"],
+)
+def test_after_a_stop_that_cut_requests_are_refused_without_calling_the_app(scope, expected):
+    """Once the stop has cut, a request arriving on a connection the server has not closed
+    yet gets a 503 saying where to go (a websocket: a close), never a cancelled token."""
+    inner = Held()
+    mw = ASGIMiddleware(inner, name="api")
+    sent = Sent()
+
+    async def main():
+        await cut_stop(mw, inner)
+        await asyncio.wait_for(mw(scope, receive_nothing, sent), BOUND)
+
+    run(main)
+    assert len(inner.tokens) == 1  # the request cut; the late one never reached the app
+    if scope["type"] == "websocket":
+        assert sent.messages == expected
+    else:
+        assert [sent.start["status"], sent.start["headers"]] == expected
+        body = sent.messages[-1]["body"]
+        said = b"'api' is stopping; send the request to another instance\n"
+        assert (len(body), body) == (56, said)
+    assert mw.in_flight == 0
+
+
+def test_after_a_clean_stop_a_late_request_is_served_and_a_websocket_told_to_end():
+    """The server closes its connections after the middleware's stop: a request arriving
+    on one meanwhile is served with connection: close and a live token carrying the stop's
+    deadline; a websocket's token is cancelled at once, so nothing waits on it."""
+    seen: list[tuple[str, bool, str | None, float | None]] = []
+
+    async def inner(scope, receive, send):
+        token = lifecycle.current_token()
+        seen.append((scope["type"], token.cancelled, token.reason, token.deadline))
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = ASGIMiddleware(inner)
+    sent = Sent()
+    stop_token = lifecycle.CancelSource(timeout=BOUND).token
+
+    async def main():
+        await mw.stop(stop_token)
+        await asyncio.wait_for(mw(http_scope(), receive_nothing, sent), BOUND)
+        await asyncio.wait_for(
+            mw({"type": "websocket", "path": "/ws"}, receive_nothing, Sent()), BOUND
+        )
+
+    run(main)
+    assert [(kind, cancelled, reason) for kind, cancelled, reason, _ in seen] == [
+        ("http", False, None),
+        ("websocket", True, "server stopping"),
+    ]
+    assert stop_token.deadline is not None
+    for *_, deadline in seen:  # what the stop gives requests begun during it: before its cut
+        assert deadline is not None
+        assert stop_token.deadline - 2 * CUT_MARGIN <= deadline < stop_token.deadline
+    assert (sent.start["status"], sent.start["headers"]) == (200, [(b"connection", b"close")])
+    assert mw.in_flight == 0
+
+
+def test_a_stop_before_lifespan_startup_lets_lifespan_through():
+    """Stopped before the server ran its lifespan (a shutdown during startup), the middleware
+    still passes lifespan through untouched, and later requests say connection: close."""
+    lifespans = []
+
+    async def inner(scope, receive, send):
+        if scope["type"] == "lifespan":
+            lifespans.append((await receive())["type"])
+            await send({"type": "lifespan.startup.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive_startup():
+        return {"type": "lifespan.startup"}
+
+    mw = ASGIMiddleware(inner)
+    sent, lifespan_sent = Sent(), Sent()
+
+    async def main():
+        await mw.stop(lifecycle.CancelSource(timeout=BOUND).token)
+        await mw({"type": "lifespan", "asgi": {"version": "3.0"}}, receive_startup, lifespan_sent)
+        await mw(http_scope(), receive_nothing, sent)
+
+    run(main)
+    assert lifespans == ["lifespan.startup"]
+    assert lifespan_sent.messages == [{"type": "lifespan.startup.complete"}]
+    assert (sent.start["status"], sent.start["headers"]) == (200, [(b"connection", b"close")])
+
+
+# -- mark_long_lived from a context copied out of a request -------------------------------
+
+
+def test_a_mark_from_a_copy_of_an_ended_request_does_not_mark_the_next_one():
+    """Requests served one after another in one context (as on a keep-alive connection):
+    the copy of request 1's context marks nothing in request 2, and says so."""
+    seen: list[Any] = []
+    copies: list[Any] = []
+
+    async def inner(scope, receive, send):
+        if scope["path"] == "/first":
+            copies.append(contextvars.copy_context())
+        else:
+            seen.append(copies[0].run(lifecycle.mark_long_lived))
+            seen.append(mw._work())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        await mw(http_scope("/first"), receive_nothing, Sent())
+        await mw(http_scope("/second"), receive_nothing, Sent())
+        seen.append(copies[0].run(lifecycle.mark_long_lived))  # between requests
+
+    run(main)
+    marked, work, later = seen
+    assert marked is False
+    assert (work.ordinary, work.long_lived) == (1, 0)
+    assert later is False
+    assert mw._long_lived == {}
+
+
+def test_a_mark_from_a_task_or_thread_during_the_request_marks_it():
+    """During its request, a task the app created or a thread it started marks that request."""
+    seen: list[Any] = []
+
+    async def mark_in_task() -> bool:
+        return lifecycle.mark_long_lived()
+
+    async def inner(scope, receive, send):
+        if scope["path"] == "/task":
+            seen.append(await asyncio.create_task(mark_in_task()))
+        else:
+            seen.append(await asyncio.to_thread(lifecycle.mark_long_lived))
+        seen.append(mw._work())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        await mw(http_scope("/task"), receive_nothing, Sent())
+        await mw(http_scope("/thread"), receive_nothing, Sent())
+
+    run(main)
+    in_task, task_work, in_thread, thread_work = seen
+    assert (in_task, in_thread) == (True, True)
+    assert (task_work.ordinary, task_work.long_lived) == (0, 1)
+    assert (thread_work.ordinary, thread_work.long_lived) == (0, 1)
+    assert mw._long_lived == {}  # released as each request ended
+
+
+def test_a_mark_from_a_task_after_its_request_ended_returns_false():
+    """A task begun in one request that marks while another request runs marks nothing."""
+    seen: list[Any] = []
+    late: list[asyncio.Task[bool]] = []
+    go = threading.Event()  # set in request 2: the task of request 1 marks then
+
+    async def mark_when_told() -> bool:
+        await asyncio.to_thread(go.wait, BOUND)
+        return lifecycle.mark_long_lived()
+
+    async def inner(scope, receive, send):
+        if scope["path"] == "/first":
+            late.append(asyncio.create_task(mark_when_told()))
+        else:
+            go.set()
+            seen.append(await asyncio.wait_for(late[0], BOUND))
+            seen.append(mw._work())
+
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        await mw(http_scope("/first"), receive_nothing, Sent())
+        await mw(http_scope("/second"), receive_nothing, Sent())
+
+    run(main)
+    marked, work = seen
+    assert marked is False
+    assert (work.ordinary, work.long_lived) == (1, 0)
+
+
+def test_after_an_asgi_call_in_a_stream_server_handler_its_request_is_the_handler_s_again():
+    """Nested servers: once the ASGI call returned, a mark in the handler marks the
+    AsyncStreamServer's connection, not the ended ASGI request."""
+    seen: list[Any] = []
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    mw = ASGIMiddleware(inner)
+
+    async def handle(reader, writer):
+        await reader.readline()
+        await mw(http_scope(), receive_nothing, Sent())
+        seen.append(lifecycle.mark_long_lived())
+        seen.append(server._work())
+        writer.write(b"done\n")
+
+    server = AsyncStreamServer(handle)
+
+    async def main():
+        await server.start()
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(b"go\n")
+        assert await asyncio.wait_for(reader.readline(), BOUND) == b"done\n"
+        writer.close()
+        await server.stop(lifecycle.CancelSource(timeout=BOUND).token)
+
+    run(main)
+    marked, work = seen
+    assert marked is True
+    assert (work.ordinary, work.long_lived) == (0, 1)

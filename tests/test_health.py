@@ -25,7 +25,11 @@ import lifecycle
 from lifecycle._core.tokens import on_cancel_inline
 from lifecycle._serving.health import (
     MAX_HEAD_BYTES,
+    PATHS,
+    Answer,
+    HealthAnswers,
     HealthServer,
+    Ticket,
     _Head,
     _Phase,
     _RequestError,
@@ -1233,3 +1237,168 @@ def test_a_head_gives_the_same_outcome_however_it_is_split(size, end, leading, c
     expected = request[len(leading) : -len(end)] if size <= MAX_HEAD_BYTES else 431
     assert feed_in_pieces(request) == expected
     assert feed_in_pieces(*pieces) == expected
+
+
+# -- HealthAnswers: the answers, for any transport -------------------------------
+
+
+@pytest.fixture
+def answers_of() -> Iterator[Callable[..., HealthAnswers]]:
+    """Started `HealthAnswers` for an app; closed after the test."""
+    made: list[HealthAnswers] = []
+
+    def make(app: Any, **options: Any) -> HealthAnswers:
+        answers = HealthAnswers(app, **options)
+        answers.start()
+        made.append(answers)
+        return answers
+
+    yield make
+    for answers in made:
+        answers.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_answers_are_the_health_servers_own_for_every_path(launch, answers_of, method):
+    """Every path (and an unknown one), plain and verbose: the status, headers and body that
+    the HealthServer sends, which adds only Content-Length and Connection."""
+    gate, it = run_held(launch, health=0)
+    gate.answer.set()
+    answers = answers_of(it.runner.app)
+    for path in [*PATHS, "/nope"]:
+        for query in ("", "verbose"):
+            target = f"{path}?{query}" if query else path
+            wire = get(it.port, target, method)
+            status, headers, body = answers.answer(method, path, query)
+            assert wire.status == status, target
+            if method != "HEAD":
+                assert wire.body == body, target
+            assert int(wire.headers["content-length"]) == len(body), target
+            sent = {
+                k: v for k, v in wire.headers.items() if k not in ("content-length", "connection")
+            }
+            assert sent == {name.lower(): value for name, value in headers}, target
+
+
+def test_answers_wait_for_one_shared_evaluation_across_threads(answers_of):
+    """Three threads ask /readyz while ready() runs: one evaluation, three 200s once it ends."""
+    app = HeldApp("shop")
+    answers = answers_of(app, ready_timeout=WAIT)
+    got: list[Answer] = []
+    askers = [
+        threading.Thread(target=lambda: got.append(answers.answer("GET", "/readyz")))
+        for _ in range(3)
+    ]
+    askers[0].start()
+    assert app.entered.wait(WAIT)
+    for asker in askers[1:]:
+        asker.start()
+    wait_until(lambda: len(answers._waiters) == 3)  # all three wait for the one evaluation
+    app.answer.set()
+    for asker in askers:
+        asker.join(WAIT)
+    assert [(a.status, a.body) for a in got] == [(200, b"ok\n")] * 3
+    assert app.evaluations == 1
+
+
+def test_a_ticket_ends_with_its_evaluation_or_when_overdue(answers_of):
+    """begin() gives a ticket while ready() runs; finish() is None until it is overdue, then
+    the overrun answer; once the evaluation ends, its verdict."""
+    app = HeldApp("shop")
+    answers = answers_of(app, ready_timeout=5.0)
+    ticket = answers.begin("GET", "/readyz", "", now=100.0)
+    assert isinstance(ticket, Ticket)
+    assert ticket.overdue == 105.0
+    assert app.entered.wait(WAIT)
+    assert answers.finish(ticket, now=104.9) is None
+    overdue = answers.finish(ticket, now=105.0)
+    assert overdue is not None
+    assert (overdue.status, overdue.body) == (503, b"ready() of 'shop' did not answer within 5s\n")
+    assert ("Retry-After", "1") not in overdue.headers  # a probe's 503, not a refusal
+    app.answer.set()
+    wait_until(lambda: answers.finish(ticket, now=100.0) is not None)
+    done = answers.finish(ticket, now=100.0)
+    assert done is not None
+    assert done.status == 200
+
+
+def test_admit_refuses_only_what_would_wait(answers_of):
+    """admit() is asked only for an answer that would wait; False is a 503 with Retry-After."""
+    app = HeldApp("shop")
+    answers = answers_of(app)
+    asked: list[str] = []
+
+    def refuse() -> bool:
+        asked.append("asked")
+        return False
+
+    assert answers.begin("GET", "/livez", admit=refuse).status == 200
+    refused = answers.begin("GET", "/readyz", admit=refuse)
+    assert isinstance(refused, Answer)
+    assert (refused.status, ("Retry-After", "1") in refused.headers) == (503, True)
+    assert asked == ["asked"]
+    assert app.evaluations == 0
+
+
+def test_answers_need_a_start_for_readiness_and_say_not_ready_after_close():
+    """/livez needs no start; /readyz before start() raises saying so; after close(), 503 at
+    once without calling ready()."""
+    app = HeldApp("shop")
+    answers = HealthAnswers(app)
+    assert answers.answer("GET", "/livez").status == 200
+    with pytest.raises(RuntimeError, match=r"call start\(\)"):
+        answers.answer("GET", "/readyz")
+    answers.start()
+    answers.close()
+    assert answers.answer("GET", "/readyz")[::2] == (503, b"not ready\n")
+    assert app.evaluations == 0
+
+
+@pytest.mark.realtime
+def test_answer_async_bounds_a_blocking_ready_and_never_blocks_the_loop(answers_of):
+    """A ready() that blocks: answer_async says 503 at the 0.2 s bound, the loop runs meanwhile,
+    and concurrent requests share the one stuck evaluation."""
+    app = HeldApp("shop")
+    answers = answers_of(app, ready_timeout=0.2)
+
+    async def main() -> tuple[list[Answer], int, float]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        began = time.monotonic()
+        got = await asyncio.gather(*(answers.answer_async("GET", "/readyz") for _ in range(3)))
+        took = time.monotonic() - began
+        stop.set()
+        await ticker
+        return list(got), ticks, took
+
+    try:
+        got, ticks, took = asyncio.run(main())
+    finally:
+        app.answer.set()
+    assert [(a.status, a.body) for a in got] == [
+        (503, b"ready() of 'shop' did not answer within 0.2s\n")
+    ] * 3
+    assert 0.2 <= took < 1.0
+    assert ticks >= 5  # the loop kept running while the evaluation was stuck
+    assert app.evaluations == 1
+
+
+def test_a_ready_that_raises_is_500_as_on_the_health_server(answers_of):
+    """ready() raising: 500, the HealthServer's answer, without internals."""
+
+    class Failing(lifecycle.App):
+        @property
+        def ready(self) -> bool:
+            raise RuntimeError("secret detail")
+
+    answers = answers_of(Failing("shop"))
+    status, _, body = answers.answer("GET", "/readyz")
+    assert (status, body) == (500, b"500 internal server error\n")

@@ -10,11 +10,13 @@ every server kind, carried out on the event loop (`drive_async`):
    connection it has, and a connection closed after a response that did not
    say so loses that request. Meanwhile the load balancer sees ``/readyz``
    turn 503 and stops routing here.
-2. **stop** -- take in the connections the kernel already completed, then
-   close the listening socket itself: from then on the kernel *refuses*
-   connections, which a load balancer sees and routes around (asyncio's
-   ``Server.close()`` alone resets those queued connections: 20 of 20 in the
-   backlog test). Close the keep-alive connections that sit idle between two
+2. **stop** -- take in the connections the kernel already completed (once:
+   at most a full queue, ``backlog + 1``, by the cut), then close the
+   listening socket itself, and only then serve what was taken in: from then
+   on the kernel *refuses* connections, which a load balancer sees and
+   routes around (asyncio's ``Server.close()`` alone resets those queued
+   connections: 20 of 20 in the backlog test), and a client served meanwhile
+   cannot refill the queue. Close the keep-alive connections that sit idle between two
    requests with nothing received; wait for the requests in progress; cancel
    the tokens of the long-lived ones; wait again; shortly before the stop
    deadline cut what still runs, name every request cut and raise
@@ -36,13 +38,24 @@ Units of work, one `InFlight` ticket per connection:
 The request hot path builds nothing that is not needed until shutdown: a
 request flips its connection's ticket (no ticket of its own), reuses its
 connection's request object, shares the server's token (no token of its own
-unless it is long-lived), and `draining` is a plain attribute.
+unless it is long-lived), and `draining` is a plain attribute. It writes one
+context variable: its number on the connection (`note_request`), so that
+`lifecycle.mark_long_lived` from a context copied out of it (a task or
+thread the handler started) marks it while it runs and nothing once it
+ended, never the connection's next request.
 
 Invariant: every accepted connection has a tracker ticket from its
 ``connection_made`` (before its handler task first runs) until its handler
 returns, and the stop does not go past closing the listener before every
 connection accepted until then has had its ``connection_made``: a connection
 accepted just before the listener closed is waited for like any other.
+
+Invariant: a stop begun before or during `AsyncStreamServer.start` wins. The
+socket is bound without listening, and listens only once the server holds it
+and no stop has begun; a stop waits for a start in progress to end and then
+closes what it made; a start cancelled once listening closes the socket and
+resets what it accepted. So once ``stop`` returned, the port refuses
+connections and no handler task of the server is left.
 
 Added in 0.1.
 """
@@ -52,13 +65,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import select
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from .._core.errors import DeadlineExceeded
 from .._core.log import get_logger
 from .._core.tokens import (
     CancelSource,
@@ -76,10 +91,29 @@ from .inflight import (
     bind_scope,
     cut_deadline,
     describe_work,
+    note_request,
+    noted_request,
 )
-from .stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, Waiting, Work, drive_async
+from .stopseq import (
+    CUT_MARGIN,
+    FIRST_REQUEST_GRACE,
+    FORCE_JOIN,
+    Waiting,
+    Work,
+    cut_time,
+    drive_async,
+)
 
-__all__ = ["CUT_MARGIN", "AsyncStreamServer", "ConnectionHandler", "StopWaiter"]
+__all__ = [
+    "CUT_MARGIN",
+    "AsyncStreamServer",
+    "ConnectionHandler",
+    "StopWaiter",
+    "take_in_queued_then_close",
+]
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 _log = get_logger()
 
@@ -88,6 +122,10 @@ ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Await
 
 _END_REASON = "server stopping"  # the reason long-lived requests' tokens are cancelled with
 _CUT_REASON = "server stop deadline: connection cut"
+# Why a stop in progress cuts at once: a later call of stop has an earlier cut time.
+_CUT_NOW_REASON = "another stop's deadline came first"
+# accept() errors that consume one queued connection (its peer gave up) and leave the rest.
+_ACCEPT_ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO})
 
 _current_connection: contextvars.ContextVar[_Connection] = contextvars.ContextVar(
     "lifecycle_aioserver_connection"
@@ -108,6 +146,14 @@ class _Serving:
     ``_ending`` is set before the long-lived requests' sources are looked
     at, and a source made afterwards is cancelled at once, so no long-lived
     request escapes.
+
+    One stop, however many calls (`_stop_once`): the first call of ``stop``
+    runs the stop sequence; a call while it runs waits for it and shares its
+    outcome (returns, or raises the same `DeadlineExceeded`), and if its own
+    cut time comes first it makes the running sequence cut then, so that
+    every call returns by its own token's deadline; a call after it ended
+    returns that outcome at once. Invariant: ``_stopped`` turns True only
+    after ``_outcome`` holds the outcome, and a wake-up follows it.
     """
 
     def __init__(self) -> None:
@@ -120,14 +166,19 @@ class _Serving:
         self._app: ShutdownView | None = None
         self._detach_drain: Callable[[], bool] | None = None
         self._stop_deadline: float | None = None
-        self._stopping = False
+        self._stopping = False  # a stop began
+        self._stopped = False  # the stop ended; _outcome is final
+        self._outcome: BaseException | None = None  # what the stop raised (None: it returned)
+        self._outcome_tb: TracebackType | None = None  # ... and where, as it first left the stop
+        self._cut_labels: list[str] = []  # the requests the stop cut, oldest first
+        self._cut_now = CancelSource()  # cancelled: the stop running cuts at once
         self._ending = False  # the long-lived requests were asked to end
         self._waiter = StopWaiter()
         self._bound = self._tokens.root  # the request token bound to this scope last
         bind_scope(self._tokens.root, self)
 
-    def _lc_mark_long_lived(self) -> None:
-        """`RequestScope`: make the request being served here long-lived."""
+    def _lc_mark_long_lived(self) -> bool | None:
+        """`RequestScope`: make the calling context's request long-lived; False if it ended."""
         raise NotImplementedError
 
     def lifecycle_bind(self, app: ShutdownView) -> None:
@@ -180,6 +231,82 @@ class _Serving:
         for source in sources:
             cancel_in_background(source, _END_REASON)
 
+    # -- one stop, however many calls ------------------------------------------
+
+    async def _stop_once(
+        self,
+        token: CancelToken,
+        name: str,
+        sequence: Callable[[CancelToken], Awaitable[object]],
+    ) -> None:
+        """Run ``sequence`` for the first call of ``stop``; share its outcome with every other.
+
+        The sequence gets a token cancelled by ``token`` or by a later call
+        whose cut time comes first (``_cut_now``). A stop abandoned (its task
+        cancelled) cuts in the sequence's driver; the later calls then see
+        what it cut.
+        """
+        if self._stopping:
+            await self._join_stop(token, name)
+            return
+        self._stopping = True
+        driving = CancelSource.linked(token, self._cut_now.token)
+        try:
+            await sequence(driving.token)
+        except Exception as error:  # DeadlineExceeded, or an operation's error: every call's
+            self._outcome, self._outcome_tb = error, error.__traceback__
+            raise
+        except BaseException:  # abandoned (cancelled): the later calls get what was cut
+            self._outcome = self._cut_outcome(name)
+            raise
+        finally:
+            driving.close()
+            self._stopped = True
+            self._waiter.wake()
+
+    async def _join_stop(self, token: CancelToken, name: str) -> None:
+        """A call of ``stop`` while (or after) another ran: its outcome, by ``token``'s deadline."""
+        try:
+            if not self._stopped:
+                await self._wait_stopped(cut_time(time.monotonic(), token.deadline), token)
+            if not self._stopped:
+                # This call's cut time came first (or its token fired): the running
+                # sequence cuts now; what is left of this call's budget is for its join.
+                self._cut_now.cancel(_CUT_NOW_REASON)
+                remaining = token.remaining()
+                await self._wait_stopped(
+                    time.monotonic() + (FORCE_JOIN if remaining is None else remaining), None
+                )
+        except BaseException:
+            # Abandoned: leave nothing running, as the sequence's driver does.
+            self._cut_now.cancel(_CUT_NOW_REASON)
+            raise
+        if not self._stopped:
+            cut = self._cut_outcome(name)  # the sequence cut, and is still joining
+            if cut is not None:
+                raise cut
+            return
+        outcome = self._outcome
+        if outcome is not None:
+            raise outcome.with_traceback(self._outcome_tb)
+
+    async def _wait_stopped(self, until: float | None, token: CancelToken | None) -> None:
+        """Until the stop ended, ``until`` passed or ``token`` fired; spurious wakes looked past."""
+        while not self._stopped and not (token is not None and token.cancelled):
+            timeout = None if until is None else until - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return
+            await self._waiter.wait(lambda: self._stopped, timeout, token)
+
+    def _cut_outcome(self, name: str) -> DeadlineExceeded | None:
+        """What a stop that cut without finishing amounts to: the cut, if it named requests."""
+        return DeadlineExceeded(name, self._cut_labels) if self._cut_labels else None
+
+    def _record_cut(self, labels: list[str]) -> list[str]:
+        """The stop's cut ends ``labels``: kept for the calls of ``stop`` that join it."""
+        self._cut_labels = labels
+        return labels
+
 
 class _Connection:
     """One accepted connection: its ticket, streams, handler task and request bookkeeping.
@@ -200,6 +327,7 @@ class _Connection:
         "by_request",
         "current",
         "cut",
+        "ended",
         "idle_label",
         "peer",
         "reader",
@@ -237,6 +365,7 @@ class _Connection:
         self.current: _Request | None = None  # the innermost request() block in progress
         self.source: CancelSource | None = None  # own token, once marked long-lived as a whole
         self.cut = False  # stop cancelled its handler at the deadline
+        self.ended = False  # its handler returned: nothing of it can be marked
         self.idle_label = f"connection {peer} (idle)"  # the ticket's label between requests
         self.spare: _Request | None = _Request(self)  # reused by request(): no allocation
 
@@ -245,12 +374,25 @@ class _Connection:
         """Between two requests: nothing would be lost by closing it now."""
         return self.busy == 0 and self.streams == 0
 
-    def mark_long_lived(self) -> None:
-        """Make the work in progress long-lived: the innermost request, or the connection."""
+    def mark_long_lived(self, use: int) -> bool:
+        """Make request number ``use`` long-lived, if it is in progress; False if it is not.
+
+        ``use`` is what the calling context noted (`noted_request`): the
+        number of the `request` block it runs in (or was copied from), 0 for
+        the connection unit of connection mode. A context copied out of a
+        block that ended names a number no block in progress has.
+        """
+        if self.ended:
+            return False
         request = self.current
-        if request is not None:
-            request.mark()
-        elif not self.by_request and self.source is None:
+        while request is not None:  # the innermost block first; nesting is rare
+            if request._use == use:
+                request.mark()
+                return True
+            request = request._outer
+        if use != 0 or self.by_request:
+            return False  # that request ended (or the connection unit did)
+        if self.source is None:
             # Connection mode: the connection itself is the unit; it turns into a stream.
             self.source = self.server._stream_source()
             _current.set(self.source.token)
@@ -258,6 +400,7 @@ class _Connection:
             self.streams += 1
             self.ticket.long_lived = True
             self.server._moved(self)
+        return True
 
     def end_connection_unit(self) -> None:
         """The handler entered its first `request`: the connection-wide unit ends."""
@@ -276,11 +419,12 @@ class _Request:
     next, and makes a token of its own only when it is long-lived.
     """
 
-    __slots__ = ("_conn", "_label", "_long_lived", "_outer", "_reset", "_source")
+    __slots__ = ("_conn", "_label", "_long_lived", "_outer", "_reset", "_source", "_use")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self._label = ""
+        self._use = 0  # its number on the connection (`_Connection.requests`) while it runs
         self._long_lived = False
         self._outer: _Request | None = None
         self._source: CancelSource | None = None
@@ -292,6 +436,7 @@ class _Request:
         if not conn.by_request:
             conn.end_connection_unit()
         conn.requests += 1
+        self._use = conn.requests
         conn.busy += 1
         if conn.busy == 1:
             ticket = conn.ticket
@@ -305,7 +450,9 @@ class _Request:
             self._reset = _current.set(server._request_token())
         if self._long_lived:
             self.mark()
-        return _current.get()
+        token = _current.get()
+        note_request(self._use)  # what a copy of this context may mark
+        return token
 
     def mark(self) -> None:
         """Make this request long-lived: not waited for at stop; its own token is cancelled."""
@@ -331,8 +478,10 @@ class _Request:
         tb: TracebackType | None,
     ) -> None:
         conn = self._conn
-        conn.current = self._outer
-        self._outer = None
+        outer = conn.current = self._outer
+        if outer is not None:
+            self._outer = None
+            note_request(outer._use)  # the handler's context is the enclosing block's again
         if self._reset is not None:
             # ValueError: marked long-lived from another task; this one's context is unchanged.
             with contextlib.suppress(ValueError):
@@ -444,13 +593,16 @@ class AsyncStreamServer(_Serving):
         """The `InFlight` of the connections: one ticket each, long-lived while idle,
         labelled with the request in progress (for metrics, logs and tests)."""
         self._server: asyncio.Server | None = None
+        self._starting = False  # start() is binding (a stop waits for it to end)
         self._connections: set[_Connection] = set()
         self._streams: set[CancelSource] = set()  # the long-lived requests' own sources
         self._ops = _StopOps(self)
 
     def __repr__(self) -> str:
         state = (
-            "stopping"
+            "stopped"
+            if self._stopped
+            else "stopping"
             if self._stopping
             else "draining"
             if self.draining
@@ -499,37 +651,95 @@ class AsyncStreamServer(_Serving):
     async def start(self, token: CancelToken | None = None) -> None:
         """Listen; return once connections are accepted.
 
+        A `stop` that begins before or during the start wins: the server
+        never listens (or stops listening before that stop returns), and
+        start raises.
+
         Raises:
-            RuntimeError: it was already started.
+            RuntimeError: it was already started, or stopped (before or while
+                it was starting).
             OSError: the address cannot be bound (in use, not permitted).
         """
-        if self._server is not None or self._stopping:
+        if self._stopping:
+            raise RuntimeError(
+                f"server {self.name!r} was stopped; a stopped server does not listen "
+                f"again (create a new one)"
+            )
+        if self._starting or self._server is not None:
             raise RuntimeError(
                 f"server {self.name!r} was already started; a server starts once "
                 f"(create a new one to listen again)"
             )
+        self._starting = True
+        try:
+            await self._listen()
+        finally:
+            self._starting = False
+            self._waiter.wake()  # a stop may be waiting for the start to end
+        if self._stopping:
+            raise RuntimeError(
+                f"server {self.name!r} was stopped while it was starting; its stop "
+                f"closed the listener (create a new server to listen again)"
+            )
+
+    async def _listen(self) -> None:
+        """Bind, then listen unless a stop began meanwhile.
+
+        Invariant: the socket listens only once ``_server`` holds it, so the
+        stop (which waits for the start to end) closes it; until then it is
+        bound but not listening, and the kernel refuses connections to it.
+        """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        listener = await loop.create_server(
             self._protocol,
             self.host,
             self._requested_port,
             backlog=self.backlog,
             reuse_address=True,
+            start_serving=False,
         )
-        sockname = self._server.sockets[0].getsockname()
+        sockname = listener.sockets[0].getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
         self.tracker.name = f"{self.name} work"  # the real port, once known
+        if self._stopping:
+            listener.close()  # never listened
+            return
+        self._server = listener
+        try:
+            await listener.start_serving()
+        except BaseException:
+            if not self._stopping:
+                # Cancelled (a start timeout): no stop will come; end what was accepted.
+                self._server = None
+                listener.close()
+                self._abort_connections()
+            raise  # else: the stop waiting for this start closes the listener
+
+    def _abort_connections(self) -> None:
+        """Reset every connection and cancel its handler (a start that did not complete)."""
+        for conn in list(self._connections):
+            conn.cut = True
+            if conn.task is not None:
+                conn.task.cancel()
+            conn.writer.transport.abort()
 
     def ready(self) -> bool:
         """True while listening (until stop begins)."""
         server = self._server
-        return server is not None and not self._stopping and server.is_serving()
+        return (
+            server is not None and not self._starting and not self._stopping and server.is_serving()
+        )
 
     async def stop(self, token: CancelToken | None = None) -> None:
         """Stop without losing work: the stop sequence of this module's docstring.
 
         Returns when every connection has ended, at once when nothing is in
-        flight. Calling it again, or before `start`, does nothing.
+        flight. Once it returned, the port refuses connections, also when it
+        was called before or during `start` (which then raises and never
+        listens). Called again while it runs, it returns when the first call
+        does, with the same outcome, but by its own token's deadline (cutting
+        then if the first call would cut later); called after it finished, it
+        returns that outcome at once.
 
         Raises:
             DeadlineExceeded: requests were cut `CUT_MARGIN` before ``token``'s
@@ -538,10 +748,19 @@ class AsyncStreamServer(_Serving):
         """
         if token is None:
             token = current_token()
-        if self._server is None or self._stopping:
-            return
-        self._stopping = True
+        await self._stop_once(token, self.name, self._stop_sequence)
+
+    async def _stop_sequence(self, token: CancelToken) -> None:
         try:
+            if self._starting:
+                # A start is binding: it listens only if no stop began, so wait for
+                # it to end, then close what it made.
+                until = cut_time(time.monotonic(), token.deadline)
+                while self._starting and not token.cancelled:
+                    timeout = None if until is None else until - time.monotonic()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    await self._waiter.wait(lambda: not self._starting, timeout, token)
             await drive_async(self._ops, token, name=self.name)
         finally:
             self._tokens.close()
@@ -614,6 +833,7 @@ class AsyncStreamServer(_Serving):
     async def _serve(self, conn: _Connection) -> None:
         _current_connection.set(conn)
         _current.set(self._request_token())
+        note_request(0)  # the connection unit (none inherited from the accepting task)
         try:
             await self._callback(conn.reader, conn.writer)
         except asyncio.CancelledError:
@@ -627,6 +847,7 @@ class AsyncStreamServer(_Serving):
 
     def _forget(self, conn: _Connection) -> None:
         """The handler's task is done: close the connection, release what it held."""
+        conn.ended = True
         conn.writer.close()
         if conn.source is not None:
             self._streams.discard(conn.source)
@@ -638,10 +859,11 @@ class AsyncStreamServer(_Serving):
 
     # -- tokens and wake-ups ------------------------------------------------------
 
-    def _lc_mark_long_lived(self) -> None:
+    def _lc_mark_long_lived(self) -> bool:
         conn = _current_connection.get(None)
-        if conn is not None and conn.server is self:
-            conn.mark_long_lived()
+        if conn is None or conn.server is not self:
+            return False
+        return conn.mark_long_lived(noted_request())
 
     def _stream_source(self) -> CancelSource:
         """The own source of a request turning long-lived (cancelled at once if streams end)."""
@@ -673,42 +895,17 @@ class _StopOps:
         self.server._drain(deadline)
 
     async def close_listener(self, timeout: float | None) -> None:
-        """Take in what the kernel queued, then close the listening socket.
+        """Take in what the kernel queued, once, then close the listening socket.
 
-        asyncio's ``Server.close()`` alone resets the connections the kernel
-        completed but the loop had not accepted yet, and drops those the loop
-        accepted in the same iteration (their transport cannot attach to a
-        closed server). So: stop the loop's accepting, let the connections it
-        accepted already attach, accept the rest here until the queue is
-        empty, then close; every later connection attempt is refused.
+        `take_in_queued_then_close`: the connections taken in are served only
+        once the listening socket is closed; later attempts are refused.
         """
         server = self.server
         listener = server._server
-        if listener is None:
-            return
-        loop = asyncio.get_running_loop()
-        for sock in listener.sockets:
-            with contextlib.suppress(NotImplementedError):  # a loop without add_reader
-                loop.remove_reader(sock.fileno())
-        await asyncio.sleep(0)  # what the loop accepted already creates its transports
-        listening = [sock.dup() for sock in listener.sockets]  # sockets we may accept() on
-        try:
-            queued = [conn for sock in listening for conn in _accept_queued(sock, server.name)]
-        finally:
-            for sock in listening:
-                sock.close()
-        listener.close()  # from here the kernel refuses new connections
-        results = await asyncio.gather(
-            *(loop.connect_accepted_socket(server._protocol, conn) for conn in queued),
-            return_exceptions=True,
-        )
-        for conn, result in zip(queued, results, strict=True):
-            if isinstance(result, BaseException):
-                _log.debug("queued connection lost", component=server.name, error=repr(result))
-                conn.close()
-        # Invariant (module docstring): every connection accepted until now has had
-        # its connection_made, scheduled by its transport in the iteration just run.
-        await asyncio.sleep(0)
+        if listener is not None:
+            await take_in_queued_then_close(
+                listener, server._protocol, server.name, backlog=server.backlog, timeout=timeout
+            )
 
     def close_idle(self, now: float) -> float | None:
         server = self.server
@@ -738,12 +935,8 @@ class _StopOps:
         server = self.server
         cut = describe_work([c.ticket for c in server._connections if not c.idle], time.monotonic())
         server._tokens.cut(_CUT_REASON)
-        for conn in list(server._connections):
-            conn.cut = True
-            if conn.task is not None:
-                conn.task.cancel()
-            conn.writer.transport.abort()
-        return cut
+        server._abort_connections()
+        return server._record_cut(cut)
 
     async def join(self, timeout: float | None) -> bool:
         tasks = [c.task for c in self.server._connections if c.task is not None]
@@ -817,20 +1010,113 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _accept_queued(sock: socket.socket, name: str) -> list[socket.socket]:
-    """Accept every connection the kernel has queued on ``sock`` (non-blocking)."""
+async def take_in_queued_then_close(
+    listener: asyncio.Server,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    name: str,
+    *,
+    backlog: int,
+    timeout: float | None,
+    ssl: SSLContext | None = None,
+) -> None:
+    """Take in what the kernel queued on ``listener``, close it, then serve what was taken in.
+
+    ``take_in_queued_then_close(listener, protocol_factory, name, *, backlog,
+    timeout, ssl=None)``: the listener-closing step of a stop, for any
+    ``asyncio.Server`` (``listener``) whose connections ``protocol_factory``
+    makes (what was passed to ``loop.create_server``; ``ssl`` as passed
+    there). ``name`` names the server in the log, ``backlog`` is the listen
+    backlog, ``timeout`` the seconds it may spend accepting (None: no bound).
+
+    asyncio's ``Server.close()`` alone resets the connections the kernel
+    completed but the loop had not accepted yet, and drops those the loop
+    accepted in the same iteration (their transport cannot attach to a
+    closed server). So: stop the loop's accepting, let the connections it
+    accepted already attach, accept what is queued (`_accept_queued`), then
+    close; every later connection attempt is refused. Only then are the
+    connections taken in served: a client served meanwhile cannot refill
+    the queue.
+
+    The queue is taken in once, not until it is empty: at most what it can
+    hold (``backlog + 1`` on Linux) per socket, and by ``timeout``. A queue
+    that refills as fast as it is taken in would otherwise keep the listener
+    open until the cut. When it returns, every connection taken in has had
+    its protocol's ``connection_made``; one whose transport could not be
+    made is closed and logged at debug level.
+
+    Example::
+
+        await take_in_queued_then_close(
+            listener, self._protocol, self.name, backlog=self.backlog, timeout=timeout
+        )
+    """
+    loop = asyncio.get_running_loop()
+    for sock in listener.sockets:
+        with contextlib.suppress(NotImplementedError):  # a loop without add_reader
+            loop.remove_reader(sock.fileno())
+    await asyncio.sleep(0)  # what the loop accepted already creates its transports
+    until = None if timeout is None else time.monotonic() + timeout
+    listening = [sock.dup() for sock in listener.sockets]  # sockets we may accept() on
+    try:
+        queued = [
+            conn
+            for sock in listening
+            for conn in _accept_queued(sock, name, limit=backlog + 1, until=until)
+        ]
+    finally:
+        for sock in listening:
+            sock.close()
+    listener.close()  # from here the kernel refuses new connections
+    results = await asyncio.gather(
+        *(loop.connect_accepted_socket(protocol_factory, conn, ssl=ssl) for conn in queued),
+        return_exceptions=True,
+    )
+    for conn, result in zip(queued, results, strict=True):
+        if isinstance(result, BaseException):
+            _log.debug("queued connection lost", component=name, error=repr(result))
+            conn.close()
+    # Every connection taken in has had its connection_made, scheduled by its
+    # transport in the iteration just run.
+    await asyncio.sleep(0)
+
+
+def _accept_queued(
+    sock: socket.socket,
+    name: str,
+    *,
+    limit: int | None = None,
+    until: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[socket.socket]:
+    """Accept, without serving, what the kernel has queued on ``sock`` (non-blocking).
+
+    Until the queue is empty, ``limit`` connections were taken or ``clock()``
+    reached ``until``, whichever comes first. A listener that closes next
+    passes its queue's size as ``limit`` (``backlog + 1`` on Linux): under
+    load the queue may never be empty.
+
+    Example::
+
+        taken = _accept_queued(listening, "api", limit=server.backlog + 1, until=deadline)
+    """
     accepted: list[socket.socket] = []
-    while True:
+    taken = 0  # queue entries taken: accepted, or aborted by their peer
+    while (limit is None or taken < limit) and (until is None or clock() < until):
+        taken += 1
         try:
             conn, _ = sock.accept()
         except (BlockingIOError, InterruptedError):
             return accepted
-        except OSError as error:  # aborted by the peer, out of descriptors: take the rest later
+        except OSError as error:
+            if error.errno in _ACCEPT_ABORTED:
+                continue  # that one is gone; the rest of the queue is still there
+            # Out of descriptors or memory: what is left is reset as the listener closes.
             _log.warning(
                 "accept failed while closing the listener", component=name, error=str(error)
             )
             return accepted
         accepted.append(conn)
+    return accepted
 
 
 def _has_input(conn: _Connection) -> bool:

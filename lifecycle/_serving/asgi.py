@@ -27,11 +27,25 @@ and before it lets the server close its connections::
 
 A request that arrives during the stop on a connection still open is served
 with a live token, and anything cut raises `DeadlineExceeded` (exit code
-TIMEOUT), as with every server kind.
+TIMEOUT), as with every server kind. The server usually still holds
+connections when the middleware's stop returns (it closes them next): a
+request arriving on one then is served the same way, while one arriving once
+the stop has cut is refused at once (HTTP: ``503`` with ``connection:
+close``; websocket: closed) without calling the application, since its
+token could only be a cancelled one.
 
 The request hot path builds nothing that is needed only at shutdown: no
-token per ordinary request, no ``send`` wrapper before the drain, and the
-drain check is a plain attribute read.
+token per ordinary request, one C-level ``functools.partial`` per request
+that is at once the request's record and its ``send`` (the only wrapper: it
+reads the drain flag when the response starts), and the drain check is a
+plain attribute read.
+
+Which request `lifecycle.mark_long_lived` marks: the one whose context the
+call runs in. Each request notes its record in its context (a context
+variable of the middleware's): a task the application creates, or a thread
+it starts with a copy of the context, marks that request while it runs, and
+nothing once it ended (the call returns False), however many requests the
+middleware serves in that context by then.
 
 Pure ASGI 3: no dependency on any framework or server.
 
@@ -41,12 +55,14 @@ Added in 0.1.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextvars import ContextVar
+from functools import partial
 from types import FrameType
 from typing import Any
 
+from .._core.log import get_logger
 from .._core.tokens import (
     CancelSource,
     CancelToken,
@@ -60,6 +76,7 @@ from .stopseq import Waiting, Work, drive_async
 
 __all__ = ["ASGIApp", "ASGIMiddleware"]
 
+_log = get_logger()
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,6 +90,11 @@ _CLOSE = (b"connection", b"close")
 # forbid it: their servers end connections with GOAWAY instead).
 _CONNECTION_HEADER_VERSIONS = frozenset({"1.0", "1.1"})
 _CUT_REASON = "server stop deadline: request cut"
+_GOING_AWAY = 1001  # the websocket close code of a server going down
+# Bound once: the hot path calls them without an attribute lookup each.
+_monotonic = time.monotonic
+_set_current = _current.set
+_reset_current = _current.reset
 
 
 def _with_connection_close(message: Message) -> Message:
@@ -83,57 +105,43 @@ def _with_connection_close(message: Message) -> Message:
     return {**message, "headers": kept}
 
 
-def _closing_send(send: Send) -> Send:
-    """``send``, with ``connection: close`` put in the response's headers."""
+def _responding(
+    mw: ASGIMiddleware, scope: Scope, send: Send, began: float, message: Message
+) -> Awaitable[None]:
+    """The server's ``send``; a response that starts once draining says ``connection: close``.
 
-    def closing_send(message: Message) -> Awaitable[None]:
-        # A plain function returning send's awaitable: no extra coroutine per message.
-        if message["type"] == "http.response.start":
-            message = _with_connection_close(message)
-        return send(message)
-
-    return closing_send
-
-
-class _Call:
-    """One HTTP request or websocket in progress.
-
-    Made per request, so it holds only what the hot path has at hand; the
-    label is built from the scope when the stop needs it.
+    Bound per request as ``partial(_responding, mw, scope, send, began)``:
+    that partial is the request's record in ``mw._calls`` too (its ``args``
+    say what it is and since when). Also for a request begun before the
+    drain: its response may start after the drain began, and must then
+    announce the close too, or the client's next request on that keep-alive
+    connection races the server's close. It returns the server's awaitable:
+    no coroutine per message.
     """
+    if (
+        mw.draining
+        and message["type"] == "http.response.start"
+        and scope.get("http_version", "1.1") in _CONNECTION_HEADER_VERSIONS
+    ):
+        message = _with_connection_close(message)
+    return send(message)
 
-    __slots__ = ("began", "mw", "scope", "server_send", "source")
 
-    def __init__(self, mw: ASGIMiddleware, scope: Scope, began: float) -> None:
-        self.mw = mw
-        self.scope = scope
-        self.began = began
-        self.source: CancelSource | None = None  # own token, once long-lived
-        self.server_send: Send | None = None
+_Call = partial  # one request in progress: partial(_responding, mw, scope, send, began)
 
-    def send(self, message: Message) -> Awaitable[None]:
-        """The server's ``send``; a response that starts once draining says close.
 
-        Also for a request begun before the drain: its response may start after
-        the drain began, and must then announce the close too, or the client's
-        next request on that keep-alive connection races the server's close. A
-        plain method returning the server's awaitable: no coroutine per message.
-        """
-        if (
-            self.mw.draining
-            and message["type"] == "http.response.start"
-            and self.scope.get("http_version", "1.1") in _CONNECTION_HEADER_VERSIONS
-        ):
-            message = _with_connection_close(message)
-        assert self.server_send is not None
-        return self.server_send(message)
+class _Running:
+    """A request in progress as `describe_work` reads it (made only when asked)."""
 
-    @property
-    def label(self) -> str:
-        scope = self.scope
+    __slots__ = ("began", "label")
+
+    def __init__(self, call: _Call[Awaitable[None]]) -> None:
+        scope: Scope = call.args[1]
+        self.began: float = call.args[3]
         if scope["type"] == "websocket":
-            return f"WS {scope.get('path', '')}"
-        return f"{scope.get('method', '?')} {scope.get('path', '')}"
+            self.label = f"WS {scope.get('path', '')}"
+        else:
+            self.label = f"{scope.get('method', '?')} {scope.get('path', '')}"
 
 
 class ASGIMiddleware(_Serving):
@@ -151,7 +159,8 @@ class ASGIMiddleware(_Serving):
     `lifecycle.current_token` is the request's token: carrying the deadline
     of the cut once shutdown was requested, cancelled when the stop cuts; a
     websocket's, or a request's marked with `lifecycle.mark_long_lived`, is
-    cancelled when the stop asks the long-lived requests to end.
+    cancelled when the stop asks the long-lived requests to end. Once the
+    stop has cut, requests are refused without calling the application.
 
     Example::
 
@@ -171,13 +180,40 @@ class ASGIMiddleware(_Serving):
         super().__init__()
         self.asgi_app = asgi_app
         self.name = name
-        self._calls: set[_Call] = set()
+        self._calls: set[_Call[Awaitable[None]]] = set()
+        # The request of this middleware's that the context belongs to: its
+        # record, held by the context (and any copy of it), so never reused for
+        # another request while a copy could still name it. One variable per
+        # middleware: a request of another one (stacked middlewares, a server's
+        # handler around this one) never overwrites it, so nothing is undone as
+        # a request ends; the next request served in the same context writes
+        # its own.
+        self._noted: ContextVar[_Call[Awaitable[None]] | None] = ContextVar(
+            f"lifecycle_asgi_request:{name}", default=None
+        )
+        self._note = self._noted.set
+        # The own sources of the requests in progress that are long-lived.
+        self._long_lived: dict[_Call[Awaitable[None]], CancelSource] = {}
+        self._root = self._tokens.root  # the token of every request begun before the drain
+        self._refusing = False  # the stop cut: requests are refused, the app is not called
         self._ops = _StopOps(self)
+        # Called with each task serving a request just before the cut cancels it
+        # (while it still waits where it was stuck): a server's integration logs
+        # its stack there.
+        self._about_to_cut: Callable[[asyncio.Task[Any]], None] | None = None
         if app is not None:
             self.lifecycle_bind(app)
 
     def __repr__(self) -> str:
-        state = "stopping" if self._stopping else "draining" if self.draining else "serving"
+        state = (
+            "stopped"
+            if self._stopped
+            else "stopping"
+            if self._stopping
+            else "draining"
+            if self.draining
+            else "serving"
+        )
         return f"<ASGIMiddleware {self.name!r} {state} in_flight={self.in_flight}>"
 
     @property
@@ -187,38 +223,45 @@ class ASGIMiddleware(_Serving):
 
     def running(self) -> list[str]:
         """``["GET /slow (12.3s)", "WS /feed (40.1s)"]``: what is in progress, oldest first."""
-        return describe_work(self._calls, time.monotonic())
+        calls = list(self._calls)
+        return describe_work([_Running(call) for call in calls], time.monotonic())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket"):
+        if kind != "http" and kind != "websocket":  # noqa: PLR1714 - http: one comparison
             await self.asgi_app(scope, receive, send)
             return
-        # The hot path: no token, no task lookup, one context variable (the
-        # shared token, bound to this middleware) and one thin send wrapper
-        # that reads the drain flag when the response starts.
-        call = _Call(self, scope, time.monotonic())
+        # The hot path: one partial (the request's record and its send), no
+        # token, no task lookup, two context variables (the shared token,
+        # bound to this middleware, and the request's record).
+        call = partial(_responding, self, scope, send, _monotonic())
         calls = self._calls
-        calls.add(call)
-        if kind == "websocket":
-            self._mark(call, make_current=False)  # long-lived from the start
-            assert call.source is not None
-            reset = _current.set(call.source.token)
-        elif self.draining:
-            reset = _current.set(self._request_token())
-            if scope.get("http_version", "1.1") in _CONNECTION_HEADER_VERSIONS:
-                send = _closing_send(send)
+        calls.add(call)  # Invariant: before _refusing is read (see _StopOps.cut)
+        if self.draining:
+            if self._refusing:
+                calls.discard(call)
+                await self._refuse(scope, send)
+                return
+            if kind == "websocket":
+                reset = _set_current(self._mark_websocket(call))
+            else:
+                reset = _set_current(self._request_token())
+                send = call
+        elif kind == "websocket":
+            reset = _set_current(self._mark_websocket(call))
         else:
-            reset = _current.set(self._tokens.root)
-            call.server_send = send
-            send = call.send
+            reset = _set_current(self._root)
+            send = call
+        self._note(call)  # what a copy of this context may mark
         try:
             await self.asgi_app(scope, receive, send)
         finally:
-            _current.reset(reset)
+            _reset_current(reset)
             calls.discard(call)
-            if call.source is not None:
-                call.source.close()
+            if self._long_lived:
+                source = self._long_lived.pop(call, None)
+                if source is not None:
+                    source.close()
             if self._stopping:
                 self._waiter.wake()  # the stop may be waiting for this request
 
@@ -232,52 +275,88 @@ class ASGIMiddleware(_Serving):
         3. `CUT_MARGIN` before ``token``'s deadline, cancel what still runs,
            name it and raise.
 
-        Returns at once when nothing is in flight. Called again (by the
-        server component and by the app, say), it waits, by its own token,
-        until nothing is in flight.
+        Returns at once when nothing is in flight. A request that arrives
+        after it returned, on a connection the server has not closed yet, is
+        served as during the stop (``connection: close``, a live token
+        carrying the stop's deadline; a websocket's token cancelled at once);
+        once it has cut, requests are refused without calling the
+        application (HTTP: 503 with ``connection: close``; websocket:
+        closed).
+
+        Called again while it runs (by the server component and by the app,
+        say), it returns when the first call does, with the same outcome
+        (raising the same `DeadlineExceeded`), but by its own token's
+        deadline: if its cut time comes first, what runs is cut then. Called
+        after it finished, it returns that outcome at once.
 
         Raises:
             DeadlineExceeded: requests were cut; ``.cut`` names every one.
         """
         if token is None:
             token = current_token()
-        if self._stopping:
-            await self._waiter.wait(lambda: not self._calls, token.remaining(), token)
-            return
-        self._stopping = True
-        await drive_async(self._ops, token, name=self.name, sockets=False)
+        await self._stop_once(token, self.name, self._stop_sequence)
 
     # -- internals -------------------------------------------------------------
 
-    def _lc_mark_long_lived(self) -> None:
-        # The request marked is the one whose __call__ is on the caller's stack.
-        # From a task of its own, marking finds no request and does nothing.
-        frame: FrameType | None = sys._getframe(1)
-        while frame is not None:
-            call = _call_of(frame, self._calls)
-            if call is not None:
-                self._mark(call)
-                return
-            frame = frame.f_back
+    async def _stop_sequence(self, token: CancelToken) -> None:
+        await drive_async(self._ops, token, name=self.name, sockets=False)
 
-    def _mark(self, call: _Call, *, make_current: bool = True) -> None:
-        """Make ``call`` long-lived: a token of its own, cancelled when streams end."""
-        if call.source is not None or call not in self._calls:
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        """Answer a request that arrived once the stop cut, without the application."""
+        _log.debug(
+            "request refused: the stop has cut",
+            component=self.name,
+            path=scope.get("path", ""),
+        )
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": _GOING_AWAY})
             return
+        body = f"{self.name!r} is stopping; send the request to another instance\n".encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"0"),
+        ]
+        if scope.get("http_version", "1.1") in _CONNECTION_HEADER_VERSIONS:
+            headers.append(_CLOSE)
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _lc_mark_long_lived(self) -> bool:
+        # The request marked is the one this context noted: its own, or the one
+        # a task or thread was copied from, while that is in progress.
+        call = self._noted.get()
+        if call is None or call not in self._calls:
+            return False  # no request of this middleware's, or it ended
+        if call not in self._long_lived:
+            source = self._mark(call)
+            _current.set(source.token)  # for the rest of the request (in this context)
+            if call not in self._calls:  # it ended meanwhile (a mark from a thread)
+                self._long_lived.pop(call, None)
+                source.close()
+                return False
+        return True
+
+    def _mark(self, call: _Call[Awaitable[None]]) -> CancelSource:
+        """Make ``call`` long-lived: a token of its own, cancelled when streams end."""
 
         def keep(source: CancelSource) -> None:
-            call.source = source
+            self._long_lived[call] = source
 
         source = self._long_lived_source(keep)
-        if make_current:
-            _current.set(source.token)  # for the rest of the request
         if self._stopping:
             self._waiter.wake()
+        return source
+
+    def _mark_websocket(self, call: _Call[Awaitable[None]]) -> CancelToken:
+        """A websocket is long-lived from the start: its own token."""
+        return self._mark(call).token
 
     def _work(self) -> Work:
         calls = list(self._calls)
-        long_lived = sum(1 for c in calls if c.source is not None)
-        return Work(len(calls) - long_lived, long_lived)
+        long_lived = self._long_lived
+        marked = sum(1 for c in calls if c in long_lived)
+        return Work(len(calls) - marked, marked)
 
 
 class _StopOps:
@@ -313,16 +392,21 @@ class _StopOps:
         await mw._waiter.wait(holds, timeout, token)
 
     def end_long_lived(self) -> None:
-        mw = self.mw
-        mw._end_long_lived([c.source for c in list(mw._calls) if c.source is not None])
+        self.mw._end_long_lived(list(self.mw._long_lived.values()))
 
     def cut(self) -> list[str]:
         mw = self.mw
+        # Invariant: set before the requests are listed; a request adds itself
+        # before it reads the flag: so each one is refused, or listed and cut.
+        mw._refusing = True
         cut = mw.running()
         mw._tokens.cut(_CUT_REASON)
+        about_to_cut = mw._about_to_cut
         for task in _tasks_serving(mw._calls):
+            if about_to_cut is not None:
+                about_to_cut(task)
             task.cancel()
-        return cut
+        return mw._record_cut(cut)
 
     async def join(self, timeout: float | None) -> bool:
         mw = self.mw
@@ -330,7 +414,7 @@ class _StopOps:
         return not mw._calls
 
 
-def _tasks_serving(calls: set[_Call]) -> list[asyncio.Task[Any]]:
+def _tasks_serving(calls: set[_Call[Awaitable[None]]]) -> list[asyncio.Task[Any]]:
     """The tasks of the running loop that serve one of ``calls``.
 
     A request does not record its task: ``asyncio.current_task()`` costs
@@ -342,7 +426,9 @@ def _tasks_serving(calls: set[_Call]) -> list[asyncio.Task[Any]]:
     return [task for task in asyncio.all_tasks() if _call_served(task, calls) is not None]
 
 
-def _call_served(task: asyncio.Task[Any], calls: set[_Call]) -> _Call | None:
+def _call_served(
+    task: asyncio.Task[Any], calls: set[_Call[Awaitable[None]]]
+) -> _Call[Awaitable[None]] | None:
     """The one of ``calls`` that ``task`` serves, if any.
 
     Follows the task's chain of awaited coroutines to a frame of
@@ -358,7 +444,7 @@ def _call_served(task: asyncio.Task[Any], calls: set[_Call]) -> _Call | None:
     return None
 
 
-def _call_of(frame: FrameType, calls: set[_Call]) -> _Call | None:
+def _call_of(frame: FrameType, calls: set[_Call[Awaitable[None]]]) -> _Call[Awaitable[None]] | None:
     """The request of ``calls`` that ``frame`` serves, if it is one of `ASGIMiddleware.__call__`."""
     if frame.f_code is not ASGIMiddleware.__call__.__code__:
         return None

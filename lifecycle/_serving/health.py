@@ -62,6 +62,7 @@ Added in 0.1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import json
@@ -74,19 +75,20 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
 from .._core.log import get_logger
 from .._core.states import AppState, ComponentState
+from .._core.threads import helper_thread, user_code_thread
 from .._core.tokens import on_cancel_inline
 
 if TYPE_CHECKING:
     from .._core.views import AppView
 
-__all__ = ["HealthServer"]
+__all__ = ["PATHS", "Answer", "HealthAnswers", "HealthServer", "Ticket", "error_answer"]
 
 _log = get_logger()
 
@@ -127,7 +129,30 @@ _JSON = "application/json"
 _WAKE: Final = "wake"  # selector key data of the wake-up socket
 _LISTEN: Final = "listen"  # ... and of the listening socket
 
-_Answer: TypeAlias = tuple[HTTPStatus, str, bytes]
+_Answer: TypeAlias = tuple[HTTPStatus, str, bytes]  # a route's: status, content type, body
+
+PATHS: Final = ("/livez", "/readyz", "/startupz", "/status", "/")
+"""The paths the health endpoint answers (`HealthAnswers.begin` says 404 to any other)."""
+
+
+class Answer(NamedTuple):
+    """What the health endpoint answers to one request, whatever carries it.
+
+    ``headers`` are the ones a transport must send as they are
+    (``Content-Type``, ``Cache-Control: no-store``, and ``Allow`` or
+    ``Retry-After`` where the status calls for them); the framing is the
+    transport's: `HealthServer` adds ``Content-Length`` and ``Connection:
+    close``, and sends no body to a ``HEAD``.
+
+    Example::
+
+        status, headers, body = answers.answer("GET", "/livez")
+        assert status == HTTPStatus.OK and body.startswith(b"ok")
+    """
+
+    status: HTTPStatus
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
 
 
 class _ServerState(enum.Enum):
@@ -177,13 +202,18 @@ _FAILED = _Verdict(ready=False, failed=True)
 
 
 @attrs.frozen
-class _Pending:
-    """A complete request whose answer needs a `_Verdict`."""
+class Ticket:
+    """A request whose answer waits for an evaluation of ``ready()``: `HealthAnswers.finish` it.
+
+    ``overdue`` is the ``time.monotonic()`` by which it is answered
+    whatever ``ready()`` does (the evaluation's start plus the ready timeout).
+    """
 
     route: Callable[[bool, _Verdict], _Answer]
     verbose: bool
-    head_only: bool
     evaluation: int  # the number of the evaluation it waits for
+    overdue: float
+    readiness: _Readiness = attrs.field(repr=False)
 
 
 class _Head:
@@ -243,7 +273,8 @@ class _Conn:
     out: memoryview | None = None  # the response not sent yet; None once all is sent
     drained: int = 0  # bytes read after the response
     events: int = 0  # the selector events it is registered for; 0: not registered
-    pending: _Pending | None = None  # while WAITING
+    pending: Ticket | None = None  # while WAITING
+    head_only: bool = False  # the request waiting is a HEAD
     may_wait: bool = True  # False: admitted over the cap, so it may not wait for ready()
 
 
@@ -311,7 +342,9 @@ class _Readiness:
         self.overrun = _Verdict(
             ready=False, note=f"ready() of {app.name!r} did not answer within {timeout:g}s"
         )
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # ready() is user code: a process it starts must not inherit SIGTERM
+        # blocked, whichever thread (a runner's control thread) starts this one.
+        self._thread = threading.Thread(target=user_code_thread(self._run), name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -374,6 +407,306 @@ class _Readiness:
                 self._errors, self._app.name, answering=HTTPStatus.SERVICE_UNAVAILABLE.value
             )
             return _NOT_READY
+
+
+class HealthAnswers:
+    """What the health endpoint answers, for any transport: one code path for every answer.
+
+    `HealthServer` answers with it, and so do the integrations that serve
+    the probes on their own port (``health_paths=True``): the same paths
+    (`PATHS`), statuses, headers and bodies. ``/livez`` and ``/startupz``
+    are answered at once and never call user code. ``/readyz`` and
+    ``/status`` need an evaluation of ``app.ready`` (the components'
+    ``ready()``, user code): it runs on a thread of its own with the
+    program's signal mask, one at a time, shared by the requests that arrive
+    while it runs; a request is answered when it ends, or ``ready_timeout``
+    after it began ("not ready", saying why), whichever comes first. Once
+    shutdown is requested they say "not ready" at once, calling nothing.
+
+    Three ways to ask, one answer:
+
+    * `answer` blocks the calling thread, ``ready_timeout`` at most;
+    * `answer_async` awaits as long, never blocking the event loop;
+    * `begin` never blocks: an `Answer`, or a `Ticket` that `finish` turns
+      into one once the evaluation ended (``wake`` is called then, from the
+      evaluating thread) or the ticket is ``overdue``.
+
+    `start` before asking what needs an evaluation (it starts the thread
+    and watches the shutdown request), `close` after; after `close` those
+    paths say "not ready" at once. `finish` and `answer_async` of one
+    instance are meant for one thread or loop at a time (`answer` for any).
+
+    Example::
+
+        answers = HealthAnswers(app)
+        answers.start()
+        status, headers, body = answers.answer("GET", "/readyz", "verbose")
+        ...
+        answers.close()
+    """
+
+    def __init__(
+        self,
+        app: AppView,
+        *,
+        ready_timeout: float = READY_TIMEOUT,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.ready_timeout = _seconds(ready_timeout, "ready_timeout")
+        self._wake = wake
+        self._readiness: _Readiness | None = None
+        self._closed = False
+        self._detach: Callable[[], bool] | None = None
+        # Invariant: once True, stays True (the app reached RUNNING at some point).
+        self._reached_running = False
+        self._lock = threading.Lock()  # guards _waiters and the throttled logs below
+        self._waiters: list[Callable[[], None]] = []
+        self._app_errors = _Throttle(_LOG_EVERY)
+        self._routes: dict[str, Callable[[bool], _Answer]] = {
+            "/livez": self._livez,
+            "/startupz": self._startupz,
+        }
+        # Routes that need app.ready, evaluated off the asking thread.
+        self._ready_routes: dict[str, Callable[[bool, _Verdict], _Answer]] = {
+            "/readyz": self._readyz,
+            "/status": self._status,
+            "/": self._status,
+        }
+
+    def __repr__(self) -> str:
+        return f"<HealthAnswers app={self.app.name!r}>"
+
+    def start(self, *, name: str = "lifecycle-health:ready") -> None:
+        """Start the evaluating thread (``name``) and watch the app's shutdown request.
+
+        Call it in the thread whose signal mask ``ready()`` should have (or
+        in a lifecycle helper thread, which hands on the program's). Again
+        after `close` (a `HealthServer` start that failed is retried), it
+        starts afresh.
+        """
+        self._readiness = _Readiness(self.app, self.ready_timeout, self._evaluated, name=name)
+        self._closed = False
+        self._detach = on_cancel_inline(self.app.shutdown_token, self._note_shutdown_request)
+        self._readiness.start()
+
+    def close(self) -> None:
+        """Let the evaluating thread end (a stuck ``ready()`` is not waited for). Idempotent."""
+        self._closed = True
+        detach, self._detach = self._detach, None
+        if detach is not None:
+            detach()
+        if self._readiness is not None:
+            self._readiness.close()
+        self._evaluated()  # whoever waits looks again, and finds "not ready"
+
+    def begin(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        *,
+        now: float | None = None,
+        admit: Callable[[], bool] | None = None,
+    ) -> Answer | Ticket:
+        """The answer to ``method path?query``, or a `Ticket` when it waits for ``ready()``.
+
+        Never blocks. ``admit`` is asked only when the answer would wait:
+        False answers ``503`` with ``Retry-After`` instead (a transport's cap
+        on waiting requests). ``now``: ``time.monotonic()`` by default.
+        """
+        plain = self._routes.get(path)
+        needs_ready = self._ready_routes.get(path)
+        if plain is None and needs_ready is None:
+            return error_answer(HTTPStatus.NOT_FOUND)
+        if method not in _ALLOWED:
+            return error_answer(HTTPStatus.METHOD_NOT_ALLOWED)
+        verbose = "verbose" in parse_qs(query, keep_blank_values=True)
+        if plain is not None:
+            try:
+                return _answer_of(*plain(verbose))
+            except Exception:  # noqa: BLE001 - a probe must never take the server down
+                with self._lock:
+                    _log_app_error(self._app_errors, self.app.name)
+                return error_answer(HTTPStatus.INTERNAL_SERVER_ERROR)
+        assert needs_ready is not None
+        readiness = self._readiness
+        if self._shutdown_requested() or self._closed:
+            return self._render(needs_ready, verbose, _NOT_READY)  # no user code then
+        if readiness is None:
+            raise RuntimeError(
+                f"{self!r} was not started: call start() before asking for "
+                f"{path} (it starts the thread that evaluates ready())"
+            )
+        if admit is not None and not admit():
+            return error_answer(HTTPStatus.SERVICE_UNAVAILABLE)
+        now = time.monotonic() if now is None else now
+        evaluation, overdue = readiness.ask(now)
+        ticket = Ticket(needs_ready, verbose, evaluation, overdue, readiness)
+        if overdue <= now:
+            return self._render(needs_ready, verbose, self._overran(ticket))
+        return ticket
+
+    def finish(self, ticket: Ticket, now: float | None = None) -> Answer | None:
+        """The ticket's answer once its evaluation ended or it is overdue; None until then."""
+        evaluation, verdict = ticket.readiness.answered()
+        if evaluation < ticket.evaluation:
+            now = time.monotonic() if now is None else now
+            if now < ticket.overdue and not self._closed:
+                return None
+            verdict = self._overran(ticket) if now >= ticket.overdue else _NOT_READY
+        return self._render(ticket.route, ticket.verbose, verdict)
+
+    def answer(self, method: str, path: str, query: str = "") -> Answer:
+        """The answer, waiting in this thread for ``ready()`` (``ready_timeout`` at most)."""
+        got = self.begin(method, path, query)
+        while isinstance(got, Ticket):
+            woken = threading.Event()
+            wake = woken.set
+            self._add_waiter(wake)
+            try:
+                done = self.finish(got)
+                if done is None:
+                    woken.wait(max(0.0, got.overdue - time.monotonic()))
+                    done = self.finish(got)
+            finally:
+                self._remove_waiter(wake)
+            if done is not None:
+                return done
+        return got
+
+    async def answer_async(self, method: str, path: str, query: str = "") -> Answer:
+        """The answer, awaiting ``ready()`` (``ready_timeout`` at most) off the event loop."""
+        got = self.begin(method, path, query)
+        if not isinstance(got, Ticket):
+            return got
+        loop = asyncio.get_running_loop()
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+
+            def wake(future: asyncio.Future[None] = future) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, future)
+
+            self._add_waiter(wake)
+            try:
+                done = self.finish(got)
+                if done is not None:
+                    return done
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, got.overdue - time.monotonic())):
+                        await future
+            finally:
+                self._remove_waiter(wake)
+
+    def _add_waiter(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._waiters.append(wake)
+
+    def _remove_waiter(self, wake: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):  # woken: taken off already
+            self._waiters.remove(wake)
+
+    def _evaluated(self) -> None:
+        # The evaluating thread (or close()): an evaluation ended; wake whoever waits.
+        if self._wake is not None:
+            self._wake()
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for wake in waiters:
+            wake()
+
+    def _overran(self, ticket: Ticket) -> _Verdict:
+        with self._lock:
+            return ticket.readiness.overran(ticket.evaluation)
+
+    def _render(
+        self, route: Callable[[bool, _Verdict], _Answer], verbose: bool, verdict: _Verdict
+    ) -> Answer:
+        if verdict.failed:
+            return error_answer(HTTPStatus.INTERNAL_SERVER_ERROR)
+        try:
+            return _answer_of(*route(verbose, verdict))
+        except Exception:  # noqa: BLE001 - a probe must never take the server down
+            with self._lock:
+                _log_app_error(self._app_errors, self.app.name)
+            return error_answer(HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    # -- the routes ----------------------------------------------------------
+
+    def _started(self) -> bool:
+        if self.app.state in _STARTED:
+            self._reached_running = True
+        return self._reached_running
+
+    def _note_shutdown_request(self) -> None:
+        # Runs inline in the thread that requested the shutdown (maybe a
+        # signal handler), before the runner moves the app on: the state read
+        # here is the one the request interrupted. Reads and sets a flag only.
+        if self.app.state in _STARTED:
+            self._reached_running = True
+
+    def _shutdown_requested(self) -> bool:
+        return self.app.shutdown_reason is not None
+
+    def _ready(self, verdict: _Verdict) -> bool:
+        # A shutdown requested while the evaluation ran still turns it down.
+        return verdict.ready and not self._shutdown_requested()
+
+    def _livez(self, verbose: bool) -> _Answer:
+        state = self.app.state
+        alive = state not in _FINAL
+        checks = [(alive, f"runner {'alive' if alive else 'finished'} (app {state.value})")]
+        return _probe("livez", alive, checks, verbose, failure="finished")
+
+    def _startupz(self, verbose: bool) -> _Answer:
+        started = self._started()
+        state = self.app.state
+        checks = [(started, f"app {'has reached running' if started else state.value}")]
+        return _probe("startupz", started, checks, verbose, failure="not started")
+
+    def _readyz(self, verbose: bool, verdict: _Verdict) -> _Answer:
+        app = self.app
+        ready = self._ready(verdict)
+        failure = verdict.note or "not ready"
+        if not verbose:
+            return _probe("readyz", ready, [], verbose, failure=failure)
+        state = app.state
+        requested = self._shutdown_requested()
+        checks = [
+            (state is AppState.RUNNING, f"app {state.value}"),
+            (not requested, "shutdown requested" if requested else "shutdown not requested"),
+        ]
+        for name, info in list(app.components.items()):
+            ok = info.state is ComponentState.RUNNING
+            note = "" if ok or info.critical else ", not critical"
+            checks.append((ok, f"component {name} {info.state.value}{note}"))
+        if verdict.note is not None:
+            checks.append((False, verdict.note))
+        return _probe("readyz", ready, checks, verbose, failure=failure)
+
+    def _status(self, verbose: bool, verdict: _Verdict) -> _Answer:
+        app = self.app
+        state = app.state
+        components = {
+            name: {
+                "state": info.state.value,
+                "failed": info.state is ComponentState.FAILED
+                or info.error is not None
+                or info.run_error is not None,
+            }
+            for name, info in list(app.components.items())
+        }
+        document = {
+            "app": app.name,
+            "state": state.value,
+            "live": state not in _FINAL,
+            "ready": self._ready(verdict),
+            "started": self._started(),
+            "components": components,
+        }
+        body = json.dumps(document, indent=2 if verbose else None) + "\n"
+        return HTTPStatus.OK, _JSON, body.encode("utf-8")
 
 
 class HealthServer:
@@ -493,10 +826,8 @@ class HealthServer:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self._readiness: _Readiness | None = None
-        self._detach: Callable[[], bool] | None = None
-        # Invariant: once True, stays True (the app reached RUNNING at some point).
-        self._reached_running = False
+        # Every answer comes from here; an evaluation's end wakes the selector.
+        self._answers = HealthAnswers(app, ready_timeout=self.ready_timeout, wake=self._wake)
         # The selector thread's alone. Each phase's connections in the order
         # they entered it, which is also the order of their deadlines (a
         # phase's deadline is a fixed time after a moment that only moves on).
@@ -508,16 +839,6 @@ class HealthServer:
         self._cap_warnings = _Throttle(_LOG_EVERY)
         self._accept_errors = _Throttle(_LOG_EVERY)
         self._app_errors = _Throttle(_LOG_EVERY)
-        self._routes: dict[str, Callable[[bool], _Answer]] = {
-            "/livez": self._livez,
-            "/startupz": self._startupz,
-        }
-        # Routes that need app.ready, evaluated off the selector thread.
-        self._ready_routes: dict[str, Callable[[bool, _Verdict], _Answer]] = {
-            "/readyz": self._readyz,
-            "/status": self._status,
-            "/": self._status,
-        }
 
     def __repr__(self) -> str:
         host, port = self._address
@@ -593,12 +914,12 @@ class HealthServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         name = f"lifecycle-health:{self.port}"
-        self._readiness = _Readiness(self.app, self.ready_timeout, self._wake, name=f"{name}:ready")
+        wake_r = self._wake_r
+        # It runs no user code (ready() runs on the answers' own thread).
         self._thread = threading.Thread(
-            target=self._serve, args=(listener, self._wake_r), name=name, daemon=True
+            target=helper_thread(lambda: self._serve(listener, wake_r)), name=name, daemon=True
         )
-        self._detach = on_cancel_inline(self.app.shutdown_token, self._note_shutdown_request)
-        self._readiness.start()
+        self._answers.start(name=f"{name}:ready")
         self._thread.start()
 
     def close(self) -> None:
@@ -628,11 +949,7 @@ class HealthServer:
 
     def _shut(self) -> None:
         """Release what `_launch` took, any part of it. Once per start, by whoever ends it."""
-        if self._detach is not None:
-            self._detach()
-            self._detach = None
-        if self._readiness is not None:
-            self._readiness.close()
+        self._answers.close()
         self._wake()
         thread = self._thread
         if thread is not None and thread.ident is not None:  # started
@@ -673,80 +990,6 @@ class HealthServer:
 
     # -- the probes ----------------------------------------------------------
 
-    def _started(self) -> bool:
-        if self.app.state in _STARTED:
-            self._reached_running = True
-        return self._reached_running
-
-    def _note_shutdown_request(self) -> None:
-        # Runs inline in the thread that requested the shutdown (maybe a
-        # signal handler), before the runner moves the app on: the state read
-        # here is the one the request interrupted. Reads and sets a flag only.
-        if self.app.state in _STARTED:
-            self._reached_running = True
-
-    def _shutdown_requested(self) -> bool:
-        return self.app.shutdown_reason is not None
-
-    def _ready(self, verdict: _Verdict) -> bool:
-        # A shutdown requested while the evaluation ran still turns it down.
-        return verdict.ready and not self._shutdown_requested()
-
-    def _livez(self, verbose: bool) -> _Answer:
-        state = self.app.state
-        alive = state not in _FINAL
-        checks = [(alive, f"runner {'alive' if alive else 'finished'} (app {state.value})")]
-        return _probe("livez", alive, checks, verbose, failure="finished")
-
-    def _startupz(self, verbose: bool) -> _Answer:
-        started = self._started()
-        state = self.app.state
-        checks = [(started, f"app {'has reached running' if started else state.value}")]
-        return _probe("startupz", started, checks, verbose, failure="not started")
-
-    def _readyz(self, verbose: bool, verdict: _Verdict) -> _Answer:
-        app = self.app
-        ready = self._ready(verdict)
-        failure = verdict.note or "not ready"
-        if not verbose:
-            return _probe("readyz", ready, [], verbose, failure=failure)
-        state = app.state
-        requested = self._shutdown_requested()
-        checks = [
-            (state is AppState.RUNNING, f"app {state.value}"),
-            (not requested, "shutdown requested" if requested else "shutdown not requested"),
-        ]
-        for name, info in list(app.components.items()):
-            ok = info.state is ComponentState.RUNNING
-            note = "" if ok or info.critical else ", not critical"
-            checks.append((ok, f"component {name} {info.state.value}{note}"))
-        if verdict.note is not None:
-            checks.append((False, verdict.note))
-        return _probe("readyz", ready, checks, verbose, failure=failure)
-
-    def _status(self, verbose: bool, verdict: _Verdict) -> _Answer:
-        app = self.app
-        state = app.state
-        components = {
-            name: {
-                "state": info.state.value,
-                "failed": info.state is ComponentState.FAILED
-                or info.error is not None
-                or info.run_error is not None,
-            }
-            for name, info in list(app.components.items())
-        }
-        document = {
-            "app": app.name,
-            "state": state.value,
-            "live": state not in _FINAL,
-            "ready": self._ready(verdict),
-            "started": self._started(),
-            "components": components,
-        }
-        body = json.dumps(document, indent=2 if verbose else None) + "\n"
-        return HTTPStatus.OK, _JSON, body.encode("utf-8")
-
     def _answer(self, conn: _Conn, head: bytes, now: float) -> bytes | None:
         """The response to a complete head; None when it waits for ``ready()`` (parked).
 
@@ -755,21 +998,11 @@ class HealthServer:
         """
         method, path, query = _parse(head)
         head_only = method == "HEAD"
-        plain = self._routes.get(path)
-        needs_ready = self._ready_routes.get(path)
-        if plain is None and needs_ready is None:
-            return _error_response(HTTPStatus.NOT_FOUND, head_only=head_only)
-        if method not in _ALLOWED:
-            return _error_response(HTTPStatus.METHOD_NOT_ALLOWED)
-        verbose = "verbose" in parse_qs(query, keep_blank_values=True)
-        if plain is not None:
-            return _response(*plain(verbose), head_only=head_only)
-        assert needs_ready is not None
-        assert self._readiness is not None
-        if self._shutdown_requested():
-            pending = _Pending(needs_ready, verbose, head_only, evaluation=0)
-            return self._render(pending, _NOT_READY)  # no user code once shutdown is requested
-        if not conn.may_wait or len(self._phases[_Phase.WAITING]) >= self._max_waiting:
+
+        def admit() -> bool:
+            # Requests waiting for ready() hold at most half the connections.
+            if conn.may_wait and len(self._phases[_Phase.WAITING]) < self._max_waiting:
+                return True
             if conn.may_wait:
                 self._cap_warnings.log(
                     "warning",
@@ -778,25 +1011,16 @@ class HealthServer:
                     f"(Retry-After: {RETRY_AFTER})",
                     app=self.app.name,
                 )
-            return _error_response(HTTPStatus.SERVICE_UNAVAILABLE, head_only=head_only)
-        evaluation, overdue = self._readiness.ask(now)
-        pending = _Pending(needs_ready, verbose, head_only, evaluation)
-        if overdue <= now:
-            return self._render(pending, self._readiness.overran(evaluation))
-        conn.pending = pending
-        self._move(conn, _Phase.WAITING, overdue)
+            return False
+
+        got = self._answers.begin(method, path, query, now=now, admit=admit)
+        if isinstance(got, Answer):
+            return _wire(got, head_only=head_only)
+        conn.pending = got
+        conn.head_only = head_only
+        self._move(conn, _Phase.WAITING, got.overdue)
         self._watch(conn, 0)
         return None
-
-    def _render(self, pending: _Pending, verdict: _Verdict) -> bytes:
-        if verdict.failed:
-            return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR)
-        try:
-            status, content_type, body = pending.route(pending.verbose, verdict)
-        except Exception:  # noqa: BLE001 - a probe must never take the server down
-            _log_app_error(self._app_errors, self.app.name)
-            return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR)
-        return _response(status, content_type, body, head_only=pending.head_only)
 
     # -- serving: one selector thread for every connection ---------------------
 
@@ -1039,16 +1263,14 @@ class HealthServer:
     def _deliver(self, now: float) -> None:
         """Answer the requests whose evaluation has ended."""
         waiting = self._phases[_Phase.WAITING]
-        if not waiting:
-            return
-        assert self._readiness is not None
-        evaluation, verdict = self._readiness.answered()
         while waiting:
+            # In the order of their evaluations: the first still owed ends the turn.
             conn = next(iter(waiting))
             assert conn.pending is not None
-            if conn.pending.evaluation > evaluation:
+            answer = self._answers.finish(conn.pending, now)
+            if answer is None:
                 return
-            self._reply(conn, self._render(conn.pending, verdict), now)
+            self._reply(conn, _wire(answer, head_only=conn.head_only), now)
 
     def _expire(self, listener: socket.socket, now: float) -> None:
         """Act on every deadline that has passed, oldest first in each phase."""
@@ -1058,9 +1280,9 @@ class HealthServer:
         waiting = self._phases[_Phase.WAITING]
         while waiting and (conn := next(iter(waiting))).deadline <= now:
             assert conn.pending is not None
-            assert self._readiness is not None
-            verdict = self._readiness.overran(conn.pending.evaluation)
-            self._reply(conn, self._render(conn.pending, verdict), now)
+            answer = self._answers.finish(conn.pending, now)  # overdue: never None
+            assert answer is not None
+            self._reply(conn, _wire(answer, head_only=conn.head_only), now)
         answering = self._phases[_Phase.ANSWERING]
         while answering and (conn := next(iter(answering))).deadline <= now:
             self._close(conn)  # it does not read, or does not close
@@ -1163,33 +1385,51 @@ def _parse(head: bytes) -> tuple[str, str, str]:
     return method, path, query
 
 
-def _error_response(status: HTTPStatus, *, head_only: bool = False) -> bytes:
-    extra = []
+def error_answer(status: HTTPStatus) -> Answer:
+    """The answer with an error ``status``: a one-line body, no internals.
+
+    With ``Allow`` for 405 and ``Retry-After`` for 503 (a refusal).
+
+    Example::
+
+        assert error_answer(HTTPStatus.NOT_FOUND).status == 404
+    """
+    extra: tuple[tuple[str, str], ...] = ()
     if status is HTTPStatus.METHOD_NOT_ALLOWED:
-        extra.append(("Allow", ", ".join(_ALLOWED)))
+        extra = (("Allow", ", ".join(_ALLOWED)),)
     elif status is HTTPStatus.SERVICE_UNAVAILABLE:  # a refusal: the probes' 503s are not errors
-        extra.append(("Retry-After", str(RETRY_AFTER)))
+        extra = (("Retry-After", str(RETRY_AFTER)),)
     body = f"{status.value} {status.phrase.lower()}\n".encode("ascii")
-    return _response(status, _TEXT, body, head_only=head_only, extra=extra)
+    return _answer_of(status, _TEXT, body, extra)
 
 
-def _response(
-    status: HTTPStatus,
-    content_type: str,
-    body: bytes,
-    *,
-    head_only: bool = False,
-    extra: list[tuple[str, str]] | None = None,
-) -> bytes:
+def _answer_of(
+    status: HTTPStatus, content_type: str, body: bytes, extra: tuple[tuple[str, str], ...] = ()
+) -> Answer:
+    headers = (
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        *extra,
+    )
+    return Answer(status, headers, body)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _error_response(status: HTTPStatus, *, head_only: bool = False) -> bytes:
+    return _wire(error_answer(status), head_only=head_only)
+
+
+def _wire(answer: Answer, *, head_only: bool = False) -> bytes:
     """One complete response, to be written in one send (no Nagle delay between parts)."""
-    lines = [
-        f"HTTP/1.1 {status.value} {status.phrase}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "X-Content-Type-Options: nosniff",
-        "Connection: close",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in extra or ())
+    status, headers, body = answer
+    lines = [f"HTTP/1.1 {status.value} {status.phrase}", f"{headers[0][0]}: {headers[0][1]}"]
+    lines.append(f"Content-Length: {len(body)}")
+    lines.extend(f"{name}: {value}" for name, value in headers[1:])
+    lines.append("Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     return head if head_only else head + body

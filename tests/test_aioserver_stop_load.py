@@ -1,0 +1,252 @@
+"""`AsyncStreamServer`'s stop under steady connect-per-request load: the listener closes at once.
+
+Real sockets on 127.0.0.1, real client threads, each loop bounded in time and
+in requests; the server runs on an event loop of its own thread (as under
+`ThreadedRunner`). Waits are bounded and event-driven; the few bounds on how
+long a stop takes are real-time measurements with generous margins, marked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import lifecycle
+from lifecycle import CancelSource, DeadlineExceeded, ExitCode
+from lifecycle._serving.aioserver import AsyncStreamServer, _accept_queued
+from tests.fakes import FakeApp, FakeClock
+from tests.test_http_stop_load import LoadClient
+
+WAIT = 10.0  # bound on every wait expected to finish at once
+
+
+async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One HTTP/1.1 request per connection: read its head, answer ``ok``, close."""
+    while await reader.readline() not in (b"\r\n", b"\n", b""):
+        pass
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+    await writer.drain()
+
+
+class LoopThread:
+    """An event loop running in a thread of its own; coroutines are run on it, bounded."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(WAIT)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    running = LoopThread()
+    yield running
+    running.close()
+
+
+def record_accepts(server: AsyncStreamServer, monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """The client ports of every connection the server accepted (had its connection_made)."""
+    ports: set[int] = set()
+    on_connect = server._on_connect
+
+    def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ports.add(writer.get_extra_info("peername")[1])
+        on_connect(reader, writer)
+
+    monkeypatch.setattr(server, "_on_connect", connected)
+    return ports
+
+
+def run_load(
+    address: tuple[str, int], clients: int, stop: Callable[[], object]
+) -> tuple[list[LoadClient], float, object]:
+    """Start ``clients`` load clients, call ``stop()`` once each was served; join them."""
+    done = threading.Event()
+    load = [LoadClient(address, done) for _ in range(clients)]
+    for client in load:
+        client.start()
+    try:
+        for client in load:
+            assert client.served.wait(WAIT), "a load client was never served"
+        began = time.monotonic()
+        outcome = stop()
+        took = time.monotonic() - began
+        for client in load:  # each ends on its refusal: the listener is closed
+            client.join(WAIT)
+    finally:
+        done.set()  # only when the test failed: the clients are bounded anyway
+        for client in load:
+            client.join(WAIT)
+    assert not any(client.is_alive() for client in load)
+    return load, took, outcome
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("unit", ["connection", "request"])
+@pytest.mark.parametrize("clients", [3, 16])
+def test_stop_under_connect_per_request_load_closes_the_listener_and_returns_promptly(
+    clients: int, unit: str, loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under steady connect-per-request load the listener closes at once: later connects
+    are refused, every accepted connection is answered, nothing is cut, long before the deadline."""
+    server = AsyncStreamServer(answer_once, unit=unit)  # type: ignore[arg-type]
+    server.lifecycle_bind(FakeApp())
+    accepted = record_accepts(server, monkeypatch)
+    loop_thread.call(server.start())
+    budget = 5.0
+
+    def stop() -> object:
+        try:
+            loop_thread.call(server.stop(CancelSource(timeout=budget).token))
+        except DeadlineExceeded as exc:
+            return exc
+        return None
+
+    load, took, outcome = run_load(server.address, clients, stop)
+    assert outcome is None, f"the stop cut {outcome!r}"
+    assert took < budget / 2, f"the stop took {took:.3f}s of its {budget}s"
+    assert server.connections == 0
+    assert all(client.errors == [] for client in load), [c.errors for c in load]
+    # Every client ends on a refusal: the listening socket itself is closed.
+    assert [client.refused for client in load] == [1] * clients
+    # A connection the server accepted is never reset; the kernel may still
+    # complete one in the instant between the last accept and the close.
+    lost = [port for client in load for port in client.reset_ports if port in accepted]
+    assert lost == []
+    unaccepted = [port for client in load for port in client.reset_ports]
+    assert len(unaccepted) <= 2, f"{len(unaccepted)} connections reset before being accepted"
+    assert sum(client.ok for client in load) >= 3 * clients
+
+
+@pytest.mark.realtime
+def test_stop_under_load_through_the_runner_exits_ok() -> None:
+    """Under a runner, a stop during steady connect-per-request load exits OK, promptly."""
+    app = lifecycle.App("web", shutdown_timeout=5.0, stop_timeout=5.0)
+    server = app.add(AsyncStreamServer(answer_once), name="api")
+    runner = lifecycle.ThreadedRunner(app, signals=None)
+    runner.start()
+    codes: list[int] = []
+    load, took, _ = run_load(server.address, 16, lambda: codes.append(runner.stop("test")))
+    assert codes == [ExitCode.OK]
+    assert took < 2.5, f"the stop took {took:.3f}s"
+    assert app.components["api"].timed_out is None
+    assert [client.refused for client in load] == [1] * len(load)
+    assert all(client.errors == [] for client in load), [c.errors for c in load]
+
+
+class RefillingQueue:
+    """A listening socket's stand-in whose queue refills as fast as it is taken in.
+
+    Each ``accept()`` returns one end of a fresh connected pair (so the server
+    can serve it), up to ``most`` (then the queue is empty), the first
+    ``aborted`` failing as for a peer that gave up; ``clock`` moves by one
+    second per accept.
+    """
+
+    def __init__(self, most: int, *, aborted: int = 0, clock: FakeClock | None = None) -> None:
+        self.most = most
+        self.aborted = aborted
+        self.clock = clock
+        self.calls = 0
+        self.peers: list[socket.socket] = []  # the client ends, closed by the test
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.calls += 1
+        if self.clock is not None:
+            self.clock.advance(1.0)
+        if self.calls <= self.aborted:
+            raise ConnectionAbortedError(errno.ECONNABORTED, "Software caused connection abort")
+        if len(self.peers) >= self.most:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        ours, theirs = socket.socketpair()
+        theirs.settimeout(WAIT)
+        theirs.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # its request, answered at once
+        self.peers.append(theirs)
+        return ours, ("127.0.0.1", 40000 + len(self.peers))
+
+    def close(self) -> None:
+        """What the server calls once it has taken the queue in: nothing to close."""
+
+    def release(self) -> None:
+        """The test's cleanup: close the client ends."""
+        for sock in self.peers:
+            sock.close()
+
+
+def test_the_take_in_is_capped_at_a_full_backlog(
+    loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue that never runs dry does not hold the listener open: the stop takes in
+    ``backlog + 1`` connections (all Linux queues), closes the socket, then serves them."""
+    server = AsyncStreamServer(answer_once, backlog=4)
+    loop_thread.call(server.start())
+    address = server.address
+    queue = RefillingQueue(most=200)
+    real_dup = asyncio.trsock.TransportSocket.dup  # type: ignore[attr-defined]
+
+    def dup(sock: Any) -> Any:
+        real_dup(sock).close()
+        return queue
+
+    monkeypatch.setattr(asyncio.trsock.TransportSocket, "dup", dup)  # type: ignore[attr-defined]
+    try:
+        loop_thread.call(server.stop(CancelSource(timeout=WAIT).token))
+        monkeypatch.undo()
+        assert len(queue.peers) == 5  # backlog + 1 taken in, not the 200 on offer
+        assert server.tracker.total == 5  # each one taken in was served
+        answers = [peer.recv(4096) for peer in queue.peers]
+        assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers), answers
+    finally:
+        monkeypatch.undo()
+        queue.release()
+    with pytest.raises(ConnectionRefusedError) as raised:
+        socket.create_connection(address, timeout=WAIT)
+    assert raised.value.errno == errno.ECONNREFUSED
+
+
+def test_the_take_in_ends_at_its_time_bound() -> None:
+    """Accepting stops once the clock reaches ``until``, however much is still queued."""
+    clock = FakeClock(start=0.0)
+    queue = RefillingQueue(most=200, clock=clock)
+    try:
+        taken = _accept_queued(queue, "t", limit=None, until=3.0, clock=clock)  # type: ignore[arg-type]
+        assert len(taken) == 3  # accepted at 0, 1 and 2; the clock read 3.0 next
+    finally:
+        for sock in taken:
+            sock.close()
+        queue.release()
+
+
+def test_a_connection_its_peer_aborted_does_not_end_the_take_in() -> None:
+    """ECONNABORTED consumes one queued connection; the ones behind it are still taken in."""
+    queue = RefillingQueue(most=3, aborted=2)
+    try:
+        taken = _accept_queued(queue, "t", limit=10)  # type: ignore[arg-type]
+        assert len(taken) == 3
+        assert queue.calls == 6  # two aborted, three accepted, then the queue was empty
+    finally:
+        for sock in taken:
+            sock.close()
+        queue.release()
+
+
+def test_aborted_connections_count_against_the_cap() -> None:
+    """A queue of nothing but aborted connections ends the take-in at the cap too."""
+    queue = RefillingQueue(most=3, aborted=1000)
+    taken = _accept_queued(queue, "t", limit=5)  # type: ignore[arg-type]
+    assert (taken, queue.calls) == ([], 5)
