@@ -28,6 +28,14 @@ SERVERS: dict[str, list[str]] = {
     "lifecycle http": [sys.executable, str(SERVERS_DIR / "lc_http.py")],
     "lifecycle asyncio": [sys.executable, str(SERVERS_DIR / "lc_asyncio.py")],
     "lifecycle wsgi": [sys.executable, str(SERVERS_DIR / "lc_wsgi.py")],
+    "plain uvicorn": [sys.executable, str(SERVERS_DIR / "plain_uvicorn.py")],
+    "lc uvicorn": [sys.executable, str(SERVERS_DIR / "lc_uvicorn.py")],
+    "lc fastapi": [sys.executable, str(SERVERS_DIR / "lc_fastapi.py")],
+    "plain aiohttp": [sys.executable, str(SERVERS_DIR / "lc_aiohttp.py"), "{port}", "--plain"],
+    "lc aiohttp": [sys.executable, str(SERVERS_DIR / "lc_aiohttp.py")],
+    "plain gunicorn": [sys.executable, str(SERVERS_DIR / "plain_gunicorn.py")],
+    "gunicorn worker": [sys.executable, str(SERVERS_DIR / "lc_gunicorn_worker.py")],
+    "gunicorn exec": [sys.executable, str(SERVERS_DIR / "lc_exec_gunicorn.py")],
 }
 
 HEADER = (
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     replicas=args.replicas,
                     clients=args.clients,
                     lb_lag=args.lb_lag,
+                    ready_timeout=20.0,  # gunicorn's master and workers boot in seconds
                 )
             except Exception as exc:
                 failed_rolls += 1

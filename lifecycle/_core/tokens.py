@@ -591,8 +591,11 @@ class DeadlineTimer:
     The process has one, started lazily on the first deadline. It only marks
     tokens cancelled and wakes their waiters: their user callbacks run on the
     lifecycle callback threads, so the timer thread never runs user code, a
-    slow callback delays no other deadline, and an error of the timer's own is
-    logged ("deadline timer failed; it keeps running") and the loop goes on.
+    slow callback delays no other deadline's cancellation or waiters, and an
+    error of the timer's own is logged ("deadline timer failed; it keeps
+    running") and the loop goes on. The callbacks themselves share
+    `CALLBACK_THREADS` (16) threads: while 16 callbacks block, the next ones
+    queue (their tokens are cancelled and their waiters woken on time).
     A timeout too long for the OS to wait for (``timeout=1e10``) is waited for
     as long as it can. A threaded timer goes on in a forked child.
 
