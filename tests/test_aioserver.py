@@ -1210,3 +1210,32 @@ def test_a_copy_made_before_the_first_request_marks_none_of_the_later_ones():
 
     run_script(script)
     assert seen == [False, (1, 0)]
+
+
+def test_a_request_begun_in_the_drain_delay_answers_before_the_stops_cut():
+    """Begun during the drain delay (the shutdown's 30 s deadline), a request waiting on its
+    token is cancelled a margin before the stop's cut (stop_timeout=1), answers, nothing cut."""
+    answered: list[str | None] = []
+
+    async def waits(target: str, token: lifecycle.CancelToken) -> tuple[int, bytes]:
+        current = lifecycle.current_token()
+        await current.wait_async(timeout=None)
+        answered.append(current.reason)
+        return 200, b"late"
+
+    async def main():
+        server = serve_http(waits)
+        app = lifecycle.App("t", drain_delay=0.5, shutdown_timeout=30)
+        app.add(server, stop_timeout=1.0)
+        runner = lifecycle.AsyncioRunner(app, signals=None)
+        await runner.start()
+        app.request_shutdown("test")
+        await asyncio.wait_for(app.shutdown_token.wait_async(), BOUND)
+        reader, writer = await connect(server)
+        response = await get(reader, writer, "/")
+        return response, await asyncio.wait_for(runner.wait(), BOUND)
+
+    response, code = run(main)
+    assert response.status == 200
+    assert answered == [lifecycle.DEADLINE_EXCEEDED]
+    assert code == lifecycle.ExitCode.OK

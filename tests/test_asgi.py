@@ -1109,3 +1109,33 @@ def test_after_an_asgi_call_in_a_stream_server_handler_its_request_is_the_handle
     marked, work = seen
     assert marked is True
     assert (work.ordinary, work.long_lived) == (0, 1)
+
+
+def test_a_request_begun_in_the_drain_answers_before_the_stops_cut():
+    """Begun once shutdown was requested (the shutdown's 30 s deadline), a request waiting on
+    its token is cancelled a margin before the stop's cut (1 s), answers; stop returns."""
+    app = lifecycle.App("t", shutdown_timeout=30)
+    answered: list[str | None] = []
+    entered = asyncio.Event()
+
+    async def waits(scope, receive, send):
+        token = lifecycle.current_token()
+        entered.set()
+        await token.wait_async(timeout=None)
+        answered.append(token.reason)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late\n"})
+
+    mw = ASGIMiddleware(waits, app)
+    app.request_shutdown("test")
+    sent = Sent()
+
+    async def main():
+        call = asyncio.create_task(mw(http_scope(), receive_nothing, sent))
+        await asyncio.wait_for(entered.wait(), BOUND)
+        await asyncio.wait_for(mw.stop(lifecycle.CancelSource(timeout=1.0).token), BOUND)
+        await asyncio.wait_for(call, BOUND)
+
+    run(main)
+    assert sent.start["status"] == 200
+    assert answered == [lifecycle.DEADLINE_EXCEEDED]

@@ -1110,3 +1110,36 @@ def test_tcp_server_serves_and_closes_a_given_socket(gates):
     assert sock.fileno() == -1
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(address, timeout=WAIT).close()
+
+
+def test_a_request_begun_in_the_drain_delay_answers_before_the_stops_cut():
+    """A request begun during the drain delay carries the shutdown's deadline (30 s away) until
+    the stop begins; a handler waiting on its token is then cancelled a margin before the
+    stop's own cut (stop_timeout=1), answers, and nothing is cut."""
+    answered: list[str | None] = []
+
+    class Waits(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            token = current_token()
+            token.wait(timeout=None)
+            answered.append(token.reason)
+            body = b"late\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    app = lifecycle.App("web", drain_delay=0.5, shutdown_timeout=30)
+    srv = app.add(HTTPServer(Waits), stop_timeout=1.0)
+    with lifecycle.ThreadedRunner(app, signals=None) as runner:
+        app.request_shutdown("test")
+        assert app.shutdown_token.wait(WAIT)
+        conn = connect(srv)
+        response, body = get(conn, "/")
+        conn.close()
+        assert (response.status, body) == (200, b"late\n")
+        assert answered == [lifecycle.DEADLINE_EXCEEDED]
+        assert runner.wait() == ExitCode.OK

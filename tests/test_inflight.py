@@ -11,7 +11,9 @@ from collections.abc import Callable
 import pytest
 
 import lifecycle
+from lifecycle._core.tokens import DEADLINE_EXCEEDED, CancelSource, DeadlineTimer
 from lifecycle._serving.inflight import (
+    RequestTokens,
     cut_deadline,
     enter_scope,
     exit_scope,
@@ -412,3 +414,61 @@ def test_a_noted_request_is_seen_by_copies_of_the_context_only_as_it_was() -> No
 
     assert contextvars.Context().run(serve) == (7, 8)
     assert contextvars.Context().run(noted_request) == 0  # outside any request
+
+
+def test_tokens_begun_in_the_drain_delay_are_due_at_the_stops_request_deadline() -> None:
+    """Work begun before the stop carries the shutdown's deadline (an upper bound): once the
+    stop says its requests are due at requests_by, that token, and what descends from it,
+    is cancelled then with DEADLINE_EXCEEDED; the root is not."""
+    clock = FakeClock(100.0)
+    timer = DeadlineTimer(clock, threaded=False)
+    tokens = RequestTokens(timer=timer)
+    during = tokens.draining(lambda: 129.6)  # 30 s of shutdown left
+    own = CancelSource(during)  # a long-lived request's token, marked in the drain
+    assert during.deadline == 129.6
+    tokens.renew(101.8)  # the stop begins: its requests are due at 101.8
+    after = tokens.draining(lambda: 129.6)
+    assert after is not during
+    assert after.deadline == 101.8
+    clock.advance(1.7)
+    timer.fire_due()
+    assert not during.cancelled
+    clock.advance(0.2)
+    timer.fire_due()
+    assert during.reason == DEADLINE_EXCEEDED
+    assert own.token.reason == DEADLINE_EXCEEDED
+    assert after.reason == DEADLINE_EXCEEDED
+    assert not tokens.root.cancelled
+    tokens.close()
+
+
+def test_a_drain_token_due_before_the_stops_deadline_keeps_its_own() -> None:
+    """No earlier cancel is added when the drain's token is due first; a renew without a
+    deadline (a stop that never cuts) leaves it as it was; one without a deadline of its own
+    (no shutdown deadline) is due at the stop's; with no drain-delay token, nothing is armed."""
+    clock = FakeClock(100.0)
+    timer = DeadlineTimer(clock, threaded=False)
+    tokens = RequestTokens(timer=timer)
+    during = tokens.draining(lambda: 101.0)
+    tokens.renew(105.0)
+    clock.advance(1.0)
+    timer.fire_due()
+    assert during.reason == DEADLINE_EXCEEDED
+    late = RequestTokens(timer=timer)
+    kept = late.draining(lambda: 200.0)
+    late.renew(None)
+    clock.advance(50.0)
+    timer.fire_due()
+    assert not kept.cancelled
+    unbounded = RequestTokens(timer=timer)
+    free = unbounded.draining(lambda: None)  # a shutdown with no deadline
+    unbounded.renew(clock() + 5.0)
+    clock.advance(5.0)
+    timer.fire_due()
+    assert free.reason == DEADLINE_EXCEEDED
+    assert not unbounded.root.cancelled
+    quiet = RequestTokens(timer=timer)
+    quiet.renew(110.0)  # no request began in the drain delay: nothing to cancel early
+    assert quiet.draining(lambda: 200.0).deadline == 110.0
+    for t in (tokens, late, unbounded, quiet):
+        t.close()

@@ -940,3 +940,59 @@ def test_middleware_request_begun_during_the_stop_working_until_its_deadline_is_
     assert stop.deadline is not None
     assert tokens[0].deadline is not None
     assert tokens[0].deadline < stop.deadline - CUT_MARGIN
+
+
+def waits_for_its_token(answered: list[str | None]):
+    """A WSGI app that waits on its token with no timeout, then answers ``late``."""
+
+    def wsgi_app(environ, start_response):
+        token = current_token()
+        token.wait(timeout=None)
+        answered.append(token.reason)
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"late\n"]
+
+    return wsgi_app
+
+
+def test_a_request_begun_in_the_drain_delay_answers_before_the_stops_cut():
+    """Begun during the drain delay (the shutdown's 30 s deadline), a request waiting on its
+    token is cancelled a margin before the stop's cut (stop_timeout=1), answers, nothing cut."""
+    answered: list[str | None] = []
+    app = lifecycle.App("web", drain_delay=0.5, shutdown_timeout=30)
+    srv = app.add(WSGIServer(waits_for_its_token(answered)), stop_timeout=1.0)
+    with lifecycle.ThreadedRunner(app, signals=None) as runner:
+        app.request_shutdown("test")
+        assert app.shutdown_token.wait(WAIT)
+        conn = connect(srv)
+        response, body = request(conn)
+        conn.close()
+        assert (response.status, body) == (200, b"late\n")
+        assert answered == [lifecycle.DEADLINE_EXCEEDED]
+        assert runner.wait() == ExitCode.OK
+
+
+def test_middleware_request_begun_in_the_drain_answers_before_the_stops_cut():
+    """The same under WSGIMiddleware: the stop (1 s) returns normally, the request answered."""
+    answered: list[str | None] = []
+    fake = FakeApp(shutdown_timeout=30)
+    mw = WSGIMiddleware(waits_for_its_token(answered), fake)
+    fake.request_shutdown()
+    bodies: list[bytes] = []
+    recorder = Recorder()
+
+    def serve() -> None:
+        result = mw(environ_for(), recorder)
+        bodies.extend(result)
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+    client = threading.Thread(target=serve)
+    client.start()
+    wait_until(lambda: mw.tracker.count == 1, "the request is in the app")
+    mw.stop(CancelSource(timeout=1.0).token)
+    client.join(WAIT)
+    assert not client.is_alive()
+    assert bodies == [b"late\n"]
+    assert answered == [lifecycle.DEADLINE_EXCEEDED]

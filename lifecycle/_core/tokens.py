@@ -1494,7 +1494,13 @@ class CancelToken:
 
     @property
     def deadline(self) -> float | None:
-        """The deadline as a ``time.monotonic()`` value, or None for no deadline."""
+        """The deadline as a ``time.monotonic()`` value, or None for no deadline.
+
+        An upper bound: the token may be cancelled earlier by its source, a
+        parent or a linked token. A request token handed out during an app's
+        drain delay is one such case: the server's stop cancels it with
+        `DEADLINE_EXCEEDED` a margin before its cut, once it knows when that is.
+        """
         return self._deadline
 
     def remaining(self) -> float | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import threading
 import time
@@ -27,8 +28,10 @@ from typing import Any, Protocol
 
 from .._core.errors import LifecycleError
 from .._core.tokens import (
+    DEADLINE_EXCEEDED,
     CancelSource,
     CancelToken,
+    DeadlineTimer,
     cancel_in_background,
     current_token,
     on_cancel_inline,
@@ -660,10 +663,25 @@ class RequestTokens:
       cut), made when it is first asked for, made again by `renew` when the
       stop begins (with `Drain.requests_by`).
 
+    What ``.deadline`` of a draining token means: before the stop began
+    (during the app's drain delay) only the shutdown deadline is known, so
+    it is an upper bound, the latest the stop can cut; once the stop begins
+    (`renew`), a token handed out in the drain delay whose deadline is later
+    than the stop's `Drain.requests_by` is cancelled then, with
+    ``DEADLINE_EXCEEDED`` -- as is every token made from it (a request
+    marked long-lived) -- so that a handler waiting on its token still
+    answers before the cut. Tokens handed out from then on carry
+    ``requests_by`` as their deadline. Its cost: one linked source and one
+    deadline per stop, nothing per request.
+
     A long-lived request makes a token of its own when it is marked (a child
     of the one it had), which the stop cancels to end it. A request that
-    arrives during the stop gets the live shared token: nothing but the cut
-    cancels it.
+    arrives during the stop gets the live shared token: nothing but its
+    deadline or the cut cancels it.
+
+    Args:
+        timer: the `DeadlineTimer` of the tokens' deadlines (tests pass one
+            with a fake clock); the process's by default.
 
     Example::
 
@@ -671,29 +689,57 @@ class RequestTokens:
         token = tokens.draining(lambda: app.shutdown_deadline) if draining else tokens.root
     """
 
-    __slots__ = ("_drain", "_lock", "_source", "_sources", "root")
+    __slots__ = ("_drain", "_due", "_lock", "_source", "_sources", "_timer", "root")
 
-    def __init__(self) -> None:
-        self._source = CancelSource()
+    def __init__(self, *, timer: DeadlineTimer | None = None) -> None:
+        self._timer = timer
+        self._source = CancelSource(timer=timer)
         self.root = self._source.token
         self._drain: CancelToken | None = None
+        # Linked into the token of the drain delay; cancelled once the stop's
+        # requests are due (None: no such token, or its cancel is armed).
+        self._due: CancelSource | None = None
         self._sources: list[CancelSource] = []
         self._lock = threading.Lock()
 
     def draining(self, deadline: Callable[[], float | None]) -> CancelToken:
-        """The shared token of requests begun now, while draining (made once, lazily)."""
+        """The shared token of requests begun now, while draining (made once, lazily).
+
+        Asked for before `renew` (the drain delay), its deadline is
+        ``deadline()``, an upper bound: `renew` cancels it once the stop's
+        own request deadline passes, if that comes first.
+        """
         token = self._drain
         if token is None:
             with self._lock:
                 if self._drain is None:
-                    self._drain = self._child(deadline())
+                    # Only before the stop began: renew sets _drain for good.
+                    due = CancelSource(timer=self._timer)
+                    source = CancelSource.linked(self.root, due.token, deadline=deadline())
+                    self._sources += (due, source)
+                    self._due = due
+                    self._drain = source.token
                 token = self._drain
         return token
 
     def renew(self, deadline: float | None) -> None:
-        """Requests begun from now on share a new token with ``deadline`` (the stop began)."""
+        """The stop began: requests begun from now on share a new token with ``deadline``.
+
+        ``deadline`` is `Drain.requests_by` (or the earlier `cut_deadline`):
+        the token handed out in the drain delay, if any and due later, is
+        cancelled then with ``DEADLINE_EXCEEDED``.
+        """
+        armed: CancelSource | None = None
         with self._lock:
+            before, due = self._drain, self._due
             self._drain = self._child(deadline)
+            if due is not None and deadline is not None and before is not None:
+                self._due = None
+                if before.deadline is None or before.deadline > deadline:
+                    armed = CancelSource(deadline=deadline, timer=self._timer)
+                    self._sources.append(armed)
+        if armed is not None and due is not None:
+            on_cancel_inline(armed.token, functools.partial(_due_now, armed.token, due))
 
     def _child(self, deadline: float | None) -> CancelToken:
         if deadline is None:
@@ -711,8 +757,18 @@ class RequestTokens:
         self._source.close()
         with self._lock:
             sources, self._sources = self._sources, []
+            self._due = None
         for source in sources:
             source.close()
+
+
+def _due_now(timer: CancelToken, due: CancelSource) -> None:
+    """The stop's request deadline passed: the drain delay's requests are due (timer thread).
+
+    Not when ``timer`` was closed with the server (`RequestTokens.close`).
+    """
+    if timer.reason == DEADLINE_EXCEEDED:
+        cancel_in_background(due, DEADLINE_EXCEEDED)
 
 
 # The servers' wake-ups (drain flags, waiters) run in the cancelling thread.
