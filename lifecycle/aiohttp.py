@@ -59,6 +59,7 @@ from ._runtime.stacks import task_stack
 from ._serving.aioserver import _Serving, take_in_queued_then_close
 from ._serving.health import HealthAnswers
 from ._serving.inflight import describe_work
+from ._serving.listening import Listening, state_word
 from ._serving.stopseq import (
     CUT_MARGIN,
     FIRST_REQUEST_GRACE,
@@ -108,7 +109,7 @@ class _Call:
         return f"{request.method} {request.path}"
 
 
-class Server(_Serving):
+class Server(Listening, _Serving):
     """An aiohttp ``web.Application`` served as a lifecycle component, with a zero-loss stop.
 
     Args:
@@ -172,6 +173,8 @@ class Server(_Serving):
 
     Added in 0.2.
     """
+
+    KIND = "aiohttp"
 
     def __init__(
         self,
@@ -238,47 +241,13 @@ class Server(_Serving):
             self._add_health_routes()
 
     def __repr__(self) -> str:
-        state = (
-            "stopped"
-            if self._stopped
-            else "stopping"
-            if self._stopping
-            else "draining"
-            if self.draining
-            else "serving"
-            if self._runner is not None
-            else "not started"
+        state = state_word(
+            stopped=self._stopped,
+            stopping=self._stopping,
+            draining=self.draining,
+            listening=self._runner is not None,
         )
         return f"<lifecycle.aiohttp.Server {self.name!r} {state} in_flight={self.in_flight}>"
-
-    # -- identity ------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """For logs: the ``name`` argument, or ``aiohttp:HOST:PORT``."""
-        if self._name is not None:
-            return self._name
-        host, port = self._address or (self.host, self._requested_port)
-        return f"aiohttp:{host}:{port}"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """``(host, port)`` it listens on (the real port when 0 was asked for).
-
-        Raises:
-            RuntimeError: the server has not started.
-        """
-        if self._address is None:
-            raise RuntimeError(
-                f"server {self.name!r} has no address before start(): add it to a "
-                f"lifecycle.App and run it, or await server.start()"
-            )
-        return self._address
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (see `address`)."""
-        return self.address[1]
 
     @property
     def in_flight(self) -> int:

@@ -57,6 +57,7 @@ from ._core.views import AppView, ShutdownView
 from ._serving.aioserver import StopWaiter, take_in_queued_then_close
 from ._serving.asgi import ASGIApp, ASGIMiddleware, Receive, Scope, Send, _call_served
 from ._serving.health import HealthAnswers
+from ._serving.listening import Listening, state_word
 from ._serving.stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, FORCE_JOIN, cut_time
 
 __all__ = ["HEALTH_PATHS", "LIFESPAN_RESERVE", "MIN_UVICORN", "Server"]
@@ -159,7 +160,7 @@ class _Inner:
             detach()
 
 
-class Server:
+class Server(Listening):
     """A uvicorn server for an ASGI app (FastAPI, Starlette, ...) that drains without loss.
 
     Args:
@@ -245,6 +246,8 @@ class Server:
     Added in 0.2.
     """
 
+    KIND = "uvicorn"
+
     def __init__(
         self,
         app: ASGIApp,
@@ -312,47 +315,13 @@ class Server:
         self._app: ShutdownView | None = None
 
     def __repr__(self) -> str:
-        state = (
-            "stopped"
-            if self._stopped
-            else "stopping"
-            if self._stopping
-            else "draining"
-            if self.middleware.draining
-            else "serving"
-            if self._listener is not None
-            else "not started"
+        state = state_word(
+            stopped=self._stopped,
+            stopping=self._stopping,
+            draining=self.middleware.draining,
+            listening=self._listener is not None,
         )
         return f"<lifecycle.uvicorn.Server {self.name!r} {state}>"
-
-    # -- identity ------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """For logs: the ``name`` argument, or ``uvicorn:HOST:PORT``."""
-        if self._name is not None:
-            return self._name
-        host, port = self._address or (self.host, self._requested_port)
-        return f"uvicorn:{host}:{port}"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """``(host, port)`` it listens on (the real port when 0 was asked for).
-
-        Raises:
-            RuntimeError: the server has not started.
-        """
-        if self._address is None:
-            raise RuntimeError(
-                f"server {self.name!r} has no address before start(): add it to an App "
-                f"and run it, or await server.start()"
-            )
-        return self._address
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (see `address`)."""
-        return self.address[1]
 
     # -- lifecycle -------------------------------------------------------------
 
