@@ -3,8 +3,10 @@
 Run as ``python tests/e2e/servers/lc_aiohttp.py PORT [--plain] [--drain-delay S]
 [--stop-timeout S] [--runner thread|asyncio]``. Serves ``GET /work?ms=N``
 (awaits N ms, replies a small body), ``GET /readyz`` (200 while ready, else
-503: ``health_paths=True``) and ``GET /stuck`` (never returns, ignores its
-token: what a stop has to cut).
+503: ``health_paths=True``), ``GET /stuck`` (never returns, ignores its
+token: what a stop has to cut), ``GET /sse`` (an event stream that ends with
+``event: bye`` when the stop asks it to) and ``/ws`` (a websocket echo the
+stop closes with 1001).
 
 Everything about the shutdown is lifecycle's: SIGTERM turns ``/readyz`` 503
 at once; for ``drain_delay`` (2 s) the server keeps serving and every
@@ -43,6 +45,30 @@ async def stuck(request: web.Request) -> web.Response:
     return web.Response(text="never\n")  # pragma: no cover
 
 
+async def sse(request: web.Request) -> web.StreamResponse:
+    """An event every 50 ms until the stop asks it to end, then a last one."""
+    lifecycle.mark_long_lived()
+    token = lifecycle.current_token()
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    n = 0
+    while not await token.wait_async(0.05):
+        n += 1
+        await response.write(b"data: %d\n\n" % n)
+    await response.write(b"event: bye\ndata: restarting\n\n")
+    await response.write_eof()
+    return response
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """An echo that ignores its token: the stop closes it with 1001."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str(message.data)
+    return ws
+
+
 async def always_ready(request: web.Request) -> web.Response:
     return web.Response(text="ready\n")
 
@@ -51,6 +77,8 @@ def web_app(*, plain: bool) -> web.Application:
     application = web.Application()
     application.router.add_get("/work", work)
     application.router.add_get("/stuck", stuck)
+    application.router.add_get("/sse", sse)
+    application.router.add_get("/ws", websocket)
     if plain:
         application.router.add_get("/readyz", always_ready)
     return application

@@ -1,7 +1,9 @@
 """Replica on `lifecycle.uvicorn.Server`: a plain ASGI app, the zero-loss stop sequence.
 
 Run as ``python tests/e2e/servers/lc_uvicorn.py PORT``. Serves ``GET
-/work?ms=N`` (awaits N ms, replies a small body) and, through
+/work?ms=N`` (awaits N ms, replies a small body), ``GET /sse`` (an event
+stream that ends with ``event: bye`` when the stop asks it to), ``/ws`` (a
+websocket echo, closed by the stop with 1012) and, through
 ``health_paths=True``, ``GET /readyz`` (200 while ``app.ready``, 503 from the
 instant SIGTERM arrives). The app has a 2 s drain delay and exits 0 after a
 graceful stop on SIGTERM.
@@ -25,10 +27,38 @@ import lifecycle
 import lifecycle.uvicorn
 
 
+async def sse(send: Any) -> None:
+    """``/sse``: an event every 50 ms until the stop asks it to end, then a last one."""
+    lifecycle.mark_long_lived()
+    token = lifecycle.current_token()
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    n = 0
+    while not await token.wait_async(0.05):
+        n += 1
+        await send({"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True})
+    await send({"type": "http.response.body", "body": b"event: bye\ndata: restarting\n\n"})
+
+
+async def websocket(receive: Any, send: Any) -> None:
+    """``/ws``: an echo that ignores its token; the stop closes it with 1012."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] != "websocket.disconnect":
+        await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+
 async def asgi(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-    """``/work?ms=N``: wait N ms, answer ``done``."""
+    """``/work?ms=N``: wait N ms, answer ``done``; ``/sse`` and ``/ws`` are long-lived."""
+    if scope["type"] == "websocket":
+        await websocket(receive, send)
+        return
     if scope["type"] != "http":
         return  # lifespan: none (uvicorn's "auto" says so once, at info level)
+    if scope["path"] == "/sse":
+        await sse(send)
+        return
     query = parse_qs(scope["query_string"].decode("latin-1"))
     if scope["path"] == "/work":
         await asyncio.sleep(int(query.get("ms", ["0"])[0]) / 1000)
