@@ -102,7 +102,6 @@ HEALTH_SERVICE: Final = "grpc.health.v1.Health"
 _END_REASON: Final = "server stopping: streaming RPC asked to end"
 _CUT_REASON: Final = "server stop deadline: RPC cut"
 _REFUSED: Final = "server is shutting down; retry on another replica"
-_DUE_REASON: Final = "server stop: RPCs begun during the drain are due before the cut"
 _NO_DEADLINE_GRACE: Final = 1e7
 """The grace given to grpcio's stop when the stop token has no deadline: for ever, in
 effect (grpcio's ``None`` would cancel every RPC at once)."""
@@ -592,14 +591,6 @@ class _GrpcServer:
         self._health = _Health(max_watches) if self.health_enabled else None
         self._services: list[str] = []
         self._tokens = RequestTokens()
-        # The shared token of RPCs begun while draining (None: make it when first
-        # asked); every one is linked to _due, which fires once the stop's request
-        # deadline passes: RPCs begun during the drain, before that deadline was
-        # known, learn it so.
-        self._shared: CancelToken | None = None
-        self._shared_sources: list[CancelSource] = []
-        self._due = CancelSource()
-        self._due_timer: CancelSource | None = None
         self._lock = threading.Lock()
         self._streams: set[CancelSource] = set()  # the long-lived RPCs' own sources
         self._ending = False
@@ -742,18 +733,10 @@ class _GrpcServer:
         """The stop began; ``deadline`` is `Drain.requests_by`, when its RPCs must be done."""
         self._stop_deadline = deadline
         self.draining = True
+        # RPCs begun from now on share a token with this deadline; the token of
+        # the drain delay, which carries the shutdown's, is cancelled by then.
+        self._tokens.renew(self._cut_deadline())
         self._shut_health()
-        with self._lock:
-            self._shared = None  # RPCs begun from now on: the stop's deadline
-            if deadline is not None and self._due_timer is None:
-                # RPCs begun during the drain carry the shutdown's deadline (the
-                # latest the stop can end): their tokens fire at this one instead.
-                timer = CancelSource(deadline=deadline)
-                self._due_timer = timer
-                on_cancel_inline(timer.token, self._due_now)
-
-    def _due_now(self) -> None:
-        cancel_in_background(self._due, _DUE_REASON)
 
     def _grace(self, timeout: float | None) -> float:
         """The grace given to grpcio's stop: past our cut (``timeout`` away), before the deadline.
@@ -787,14 +770,6 @@ class _GrpcServer:
 
     def _finish_stop(self, began: float, cut: bool) -> None:
         self._tokens.close()
-        with self._lock:
-            sources, self._shared_sources = self._shared_sources, []
-            timer, self._due_timer = self._due_timer, None
-        for source in sources:
-            source.close()
-        if timer is not None:
-            timer.close()
-        self._due.close()
         for detach in self._detach:
             detach()
         self._detach.clear()
@@ -823,24 +798,14 @@ class _GrpcServer:
         """The token of an RPC that begins now: shared, never made per unary RPC.
 
         Before the drain, the root's (cancelled only at the cut). While
-        draining, a shared child of it with the deadline `cut_deadline` gives
-        (a margin before the cut), linked to ``_due``: an RPC begun during the
-        drain, when only the shutdown deadline is known, has its token
-        cancelled once the stop's own request deadline passes.
+        draining, `RequestTokens.draining`: a shared child of it with the
+        deadline `cut_deadline` gives (a margin before the cut); one handed out
+        in the drain delay, when only the shutdown deadline is known, is
+        cancelled once the stop's own request deadline passes (`_drain`).
         """
         if not self.draining:
             return self._tokens.root
-        token = self._shared
-        if token is not None:
-            return token
-        with self._lock:
-            if self._shared is None:
-                source = CancelSource.linked(
-                    self._tokens.root, self._due.token, deadline=self._cut_deadline()
-                )
-                self._shared_sources.append(source)
-                self._shared = source.token
-            return self._shared
+        return self._tokens.draining(self._cut_deadline)
 
     def _cut_deadline(self) -> float | None:
         shutdown = self._app.shutdown_deadline if self._app is not None else None
@@ -1288,10 +1253,11 @@ class Server(_GrpcServer):
     ``token.remaining()`` on as a timeout). During the drain only the
     shutdown deadline is known, the latest the stop can end: the token
     carries that one, and is cancelled, once the stop began, a margin before
-    the stop's own cut if that comes first. For a long-lived RPC it is
-    cancelled when the stop asks streams to end, and the handler then
-    returns, which ends the stream with status OK (or sets its own status
-    first with ``context.set_code``).
+    the stop's own cut if that comes first (reason
+    `lifecycle.DEADLINE_EXCEEDED`). For a long-lived RPC it is cancelled
+    when the stop asks streams to end, and the handler then returns, which
+    ends the stream with status OK (or sets its own status first with
+    ``context.set_code``).
 
     What happens on SIGTERM, step by step:
 

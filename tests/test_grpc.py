@@ -463,6 +463,35 @@ def test_rpc_begun_during_drain_answers_before_the_stop_cuts(running, kind: str)
     assert r.exit_code() == lifecycle.ExitCode.OK, r.app.components["grpc"].error
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_rpc_token_of_the_drain_delay_expires_as_every_server_kinds_does(
+    running, kind: str
+) -> None:
+    """The token of an RPC begun during the drain delay carries the shutdown's deadline (30 s
+    away); once the stop began (stop_timeout=1) it is cancelled with DEADLINE_EXCEEDED, the
+    reason every server kind gives it, a margin before the stop's cut."""
+    interceptor = _SeeToken() if kind == "sync" else _SeeTokenAio()
+    r = running(
+        kind,
+        "thread",
+        {"interceptors": [interceptor]},
+        drain_delay=1.0,
+        stop_timeout=1.0,
+        shutdown_timeout=30.0,
+    )
+    r.shutdown()
+    wait_not_serving(r.client)
+    due = r.client.due.future(b"", timeout=BOUND)
+    r.echo.wait_entered("Due")
+    early = interceptor.seen[-1]
+    assert early.deadline is not None
+    assert early.deadline > r.app.shutdown_deadline - 1.0  # only the shutdown's is known yet
+    assert due.result(timeout=BOUND) == b"due"
+    assert early.reason == lifecycle.DEADLINE_EXCEEDED
+    assert r.exit_code() == lifecycle.ExitCode.OK, r.app.components["grpc"].error
+    assert r.stop_took < 1.0
+
+
 # -- mark_long_lived and the context of an RPC ----------------------------------------------
 
 
