@@ -9,6 +9,7 @@ long a stop takes are real-time measurements with generous margins, marked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import threading
@@ -124,12 +125,14 @@ def test_stop_under_connect_per_request_load_closes_the_listener_and_returns_pro
     assert all(client.errors == [] for client in load), [c.errors for c in load]
     # Every client ends on a refusal: the listening socket itself is closed.
     assert [client.refused for client in load] == [1] * clients
-    # A connection the server accepted is never reset; the kernel may still
-    # complete one in the instant between the last accept and the close.
+    # A connection the server accepted is never reset; in the microseconds between
+    # the last accept and the close the kernel may still complete a connection (or
+    # be completing its handshake), which the close resets: 1-2 in about 1 stop of 10.
     lost = [port for client in load for port in client.reset_ports if port in accepted]
     assert lost == []
-    unaccepted = [port for client in load for port in client.reset_ports]
-    assert len(unaccepted) <= 2, f"{len(unaccepted)} connections reset before being accepted"
+    unaccepted = len([port for client in load for port in client.reset_ports])
+    unaccepted += sum(client.reset_at_connect for client in load)
+    assert unaccepted <= 2, f"{unaccepted} connections reset before being accepted"
     assert sum(client.ok for client in load) >= 3 * clients
 
 
@@ -250,3 +253,64 @@ def test_aborted_connections_count_against_the_cap() -> None:
     queue = RefillingQueue(most=3, aborted=1000)
     taken = _accept_queued(queue, "t", limit=5)  # type: ignore[arg-type]
     assert (taken, queue.calls) == ([], 5)
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("mode", ["honour", "swallow"])
+def test_a_stop_that_cuts_200_stuck_requests_returns_within_a_short_budget(mode: str) -> None:
+    """200 requests stuck (honouring their cancellation, or swallowing it), a 0.05 s stop: it
+    raises DeadlineExceeded naming all 200 within budget + 20 ms, and no handler task was
+    cancelled before its caller resumed (the wake-ups come after)."""
+    count, budget = 200, 0.05
+
+    async def main() -> tuple[float, int, int]:
+        entered = cancelled = 0
+        done = False  # the test is over: a swallowing handler ends
+        all_in = asyncio.Event()
+
+        async def stuck(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal entered, cancelled
+            await reader.readuntil(b"\r\n\r\n")
+            with server.request("GET /stuck"):
+                entered += 1
+                if entered == count:
+                    all_in.set()
+                end = time.monotonic() + WAIT
+                while not done and time.monotonic() < end:
+                    try:
+                        await asyncio.sleep(WAIT)
+                    except asyncio.CancelledError:
+                        cancelled += 1
+                        if mode == "honour":
+                            raise
+
+        server = AsyncStreamServer(stuck)
+        await server.start(CancelSource().token)
+        clients = []
+        try:
+            for _ in range(count):
+                client = socket.socket()
+                client.setblocking(False)
+                with contextlib.suppress(BlockingIOError):  # the handshake goes on
+                    client.connect(server.address)
+                clients.append(client)
+                await asyncio.sleep(0)  # let the server accept as they come
+            for client in clients:
+                await asyncio.get_running_loop().sock_sendall(client, b"GET / HTTP/1.1\r\n\r\n")
+            await asyncio.wait_for(all_in.wait(), WAIT)
+            began = time.monotonic()
+            with pytest.raises(DeadlineExceeded) as raised:
+                await server.stop(CancelSource(timeout=budget).token)
+            took = time.monotonic() - began
+            return took, len(raised.value.cut), cancelled
+        finally:
+            done = True
+            for client in clients:
+                client.close()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+    took, cut, cancelled_before_return = asyncio.run(main())
+    assert cut == count
+    assert cancelled_before_return == 0
+    assert took < budget + 0.02

@@ -1143,3 +1143,108 @@ def test_a_request_begun_in_the_drain_delay_answers_before_the_stops_cut():
         assert (response.status, body) == (200, b"late\n")
         assert answered == [lifecycle.DEADLINE_EXCEEDED]
         assert runner.wait() == ExitCode.OK
+
+
+def _accept_queue(sock: socket.socket) -> int:
+    """How many completed connections wait in ``sock``'s accept queue (Linux TCP_INFO)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int.from_bytes(info[24:28], "little")  # tcpi_unacked, for a listening socket
+
+
+def test_a_given_socket_with_a_long_backlog_has_its_whole_queue_served_at_stop(gates):
+    """sock= listening with 1024, at the cap (1 request held), 300 more queued with their
+    requests sent: the stop takes in all 300 and answers them (not 129: backlog's default), and
+    ends as soon as the clients are answered."""
+    sock = listening(1024)
+    srv = HTTPServer(make_handler(gates), sock=sock, max_connections=1)
+    srv.start(CancelSource().token)
+    held = connect(srv)
+    held.request("GET", "/hold")
+    assert gates.entered.wait(WAIT)
+    clients = []
+    try:
+        for _ in range(300):
+            client = socket.create_connection(srv.address, timeout=WAIT)
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            clients.append(client)
+        wait_until(lambda: _accept_queue(sock) == 300, "300 connections queued")
+        stopping = stop_in_thread(srv)
+        wait_until(lambda: sock.fileno() == -1, "the listener closed")
+        gates.release.set()
+        statuses = []
+        for client in clients:
+            response = http.client.HTTPResponse(client)
+            response.begin()
+            statuses.append(response.status)
+            response.close()
+            client.close()
+        assert statuses == [200] * 300
+        assert held.getresponse().read() == b"held\n"
+        held.close()
+        # Every handler ends at once: 300 wake-ups of the ended accept loop do not block them.
+        stopping.join(WAIT / 5)
+        assert not stopping.is_alive()
+        assert srv.tracker.total == 301
+    finally:
+        gates.open_all()
+        held.close()
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.parametrize("kind", ["http", "tcp"])
+def test_connections_taken_in_and_cut_before_they_started_are_all_named(gates, kind, monkeypatch):
+    """Cap 1, one stuck request, 20 queued with their requests, a 0.05 s stop whose accept
+    thread starts the taken-in connections only after the cut: every one closed unanswered
+    is named in DeadlineExceeded.cut (21), none is left out."""
+    srv: TCPServer | HTTPServer = (
+        HTTPServer(make_handler(gates), max_connections=1)
+        if kind == "http"
+        else TCPServer(make_tcp_handler(gates), max_connections=1)
+    )
+    srv.start(CancelSource().token)
+    stuck = socket.create_connection(srv.address, timeout=WAIT)
+    stuck.sendall(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n" if kind == "http" else b"stuck\n")
+    assert gates.entered.wait(WAIT)
+    clients = []
+    for i in range(20):
+        client = socket.create_connection(srv.address, timeout=WAIT)
+        client.sendall(b"GET /q%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        clients.append(client)
+    assert srv._listener is not None
+    listening_socket = srv._listener.socket
+    wait_until(lambda: _accept_queue(listening_socket) == 20, "20 connections queued")
+    # The accept thread closes the listener once the cut is done: the interleaving in which
+    # the stop's listener close gave up before the taken-in connections started.
+    stopper = threading.get_ident()
+    cut_done = threading.Event()
+    listener = srv._listener
+    assert listener is not None
+    close, cut = listener.server_close, srv._cut
+
+    def server_close() -> None:
+        if threading.get_ident() != stopper:
+            cut_done.wait(WAIT)
+        close()
+
+    def cutting() -> list[str]:
+        try:
+            return cut()
+        finally:
+            cut_done.set()
+
+    monkeypatch.setattr(listener, "server_close", server_close)
+    monkeypatch.setattr(srv, "_cut", cutting)
+    try:
+        with pytest.raises(lifecycle.DeadlineExceeded) as raised:
+            srv.stop(CancelSource(timeout=0.05).token)
+        assert srv._listener_closed.wait(WAIT)
+        for client in clients:  # each closed without a response: an EOF or a reset
+            with contextlib.suppress(ConnectionResetError):
+                assert client.recv(100) == b""
+        assert len(raised.value.cut) == 21
+    finally:
+        gates.open_all()
+        stuck.close()
+        for client in clients:
+            client.close()

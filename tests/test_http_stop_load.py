@@ -53,15 +53,18 @@ def make_server(kind: str) -> HTTPServer:
 
 
 def record_accepts(srv: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> set[int]:
-    """The client ports of every connection the server accepted."""
+    """The client ports of every connection the server accepted and started.
+
+    Counted where every connection is, served at once or taken in by the stop.
+    """
     ports: set[int] = set()
-    spawn = srv._spawn
+    register = srv._register
 
-    def spawning(sock: socket.socket, addr: Any) -> None:
-        ports.add(addr[1])
-        spawn(sock, addr)
+    def registering(conn: Any) -> threading.Thread:
+        ports.add(conn.addr[1])
+        return register(conn)
 
-    monkeypatch.setattr(srv, "_spawn", spawning)
+    monkeypatch.setattr(srv, "_register", registering)
     return ports
 
 
@@ -97,6 +100,7 @@ class LoadClient(threading.Thread):
         self.ok = 0
         self.refused = 0
         self.reset_ports: list[int] = []  # connections that ended without their response
+        self.reset_at_connect = 0  # handshakes reset by the listener's close
         self.errors: list[str] = []
         self.served = threading.Event()  # set after its third response
 
@@ -113,6 +117,12 @@ class LoadClient(threading.Thread):
                 except ConnectionRefusedError:
                     self.refused += 1
                     return  # the listener is closed: a balancer would route around it
+                except ConnectionResetError:
+                    # The listener closed with this handshake under way: never
+                    # accepted, it is reset, and the next connect is refused.
+                    self.refused += 1
+                    self.reset_at_connect += 1
+                    return
                 except OSError as error:
                     self.errors.append(f"connect: {error!r}")
                     return
@@ -190,12 +200,14 @@ def test_stop_under_connect_per_request_load_closes_the_listener_and_returns_pro
     assert all(client.errors == [] for client in load), [c.errors for c in load]
     # Every client ends on a refusal: the listening socket itself is closed.
     assert [client.refused for client in load] == [1] * clients
-    # A connection the server accepted is never reset; the kernel may still
-    # complete one in the instant between the last accept and the close.
+    # A connection the server accepted is never reset; in the microseconds between
+    # the last accept and the close the kernel may still complete a connection (or
+    # be completing its handshake), which the close resets: 1-2 in about 1 stop of 10.
     lost = [port for client in load for port in client.reset_ports if port in accepted]
     assert lost == []
-    unaccepted = [port for client in load for port in client.reset_ports]
-    assert len(unaccepted) <= 2, f"{len(unaccepted)} connections reset before being accepted"
+    unaccepted = len([port for client in load for port in client.reset_ports])
+    unaccepted += sum(client.reset_at_connect for client in load)
+    assert unaccepted <= 2, f"{unaccepted} connections reset before being accepted"
     assert sum(client.ok for client in load) >= 3 * clients
 
 

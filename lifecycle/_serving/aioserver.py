@@ -124,6 +124,7 @@ _END_REASON = "server stopping"  # the reason long-lived requests' tokens are ca
 _CUT_REASON = "server stop deadline: connection cut"
 # Why a stop in progress cuts at once: a later call of stop has an earlier cut time.
 _CUT_NOW_REASON = "another stop's deadline came first"
+_CUT_JOIN_MIN = 0.02  # seconds: a shorter join after a cut is not worth a turn of the loop
 # accept() errors that consume one queued connection (its peer gave up) and leave the rest.
 _ACCEPT_ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO})
 
@@ -171,6 +172,7 @@ class _Serving:
         self._outcome: BaseException | None = None  # what the stop raised (None: it returned)
         self._outcome_tb: TracebackType | None = None  # ... and where, as it first left the stop
         self._cut_labels: list[str] = []  # the requests the stop cut, oldest first
+        self._cut_issued = False  # the stop cut: its handlers are (being) cancelled
         self._cut_now = CancelSource()  # cancelled: the stop running cuts at once
         self._ending = False  # the long-lived requests were asked to end
         self._waiter = StopWaiter()
@@ -932,13 +934,27 @@ class _StopOps:
         self.server._end_long_lived(list(self.server._streams))
 
     def cut(self) -> list[str]:
+        """Name what remains and cancel its tokens; the handlers are cancelled, later.
+
+        The handler tasks are cancelled and their transports aborted from a
+        callback of the loop's next turn, so the stop names and logs what it
+        cut and, with no time left to join, returns before hundreds of
+        handlers run (200 cut here at once: 3-33 ms past a 0.05 s budget,
+        measured).
+        """
         server = self.server
         cut = describe_work([c.ticket for c in server._connections if not c.idle], time.monotonic())
         server._tokens.cut(_CUT_REASON)
-        server._abort_connections()
+        server._cut_issued = True
+        try:
+            asyncio.get_running_loop().call_soon(server._abort_connections)
+        except RuntimeError:  # no loop runs here: abort them now
+            server._abort_connections()
         return server._record_cut(cut)
 
     async def join(self, timeout: float | None) -> bool:
+        if self.server._cut_issued and timeout is not None and timeout < _CUT_JOIN_MIN:
+            return not self.server._connections  # no time to wait for the cut handlers
         tasks = [c.task for c in self.server._connections if c.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)

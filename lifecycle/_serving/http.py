@@ -70,6 +70,7 @@ Added in 0.1.
 from __future__ import annotations
 
 import errno
+import functools
 import http.client
 import http.server
 import math
@@ -209,6 +210,16 @@ class _Conn:
         # The own token of the long-lived request in progress (made when it
         # is marked; for TCP, at the accept): cancelled to end it.
         self.long_source: CancelSource | None = None
+
+
+@functools.cache
+def _kernel_max_backlog() -> int:
+    """The largest listen backlog the kernel grants (Linux: net.core.somaxconn), read once."""
+    try:
+        with open("/proc/sys/net/core/somaxconn", encoding="ascii") as file:
+            return max(1, int(file.read().strip()))
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
 
 
 def _peer(addr: Any) -> str:
@@ -430,6 +441,10 @@ class _StreamServer:
         self._accept_thread: threading.Thread | None = None
         self._stop_accepting = threading.Event()
         self._take_until: float | None = None  # the bound on taking in the queue at stop
+        # Invariant (under _cond): the connections the stop took in and not yet
+        # started; after the cut (_forced) nothing is added, and the cut names
+        # and closes what is left.
+        self._taken: list[_Conn] = []
         self._listener_closed = threading.Event()
         self._emptied = threading.Event()  # set once no connection is left, after a cut
         self._cut_go = threading.Event()  # the cut's wake-ups may begin
@@ -526,6 +541,10 @@ class _StreamServer:
             ) from None
         self.tracker.name = f"{self.name} {'requests' if self._kind != 'tcp' else 'connections'}"
         self._wake = socket.socketpair()
+        # A wake-up never blocks its sender: once the accept loop has ended
+        # nobody reads, and a full buffer already wakes it (300 taken-in
+        # connections ending at the cap filled it and hung their handlers).
+        self._wake[1].setblocking(False)
         self._listening = True
         if self._app is not None:
             self._detach_drain = _on_cancel_inline(self._app.shutdown_token, self._begin_drain)
@@ -620,7 +639,6 @@ class _StreamServer:
         sock.setblocking(False)
         wake = self._wake[0]
         wake.setblocking(False)
-        queued: list[tuple[socket.socket, Any]] = []
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(wake, selectors.EVENT_READ)
@@ -650,14 +668,13 @@ class _StreamServer:
             # empties, so the taking is bounded by what the queue can hold
             # and by time, and nothing is served until the socket is closed:
             # a client served meanwhile would connect again and refill it.
-            queued = self._take_queued(sock)
+            self._take_queued(sock)
         except Exception:  # noqa: BLE001 - the loop must end with the listener closed
             _log.exception("accept loop crashed", component=self.name)
         finally:
             self._listening = False
             listener.server_close()
-            for conn_sock, addr in queued:
-                self._spawn(conn_sock, addr)
+            self._spawn_taken()
             self._listener_closed.set()
 
     def _accept_pending(self, sock: socket.socket) -> None:
@@ -682,46 +699,71 @@ class _StreamServer:
             if stopping():
                 return  # the stop takes in the rest at once
 
-    def _take_queued(self, sock: socket.socket) -> list[tuple[socket.socket, Any]]:
-        """Accept, without serving, what the kernel queued: at most a full backlog, by a bound.
+    def _take_queued(self, sock: socket.socket) -> None:
+        """Accept into ``_taken``, without serving, what the kernel queued: a full backlog at most.
 
-        Linux queues up to ``backlog + 1`` completed connections; the time
-        bound is the `CloseListener` one (a stuck accept is not waited for).
+        Linux queues up to ``backlog + 1`` completed connections (for a given
+        socket: up to somaxconn + 1); the time bound is the `CloseListener`
+        one (a stuck accept is not waited for). Nothing is accepted after the
+        cut: what the kernel still holds is refused with the listener.
         """
-        taken: list[tuple[socket.socket, Any]] = []
         end = self._take_until
-        limit = self.backlog + 1
+        # A given socket's listen backlog cannot be read back; the kernel
+        # clamps it to somaxconn, which so bounds what it can queue.
+        given = self._sock is not None
+        limit = (max(self.backlog, _kernel_max_backlog()) if given else self.backlog) + 1
+        taken = self._taken
         while len(taken) < limit and (end is None or _monotonic() < end):
-            try:
-                taken.append(sock.accept())
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as error:
-                if error.errno in _ACCEPT_RETRY:
-                    continue
-                break  # out of descriptors or memory: serve what was taken
-        return taken
+            with self._cond:
+                if self._forced:
+                    return
+                try:
+                    taken.append(_Conn(*sock.accept()))
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as error:
+                    if error.errno in _ACCEPT_RETRY:
+                        continue
+                    return  # out of descriptors or memory: serve what was taken
+
+    def _spawn_taken(self) -> None:
+        """Start the connections the stop took in, oldest first, until the cut takes the rest."""
+        while True:
+            with self._cond:
+                if self._forced or not self._taken:
+                    return
+                conn = self._taken.pop(0)
+                thread = self._register(conn)
+            self._start(conn, thread)
 
     def _spawn(self, sock: socket.socket, addr: Any) -> None:
-        sock.setblocking(True)
         conn = _Conn(sock, addr)
+        with self._cond:
+            thread = self._register(conn)
+        self._start(conn, thread)
+
+    def _register(self, conn: _Conn) -> threading.Thread:
+        """Count ``conn`` in (under ``_cond``): its handler thread, made, not started."""
+        conn.sock.setblocking(True)
         thread = threading.Thread(
             target=user_code_thread(lambda: self._connection_main(conn)),  # the handler
-            name=f"lifecycle:{self.name} {_peer(addr)}",
+            name=f"lifecycle:{self.name} {_peer(conn.addr)}",
             daemon=True,
         )
-        with self._cond:
-            self._conns[id(conn)] = conn
-            if len(self._threads) >= 2 * len(self._conns) + 64:
-                self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
+        self._conns[id(conn)] = conn
+        if len(self._threads) >= 2 * len(self._conns) + 64:
+            self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        return thread
+
+    def _start(self, conn: _Conn, thread: threading.Thread) -> None:
         try:
             thread.start()
         except RuntimeError:  # no thread to be had: refuse this one connection
             _log.exception("cannot start a connection thread", component=self.name)
             with self._cond:
                 self._conns.pop(id(conn), None)
-            sock.close()
+            conn.sock.close()
 
     def _at_cap(self) -> bool:
         cap = self.max_connections
@@ -989,24 +1031,27 @@ class _StreamServer:
         so the stop names and logs what it cut first, then wakes, then waits
         only when there is time for it.
         """
-        self._forced = True
         self.tracker.close()
         now = time.monotonic()
         with self._cond:
+            self._forced = True
             conns = list(self._conns.values())
+            # Taken in by the stop, never started: the accept thread starts no
+            # more once _forced is set; they are named and closed here.
+            taken, self._taken = self._taken, []
             if not conns:
                 self._emptied.set()
         work: list[Any] = self.tracker.running()
-        work.extend(self._unbegun(conns, now))
+        work.extend(self._unbegun(conns + taken, now))
         cut = describe_work(work, now)
-        if conns and not cut:
+        if (conns or taken) and not cut:
             _log.warning(
                 "connections closed at the stop deadline",
                 component=self.name,
-                connections=len(conns),
+                connections=len(conns) + len(taken),
             )
         waker = threading.Thread(
-            target=helper_thread(lambda: self._wake_cut(conns)),
+            target=helper_thread(lambda: self._wake_cut(conns, taken)),
             name=f"lifecycle:{self.name} cut",
             daemon=True,
         )
@@ -1014,12 +1059,18 @@ class _StreamServer:
             waker.start()  # before anything is woken: starting it takes a turn
         except RuntimeError:  # no thread to be had: wake them from here
             self._cut_go.set()
-            self._wake_cut(conns)
+            self._wake_cut(conns, taken)
         return cut
 
-    def _wake_cut(self, conns: list[_Conn]) -> None:
-        """End what the cut found, once told: cancel every request token, shut every socket."""
+    def _wake_cut(self, conns: list[_Conn], taken: list[_Conn]) -> None:
+        """End what the cut found, once told: cancel every request token, shut every socket.
+
+        ``taken``: connections taken in and never started, closed here.
+        """
         self._cut_go.wait()
+        for conn in taken:
+            with suppress(OSError):
+                conn.sock.close()
         self._tokens.cut(_CUT_REASON)
         for conn in conns:
             conn.closing = True
@@ -1983,9 +2034,10 @@ class HTTPServer(_StreamServer):
             at `start`: an open ``SOCK_STREAM`` socket of ``AF_INET`` or
             ``AF_INET6`` on which ``listen`` was called, else ``ValueError``
             saying what is wrong. The server neither binds nor listens again
-            (``backlog`` is then the backlog it listens with: it bounds how
-            many queued connections the stop takes in), makes it non-blocking,
-            and from `start` on owns it: the stop takes in what the kernel
+            (the socket's listen backlog cannot be read back: the stop takes
+            in up to the larger of ``backlog`` and the kernel's
+            ``net.core.somaxconn``, plus one, by its time bound), makes it
+            non-blocking, and from `start` on owns it: the stop takes in what the kernel
             queued, once, then closes it, as its own. A copy held elsewhere
             (a duplicate descriptor, another process) keeps the port open.
 
