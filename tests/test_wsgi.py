@@ -497,6 +497,82 @@ def test_middleware_request_with_a_built_body_ends_when_the_app_returns():
     assert (mw.tracker.count, mw.tracker.total) == (0, 1)
 
 
+class ClosingBody:
+    """A streamed body with a close() of its own, counting its calls (raising if told)."""
+
+    def __init__(self, items: list[bytes], fail: bool = False) -> None:
+        self.items = items
+        self.fail = fail
+        self.closed = 0
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def close(self) -> None:
+        self.closed += 1
+        if self.fail:
+            raise RuntimeError("close failed")
+
+
+def test_middleware_closes_the_apps_body_once_and_a_late_second_close_ends_nothing():
+    """A body closed twice closes the app's iterable once; its second close, made while
+    the next request is in flight, leaves that request tracked and its token current."""
+    bodies = [ClosingBody([b"a", b"b"]), ClosingBody([b"c"])]
+    seen: list[CancelToken] = []
+
+    def app(environ, start_response):
+        seen.append(current_token())
+        start_response("200 OK", [])
+        return bodies[len(seen) - 1]
+
+    mw = WSGIMiddleware(app, FakeApp())
+    outer = current_token()
+    first = mw(environ_for("/1"), Recorder())
+    assert list(first) == [b"a", b"b"]
+    first.close()  # type: ignore[attr-defined]
+    second = mw(environ_for("/2"), Recorder())
+    first.close()  # type: ignore[attr-defined]
+    assert bodies[0].closed == 1
+    assert mw.tracker.count == 1
+    assert current_token() is seen[1]
+    assert list(second) == [b"c"]
+    second.close()  # type: ignore[attr-defined]
+    assert (bodies[1].closed, mw.tracker.count, mw.tracker.total) == (1, 0, 2)
+    assert current_token() is outer
+
+
+def test_middleware_body_whose_close_raises_still_ends_the_request():
+    """The app's close() raising reaches the server, and the request is over all the same."""
+    body = ClosingBody([b"x"], fail=True)
+    mw = WSGIMiddleware(lambda environ, start_response: body, FakeApp())
+    outer = current_token()
+    result = mw(environ_for(), Recorder())
+    assert list(result) == [b"x"]
+    with pytest.raises(RuntimeError, match="close failed"):
+        result.close()  # type: ignore[attr-defined]
+    assert (body.closed, mw.tracker.count) == (1, 0)
+    assert current_token() is outer
+    again = mw(environ_for(), Recorder())  # the lane is free again
+    assert mw.tracker.count == 1
+    with pytest.raises(RuntimeError):
+        again.close()  # type: ignore[attr-defined]
+    assert (mw.tracker.count, mw.tracker.total) == (0, 2)
+
+
+def test_middleware_iterator_body_without_close_streams_every_item_then_ends():
+    """A list iterator (no close of its own) streams item by item, tracked until closed."""
+    items = [b"a", b"", b"bc"]
+    mw = WSGIMiddleware(lambda environ, start_response: iter(items), FakeApp())
+    outer = current_token()
+    result = mw(environ_for(), Recorder())
+    assert current_token() is not outer
+    assert list(result) == items
+    assert mw.tracker.count == 1
+    result.close()  # type: ignore[attr-defined]
+    assert mw.tracker.count == 0
+    assert current_token() is outer
+
+
 def test_no_request_token_stays_current_when_bodies_close_out_of_order():
     """Two streamed bodies open at once, the first closed first: afterwards the caller's
     token is current again, not one of the requests'."""

@@ -43,7 +43,8 @@ import contextvars
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from itertools import chain
 from types import TracebackType
 from typing import Any, ClassVar, Final
 from urllib.parse import unquote
@@ -214,11 +215,19 @@ class WSGIMiddleware:
         except IndexError:
             lane = self._new_lane()
         lane.environ = environ
-        if not self.tracker.begin(lane):  # someone closed the tracker: refuse
+        tracker = self.tracker
+        if tracker._closed:  # someone closed the tracker: refuse (begin() counts it)
+            tracker.begin(lane)
             lane.end()
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"shutting down\n"]
-        note_request(lane.uses)  # what a copy of this context may mark
+        # InFlight.begin, inlined (a call less on the hot path).
+        lane.began = tracker.clock()
+        lane.long_lived = False
+        uses = lane.uses + 1
+        lane.uses = uses
+        lane.active = True
+        note_request(uses)  # what a copy of this context may mark
         if self._draining:
             shared = self._tokens.draining(self._cut_deadline)
             start_response = _closing_start(environ, start_response)
@@ -226,24 +235,32 @@ class WSGIMiddleware:
             shared = self._root
         if lane.parent is not shared:
             lane.renew(shared)
-        reset = _current.set(lane.token)
+        reset = _set_current(lane.token)
         try:
             result = self.wsgi_app(environ, start_response)
         except BaseException:
-            _current.reset(reset)
+            _reset_current(reset)
             lane.end()
             raise
         if type(result) in _BUILT:
             # Built before the app returned: no app code runs while the server
             # sends it, so the request is over (and the body is the app's own).
-            _current.reset(reset)
-            lane.end()
+            _reset_current(reset)
+            lane.environ = None  # _Lane.end, inlined
+            lane.active = False
+            if tracker._waiters or tracker._idle_callbacks:
+                tracker._wake_all()
+            self._free.append(lane)
             return result
         # Invariant: the request's token stays current in this context until
         # the server closes the body, so that the body's code, which the
         # server runs as it iterates (in the thread that called the app, as
         # every WSGI server does), has it with nothing done per item.
-        return _StreamedBody(result, lane, reset)
+        lane.reset = reset
+        body = _StreamedBody(result)
+        body._inner = result
+        body._lane = lane
+        return body
 
     def _new_lane(self) -> _Lane:
         lane = _Lane(self)
@@ -328,6 +345,10 @@ class _MiddlewareOps:
 
 
 _END_REASON = "server stopping: long-lived request asked to end"
+# Bound once: the hot path calls them without an attribute lookup each.
+_get_current = _current.get
+_set_current = _current.set
+_reset_current = _current.reset
 _BUILT = frozenset({list, tuple})  # bodies whose sending runs no app code
 
 
@@ -357,7 +378,20 @@ class _Lane(Slot):
     per request.
     """
 
-    __slots__ = ("__weakref__", "environ", "mw", "parent", "source", "token")
+    __slots__ = (
+        "__weakref__",
+        "environ",
+        "free",
+        "mw",
+        "parent",
+        "reset",
+        "source",
+        "token",
+        "tracker",
+    )
+    # What was current before its streamed body's token, while the server
+    # iterates it: set before the body is made.
+    reset: contextvars.Token[CancelToken]
 
     def __init__(self, mw: WSGIMiddleware) -> None:
         super().__init__(self._request_label)
@@ -366,6 +400,8 @@ class _Lane(Slot):
         self.parent: CancelToken | None = None  # the shared token the own one descends from
         self.source: CancelSource | None = None
         self.token = mw._tokens.root
+        self.tracker = mw.tracker  # these two for the body's close, a lookup less each
+        self.free = mw._free
         mw.tracker.open_slot(slot=self)  # closed: begin() refuses its requests
 
     def renew(self, parent: CancelToken) -> None:
@@ -406,47 +442,60 @@ class _Lane(Slot):
         mw._free.append(self)
 
 
-class _StreamedBody:
-    """The app's streamed response: in flight, its token current, until the server closes it."""
+class _StreamedBody(chain[bytes]):
+    """The app's streamed response: in flight, its token current, until the server closes it.
 
-    __slots__ = ("_inner", "_lane", "_reset")
+    A `chain` of the app's iterable alone: the server's ``iter()`` and each
+    item are served in C, so that nothing of ours runs per item, and it is
+    made without a Python ``__init__`` (made as ``_StreamedBody(inner)``,
+    then ``_inner`` and ``_lane`` set).
+    """
 
-    def __init__(
-        self, inner: Iterable[bytes], lane: _Lane, reset: contextvars.Token[CancelToken]
-    ) -> None:
-        self._inner = inner
-        self._lane: _Lane | None = lane
-        self._reset = reset
-
-    def __iter__(self) -> Iterator[bytes]:
-        # The app's own iterator: nothing of ours runs per item.
-        return iter(self._inner)
+    __slots__ = ("_inner", "_lane")
+    _inner: Iterable[bytes]
+    _lane: _Lane | None
 
     def close(self) -> None:
         """Close the app's iterable (PEP 3333), then end the request."""
-        lane, self._lane = self._lane, None
+        lane = self._lane
         if lane is None:
             return
+        self._lane = None
+        inner = self._inner
         try:
-            close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()
+            if type(inner) not in _NO_CLOSE:
+                close = getattr(inner, "close", None)
+                if close is not None:
+                    close()
         finally:
             # Invariant: no request's token stays current after its body closed.
             # Every WSGI server closes the bodies of a context in the order it
             # made them; a caller that closes out of order (two open at once,
             # the first closed first) leaves an orphan that the later close
             # unwinds past.
-            reset = self._reset
-            if _current.get(None) is lane.token:
-                _current.reset(reset)
+            reset = lane.reset
+            token = lane.token
+            if _get_current(None) is token:
+                _reset_current(reset)
                 if _orphans:
                     _unwind(reset.old_value)
             else:  # out of order, or closed from another context
-                _orphans[lane.token] = reset.old_value
+                _orphans[token] = reset.old_value
                 lane.parent = None  # the lane's next request makes a new token
-            lane.end()
+            # _Lane.end and InFlight.end, inlined: the request is over, the lane free.
+            lane.environ = None
+            lane.active = False
+            tracker = lane.tracker
+            if tracker._waiters or tracker._idle_callbacks:
+                tracker._wake_all()
+            lane.free.append(lane)
 
+
+# Iterator types whose instances have no ``close`` (no instance attributes either):
+# their bodies are closed without a getattr.
+_NO_CLOSE: Final[frozenset[type]] = frozenset(
+    type(it) for it in (iter([]), iter(()), iter(""), iter(b""), iter(range(0)), map(str, ()))
+)
 
 # The token of a body closed out of order -> what was current before it. Such
 # a token is never used again (its lane makes a new one): a key is one request.
