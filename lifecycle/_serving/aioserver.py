@@ -94,6 +94,7 @@ from .inflight import (
     note_request,
     noted_request,
 )
+from .listening import Listening, state_word
 from .stopseq import (
     CUT_MARGIN,
     FIRST_REQUEST_GRACE,
@@ -519,7 +520,7 @@ class _Request:
         self.__exit__(exc_type, exc, tb)
 
 
-class AsyncStreamServer(_Serving):
+class AsyncStreamServer(Listening, _Serving):
     """A TCP server component for ``asyncio.start_server`` handlers, with a zero-loss stop.
 
     Args:
@@ -562,6 +563,8 @@ class AsyncStreamServer(_Serving):
     Added in 0.1.
     """
 
+    KIND = "tcp"
+
     def __init__(
         self,
         client_connected_cb: ConnectionHandler,
@@ -601,47 +604,13 @@ class AsyncStreamServer(_Serving):
         self._ops = _StopOps(self)
 
     def __repr__(self) -> str:
-        state = (
-            "stopped"
-            if self._stopped
-            else "stopping"
-            if self._stopping
-            else "draining"
-            if self.draining
-            else "serving"
-            if self._server is not None
-            else "not started"
+        state = state_word(
+            stopped=self._stopped,
+            stopping=self._stopping,
+            draining=self.draining,
+            listening=self._server is not None,
         )
         return f"<AsyncStreamServer {self.name!r} {state} connections={len(self._connections)}>"
-
-    # -- identity ------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """For logs: the ``name`` argument, or ``tcp:HOST:PORT``."""
-        if self._name is not None:
-            return self._name
-        host, port = self._address or (self.host, self._requested_port)
-        return f"tcp:{host}:{port}"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """``(host, port)`` it listens on (the real port when 0 was asked for).
-
-        Raises:
-            RuntimeError: the server has not started.
-        """
-        if self._address is None:
-            raise RuntimeError(
-                f"server {self.name!r} has no address before start(): add it to an App "
-                f"and run it, or await server.start()"
-            )
-        return self._address
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (see `address`)."""
-        return self.address[1]
 
     @property
     def connections(self) -> int:
