@@ -337,6 +337,18 @@ class _Roll:
         return _Delayed(lag, remove)
 
     def kill_all(self) -> None:
+        """End every replica still running: SIGTERM, then SIGKILL past a bound.
+
+        SIGTERM first, all at once: a supervisor replica (``lifecycle exec``)
+        ends its own child then, where a SIGKILL would leave that child
+        running (reparented to init) after the test.
+        """
+        running = [r for r in self.replicas if r.running()]
+        for replica in running:
+            replica.terminate()
+        until = time.monotonic() + 15.0
+        for replica in running:
+            replica._exited.wait(max(0.0, until - time.monotonic()))
         for replica in self.replicas:
             replica.kill()
 
