@@ -54,6 +54,16 @@ from ._serving.inflight import Refused as Refused
 from ._serving.inflight import Ticket as Ticket
 from ._serving.wsgi import WSGIMiddleware as WSGIMiddleware
 from ._serving.wsgi import WSGIServer as WSGIServer
+from ._workers.consumer import AsyncConsumer as AsyncConsumer
+from ._workers.consumer import AsyncMessageSource as AsyncMessageSource
+from ._workers.consumer import AsyncQueueSource as AsyncQueueSource
+from ._workers.consumer import Consumer as Consumer
+from ._workers.consumer import ConsumerStats as ConsumerStats
+from ._workers.consumer import Message as Message
+from ._workers.consumer import MessageSource as MessageSource
+from ._workers.consumer import QueueSource as QueueSource
+from ._workers.dedupe import Dedupe as Dedupe
+from ._workers.dedupe import MemoryDedupe as MemoryDedupe
 
 __version__ = "0.1.0.dev0"
 
@@ -67,11 +77,15 @@ def __getattr__(name: str) -> object:
         return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "DEADLINE_EXCEEDED",
     "ASGIMiddleware",
     "App",
     "AppState",
+    "AsyncConsumer",
+    "AsyncMessageSource",
+    "AsyncQueueSource",
     "AsyncStreamServer",
     "AsyncioRunner",
     "CancelSource",
@@ -80,9 +94,12 @@ __all__ = [
     "ComponentInfo",
     "ComponentState",
     "ConfigError",
+    "Consumer",
+    "ConsumerStats",
     "CycleError",
     "DeadlineExceeded",
     "DeadlineTimer",
+    "Dedupe",
     "DependencyFailed",
     "DuplicateComponent",
     "ExitCode",
@@ -92,7 +109,11 @@ __all__ = [
     "InFlight",
     "InvalidTransition",
     "LifecycleError",
+    "MemoryDedupe",
+    "Message",
+    "MessageSource",
     "NotAComponent",
+    "QueueSource",
     "Refused",
     "ShutdownPlan",
     "StartupError",

@@ -14,6 +14,16 @@ import lifecycle
 INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp"}
 
 PUBLIC = {
+    "AsyncConsumer",
+    "AsyncMessageSource",
+    "AsyncQueueSource",
+    "Consumer",
+    "ConsumerStats",
+    "Message",
+    "MessageSource",
+    "QueueSource",
+    "Dedupe",
+    "MemoryDedupe",
     "ASGIMiddleware",
     "App",
     "AppState",

@@ -13,8 +13,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "lifecycle"
 ALLOWED = {
     "_core": {"_core"},
     "_serving": {"_core", "_serving"},
-    "_runtime": {"_core", "_runtime", "_serving"},
-    "_demo": {"_core", "_runtime", "_serving", "_demo"},
+    "_workers": {"_core", "_workers"},
+    "_runtime": {"_core", "_runtime", "_serving", "_workers"},
+    "_demo": {"_core", "_runtime", "_serving", "_workers", "_demo"},
 }
 # The scheduler, graph and states never touch threads, loops, signals or the clock.
 SANS_IO = {"scheduler.py", "graph.py", "states.py", "errors.py"}

@@ -198,15 +198,23 @@ class DeadlineExceeded(LifecycleError, TimeoutError):
     Raised by the server components' ``stop`` after they cut what was still
     running, so that the exit code says so (TIMEOUT) and the report names it.
 
+    Args:
+        component: the component that cut.
+        cut: what was cut.
+        what: the message's wording of what was cut (``"cut 2 unfinished
+            request(s)"``); a consumer gives back messages.
+
     Attributes:
         cut: what was cut, oldest first (``["GET /slow (12.3s)"]``).
     """
 
-    def __init__(self, component: str, cut: list[str]) -> None:
+    def __init__(
+        self, component: str, cut: list[str], *, what: str = "cut {n} unfinished request(s)"
+    ) -> None:
         self.cut = list(cut)
         shown = ", ".join(self.cut[:5]) + (" ..." if len(self.cut) > 5 else "")
         super().__init__(
-            f"{component!r} cut {len(self.cut)} unfinished request(s) at its stop deadline "
+            f"{component!r} {what.format(n=len(self.cut))} at its stop deadline "
             f"({shown}); raise its stop_timeout or make the handlers honour "
             f"lifecycle.current_token()"
         )

@@ -1,0 +1,4 @@
+"""Workers: run-style components that are not servers (queue consumers, periodic jobs).
+
+Depends on the core only; the runtime imports them, never the other way round.
+"""
