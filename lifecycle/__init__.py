@@ -8,8 +8,9 @@ Everything public is importable from here; the ``_``-prefixed modules are
 private and may change at any time. The integrations with third-party servers
 are public submodules, each needing its extra (``pip install
 'lifecycle[uvicorn]'``): ``lifecycle.uvicorn``, ``lifecycle.gunicorn``,
-``lifecycle.grpc``, ``lifecycle.aiohttp``. ``import lifecycle`` imports none of
-them; naming one (``lifecycle.uvicorn.Server``) imports it then.
+``lifecycle.grpc``, ``lifecycle.aiohttp``, ``lifecycle.redis``. ``import
+lifecycle`` imports none of them; naming one (``lifecycle.uvicorn.Server``)
+imports it then.
 """
 
 import importlib as _importlib
@@ -68,7 +69,7 @@ from ._workers.dedupe import MemoryDedupe as MemoryDedupe
 __version__ = "0.1.0.dev0"
 
 # The optional integrations, imported when first named (each imports its server).
-_INTEGRATIONS = frozenset({"uvicorn", "gunicorn", "grpc", "aiohttp"})
+_INTEGRATIONS = frozenset({"uvicorn", "gunicorn", "grpc", "aiohttp", "redis"})
 
 
 def __getattr__(name: str) -> object:

@@ -11,7 +11,7 @@ import pytest
 
 import lifecycle
 
-INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp"}
+INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp", "redis"}
 
 PUBLIC = {
     "AsyncConsumer",
@@ -92,7 +92,8 @@ def test_importing_the_package_imports_no_server_package():
     """``import lifecycle`` loads none of the optional servers; naming one loads it."""
     code = (
         "import sys, lifecycle\n"
-        "print(sorted(m for m in ('uvicorn', 'gunicorn', 'grpc', 'aiohttp') if m in sys.modules))\n"
+        "servers = ('uvicorn', 'gunicorn', 'grpc', 'aiohttp', 'redis')\n"
+        "print(sorted(m for m in servers if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
