@@ -57,6 +57,7 @@ import enum
 import math
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -82,6 +83,7 @@ from .._core.scheduler import (
     StopComponent,
 )
 from .._core.states import AppState, ComponentState, ExitCode
+from .._core.threads import HELPER_BLOCKED
 from .._core.tokens import CancelSource, cancel_in_background, use_token
 from .app import App, Blueprint, check_seconds
 from .components import Call
@@ -189,6 +191,9 @@ class _Driver:
         self._began = 0.0
         self._health: Any = None
         self._threads = _CallThreads()
+        self._rlog = _RoundLog()
+        self._stop_wave = 0  # call threads to keep ready once the app runs
+        self._reserve_at: float | None = None  # when to ready them (clock time)
         self._watchdog: Watchdog | None = None
         self._control_ident: int | None = None
         # Set by `run`, which owns the process: a missed deadline then ends it.
@@ -271,6 +276,7 @@ class _Driver:
             _log.error("invalid app declaration", app=app.name, error=str(error))
             self._finish_now(ExitCode.CONFIG)
             raise
+        self._stop_wave = _widest_sync_stop_wave(blueprint)
         plan = blueprint.plan
         if not plan.fits:
             _log.warning(
@@ -351,9 +357,9 @@ class _Driver:
         }
         if after is ComponentState.FAILED and info.error is not None:
             fields["error"] = f"{type(info.error).__name__}: {info.error}"
-            _log.error("transition", **fields)
+            self._rlog.error("transition", **fields)
         else:
-            _log.info("transition", **fields)
+            self._rlog.info("transition", **fields)
 
     def _log_app(self, before: AppState, after: AppState, now: float) -> None:
         run, sched = self._run, self.scheduler
@@ -367,7 +373,7 @@ class _Driver:
             # report say so alike, before the app moves on.
             run.adopt(sched.shutdown_reason)
         since, self._app_since = self._app_since, now
-        _log.info(
+        self._rlog.info(
             "app transition",
             app=self.app.name,
             from_state=before.name,
@@ -378,7 +384,7 @@ class _Driver:
 
     def _log_summary(self, code: int) -> None:
         report = self.app.report()
-        _log.info(
+        self._rlog.info(
             "shutdown summary",
             app=self.app.name,
             exit_code=int(code),
@@ -391,7 +397,7 @@ class _Driver:
         name = signal_name(signum)
         first = at if self._first_signal is None else self._first_signal
         if not repeated:
-            _log.warning(
+            self._rlog.warning(
                 "signal received",
                 app=self.app.name,
                 signal=name,
@@ -403,7 +409,7 @@ class _Driver:
         if self._repeats > 1:
             return  # a storm: counted, and the count logged once as the run ends
         after = max(0.0, first + self.signal_grace - at)
-        _log.warning(
+        self._rlog.warning(
             "repeated signal ignored",
             app=self.app.name,
             signal=name,
@@ -415,7 +421,7 @@ class _Driver:
 
     def _log_repeats(self) -> None:
         if self._repeats > 1:
-            _log.warning(
+            self._rlog.warning(
                 "repeated signals ignored",
                 app=self.app.name,
                 count=self._repeats,
@@ -436,7 +442,7 @@ class _Driver:
             if self._handles.pop((name, phase), None) is None:
                 return sched.tick(now)  # an abandoned call answered late
             if error is not None and not (phase == "run" and is_cancellation(error)):
-                _log.error(
+                self._rlog.error(
                     f"{phase}() raised",
                     component=name,
                     phase=phase,
@@ -483,7 +489,9 @@ class _Driver:
             elif isinstance(action, Abandon):
                 self._abandon(action)
             elif isinstance(action, AppStarted):
-                _log.info(
+                if self._stop_wave:
+                    self._reserve_at = self.clock() + RESERVE_AFTER
+                self._rlog.info(
                     "app started",
                     app=self.app.name,
                     duration=round(self.clock() - self._began, 6),
@@ -491,6 +499,33 @@ class _Driver:
                 self._set_started()
             elif isinstance(action, Finished):
                 self._finish(action.exit_code)
+        self._flush_calls()
+
+    def _flush_calls(self) -> None:
+        """Hand over the calls `_execute` gathered (the threaded runner's async ones)."""
+
+    def _next_timeout(self) -> float | None:
+        """How long the control loop may wait for the next event (None: no bound)."""
+        assert self.scheduler is not None
+        deadline = self.scheduler.next_deadline()
+        if self._reserve_at is not None:
+            deadline = self._reserve_at if deadline is None else min(deadline, self._reserve_at)
+        return None if deadline is None else wait_timeout(deadline - self.clock())
+
+    def _ready_threads(self) -> None:
+        """Once the app has run `RESERVE_AFTER` seconds, ready the threads its shutdown needs.
+
+        Not at once: an app stopped within a second of its start (a test)
+        would pay for threads it never uses; nor during the shutdown, whose
+        calls it would delay.
+        """
+        at = self._reserve_at
+        if at is None or self.clock() < at:
+            return
+        self._reserve_at = None
+        assert self.scheduler is not None
+        if self.scheduler.state is AppState.RUNNING:
+            self._threads.reserve(self._stop_wave)
 
     def _call(self, name: str, phase: Phase, deadline: float | None) -> None:
         assert self._blueprint is not None
@@ -538,7 +573,11 @@ class _Driver:
             info = run.infos.get(name)
             if info is not None and info.critical:
                 run.critical_down = name
-        self._post(("done", name, phase, error))
+        self._post_ended(("done", name, phase, error))
+
+    def _post_ended(self, event: _Event) -> None:
+        """`_post` for a call that ended (never on the signal path)."""
+        self._post(event)
 
     def _spawn_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         self._threads.submit(
@@ -548,7 +587,7 @@ class _Driver:
     def _abandon(self, action: Abandon) -> None:
         handle = self._handles.pop((action.name, action.phase), None)
         stack = _stack_of(handle) if handle is not None else "(not running)"
-        _log.error(
+        self._rlog.error(
             "component stuck",
             component=action.name,
             phase=action.phase,
@@ -755,14 +794,87 @@ def _stack_of(handle: _Handle) -> str:
     )
 
 
+class _RoundLog:
+    """The control loop's logger: a round's events are emitted once its calls have begun.
+
+    A round is one pass of the control loop: the events that arrived are
+    decided, then the actions carried out. Within it, the control thread's
+    log events wait, in order, and are emitted at its end, so that rendering
+    them (25 us each with a structlog that drops everything, more with one that
+    renders) never delays the next wave of stops. Outside a round, and from
+    any other thread (the watchdog's), an event is logged at once.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[tuple[str, str, dict[str, Any]]] | None = None
+        self._ident: int | None = None
+
+    def hold(self) -> None:
+        self._held, self._ident = [], threading.get_ident()
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        for method, event, fields in held or ():
+            getattr(_log, method)(event, **fields)
+
+    def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        if self._held is not None and threading.get_ident() == self._ident:
+            if fields.get("exc_info") is True:
+                fields["exc_info"] = sys.exc_info()  # the exception being handled now
+            self._held.append((method, event, fields))
+            return
+        getattr(_log, method)(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._emit("critical", event, fields)
+
+
+RESERVE_MAX = 64
+"""At most this many call threads are kept ready for the shutdown's widest wave."""
+RESERVE_AFTER = 1.0
+"""Seconds the app runs before the call threads for its shutdown are readied."""
+
+
+def _widest_sync_stop_wave(blueprint: Blueprint) -> int:
+    """How many sync stops one wave of the shutdown can begin together (at most `RESERVE_MAX`).
+
+    A wave is the components at one distance from the top of the graph:
+    distance 0 has no dependents and stops first, distance k once
+    something at k-1 has stopped.
+    """
+    graph, components = blueprint.graph, blueprint.components
+    distance: dict[str, int] = {}
+    for name in reversed(graph.order):  # every dependent before what it depends on
+        distance[name] = max((distance[d] + 1 for d in graph.dependents[name]), default=0)
+    waves: dict[int, int] = {}
+    for name, wave in distance.items():
+        stop = components[name].stop
+        if stop is not None and not stop.is_async:
+            waves[wave] = waves.get(wave, 0) + 1
+    return min(max(waves.values(), default=0), RESERVE_MAX)
+
+
 class _CallThreads:
     """Daemon threads for sync calls, reused from one call to the next.
 
-    Starting a thread per call costs milliseconds on a busy machine, which a
-    layered shutdown pays once per layer. Here a thread whose call returned
-    waits for the next one; a call that never returns simply keeps its
-    thread, and the pool starts another. Idle threads end when the runner
-    finishes, or after `IDLE` seconds without work.
+    Starting a thread per call costs milliseconds on a busy machine (1-2 ms
+    each in a small VM, most of it waiting for the new thread to run), which
+    a layered shutdown would pay once per stop of its widest layer. Here a
+    thread whose call returned waits for the next one; a call that never
+    returns simply keeps its thread, and the pool starts another. `reserve`
+    has threads started ahead of need, in the background, so that the
+    calls of one wave of stops begin together. Idle threads beyond the
+    reserve end after `IDLE` seconds without work; all end when the runner
+    finishes.
     """
 
     IDLE = 30.0
@@ -771,15 +883,46 @@ class _CallThreads:
         self._lock = threading.Lock()
         self._idle: list[queue.SimpleQueue[tuple[Callable[[], None], str] | None]] = []
         self._closed = False
+        self._reserve = 0
 
     def submit(self, job: Callable[[], None], name: str) -> None:
         with self._lock:
             inbox = self._idle.pop() if self._idle else None
         if inbox is None:
             inbox = queue.SimpleQueue()
-            work = user_code_thread(lambda: self._work(inbox))
-            threading.Thread(target=work, name=name, daemon=True).start()
+            self._start(inbox, name)
         inbox.put((job, name))
+
+    def reserve(self, count: int) -> None:
+        """Keep ``count`` idle threads ready from now on; start the missing ones off this thread.
+
+        The caller (the control loop) does not wait for them: their inboxes
+        are idle at once, and a call handed to one runs as soon as its
+        thread does.
+        """
+        inboxes: list[queue.SimpleQueue[tuple[Callable[[], None], str] | None]] = []
+        with self._lock:
+            if self._closed:
+                return
+            self._reserve = count
+            for _ in range(count - len(self._idle)):
+                inbox: queue.SimpleQueue[tuple[Callable[[], None], str] | None]
+                inbox = queue.SimpleQueue()
+                inboxes.append(inbox)
+                self._idle.append(inbox)
+        if not inboxes:
+            return
+        # The starter runs no user code; the threads it starts do, with the
+        # program's mask (user_code_thread, wrapped here in the creating thread).
+        bodies = [user_code_thread(self._worker(inbox, reserved=True)) for inbox in inboxes]
+
+        def start_all() -> None:
+            for body in bodies:
+                threading.Thread(target=body, name="lifecycle:idle", daemon=True).start()
+
+        threading.Thread(
+            target=helper_thread(start_all), name="lifecycle:pool-starter", daemon=True
+        ).start()
 
     def close(self) -> None:
         with self._lock:
@@ -788,26 +931,67 @@ class _CallThreads:
         for inbox in idle:
             inbox.put(None)
 
-    def _work(self, inbox: queue.SimpleQueue[tuple[Callable[[], None], str] | None]) -> None:
+    def _start(
+        self, inbox: queue.SimpleQueue[tuple[Callable[[], None], str] | None], name: str
+    ) -> None:
+        work = user_code_thread(self._worker(inbox))
+        threading.Thread(target=work, name=name, daemon=True).start()
+
+    def _worker(
+        self,
+        inbox: queue.SimpleQueue[tuple[Callable[[], None], str] | None],
+        reserved: bool = False,
+    ) -> Callable[[], None]:
+        return lambda: self._work(inbox, reserved)
+
+    def _work(
+        self,
+        inbox: queue.SimpleQueue[tuple[Callable[[], None], str] | None],
+        reserved: bool,
+    ) -> None:
         me = threading.current_thread()
+        # A reserved thread, until its first call, runs no user code: it blocks
+        # the asynchronous signals as lifecycle's helpers do, and its calls run
+        # with the mask it began with (the program's, see user_code_thread).
+        # Once only: a change of mask costs about 0.1 ms here.
+        program = _block_helper_signals() if reserved else None
         while True:
             try:
                 item = inbox.get(timeout=self.IDLE)
             except queue.Empty:
                 with self._lock:
-                    if inbox in self._idle:  # still idle: leave
+                    # Invariant: at least `_reserve` idle threads stay while the pool is open.
+                    if inbox in self._idle and len(self._idle) > self._reserve:
                         self._idle.remove(inbox)
                         return
-                continue  # a job was handed over just now
+                continue  # a job was handed over just now, or this thread is reserved
             if item is None:
                 return
             job, me.name = item
+            if program is not None:
+                _set_mask(program)
+                program = None
             job()  # _thread_body: never raises
             me.name = "lifecycle:idle"
             with self._lock:
                 if self._closed:
                     return
                 self._idle.append(inbox)
+
+
+def _block_helper_signals() -> set[int] | None:
+    """Block `HELPER_BLOCKED` in this thread; the mask it had (None: no masks here)."""
+    if not HELPER_BLOCKED:
+        return None
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, HELPER_BLOCKED))
+
+
+def _set_mask(mask: set[int] | None) -> None:
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+_Gathered = tuple[Coroutine[Any, Any, None], str]
 
 
 class _PrivateLoop:
@@ -833,8 +1017,18 @@ class _PrivateLoop:
         finally:
             close_loop(self.loop)
 
-    def submit(self, coro: Coroutine[Any, Any, None]) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self.loop)
+    def submit(self, coros: list[_Gathered]) -> None:
+        """Run ``coros`` (with their task names) as tasks of the loop, with one wake-up.
+
+        Raises:
+            RuntimeError: the loop is closed.
+        """
+        self.loop.call_soon_threadsafe(self._create_tasks, coros)
+
+    def _create_tasks(self, coros: list[_Gathered]) -> None:
+        # The tasks are not lost to garbage collection: each one's handle holds it.
+        for coro, name in coros:
+            self.loop.create_task(coro, name=name)
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # closed already
@@ -883,6 +1077,7 @@ class ThreadedRunner(_Driver):
         super().__init__(app, signals=signals, signal_grace=signal_grace)
         self._queue: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._loop: _PrivateLoop | None = None
+        self._gathered: list[_Gathered] = []  # async calls to hand over, with task names
         self._control: threading.Thread | None = None
 
     def start(self) -> None:
@@ -975,9 +1170,17 @@ class ThreadedRunner(_Driver):
         self._wakeup.wake()
 
     def _spawn_async(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
+        self._gathered.append(
+            (self._task_body(name, phase, call, handle), f"lifecycle:{name}.{phase}")
+        )
+
+    def _flush_calls(self) -> None:
+        if not self._gathered:
+            return
         if self._loop is None:
             self._loop = _PrivateLoop()
-        self._loop.submit(self._task_body(name, phase, call, handle))
+        gathered, self._gathered = self._gathered, []
+        self._loop.submit(gathered)  # one wake-up of the loop thread per wave
 
     def _give_up(self, code: ExitCode) -> None:
         # The control thread is stuck: end the run from here, so wait() returns.
@@ -1001,15 +1204,29 @@ class ThreadedRunner(_Driver):
         try:
             self._execute(actions)
             while self.exit_code is None:
-                deadline = sched.next_deadline()
                 # No deadline pending means the app simply runs: the next
                 # event (a shutdown request, a crash) is what wakes us.
-                timeout = None if deadline is None else wait_timeout(deadline - self.clock())
+                timeout = self._next_timeout()
                 try:
                     event: _Event = self._queue.get(timeout=timeout)
                 except queue.Empty:
                     event = ("tick",)
-                self._execute(self._dispatch(event))
+                self._rlog.hold()
+                try:
+                    actions = self._dispatch(event)
+                    # What else arrived meanwhile (a wave of stops ending together)
+                    # is decided before anything is carried out, so the next wave's
+                    # calls begin together rather than one event apart.
+                    while True:
+                        try:
+                            event = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        actions += self._dispatch(event)
+                    self._execute(actions)
+                finally:
+                    self._rlog.release()
+                self._ready_threads()
         except BaseException:  # noqa: BLE001 - a crash must still end the app, never hang it
             _log.critical("lifecycle control loop crashed; this is a bug", exc_info=True)
             self._finish(ExitCode.FAILED)
@@ -1176,6 +1393,15 @@ class AsyncioRunner(_Driver):
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(q.put_nowait, event)
 
+    def _post_ended(self, event: _Event) -> None:
+        q = self._queue
+        if q is not None and threading.get_ident() == self._control_ident:
+            # A task of this loop: no wake-up through the loop's self-pipe needed.
+            # (Not for `_post` itself: a signal handler may interrupt put_nowait here.)
+            q.put_nowait(event)
+            return
+        self._post(event)
+
     def _set_started(self) -> None:
         super()._set_started()
         if self._started_async is not None:
@@ -1220,13 +1446,24 @@ class AsyncioRunner(_Driver):
         assert q is not None
         self._execute(actions)
         while self.exit_code is None:
-            deadline = sched.next_deadline()
-            timeout = None if deadline is None else wait_timeout(deadline - self.clock())
+            if q.empty():
+                timeout = self._next_timeout()
+                try:
+                    async with asyncio.timeout(timeout):
+                        event: _Event = await q.get()
+                except TimeoutError:
+                    event = ("tick",)
+            else:
+                event = q.get_nowait()
+            self._rlog.hold()
             try:
-                event: _Event = await asyncio.wait_for(q.get(), timeout)
-            except TimeoutError:
-                event = ("tick",)
-            self._execute(self._dispatch(event))
+                actions = self._dispatch(event)
+                while not q.empty():  # decided together, then carried out (as the threaded loop)
+                    actions += self._dispatch(q.get_nowait())
+                self._execute(actions)
+            finally:
+                self._rlog.release()
+            self._ready_threads()
 
     async def _control_loop(self, actions: list[Action]) -> None:
         try:
