@@ -26,6 +26,8 @@ from ._core.errors import LifecycleError as LifecycleError
 from ._core.errors import NotAComponent as NotAComponent
 from ._core.errors import StartupError as StartupError
 from ._core.errors import UnknownDependency as UnknownDependency
+from ._core.restart import RestartLimitReached as RestartLimitReached
+from ._core.restart import RestartPolicy as RestartPolicy
 from ._core.scheduler import ComponentInfo as ComponentInfo
 from ._core.states import AppState as AppState
 from ._core.states import ComponentState as ComponentState
@@ -65,6 +67,7 @@ from ._workers.consumer import MessageSource as MessageSource
 from ._workers.consumer import QueueSource as QueueSource
 from ._workers.dedupe import Dedupe as Dedupe
 from ._workers.dedupe import MemoryDedupe as MemoryDedupe
+from ._workers.periodic import PeriodicWorker as PeriodicWorker
 
 __version__ = "0.1.0.dev0"
 
@@ -114,8 +117,11 @@ __all__ = [
     "Message",
     "MessageSource",
     "NotAComponent",
+    "PeriodicWorker",
     "QueueSource",
     "Refused",
+    "RestartLimitReached",
+    "RestartPolicy",
     "ShutdownPlan",
     "StartupError",
     "TCPServer",

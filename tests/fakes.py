@@ -52,7 +52,8 @@ _A = AppState
 # The documented moves, written out independently of lifecycle._core.states: a
 # component NEW -> STARTING -> RUNNING -> STOPPING -> STOPPED, FAILED from
 # STARTING, RUNNING or STOPPING (never from NEW: a component kept from starting
-# by a failed dependency stays NEW, its .error says why); an app NEW ->
+# by a failed dependency stays NEW, its .error says why), and with a restart
+# policy RUNNING -> RESTARTING -> RUNNING | STOPPING | FAILED; an app NEW ->
 # STARTING -> RUNNING -> DRAINING -> STOPPING -> STOPPED | FAILED, and
 # STARTING -> STOPPING (rollback or abort).
 LEGAL_COMPONENT_MOVES = {
@@ -61,6 +62,10 @@ LEGAL_COMPONENT_MOVES = {
     (_C.STARTING, _C.FAILED),
     (_C.RUNNING, _C.STOPPING),
     (_C.RUNNING, _C.FAILED),
+    (_C.RUNNING, _C.RESTARTING),
+    (_C.RESTARTING, _C.RUNNING),
+    (_C.RESTARTING, _C.STOPPING),
+    (_C.RESTARTING, _C.FAILED),
     (_C.STOPPING, _C.STOPPED),
     (_C.STOPPING, _C.FAILED),
 }

@@ -18,6 +18,7 @@ import attrs
 from hypothesis import strategies as st
 
 from lifecycle._core.graph import analyze
+from lifecycle._core.restart import RestartMode, RestartPolicy
 from lifecycle._core.scheduler import NodeSpec
 from tests.sim import (
     CancelAs,
@@ -32,7 +33,18 @@ from tests.sim import (
     simulate,
 )
 
-__all__ = ["FAULTS", "Case", "cases", "clean_cases", "declarations", "one_fault_cases"]
+__all__ = [
+    "FAULTS",
+    "Case",
+    "RestartCase",
+    "RunLife",
+    "cases",
+    "clean_cases",
+    "declarations",
+    "one_fault_cases",
+    "restart_cases",
+    "restart_policies",
+]
 
 
 @st.composite
@@ -331,4 +343,81 @@ def one_fault_cases(draw: st.DrawFn, max_nodes: int = 20) -> Case:
         scripts={**case.scripts, spec.name: script},
         shutdown_timeout=draw(_ints(1, 100) | st.just(10_000.0)),
         shutdown_at=(draw(_ints(0, 500)),),
+    )
+
+
+# -- restarts -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RunLife:
+    """One run of a restartable component: it ends on its own after ``duration``."""
+
+    duration: float
+    raises: bool
+
+
+@attrs.frozen
+class RestartCase:
+    """An app whose run-style components crash or return on a schedule, under restart policies.
+
+    ``lives[name]`` are the successive runs of ``name`` that end on their
+    own; once they are used up, a run lasts until its token is cancelled.
+    ``shutdown_at`` is when the shutdown is requested (None: never).
+    """
+
+    declared: Mapping[str, tuple[str, ...]]
+    specs: tuple[NodeSpec, ...]
+    lives: Mapping[str, tuple[RunLife, ...]]
+    shutdown_at: float | None
+    shutdown_timeout: float
+    drain_delay: float
+    seed: int
+
+
+_LIVES = st.lists(st.builds(RunLife, _ints(0, 15), st.booleans()), max_size=8)
+_MODE = st.sampled_from(["never", "on-failure", "always", "always", "on-failure"])
+
+
+@st.composite
+def restart_policies(draw: st.DrawFn) -> RestartPolicy:
+    """Any valid policy; times are whole numbers, the jitter 0 or up to a half."""
+    return RestartPolicy(
+        cast(RestartMode, draw(_MODE)),
+        max_restarts=draw(st.integers(0, 4)),
+        within=draw(_ints(1, 40)),
+        backoff=draw(_ints(0, 6)),
+        backoff_max=draw(_ints(0, 20)),
+        jitter=draw(st.sampled_from([0.0, 0.0, 0.25, 0.5])),
+    )
+
+
+@st.composite
+def restart_cases(draw: st.DrawFn, max_nodes: int = 6) -> RestartCase:
+    """Small random graphs; most components run, under random policies and crash schedules."""
+    declared = draw(declarations(max_nodes))
+    specs, lives = [], {}
+    for name in declared:
+        has_run = draw(st.sampled_from([True, True, True, False]))
+        specs.append(
+            NodeSpec(
+                name,
+                start_timeout=100.0,
+                stop_timeout=100.0,
+                critical=draw(st.booleans()),
+                has_start=draw(st.booleans()),
+                has_run=has_run,
+                has_stop=draw(_BIASED_TRUE),
+                restart=draw(restart_policies()) if has_run else RestartPolicy(),
+            )
+        )
+        lives[name] = tuple(draw(_LIVES)) if has_run else ()
+    return RestartCase(
+        declared,
+        tuple(specs),
+        lives,
+        shutdown_at=draw(st.none() | _ints(0, 120)),
+        shutdown_timeout=10_000.0,
+        drain_delay=draw(_ints(0, 10)),
+        seed=draw(st.integers(0, 2**32 - 1)),
     )

@@ -333,6 +333,8 @@ def test_report_shape_before_running():
                 "start_seconds": None,
                 "stop_seconds": None,
                 "stop_called": False,
+                "restarts": 0,
+                "next_restart_in": None,
             }
             for name in ("db", "cache", "api", "edge")
         },
@@ -494,3 +496,49 @@ def test_adding_after_start_is_refused():
     app._claim()
     with pytest.raises(ConfigError, match="has already started; declare every component"):
         app.add(Database())
+
+
+# -- restart policies and periodic jobs ----------------------------------------------------
+
+
+def test_add_takes_a_restart_mode_or_policy_for_run_style_components():
+    """restart= is recorded on the component's info; the default is no policy at all."""
+    from lifecycle._core.restart import RestartPolicy  # noqa: PLC0415 - not exported yet
+
+    app = App()
+
+    @app.worker(restart="on-failure")
+    def listen(token):
+        token.wait()
+
+    policy = RestartPolicy("always", max_restarts=3, within=30)
+
+    @app.worker(restart=policy)
+    def poll(token):
+        token.wait()
+
+    @app.worker
+    def plain(token):
+        token.wait()
+
+    infos = app.components
+    assert infos["listen"].restart_policy == RestartPolicy("on-failure")
+    assert infos["poll"].restart_policy is policy
+    assert infos["plain"].restart_policy is None
+    assert app.report()["components"]["poll"]["restarts"] == 0
+
+
+def test_add_refuses_an_unknown_restart_mode():
+    """A restart= that is no mode and no RestartPolicy names the component and the choices."""
+    app = App()
+    with pytest.raises(ConfigError) as caught:
+
+        @app.worker(name="w", restart="sometimes")  # type: ignore[call-overload]
+        def w(token):
+            pass
+
+    assert str(caught.value) == (
+        "restart='sometimes' of 'w' is not a restart policy: use one of 'never', "
+        "'on-failure', 'always' or a RestartPolicy"
+    )
+    assert "w" not in app.components

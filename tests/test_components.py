@@ -1315,3 +1315,37 @@ def test_coroutine_of_a_function_as_hook():
         "not shutdown()"
     )
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+# -- periodic jobs ----------------------------------------------------------------------
+
+
+def test_periodic_job_is_a_run_style_component():
+    """@app.every builds a component with only run, async exactly when the job is."""
+    from lifecycle._runtime.components import periodic  # noqa: PLC0415 - one test's import
+
+    def sync_job(token):
+        pass
+
+    async def async_job():
+        pass
+
+    options = {"interval": 1.0, "jitter": 0.0, "first": "now", "on_error": "continue"}
+    component, worker = periodic(sync_job, "s", **options)  # type: ignore[arg-type]
+    assert (component.start, component.stop, component.is_async) == (None, None, False)
+    assert component.run is not None
+    assert worker.name == "s"
+    component, worker = periodic(async_job, "a", **options)  # type: ignore[arg-type]
+    assert component.is_async
+    assert worker.is_async
+
+
+def test_periodic_job_refuses_a_generator_function():
+    """A generator function is no periodic job: the message says what @app.every calls."""
+    from lifecycle._runtime.components import periodic  # noqa: PLC0415 - one test's import
+
+    def gen(token):
+        yield
+
+    with pytest.raises(NotAComponent, match="periodic job 'gen' is a generator function"):
+        periodic(gen, "gen", interval=1.0, jitter=0.0, first="now", on_error="continue")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import random
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -21,6 +22,7 @@ from lifecycle._core.errors import (
     is_deadline_cut,
 )
 from lifecycle._core.graph import analyze
+from lifecycle._core.restart import RestartLimitReached, RestartPolicy
 from lifecycle._core.scheduler import (
     Abandon,
     AppStarted,
@@ -815,3 +817,206 @@ def test_non_critical_start_failing_during_an_abort_is_no_failure():
     sched.request_shutdown(1.0)
     assert sched.start_failed("extra", 2.0, RuntimeError("boom")) == [Finished(ExitCode.OK)]
     assert sched.infos["extra"].state is C.FAILED
+
+
+# -- restarts -------------------------------------------------------------------------
+
+# No jitter: the delays are exact. R=2 restarts in T=10 s, first delay 1 s, doubling.
+RESTART = RestartPolicy("on-failure", max_restarts=2, within=10.0, backoff=1.0, jitter=0.0)
+
+
+def test_crashed_run_is_restarted_after_the_backoff():
+    """A run() raising under on-failure is RESTARTING; at the backoff, RunComponent again."""
+    sched = running({"w": ()}, w={"has_run": True, "restart": RESTART})
+    assert sched.run_finished("w", 5.0, RuntimeError("crash")) == []
+    info = sched.infos["w"]
+    assert (sched.state, info.state) == (AppState.RUNNING, C.RESTARTING)
+    assert (info.restarts, info.next_restart, info.error) == (1, 6.0, None)
+    assert str(info.restart_error) == "crash"
+    assert sched.next_deadline() == 6.0
+    assert sched.tick(5.9) == []
+    assert sched.tick(6.0) == [RunComponent("w")]
+    assert (info.state, info.next_restart, info.runs) == (C.RUNNING, None, 2)
+    assert sched.active() == [("w", "run")]
+
+
+def test_consecutive_restarts_double_the_delay():
+    """The second restart inside the window waits twice as long as the first."""
+    sched = running({"w": ()}, w={"has_run": True, "restart": RESTART})
+    sched.run_finished("w", 1.0, RuntimeError("1"))
+    sched.tick(2.0)
+    sched.run_finished("w", 3.0, RuntimeError("2"))
+    assert sched.infos["w"].next_restart == 5.0
+
+
+def test_intensity_limit_fails_a_critical_component_and_shuts_down():
+    """The exit that would be restart R+1 within T: FAILED, the app shuts down, exit FAILED."""
+    sched = running({"w": ()}, w={"has_run": True, "restart": RESTART, "has_stop": False})
+    sched.run_finished("w", 1.0, RuntimeError("1"))
+    sched.tick(2.0)
+    sched.run_finished("w", 3.0, RuntimeError("2"))
+    sched.tick(5.0)
+    assert sched.run_finished("w", 6.0, RuntimeError("3")) == [Finished(ExitCode.FAILED)]
+    info = sched.infos["w"]
+    assert (info.state, info.restarts) == (C.FAILED, 2)
+    assert isinstance(info.error, RestartLimitReached)
+    assert str(info.run_error) == "3"
+    assert str(info.error) == (
+        "component 'w' gave up restarting: run() ended again after 2 restarts within "
+        "10s (RuntimeError: 3); fix the cause, or allow more with "
+        "RestartPolicy(max_restarts=..., within=...)"
+    )
+    assert sched.shutdown_reason == "critical component 'w' failed in run()"
+
+
+def test_restarts_outside_the_window_do_not_count():
+    """Crashes further apart than T restart forever, each after the first delay again."""
+    sched = running({"w": ()}, w={"has_run": True, "restart": RESTART})
+    for k in range(10):
+        now = 20.0 * k
+        assert sched.run_finished("w", now, RuntimeError("x")) == []
+        assert sched.infos["w"].next_restart == now + 1.0
+        assert sched.tick(now + 1.0) == [RunComponent("w")]
+    assert sched.infos["w"].restarts == 10
+
+
+def test_on_failure_does_not_restart_a_run_that_returned():
+    """on-failure: a critical run() returning shuts the app down cleanly, no restart."""
+    sched = running({"w": ()}, w={"has_run": True, "has_stop": False, "restart": RESTART})
+    assert sched.run_finished("w", 5.0) == [Finished(ExitCode.OK)]
+    assert sched.infos["w"].restarts == 0
+
+
+def test_always_restarts_a_run_that_returned():
+    """always: a run() returning is restarted too."""
+    always = RestartPolicy("always", backoff=0.5, jitter=0.0)
+    sched = running({"w": ()}, w={"has_run": True, "restart": always})
+    assert sched.run_finished("w", 5.0) == []
+    assert sched.tick(5.5) == [RunComponent("w")]
+
+
+def test_always_gives_up_on_a_run_that_keeps_returning():
+    """always: a run() returning again past the limit fails it (it must not spin)."""
+    always = RestartPolicy("always", max_restarts=1, within=5.0, backoff=0.5, jitter=0.0)
+    sched = running({"w": ()}, w={"has_run": True, "restart": always, "has_stop": False})
+    sched.run_finished("w", 1.0)
+    sched.tick(1.5)
+    assert sched.run_finished("w", 2.0) == [Finished(ExitCode.FAILED)]
+    assert isinstance(sched.infos["w"].error, RestartLimitReached)
+    assert "run() ended again after 1 restart within 5s (it returned)" in str(
+        sched.infos["w"].error
+    )
+
+
+def test_shutdown_during_a_backoff_ends_it_and_still_calls_stop():
+    """A shutdown while RESTARTING: no restart, its stop phase calls stop() once (rule 3)."""
+    sched = running({"w": ()}, w={"has_run": True, "restart": RESTART})
+    sched.run_finished("w", 5.0, RuntimeError("crash"))
+    assert sched.request_shutdown(5.5) == [StopComponent("w", 15.5)]
+    info = sched.infos["w"]
+    assert (info.state, info.next_restart) == (C.STOPPING, None)
+    assert sched.tick(6.0) == []  # the restart timer is dead
+    assert sched.stop_finished("w", 7.0) == [Finished(ExitCode.OK)]
+    assert (info.state, info.stop_called) == (C.STOPPED, True)
+
+
+def test_shutdown_during_a_backoff_without_stop_finishes_at_once():
+    """A restarting component without stop ends its stop phase at once."""
+    sched = running({"w": ()}, w={"has_run": True, "has_stop": False, "restart": RESTART})
+    sched.run_finished("w", 5.0, RuntimeError("crash"))
+    assert sched.request_shutdown(5.5) == [Finished(ExitCode.OK)]
+
+
+def test_shutdown_during_the_drain_delay_cancels_a_pending_restart():
+    """The shutdown began: the backoff timer firing during the drain delay restarts nothing."""
+    sched = running({"w": ()}, drain_delay=3.0, w={"has_run": True, "restart": RESTART})
+    sched.run_finished("w", 5.0, RuntimeError("crash"))
+    assert sched.request_shutdown(5.2) == []
+    assert sched.tick(6.0) == []
+    assert sched.infos["w"].state is C.RESTARTING
+    assert sched.tick(8.2) == [StopComponent("w", 18.2)]
+
+
+def test_run_crashing_during_the_drain_delay_is_not_restarted():
+    """Once the shutdown began a run() ending is not restarted: it is a crash as before."""
+    sched = running({"w": ()}, drain_delay=3.0, w={"has_run": True, "restart": RESTART})
+    sched.request_shutdown(1.0)
+    assert sched.run_finished("w", 2.0, RuntimeError("late")) == []
+    assert (sched.infos["w"].state, sched.infos["w"].restarts) == (C.FAILED, 0)
+
+
+def test_non_critical_component_that_gives_up_only_shows_in_the_report():
+    """A non-critical component past its limit is FAILED; the app runs on and exits OK."""
+    once = RestartPolicy("on-failure", max_restarts=0)
+    sched = running({"w": ()}, w={"has_run": True, "critical": False, "restart": once})
+    assert sched.run_finished("w", 1.0, RuntimeError("x")) == []
+    assert (sched.state, sched.infos["w"].state) == (AppState.RUNNING, C.FAILED)
+    assert sched.request_shutdown(2.0) == [StopComponent("w", 12.0)]
+    assert sched.stop_finished("w", 3.0) == [Finished(ExitCode.OK)]
+
+
+def test_a_worker_crashing_during_startup_is_restarted():
+    """A restartable worker crashing while others still start is restarted; startup goes on."""
+    sched = make({"w": (), "db": ()}, w={"has_run": True, "has_start": False, "restart": RESTART})
+    assert sched.begin(0.0) == [RunComponent("w"), StartComponent("db", 5.0)]
+    assert sched.run_finished("w", 1.0, RuntimeError("x")) == []
+    assert sched.tick(2.0) == [RunComponent("w")]
+    assert sched.start_finished("db", 3.0) == [AppStarted()]
+
+
+def test_restart_observer_sees_each_attempt_and_the_give_up():
+    """on_restart gets (info, attempt, delay, error) per restart and delay None at give-up."""
+    seen: list[tuple[str, int, float | None, str | None]] = []
+    policy = RestartPolicy("always", max_restarts=1, backoff=0.25, jitter=0.0)
+    sched = Scheduler(
+        analyze({"w": ()}),
+        [NodeSpec("w", 5.0, 5.0, has_run=True, has_start=False, restart=policy)],
+        shutdown_timeout=10.0,
+        on_restart=lambda info, attempt, delay, error: seen.append(
+            (info.name, attempt, delay, None if error is None else str(error))
+        ),
+    )
+    sched.begin(0.0)
+    sched.run_finished("w", 1.0, RuntimeError("boom"))
+    sched.tick(1.25)
+    sched.run_finished("w", 2.0)
+    assert seen == [("w", 1, 0.25, "boom"), ("w", 2, None, None)]
+
+
+def test_restart_transitions_reach_the_component_observer():
+    """RUNNING -> RESTARTING -> RUNNING are transitions like the others, with durations."""
+    seen: list[tuple[C, C, float]] = []
+    sched = Scheduler(
+        analyze({"w": ()}),
+        [NodeSpec("w", 5.0, 5.0, has_run=True, has_start=False, restart=RESTART)],
+        shutdown_timeout=10.0,
+        on_component=lambda info, before, after, seconds: seen.append((before, after, seconds)),
+    )
+    sched.begin(0.0)
+    sched.run_finished("w", 4.0, RuntimeError("x"))
+    sched.tick(5.0)
+    assert seen[-2:] == [(C.RUNNING, C.RESTARTING, 4.0), (C.RESTARTING, C.RUNNING, 1.0)]
+
+
+def test_restart_jitter_uses_the_given_random_source():
+    """The jitter comes from the scheduler's rng: a seeded one gives the same delays."""
+    jittery = RestartPolicy("always", max_restarts=100, within=1.0, backoff=1.0, jitter=0.5)
+
+    def delays(seed: int) -> list[float | None]:
+        sched = Scheduler(
+            analyze({"w": ()}),
+            [NodeSpec("w", 5.0, 5.0, has_run=True, has_start=False, restart=jittery)],
+            shutdown_timeout=10.0,
+            rng=random.Random(seed),
+        )
+        sched.begin(0.0)
+        out = []
+        for k in range(5):
+            sched.run_finished("w", 10.0 * k)
+            out.append(sched.infos["w"].next_restart)
+            sched.tick(10.0 * k + 2.0)
+        return out
+
+    assert delays(1) == delays(1)
+    assert delays(1) != delays(2)
+    assert all(0.5 <= d - 10.0 * k <= 1.5 for k, d in enumerate(delays(3)) if d is not None)

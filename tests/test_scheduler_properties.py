@@ -13,17 +13,24 @@ signal handlers) belong to the runners.
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import math
+import random
 from collections import defaultdict
 
+import attrs
 from hypothesis import event, example, given, settings
 
 from lifecycle._core.errors import DependencyFailed
 from lifecycle._core.graph import Graph, analyze
+from lifecycle._core.restart import RestartLimitReached, RestartPolicy
 from lifecycle._core.scheduler import (
+    Action,
     CancelRun,
     NodeSpec,
     RunComponent,
+    Scheduler,
     StartComponent,
     StopComponent,
 )
@@ -39,7 +46,15 @@ from tests.sim import (
     StopScript,
     TraceEntry,
 )
-from tests.strategies import Case, cases, clean_cases, one_fault_cases
+from tests.strategies import (
+    Case,
+    RestartCase,
+    RunLife,
+    cases,
+    clean_cases,
+    one_fault_cases,
+    restart_cases,
+)
 
 C = ComponentState
 A = AppState
@@ -868,3 +883,223 @@ def test_clean_shutdown_takes_drain_plus_critical_path(case: Case) -> None:
     shutdown = result.finished_at - result.requested_at
     assert shutdown == case.drain_delay + _critical_path(graph, stop_w)
     assert all(info.state is C.STOPPED for info in result.infos.values())
+
+
+# -- restarts -------------------------------------------------------------------------
+
+# A restart policy adds RESTARTING (run ended, the next run pending) to the drawn moves.
+RESTART_MOVES = {
+    (C.RUNNING, C.RESTARTING),
+    (C.RESTARTING, C.RUNNING),
+    (C.RESTARTING, C.STOPPING),
+    (C.RESTARTING, C.FAILED),
+}
+
+
+@attrs.define
+class RestartRun:
+    """What happened when a `RestartCase` was driven: actions, moves and run ends, in order."""
+
+    scheduler: Scheduler
+    actions: list[tuple[int, float, Action]] = attrs.Factory(list)
+    moves: list[tuple[int, float, str, ComponentState, ComponentState]] = attrs.Factory(list)
+    app_moves: list[tuple[int, float, AppState]] = attrs.Factory(list)
+    run_ends: list[tuple[int, float, str, bool]] = attrs.Factory(list)  # seq, now, name, raised
+
+
+def drive_restarts(case: RestartCase) -> RestartRun:
+    """Drive the scheduler through ``case`` on a fake clock; starts and stops take 1 s.
+
+    A run ends on its own as its `RunLife` says (in order), else when its
+    token is cancelled (at once). The shutdown comes at ``shutdown_at``.
+    """
+    seq = itertools.count()
+    clock = [0.0]
+    out = RestartRun(None)  # type: ignore[arg-type]
+    sched = Scheduler(
+        analyze(case.declared),
+        case.specs,
+        shutdown_timeout=case.shutdown_timeout,
+        drain_delay=case.drain_delay,
+        rng=random.Random(case.seed),
+        on_component=lambda info, before, after, _s: out.moves.append(
+            (next(seq), clock[0], info.name, before, after)
+        ),
+        on_app=lambda _before, after, now: out.app_moves.append((next(seq), now, after)),
+    )
+    out.scheduler = sched
+    events: list[tuple[float, int, str, str, int, bool]] = []  # when, seq, kind, name, epoch
+    used: dict[str, int] = defaultdict(int)
+    epoch: dict[str, int] = defaultdict(int)
+
+    def carry(actions: list[Action]) -> None:
+        now = clock[0]
+        for action in actions:
+            out.actions.append((next(seq), now, action))
+            if isinstance(action, StartComponent):
+                heapq.heappush(events, (now + 1, next(seq), "start", action.name, 0, False))
+            elif isinstance(action, StopComponent):
+                heapq.heappush(events, (now + 1, next(seq), "stop", action.name, 0, False))
+            elif isinstance(action, RunComponent):
+                name = action.name
+                epoch[name] += 1
+                k, lives = used[name], case.lives[name]
+                used[name] += 1
+                if k < len(lives):
+                    life = lives[k]
+                    item = (now + life.duration, next(seq), "run", name, epoch[name], life.raises)
+                    heapq.heappush(events, item)
+            elif isinstance(action, CancelRun):
+                epoch[action.name] += 1
+                heapq.heappush(events, (now, next(seq), "cancelled", action.name, 0, False))
+
+    carry(sched.begin(0.0))
+    requested = case.shutdown_at is None
+    for _ in range(100_000):
+        if sched.done:
+            break
+        times = [t for t in (sched.next_deadline(),) if t is not None]
+        if events:
+            times.append(events[0][0])
+        if not requested:
+            assert case.shutdown_at is not None
+            times.append(case.shutdown_at)
+        if not times:
+            break
+        clock[0] = now = max(clock[0], min(times))
+        if not requested and case.shutdown_at is not None and case.shutdown_at <= now:
+            requested = True
+            carry(sched.request_shutdown(now, "test"))
+        elif events and events[0][0] <= now:
+            _, _, kind, name, at_epoch, raises = heapq.heappop(events)
+            if kind == "start":
+                carry(sched.start_finished(name, now))
+            elif kind == "stop":
+                carry(sched.stop_finished(name, now))
+            elif kind == "cancelled":
+                out.run_ends.append((next(seq), now, name, False))
+                carry(sched.run_finished(name, now))
+            elif at_epoch == epoch[name]:  # a run ending on its own, not cancelled before
+                out.run_ends.append((next(seq), now, name, raises))
+                carry(sched.run_finished(name, now, RuntimeError("crash") if raises else None))
+        else:
+            carry(sched.tick(now))
+    else:
+        raise AssertionError("the simulation did not settle")
+    return out
+
+
+def check_restarts(case: RestartCase, out: RestartRun) -> None:
+    """The restart invariants, and rule 3 and the exit code with restarts in play."""
+    sched = out.scheduler
+    specs = {s.name: s for s in case.specs}
+    began = [(s, t) for s, t, after in out.app_moves if after in (A.DRAINING, A.STOPPING)]
+    shutdown_seq = began[0][0] if began else math.inf
+    state = dict.fromkeys(specs, C.NEW)
+    for _, _, name, before, after in out.moves:
+        assert state[name] is before, name
+        assert (before, after) in LEGAL_COMPONENT_MOVES | RESTART_MOVES, (name, before, after)
+        state[name] = after
+    for name, spec in specs.items():
+        info, policy = sched.infos[name], spec.restart
+        runs = [(s, t) for s, t, a in out.actions if isinstance(a, RunComponent) and a.name == name]
+        restarts = [t for _, t in runs[1:]]
+        # No restart once the shutdown began.
+        assert all(s < shutdown_seq for s, _ in runs[1:]), name
+        # The intensity limit: any R + 1 restarts span more than T.
+        r = policy.max_restarts
+        for i in range(len(restarts) - r):
+            assert restarts[i + r] - restarts[i] > policy.within, (name, restarts)
+        assert len(restarts) <= info.restarts <= len(restarts) + 1, name
+        if policy.mode == "never":
+            assert restarts == [], name
+        ends = [(t, raised) for _, t, n, raised in out.run_ends if n == name]
+        if policy.mode == "on-failure":
+            # Every restart follows a run that raised.
+            for t in restarts:
+                assert any(raised for te, raised in ends if te <= t), name
+        if isinstance(info.error, RestartLimitReached):
+            # Exact: it gave up only with R restarts already inside the window.
+            gave_up = next(t for _, t, n, _b, after in out.moves if n == name and after is C.FAILED)
+            recent = [t for t in restarts if gave_up - policy.within <= t <= gave_up]
+            assert len(recent) >= r, (name, restarts, gave_up)
+            assert policy.mode != "never"
+    if sched.done:
+        for name, spec in specs.items():
+            info = sched.infos[name]
+            entered = any(n == name and after is C.RUNNING for *_, n, _b, after in out.moves)
+            assert info.state in ((C.STOPPED, C.FAILED) if entered else (C.NEW,)), name
+            stops = [
+                a for _, _, a in out.actions if isinstance(a, StopComponent) and a.name == name
+            ]
+            # Rule 3: one stop() per component that entered (the deadline is far away here).
+            owed = entered and spec.has_stop
+            assert len(stops) == (1 if owed else 0), name
+            assert info.stop_called == owed, name
+        critical_failed = any(
+            sched.infos[n].state is C.FAILED for n, s in specs.items() if s.critical
+        )
+        assert sched.exit_code is (ExitCode.FAILED if critical_failed else ExitCode.OK)
+    elif case.shutdown_at is not None:
+        raise AssertionError("a requested shutdown did not finish")
+    else:
+        # Nothing ends the app: nobody is left RESTARTING without a timer.
+        for name in specs:
+            assert sched.infos[name].state is not C.RESTARTING or sched.next_deadline() is not None
+
+
+# A crash every 1 s under "at most 2 in 10 s": the third crash gives up.
+CRASH_LOOP = RestartCase(
+    {"w": ()},
+    (
+        NodeSpec(
+            "w",
+            10.0,
+            10.0,
+            has_run=True,
+            restart=RestartPolicy("on-failure", max_restarts=2, within=10.0, jitter=0.0),
+        ),
+    ),
+    {"w": tuple(RunLife(1.0, raises=True) for _ in range(5))},
+    shutdown_at=None,
+    shutdown_timeout=100.0,
+    drain_delay=0.0,
+    seed=0,
+)
+# The shutdown arrives during a 5 s backoff: no restart, stop() still called.
+SHUTDOWN_IN_BACKOFF = RestartCase(
+    {"w": ()},
+    (
+        NodeSpec(
+            "w", 10.0, 10.0, has_run=True, restart=RestartPolicy("always", backoff=5.0, jitter=0)
+        ),
+    ),
+    {"w": (RunLife(1.0, raises=False),)},
+    shutdown_at=4.0,
+    shutdown_timeout=100.0,
+    drain_delay=0.0,
+    seed=0,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(restart_cases())
+@example(CRASH_LOOP)
+@example(SHUTDOWN_IN_BACKOFF)
+def test_restart_rules_hold_for_any_crash_schedule(case: RestartCase) -> None:
+    """At most R restarts in any T, none after the shutdown began, one stop each, exact exit."""
+    out = drive_restarts(case)
+    check_restarts(case, out)
+    if any(sched_info.restarts for sched_info in out.scheduler.infos.values()):
+        event("a component was restarted")
+    if any(isinstance(i.error, RestartLimitReached) for i in out.scheduler.infos.values()):
+        event("a component gave up restarting")
+    if any(before is C.RESTARTING and after is C.STOPPING for *_, before, after in out.moves):
+        event("a shutdown ended a backoff")
+
+
+def test_crash_loop_gives_up_at_the_third_crash() -> None:
+    """The named crash loop: two restarts, then FAILED and exit FAILED."""
+    out = drive_restarts(CRASH_LOOP)
+    info = out.scheduler.infos["w"]
+    assert (info.restarts, info.state, out.scheduler.exit_code) == (2, C.FAILED, ExitCode.FAILED)

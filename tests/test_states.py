@@ -2,7 +2,8 @@
 
 The legal moves (transcribed in `tests.fakes`): a component goes NEW ->
 STARTING -> RUNNING -> STOPPING -> STOPPED, and to FAILED from STARTING,
-RUNNING or STOPPING; an app goes NEW -> STARTING -> RUNNING -> DRAINING ->
+RUNNING or STOPPING; with a restart policy RUNNING -> RESTARTING -> RUNNING,
+STOPPING or FAILED; an app goes NEW -> STARTING -> RUNNING -> DRAINING ->
 STOPPING -> STOPPED | FAILED, and STARTING -> STOPPING for a rollback or abort.
 """
 
@@ -25,7 +26,14 @@ from tests.fakes import LEGAL_APP_MOVES, LEGAL_COMPONENT_MOVES
 C = ComponentState
 A = AppState
 
-COMPONENT_MOVES = LEGAL_COMPONENT_MOVES
+# A restart policy adds RESTARTING: run ended, the next run is pending.
+RESTART_MOVES = {
+    (C.RUNNING, C.RESTARTING),
+    (C.RESTARTING, C.RUNNING),
+    (C.RESTARTING, C.STOPPING),
+    (C.RESTARTING, C.FAILED),
+}
+COMPONENT_MOVES = LEGAL_COMPONENT_MOVES | RESTART_MOVES
 APP_MOVES = LEGAL_APP_MOVES
 
 
@@ -61,12 +69,18 @@ def test_app_moves_are_exactly_the_drawn_ones(before, after):
         (
             C.RUNNING,
             C.STOPPED,
-            "from RUNNING to STOPPED; a running component can only begin stopping or fail",
+            "from RUNNING to STOPPED; a running component can only begin stopping, fail or restart",
         ),
         (
             C.STOPPING,
             C.RUNNING,
             "from STOPPING to RUNNING; a stopping component can only finish stopping or fail",
+        ),
+        (
+            C.RESTARTING,
+            C.STOPPED,
+            "from RESTARTING to STOPPED; a restarting component can only run again, "
+            "begin stopping or fail",
         ),
         (
             C.STOPPED,

@@ -34,6 +34,13 @@ docs/explanation.md. Invariants (checked by the property tests):
   does not count it.
 * Events for a phase that was abandoned, or that never began, are ignored:
   late answers from abandoned threads change nothing.
+* Restarts (a `RestartPolicy` other than "never"): only ``run`` is started
+  again, never ``start`` or ``stop``; a restart is granted only before the
+  shutdown began, and a pending one is dropped the moment it begins (the
+  component waits for its stop phase in RESTARTING, and ``stop`` is then
+  called once, as for any entered component). At most ``max_restarts``
+  restarts happen in any ``within`` seconds (`Restarts`); the exit past
+  that fails the component with `RestartLimitReached`.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
@@ -48,6 +56,8 @@ import attrs
 
 from .errors import DependencyFailed, is_cancellation, is_deadline_cut
 from .graph import Graph
+from .periodic import Schedule
+from .restart import RestartLimitReached, RestartPolicy, Restarts
 from .states import (
     AppState,
     ComponentState,
@@ -85,6 +95,8 @@ class NodeSpec:
     has_start: bool = True
     has_run: bool = False
     has_stop: bool = True
+    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
+    """When its ``run`` is started again once it ended (only with ``has_run``)."""
 
 
 @attrs.define(eq=False)
@@ -107,7 +119,16 @@ class ComponentInfo:
         start_began / start_ended / stop_began / stop_ended: phase times or None.
         timed_out: the phase that overran ("start" or "stop"), or None.
         stop_called: whether its ``stop`` was called (exactly once, or never).
-        run_error: what ``run`` raised, if it did.
+        run_error: what ``run`` raised, if it did (and was not restarted).
+        runs: how many times ``run`` was called (1 + the restarts granted
+            so far, once it ran).
+        restarts: restarts granted by its restart policy.
+        next_restart: when the pending restart happens, or None.
+        restart_error: what the last restarted ``run`` raised (None if it
+            returned, or it never restarted).
+        restart_policy: its `RestartPolicy`, or None if it never restarts.
+        periodic: for a periodic worker (``@app.every``), its schedule
+            (next run, last outcome); None otherwise.
 
     Example::
 
@@ -128,6 +149,12 @@ class ComponentInfo:
     timed_out: Phase | None = None
     stop_called: bool = False
     run_error: BaseException | None = None
+    runs: int = 0
+    restarts: int = 0
+    next_restart: float | None = None
+    restart_error: BaseException | None = None
+    restart_policy: RestartPolicy | None = None
+    periodic: Schedule | None = None
 
     @property
     def failed(self) -> bool:
@@ -227,6 +254,8 @@ Action = (
 
 ComponentObserver = Callable[[ComponentInfo, ComponentState, ComponentState, float], None]
 AppObserver = Callable[[AppState, AppState, float], None]
+RestartObserver = Callable[[ComponentInfo, int, float | None, BaseException | None], None]
+"""``(info, attempt, delay, error)`` per restart granted; ``delay`` None when it gave up."""
 
 
 @attrs.define(eq=False)
@@ -247,6 +276,9 @@ class _Node:
     stop_active: bool = False  # its stop() is running
     stop_deadline: float = math.inf  # deadline of the wait for run(), then of stop()
     epoch: int = 0  # bumps on every phase change; stale timer entries carry an old one
+    restarts: Restarts | None = None  # its restart state (None: "never")
+    restart_pending: bool = False  # RESTARTING, its timer armed: only before the shutdown
+    running_since: float | None = None  # when it entered RUNNING or RESTARTING
 
 
 class Scheduler:
@@ -266,6 +298,9 @@ class Scheduler:
         on_component: called on every component transition
             ``(info, from_state, to_state, seconds_in_from_state)``.
         on_app: called on every app transition ``(from, to, now)``.
+        on_restart: called when a restart is granted ``(info, attempt,
+            delay, error)``, and with ``delay`` None when it gives up.
+        rng: the random source of the restarts' jitter (a seeded one in tests).
     """
 
     def __init__(
@@ -278,6 +313,8 @@ class Scheduler:
         infos: dict[str, ComponentInfo] | None = None,
         on_component: ComponentObserver | None = None,
         on_app: AppObserver | None = None,
+        on_restart: RestartObserver | None = None,
+        rng: random.Random | None = None,
         name: str = "app",
     ) -> None:
         by_name = {spec.name: spec for spec in specs}
@@ -288,6 +325,7 @@ class Scheduler:
         self.drain_delay = drain_delay
         self._on_component = on_component
         self._on_app = on_app
+        self.on_restart = on_restart
         infos = infos if infos is not None else {}
         self._nodes: dict[str, _Node] = {}
         for n in graph.order:
@@ -296,7 +334,11 @@ class Scheduler:
                 info = infos[n] = ComponentInfo(
                     n, critical=by_name[n].critical, depends_on=graph.depends_on[n]
                 )
-            self._nodes[n] = _Node(by_name[n], info)
+            spec = by_name[n]
+            node = self._nodes[n] = _Node(spec, info)
+            if spec.has_run and spec.restart.restarts:
+                node.restarts = Restarts(spec.restart, rng)
+                info.restart_policy = spec.restart
         for n, node in self._nodes.items():
             node.deps = tuple(self._nodes[d] for d in graph.depends_on[n])
             node.users = tuple(self._nodes[u] for u in graph.dependents[n])
@@ -425,16 +467,30 @@ class Scheduler:
                 self._fail(node, error, now)
             self._after_run(node, now, actions)
             return actions
+        node.info.run_error = error
+        if node.restarts is not None and not self.shutting_down:
+            delay = node.restarts.exited(now, failed=error is not None)
+            if delay is not None:
+                node.info.run_error = None  # not failed: restarting
+                self._restart_later(node, delay, error, now)
+                return actions
+            if node.restarts.gave_up:
+                limit = RestartLimitReached(name, node.spec.restart, node.restarts.count, error)
+                limit.__cause__ = error
+                self._restart_observed(node, node.restarts.count + 1, None, error)
+                error = limit
         if error is not None:
-            node.info.run_error = error
             self._fail(node, error, now)
         if not node.spec.critical:
             return actions  # the report shows it; the app stays up
         what = "failed" if error is not None else "finished"
         if self.state is AppState.STARTING and error is not None:
-            self._startup_failed(
-                node, f"run() raised {error.__class__.__name__}: {error}", now, actions
+            why = (
+                str(error)
+                if isinstance(error, RestartLimitReached)
+                else f"run() raised {error.__class__.__name__}: {error}"
             )
+            self._startup_failed(node, why, now, actions)
         else:
             if error is not None:
                 self._failed = True
@@ -530,6 +586,8 @@ class Scheduler:
                 self._shutdown_expired(now, actions)
             elif kind == "start":
                 self._start_expired(self._nodes[name], now, actions)
+            elif kind == "restart":
+                self._restart_now(self._nodes[name], now, actions)
             else:
                 self._stop_expired(self._nodes[name], now, actions)
         return actions
@@ -563,6 +621,12 @@ class Scheduler:
         """Set the shutdown deadline, once, ``shutdown_timeout`` after ``basis``."""
         deadline = self.shutdown_deadline = basis + self.shutdown_timeout
         self._arm(deadline, "shutdown", "", 0)
+        for node in self._nodes.values():
+            if node.restart_pending:
+                # The shutdown began: no restart (it waits in RESTARTING for its stop phase).
+                node.restart_pending = False
+                node.epoch += 1
+                node.info.next_restart = None
         return deadline
 
     def _end_start(self, node: _Node, now: float) -> bool:
@@ -583,6 +647,8 @@ class Scheduler:
         node = self._nodes[name]
         if node.epoch != epoch:
             return False
+        if kind == "restart":
+            return node.restart_pending
         return node.start_active if kind == "start" else node.stop_phase and not node.settled
 
     def _arm(self, when: float, kind: str, name: str, epoch: int) -> None:
@@ -597,9 +663,12 @@ class Scheduler:
         check_component_move(info.name, before, target)
         since = {
             ComponentState.STARTING: info.start_began,
-            ComponentState.RUNNING: info.start_ended,
+            ComponentState.RUNNING: node.running_since,
+            ComponentState.RESTARTING: node.running_since,
             ComponentState.STOPPING: info.stop_began,
         }.get(before)
+        if target in (ComponentState.RUNNING, ComponentState.RESTARTING):
+            node.running_since = now
         info.state = target
         if self._on_component is not None:
             self._on_component(info, before, target, 0.0 if since is None else now - since)
@@ -651,12 +720,44 @@ class Scheduler:
             return
         if node.spec.has_run:
             node.run_active = True
+            node.info.runs += 1
             actions.append(RunComponent(node.spec.name))
         for user in node.users:
             user.waiting_deps -= 1
             if user.waiting_deps == 0:
                 self._start(user, now, actions)
         self._maybe_started(now, actions)
+
+    def _restart_later(
+        self, node: _Node, delay: float, error: BaseException | None, now: float
+    ) -> None:
+        """Its run ended and its policy grants a restart: RESTARTING until ``now + delay``."""
+        assert node.restarts is not None
+        info = node.info
+        info.restart_error = error
+        info.restarts = node.restarts.count
+        info.next_restart = now + delay
+        node.restart_pending = True
+        node.epoch += 1
+        self._move(node, ComponentState.RESTARTING, now)
+        self._arm(now + delay, "restart", node.spec.name, node.epoch)
+        self._restart_observed(node, info.restarts, delay, error)
+
+    def _restart_observed(
+        self, node: _Node, attempt: int, delay: float | None, error: BaseException | None
+    ) -> None:
+        if self.on_restart is not None:
+            self.on_restart(node.info, attempt, delay, error)
+
+    def _restart_now(self, node: _Node, now: float, actions: list[Action]) -> None:
+        """The backoff is over (and no shutdown began): run again."""
+        node.restart_pending = False
+        node.epoch += 1
+        node.run_active = True
+        node.info.next_restart = None
+        node.info.runs += 1
+        self._move(node, ComponentState.RUNNING, now)
+        actions.append(RunComponent(node.spec.name))
 
     def _maybe_started(self, now: float, actions: list[Action]) -> None:
         """Every component entered or is excused: the app is RUNNING."""
@@ -763,7 +864,7 @@ class Scheduler:
         node.stop_phase = True
         node.epoch += 1
         node.info.stop_began = now
-        if node.info.state is ComponentState.RUNNING:
+        if node.info.state in (ComponentState.RUNNING, ComponentState.RESTARTING):
             self._move(node, ComponentState.STOPPING, now)
         deadline = min(now + node.spec.stop_timeout, self.shutdown_deadline)
         node.stop_deadline = deadline

@@ -3,8 +3,15 @@
 Component::
 
     NEW ──► STARTING ──► RUNNING ──► STOPPING ──► STOPPED
+               │          │  ▲  ▲       │
+               │          ▼  │  │       │
+               │       RESTARTING ──────┤   (a restart policy: run ended, next run pending)
                │            │           │
-               └────────────┴───────────┴──► FAILED
+               └────────────┴───────────┴──► FAILED   (and from RUNNING)
+
+RESTARTING goes back to RUNNING when the run begins again, to STOPPING when
+the shutdown begins during the backoff (no restart then), or to FAILED when
+the shutdown deadline passes before its stop phase.
 
 App::
 
@@ -34,6 +41,11 @@ class ComponentState(enum.Enum):
     """``start`` is running."""
     RUNNING = "running"
     """``start`` returned (and ``run``, if any, is running)."""
+    RESTARTING = "restarting"
+    """``run`` ended and its restart policy starts it again after a backoff
+    (``.restarts`` counts them, ``.next_restart`` says when). Not ready: a
+    critical component restarting makes the app unready until it runs
+    again. Added in 0.4."""
     STOPPING = "stopping"
     """Its stop phase: ``run`` was asked to end, then ``stop`` is running."""
     STOPPED = "stopped"
@@ -72,7 +84,8 @@ _C = ComponentState
 _COMPONENT_MOVES: dict[ComponentState, frozenset[ComponentState]] = {
     _C.NEW: frozenset({_C.STARTING}),
     _C.STARTING: frozenset({_C.RUNNING, _C.FAILED}),
-    _C.RUNNING: frozenset({_C.STOPPING, _C.FAILED}),
+    _C.RUNNING: frozenset({_C.STOPPING, _C.FAILED, _C.RESTARTING}),
+    _C.RESTARTING: frozenset({_C.RUNNING, _C.STOPPING, _C.FAILED}),
     _C.STOPPING: frozenset({_C.STOPPED, _C.FAILED}),
     _C.STOPPED: frozenset(),
     _C.FAILED: frozenset(),
@@ -80,7 +93,8 @@ _COMPONENT_MOVES: dict[ComponentState, frozenset[ComponentState]] = {
 _COMPONENT_HINTS: dict[ComponentState, str] = {
     _C.NEW: "a new component can only start",
     _C.STARTING: "a starting component can only finish starting or fail",
-    _C.RUNNING: "a running component can only begin stopping or fail",
+    _C.RUNNING: "a running component can only begin stopping, fail or restart",
+    _C.RESTARTING: "a restarting component can only run again, begin stopping or fail",
     _C.STOPPING: "a stopping component can only finish stopping or fail",
     _C.STOPPED: "a stopped component is final; register a new component to run again",
     _C.FAILED: "a failed component is final; register a new component to run again",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
@@ -12,14 +13,18 @@ import attrs
 
 from .._core.errors import ConfigError, DuplicateComponent, UnknownDependency
 from .._core.graph import Graph, analyze, critical_path
+from .._core.periodic import First, OnError
+from .._core.restart import RestartMode, RestartPolicy, as_policy
 from .._core.scheduler import ComponentInfo, NodeSpec
 from .._core.states import AppState, ComponentState, ExitCode
 from .._core.tokens import CancelToken
+from .._workers.periodic import PeriodicWorker
 from .components import (
     Component,
     describe,
     normalize,
     own_attribute,
+    periodic,
     resource,
     resource_value,
     worker,
@@ -30,6 +35,7 @@ __all__ = ["App", "Blueprint", "ShutdownPlan"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+Restart = RestartMode | RestartPolicy | None
 
 
 def check_seconds(value: object, what: str, *, allow_none: bool = False) -> float | None:
@@ -125,6 +131,7 @@ class _Entry:
     start_timeout: float | None
     stop_timeout: float | None
     critical: bool
+    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
 
 
 @attrs.frozen
@@ -214,6 +221,7 @@ class App:
         start_timeout: float | None = None,
         stop_timeout: float | None = None,
         critical: bool = True,
+        restart: Restart = None,
         start: Callable[..., Any] | None = None,
         run: Callable[..., Any] | None = None,
         stop: Callable[..., Any] | None = None,
@@ -233,6 +241,13 @@ class App:
             critical: if False, a failure in ``start`` or ``run`` is reported
                 but does not stop the app (unless a critical component
                 depends on it).
+            restart: when ``run`` is started again once it ended:
+                ``"never"`` (the default), ``"on-failure"`` (it raised),
+                ``"always"``, or a `RestartPolicy` (limits and backoff). Only
+                ``run`` is restarted, after the backoff; ``start`` and
+                ``stop`` are still called once. Past the policy's limit the
+                component is FAILED (a critical one then shuts the app down).
+                Only for components with ``run``.
             start: an explicit hook called instead of the object's ``start``
                 (for objects whose methods have other names): a bound method,
                 a function or a lambda, plain or ``async def``. With any hook
@@ -244,7 +259,8 @@ class App:
         Raises:
             DuplicateComponent: ``name`` is taken.
             NotAComponent: the object has no start, run or stop.
-            ConfigError: a negative or NaN timeout, or the app already started.
+            ConfigError: a negative or NaN timeout, a restart policy for a
+                component without ``run``, or the app already started.
 
         A component that defines ``lifecycle_bind(app)`` has it called here,
         once: that is how server components find the app's `shutdown_token`
@@ -264,6 +280,7 @@ class App:
             start_timeout=start_timeout,
             stop_timeout=stop_timeout,
             critical=critical,
+            restart=restart,
         )
 
     @overload
@@ -278,6 +295,7 @@ class App:
         start_timeout: float | None = None,
         stop_timeout: float | None = None,
         critical: bool = True,
+        restart: Restart = None,
     ) -> Callable[[F], F]: ...
 
     def worker(
@@ -289,6 +307,7 @@ class App:
         start_timeout: float | None = None,
         stop_timeout: float | None = None,
         critical: bool = True,
+        restart: Restart = None,
     ) -> F | Callable[[F], F]:
         """Register ``fn(token)`` (or ``async fn(token)``) as a long-running worker.
 
@@ -296,12 +315,20 @@ class App:
         dependencies run and must return when its token is cancelled (at its
         stop phase). Returns the function, usable in ``depends_on``.
 
+        With ``restart="on-failure"`` (or a `RestartPolicy`) a worker that
+        raises is started again after a backoff, instead of failing.
+
         Example::
 
             @app.worker(depends_on=["db"], critical=False)
             async def reindex(token):
                 while not await token.wait_async(60):
                     await rebuild_index()
+
+            @app.worker(restart=lifecycle.RestartPolicy("on-failure", max_restarts=5, within=60))
+            def listen(token):
+                for event in subscribe(token):
+                    handle(event)
         """
         return self._decorate(
             worker,
@@ -311,6 +338,7 @@ class App:
             start_timeout=start_timeout,
             stop_timeout=stop_timeout,
             critical=critical,
+            restart=restart,
         )
 
     @overload
@@ -325,6 +353,7 @@ class App:
         start_timeout: float | None = None,
         stop_timeout: float | None = None,
         critical: bool = True,
+        restart: Restart = None,
     ) -> Callable[[F], F]: ...
 
     def resource(
@@ -336,6 +365,7 @@ class App:
         start_timeout: float | None = None,
         stop_timeout: float | None = None,
         critical: bool = True,
+        restart: Restart = None,
     ) -> F | Callable[[F], F]:
         """Register a generator function: code before ``yield`` starts, code after stops.
 
@@ -358,7 +388,85 @@ class App:
             start_timeout=start_timeout,
             stop_timeout=stop_timeout,
             critical=critical,
+            restart=restart,
         )
+
+    def every(
+        self,
+        interval: float,
+        *,
+        jitter: float = 0.0,
+        first: First = "now",
+        on_error: OnError = "continue",
+        name: str | None = None,
+        depends_on: Iterable[object] = (),
+        start_timeout: float | None = None,
+        stop_timeout: float | None = None,
+        critical: bool = True,
+        restart: Restart = None,
+    ) -> Callable[[F], F]:
+        """Register ``fn(token)`` (or ``async fn(token)``) to run every ``interval`` seconds.
+
+        A run-style component (a `PeriodicWorker`): it runs once its
+        dependencies run, then at every slot ``start + k * interval``,
+        until its stop phase cancels its token, which also ends the wait
+        between two runs at once. A run never overlaps the previous one: a
+        run that overran some slots is followed by one run at the next
+        slot (the skipped slots are counted, not made up).
+
+        Args:
+            interval: seconds between slots (> 0).
+            jitter: each run begins up to this many seconds after its slot
+                (uniformly drawn; less than ``interval``).
+            first: ``"now"`` (run at once), ``"after"`` (one interval
+                later) or a delay in seconds.
+            on_error: a run that raises is logged with its stack and
+                counted; ``"continue"`` goes on at the next slot,
+                ``"fail"`` fails the component (and ``restart`` applies).
+            name: as for `add` (the function's name by default).
+            depends_on: as for `add`.
+            start_timeout: as for `add`.
+            stop_timeout: as for `add`: the wait for a run in progress to end.
+            critical: as for `add`.
+            restart: as for `add`; with ``on_error="fail"``, it restarts
+                the schedule after a failed run.
+
+        The next run and the last outcome (ok or error, its duration, when)
+        are in `report` and ``/status``. Returns the function.
+
+        Example::
+
+            @app.every(60.0, jitter=5.0, depends_on=["db"])
+            def purge_sessions(token):
+                db.execute("DELETE FROM sessions WHERE expires < now()")
+
+        Added in 0.4.
+        """
+
+        def register(fn: F) -> F:
+            made: list[PeriodicWorker] = []
+
+            def build(n: str) -> Component:
+                component, runner = periodic(
+                    fn, n, interval=interval, jitter=jitter, first=first, on_error=on_error
+                )
+                made.append(runner)
+                return component
+
+            self._register(
+                fn,
+                build,
+                name=name,
+                depends_on=depends_on,
+                start_timeout=start_timeout,
+                stop_timeout=stop_timeout,
+                critical=critical,
+                restart=restart,
+            )
+            self._run.infos[made[0].name].periodic = made[0].schedule
+            return fn
+
+        return register
 
     def _decorate(
         self, build: Callable[[Any, str], Component], fn: F | None, **options: Any
@@ -380,10 +488,12 @@ class App:
         start_timeout: float | None,
         stop_timeout: float | None,
         critical: bool,
+        restart: Restart = None,
     ) -> T:
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty str, got {name!r}")
         label = name or describe(obj)
+        policy = as_policy(restart, owner=label)
         start_s = check_seconds(start_timeout, f"start_timeout of {label!r}", allow_none=True)
         stop_s = check_seconds(stop_timeout, f"stop_timeout of {label!r}", allow_none=True)
         if isinstance(depends_on, str | bytes):
@@ -406,12 +516,22 @@ class App:
             if id(obj) in self._names_by_id:
                 raise DuplicateComponent(self._names_by_id[id(obj)])
             component = build(name)
+            if policy.restarts and component.run is None:
+                raise ConfigError(
+                    f"component {name!r} has no run(), so restart={restart!r} has nothing to "
+                    f"restart: a restart policy starts run() again once it ended; remove "
+                    f"restart=..., or register a worker (or an object with run(token))"
+                )
             bind = own_attribute(obj, "lifecycle_bind", name)
             if callable(bind):
                 bind(self)
-            self._entries[name] = _Entry(component, deps, start_s, stop_s, critical)
+            self._entries[name] = _Entry(component, deps, start_s, stop_s, critical, policy)
             self._names_by_id[id(obj)] = name
-            self._run.infos[name] = ComponentInfo(name, critical=critical)
+            self._run.infos[name] = ComponentInfo(
+                name, critical=critical, restart_policy=policy if policy.restarts else None
+            )
+            if policy.restarts:
+                self._run.restartable.add(name)
         return obj
 
     # -- introspection -----------------------------------------------------
@@ -487,7 +607,9 @@ class App:
         its own thread, before the shutdown it causes), and while every
         component's ``ready()`` (where defined) returns True. A non-critical
         component that failed is shown in the report but does not make the
-        app unready.
+        app unready. A critical component with a restart policy makes the
+        app unready from the moment its ``run`` ends until it runs again
+        (RESTARTING in between); a non-critical one restarting does not.
         """
         run = self._run
         if (
@@ -499,9 +621,13 @@ class App:
         for entry_name, entry in self._entries.items():
             info = run.infos[entry_name]
             if info.state is not ComponentState.RUNNING:
+                if info.state is ComponentState.RESTARTING and not info.critical:
+                    continue  # a non-critical one restarting leaves the app ready
                 if info.critical or not info.failed:
                     return False
                 continue
+            if info.critical and entry_name in run.restartable and not run.run_live(entry_name):
+                return False  # its run ended; RESTARTING (or a failure) comes next
             probe = entry.component.ready
             if probe is None:
                 continue
@@ -563,7 +689,8 @@ class App:
     def report(self) -> dict[str, Any]:
         """A JSON-ready snapshot: the app and every component's state, error and timings."""
         run = self._run
-        components = {}
+        now = time.monotonic()
+        components: dict[str, dict[str, Any]] = {}
         for name, info in run.infos.items():
             components[name] = {
                 "state": info.state.value,
@@ -575,7 +702,18 @@ class App:
                 "start_seconds": _round(info.start_duration),
                 "stop_seconds": _round(info.stop_duration),
                 "stop_called": info.stop_called,
+                "restarts": info.restarts,
+                "next_restart_in": None
+                if info.next_restart is None
+                else round(max(0.0, info.next_restart - now), 6),
             }
+            if info.restart_error is not None:
+                error = info.restart_error
+                components[name]["restart_error"] = f"{type(error).__name__}: {error}"
+            if info.periodic is not None:
+                components[name]["periodic"] = info.periodic.status(
+                    now, time.time(), with_error=True
+                )
         return {
             "app": self.name,
             "state": run.state.value,
@@ -693,6 +831,7 @@ class App:
                     has_start=c.start is not None,
                     has_run=c.run is not None,
                     has_stop=c.stop is not None,
+                    restart=entry.restart,
                 )
             )
         return specs

@@ -67,9 +67,19 @@ from typing import Any, Literal
 import attrs
 
 from .._core.errors import ConfigError, NotAComponent
+from .._core.periodic import First, OnError
 from .._core.tokens import CancelSource, CancelToken, cancel_in_background, on_cancel_inline
+from .._workers.periodic import PeriodicWorker
 
-__all__ = ["Call", "Component", "normalize", "own_attribute", "resource", "worker"]
+__all__ = [
+    "Call",
+    "Component",
+    "normalize",
+    "own_attribute",
+    "periodic",
+    "resource",
+    "worker",
+]
 
 Phase = Literal["start", "run", "stop"]
 PHASES: tuple[Phase, ...] = ("start", "run", "stop")
@@ -663,6 +673,37 @@ def worker(fn: Callable[..., Any], name: str) -> Component:
         )
     run = _call(fn, f"worker {name}()", f"run of {name!r}")
     return Component(name, fn, None, run, None, None, "worker")
+
+
+def periodic(
+    fn: Callable[..., Any],
+    name: str,
+    *,
+    interval: float,
+    jitter: float,
+    first: First,
+    on_error: OnError,
+) -> tuple[Component, PeriodicWorker]:
+    """A periodic job: ``fn(token)`` or ``async fn(token)`` run by a `PeriodicWorker`."""
+    if not callable(fn):
+        raise NotAComponent(f"@app.every needs a function, got {_safe_repr(fn)}")
+    if _is_generator_function(fn):
+        raise NotAComponent(
+            f"periodic job {name!r} is a generator function; @app.every calls a plain or "
+            f"async function once per interval"
+        )
+    job = _call(fn, f"periodic job {name}()", f"run of {name!r}")
+    runner = PeriodicWorker(
+        lambda token: job.fn(*job.args(token)),
+        interval=interval,
+        jitter=jitter,
+        first=first,
+        on_error=on_error,
+        name=name,
+        is_async=job.is_async,
+    )
+    run = Call(runner.run, is_async=job.is_async, takes_token=True)
+    return Component(name, fn, None, run, None, None, "worker"), runner
 
 
 def _no_yield(name: str) -> str:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .._core.log import get_logger
 from .._core.scheduler import ComponentInfo, Scheduler
 from .._core.states import AppState, ExitCode
 from .._core.tokens import CancelSource, CancelToken, cancel_in_background
@@ -32,6 +33,7 @@ from .signals import in_signal_handler
 __all__ = ["HANDOFF_BOUND", "Run"]
 
 Wake = Callable[[], None]
+_log = get_logger()
 
 HANDOFF_BOUND = 5.0
 """Seconds a plain call of `Run.request` (no runner attached, not in a signal handler)
@@ -62,7 +64,15 @@ class Run:
         self.shutdown_reason: str | None = None
         self.critical_down: str | None = None
         """The first critical component whose ``run`` ended, written by the call's own
-        thread as it ends: readiness is off from then on, before the driver hears of it."""
+        thread as it ends: readiness is off from then on, before the driver hears of it.
+        Not for a component with a restart policy: its readiness comes back when it
+        runs again (see `run_exits`)."""
+        self.restartable: set[str] = set()
+        """Names of the components with a restart policy (written at registration)."""
+        self.run_exits: dict[str, int] = {}
+        """Name -> how many of its ``run`` calls ended, written by each call's own thread
+        as it ends (one call of a component at a time). With ``ComponentInfo.runs`` (the
+        calls begun) it tells whether a component's run is live right now."""
         self._recording = threading.Lock()  # only ever tried, never waited on
         self._source = CancelSource()
         self._scheduler: Scheduler | None = None
@@ -138,6 +148,24 @@ class Run:
         for watcher in self._watchers:
             watcher()
 
+    def run_ended(self, name: str) -> None:
+        """A ``run`` call of ``name`` ended; called in that call's own thread or task.
+
+        Readiness is off from here for a critical component (rule 5), before
+        the driver hears of it: for good if it has no restart policy
+        (`critical_down`), until its next run begins if it has one.
+        """
+        self.run_exits[name] = self.run_exits.get(name, 0) + 1
+        if self.critical_down is None and name not in self.restartable:
+            info = self.infos.get(name)
+            if info is not None and info.critical:
+                self.critical_down = name
+
+    def run_live(self, name: str) -> bool:
+        """Whether a ``run`` call of ``name`` began and has not ended yet."""
+        runs = self.infos[name].runs
+        return runs > 0 and self.run_exits.get(name, 0) < runs
+
     # -- the driver's side ---------------------------------------------------
 
     def attach(self, scheduler: Scheduler, wake: Wake, *watchers: Wake) -> None:
@@ -148,6 +176,8 @@ class Run:
         """
         self._began = time.monotonic()
         self._scheduler = scheduler
+        if scheduler.on_restart is None:
+            scheduler.on_restart = log_restart
         self._watchers = watchers
         self._wake = wake
 
@@ -182,3 +212,31 @@ class Run:
         self.exit_code = code
         if state is not None:
             self.state = state
+
+
+def log_restart(
+    info: ComponentInfo, attempt: int, delay: float | None, error: BaseException | None
+) -> None:
+    """Log a restart granted (``restart``, a warning) or refused at the limit (an error).
+
+    Called by the scheduler on the driver's control thread or loop.
+    """
+    what = "returned" if error is None else f"{type(error).__name__}: {error}"
+    if delay is None:
+        _log.error(
+            "restart limit reached",
+            component=info.name,
+            attempt=attempt,
+            restarts=info.restarts,
+            error=what,
+            hint="the component is FAILED; raise max_restarts or within of its "
+            "RestartPolicy, or fix what makes run() end",
+        )
+        return
+    _log.warning(
+        "restart",
+        component=info.name,
+        attempt=attempt,
+        delay=round(delay, 6),
+        error=what,
+    )

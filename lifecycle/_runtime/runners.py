@@ -569,10 +569,8 @@ class _Driver:
         readiness is off from here, before the control loop hears of it.
         """
         run = self._run
-        if phase == "run" and run is not None and run.critical_down is None:
-            info = run.infos.get(name)
-            if info is not None and info.critical:
-                run.critical_down = name
+        if phase == "run" and run is not None:
+            run.run_ended(name)  # readiness off for a critical one (until its restart)
         self._post_ended(("done", name, phase, error))
 
     def _post_ended(self, event: _Event) -> None:

@@ -17,7 +17,12 @@ What each path answers (GET and HEAD; any other method is ``405``)::
     /startupz   200 once the app has reached RUNNING (and from then on,
                 through the shutdown); 503 while starting
     /status, /  JSON: app name, state, live, ready, started, and each
-                component's state and a ``failed`` flag (never an error text)
+                component's state, a ``failed`` flag (never an error text),
+                with a restart policy its ``restarts`` and
+                ``next_restart_in`` (seconds, or null),
+                and for a periodic job ``periodic``: interval, next_run_in,
+                runs, errors, skipped slots, and the last run's outcome
+                ("ok"/"error"), duration, seconds_ago and wall-clock ``at``
 
 Probes accept ``?verbose`` for a line per check, in the Kubernetes style.
 
@@ -688,15 +693,25 @@ class HealthAnswers:
     def _status(self, verbose: bool, verdict: _Verdict) -> _Answer:
         app = self.app
         state = app.state
-        components = {
-            name: {
+        now, wall = time.monotonic(), time.time()
+        components: dict[str, dict[str, object]] = {}
+        for name, info in list(app.components.items()):
+            entry: dict[str, object] = {
                 "state": info.state.value,
                 "failed": info.state is ComponentState.FAILED
                 or info.error is not None
                 or info.run_error is not None,
             }
-            for name, info in list(app.components.items())
-        }
+            if info.restart_policy is not None:
+                entry["restarts"] = info.restarts
+                entry["next_restart_in"] = (
+                    None
+                    if info.next_restart is None
+                    else round(max(0.0, info.next_restart - now), 3)
+                )
+            if info.periodic is not None:
+                entry["periodic"] = info.periodic.status(now, wall)  # no error text
+            components[name] = entry
         document = {
             "app": app.name,
             "state": state.value,
