@@ -9,6 +9,7 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
+from tests.drive import RUNNERS, Drive
 from tests.fakes import FakeClock
 
 
@@ -28,3 +29,15 @@ def log_events() -> Iterator[list[MutableMapping[str, Any]]]:
         yield capture.entries
     finally:
         structlog.reset_defaults()
+
+
+@pytest.fixture(params=RUNNERS)
+def drive(
+    request: pytest.FixtureRequest, log_events: list[MutableMapping[str, Any]]
+) -> Iterator[Drive]:
+    """The runner under test, threaded or asyncio (like anyio's ``anyio_backend``)."""
+    d = Drive(request.param)
+    try:
+        yield d
+    finally:
+        d.close()

@@ -23,7 +23,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from lifecycle._workers.consumer import (
     QueueSource,
 )
 from lifecycle._workers.dedupe import MemoryDedupe
-from tests.test_runners import RUNNERS, Drive
+from tests.drive import Drive
 
 BOUND = 10.0
 """Seconds: the most any wait here may take before the test fails (a hang detector)."""
@@ -249,16 +249,6 @@ class Setup:
         assert sorted(self.source.acked) == sorted(done)
         assert sorted(done + left, key=int) == self.ids
         assert set(done).isdisjoint(left)
-
-
-@pytest.fixture(params=RUNNERS)
-def drive(request: pytest.FixtureRequest, log_events: list[Any]) -> Iterator[Drive]:
-    """The runner under test, threaded or asyncio: the runners' own `Drive`."""
-    d = Drive(request.param)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 @pytest.fixture(params=FLAVOURS)

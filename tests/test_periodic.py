@@ -15,7 +15,6 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,19 +25,8 @@ from lifecycle import App, CancelSource, CancelToken, ComponentState, ConfigErro
 from lifecycle._core.periodic import Schedule
 from lifecycle._core.restart import RestartPolicy
 from lifecycle._workers.periodic import PeriodicWorker
+from tests.drive import BOUND, wait_until
 from tests.fakes import FakeClock
-from tests.test_runners import BOUND, RUNNERS, Drive, wait_until
-
-
-@pytest.fixture(params=RUNNERS)
-def drive(request: pytest.FixtureRequest, log_events: list[dict[str, Any]]) -> Iterator[Drive]:
-    """The runner under test, threaded or asyncio (the same `Drive` as test_runners.py)."""
-    d = Drive(request.param)
-    try:
-        yield d
-    finally:
-        d.close()
-
 
 # -- the schedule -----------------------------------------------------------------------
 

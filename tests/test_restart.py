@@ -17,27 +17,15 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import attrs
 import pytest
 
 from lifecycle import App, AppState, CancelToken, ComponentState, ConfigError, ExitCode
 from lifecycle._core.restart import RestartLimitReached, RestartPolicy, Restarts, as_policy
-from tests.test_runners import BOUND, RUNNERS, Drive, wait_until
+from tests.drive import BOUND, wait_until
 
 C = ComponentState
-
-
-@pytest.fixture(params=RUNNERS)
-def drive(request: pytest.FixtureRequest, log_events: list[dict[str, Any]]) -> Iterator[Drive]:
-    """The runner under test, threaded or asyncio (the same `Drive` as test_runners.py)."""
-    d = Drive(request.param)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 # -- the policy -----------------------------------------------------------------------
