@@ -1459,6 +1459,10 @@ class AsyncioRunner(_Driver):
                 while not q.empty():  # decided together, then carried out (as the threaded loop)
                     actions += self._dispatch(q.get_nowait())
                 self._execute(actions)
+                if actions:
+                    # The calls just created begin (up to their first await)
+                    # before this round's log events are rendered.
+                    await asyncio.sleep(0)
             finally:
                 self._rlog.release()
             self._ready_threads()
