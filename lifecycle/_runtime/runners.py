@@ -1222,6 +1222,10 @@ class ThreadedRunner(_Driver):
                             break
                         actions += self._dispatch(event)
                     self._execute(actions)
+                    if actions:
+                        # Let the call threads just woken take the GIL and begin
+                        # before this round's log events are rendered.
+                        time.sleep(0)
                 finally:
                     self._rlog.release()
                 self._ready_threads()
