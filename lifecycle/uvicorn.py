@@ -77,6 +77,7 @@ HEALTH_PATHS: Final = ("/livez", "/readyz", "/startupz")
 with the answers of `lifecycle.HealthServer`."""
 
 # Why a stop in progress cuts at once: a later call of stop has an earlier cut time.
+_CLOSE_HEADER: Final = (b"connection", b"close")
 _CUT_NOW_REASON: Final = "another stop's deadline came first"
 _MIDDLEWARE_CODE: Final = ASGIMiddleware.__call__.__code__  # a request's frame in its stack
 _IDLE_POLL: Final = 0.01  # seconds between two looks at uvicorn's connections (no hook tells)
@@ -146,9 +147,10 @@ class _Inner:
         kind = scope["type"]
         if kind == "http":
             answers = self.server._answers
-            if answers is not None and scope.get("path") in HEALTH_PATHS:
-                return _answer_probe(answers, scope, send)
-        elif kind == "websocket":
+            if answers is None or scope.get("path") not in HEALTH_PATHS:
+                return self.app(scope, receive, send)
+            return _answer_probe(answers, scope, send)
+        if kind == "websocket":
             return self._websocket(scope, receive, send)
         return self.app(scope, receive, send)
 
@@ -280,6 +282,11 @@ class Server(Listening):
             self.middleware = ASGIMiddleware(_Inner(self, app), name=name or "uvicorn")
         """The `lifecycle.ASGIMiddleware` around the app (the one passed, if it was one)."""
         self.middleware._about_to_cut = self._log_stuck
+        # uvicorn's HTTP protocols announce a close only when the request asked
+        # for one: the server makes the responses in progress at the drain say
+        # it (`_close_after_responses`), so that no ``send`` is wrapped per
+        # request before the drain.
+        self.middleware._announce_close = self._announce_close
         self._answers: HealthAnswers | None = None
         self._health_paths = bool(health_paths)
         options.setdefault("log_config", None)
@@ -647,6 +654,46 @@ class Server(Listening):
         bound = sock.getsockname()
         self._address = (str(bound[0]), int(bound[1]))
         return sock
+
+    def _announce_close(self) -> None:
+        """The drain began (in any thread): the responses not started yet will say close.
+
+        Run at once on the server's loop, else scheduled on it: a response
+        that the loop starts before it runs the call does not say it, and its
+        connection is closed once idle, as at any stop.
+        """
+        loop = self._loop
+        if loop is None:
+            return  # not serving: no response in progress
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._close_after_responses()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nothing in progress
+            loop.call_soon_threadsafe(self._close_after_responses)
+
+    def _close_after_responses(self) -> None:
+        """Each request in progress whose response has not started: ``connection: close``.
+
+        uvicorn's HTTP/1.1 protocols put the cycle's ``default_headers`` in
+        front of the app's headers and close the connection after a response
+        that says ``connection: close``; a cycle gets its own list here, so
+        that requests begun later (which the middleware answers with the close)
+        and websockets are untouched.
+        """
+        server = self.uvicorn
+        if server is None:
+            return
+        for protocol in list(server.server_state.connections):
+            cycle = getattr(protocol, "cycle", None)
+            if cycle is None or getattr(cycle, "response_started", True):
+                continue
+            headers = getattr(cycle, "default_headers", None)
+            if isinstance(headers, list) and _CLOSE_HEADER not in headers:
+                cycle.default_headers = [*headers, _CLOSE_HEADER]
 
     def _protocol(self) -> asyncio.Protocol:
         """One connection's uvicorn protocol, as uvicorn's own startup makes it."""

@@ -174,6 +174,45 @@ def test_a_request_begun_before_the_drain_that_answers_during_it_says_close():
     assert sent.start["headers"] == [(b"content-type", b"text/plain"), (b"connection", b"close")]
 
 
+def test_a_server_that_announces_the_close_gets_its_own_send_until_the_drain():
+    """With ``_announce_close`` set (lifecycle.uvicorn), a request begun before the drain gets
+    the server's own send, untouched, and the hook is called as the drain begins (the
+    shutdown request, and again when the stop begins); a request begun during the drain
+    still gets the close from the middleware."""
+    app = lifecycle.App("t", shutdown_timeout=20)
+    inner = Held(headers=[(b"content-type", b"text/plain")])
+    mw = ASGIMiddleware(inner, app)
+    announced: list[bool] = []
+    mw._announce_close = lambda: announced.append(mw.draining)
+    before, during = Sent(), Sent()
+    passed: list[object] = []
+
+    async def spy(scope, receive, send):
+        passed.append(send)
+        await inner(scope, receive, send)
+
+    mw.asgi_app = spy
+
+    async def main():
+        call = asyncio.create_task(mw(http_scope("/hold"), receive_nothing, before))
+        await asyncio.wait_for(inner.entered.wait(), BOUND)
+        assert announced == []
+        app.request_shutdown("test")
+        assert app.shutdown_token.wait(BOUND)
+        assert announced == [True]  # as the drain began, with the flag already set
+        await mw(http_scope(), receive_nothing, during)
+        inner.release.set()
+        await asyncio.wait_for(call, BOUND)
+        await asyncio.wait_for(mw.stop(), BOUND)
+
+    run(main)
+    assert passed[0] is before  # the server's own send: no call of ours per message
+    assert passed[1] is not during
+    assert before.start["headers"] == [(b"content-type", b"text/plain")]  # the server's part
+    assert during.start["headers"] == [(b"content-type", b"text/plain"), (b"connection", b"close")]
+    assert announced == [True, True]  # the stop's drain announces again
+
+
 def test_http2_responses_get_no_connection_header():
     """HTTP/2 forbids the Connection header: the server's GOAWAY does that job."""
     sent = Sent()

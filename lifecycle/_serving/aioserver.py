@@ -414,6 +414,11 @@ class _Connection:
             self.streams -= 1  # its source stays the handler's token; released at the end
 
 
+# Bound once: the per-request path calls them without an attribute lookup each.
+_monotonic = time.monotonic
+_get_current = _current.get
+
+
 class _Request:
     """``async with server.request(label)`` (or ``with``): one unit of work on a connection.
 
@@ -435,27 +440,25 @@ class _Request:
 
     def __enter__(self) -> CancelToken:
         conn = self._conn
-        server = conn.server
         if not conn.by_request:
             conn.end_connection_unit()
-        conn.requests += 1
-        self._use = conn.requests
-        conn.busy += 1
-        if conn.busy == 1:
+        self._use = use = conn.requests + 1
+        conn.requests = use
+        conn.busy = busy = conn.busy + 1
+        if busy == 1:
             ticket = conn.ticket
             ticket.long_lived = False
             ticket.label = self._label
-            ticket.began = time.monotonic()
+            ticket.began = _monotonic()
         self._outer = conn.current
         conn.current = self
-        if server.draining:
+        note_request(use)  # what a copy of this context may mark
+        if conn.server.draining:
             # Shutdown was requested: the request learns when it will be cut.
-            self._reset = _current.set(server._request_token())
+            self._reset = _current.set(conn.server._request_token())
         if self._long_lived:
             self.mark()
-        token = _current.get()
-        note_request(self._use)  # what a copy of this context may mark
-        return token
+        return _get_current()
 
     def mark(self) -> None:
         """Make this request long-lived: not waited for at stop; its own token is cancelled."""
@@ -492,13 +495,14 @@ class _Request:
             self._reset = None
         source = self._source
         if source is None:
-            conn.busy -= 1
+            conn.busy = busy = conn.busy - 1
         else:
             self._source = None
             conn.streams -= 1
             conn.server._streams.discard(source)
             source.close()
-        if conn.busy == 0:
+            busy = conn.busy
+        if busy == 0:
             ticket = conn.ticket
             ticket.long_lived = True
             if conn.streams == 0:

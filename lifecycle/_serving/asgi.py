@@ -116,7 +116,10 @@ def _responding(
     drain: its response may start after the drain began, and must then
     announce the close too, or the client's next request on that keep-alive
     connection races the server's close. It returns the server's awaitable:
-    no coroutine per message.
+    no coroutine per message. Not the ``send`` of a request begun before the
+    drain when the server announces the close itself
+    (`ASGIMiddleware._announce_close`, as `lifecycle.uvicorn` does): such a
+    request then costs no call of ours per message.
     """
     if (
         mw.draining
@@ -201,6 +204,14 @@ class ASGIMiddleware(_Serving):
         # (while it still waits where it was stuck): a server's integration logs
         # its stack there.
         self._about_to_cut: Callable[[asyncio.Task[Any]], None] | None = None
+        # Set by a server that makes the responses of the requests in progress
+        # say ``connection: close`` itself when told the drain began (it is
+        # called then, in the thread that began it): the requests begun before
+        # the drain then get the server's own ``send``, not a wrapper of ours.
+        # Invariant: called at every start of the drain, before a response of
+        # a request begun earlier can start unannounced on the server's loop
+        # (the server's part: see `lifecycle.uvicorn`).
+        self._announce_close: Callable[[], None] | None = None
         if app is not None:
             self.lifecycle_bind(app)
 
@@ -227,31 +238,37 @@ class ASGIMiddleware(_Serving):
         return describe_work([_Running(call) for call in calls], time.monotonic())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http" and kind != "websocket":  # noqa: PLR1714 - http: one comparison
-            await self.asgi_app(scope, receive, send)
-            return
-        # The hot path: one partial (the request's record and its send), no
-        # token, no task lookup, two context variables (the shared token,
-        # bound to this middleware, and the request's record).
-        call = partial(_responding, self, scope, send, _monotonic())
-        calls = self._calls
-        calls.add(call)  # Invariant: before _refusing is read (see _StopOps.cut)
-        if self.draining:
-            if self._refusing:
+        if scope["type"] == "http":
+            # The hot path: one partial (the request's record, and its send
+            # unless the server announces the close itself), no token made, no
+            # task lookup, two context variables (the shared token, bound to
+            # this middleware, and the request's record).
+            call = partial(_responding, self, scope, send, _monotonic())
+            calls = self._calls
+            calls.add(call)  # Invariant: before _refusing is read (see _StopOps.cut)
+            if self.draining:
+                if self._refusing:
+                    calls.discard(call)
+                    await self._refuse(scope, send)
+                    return
+                reset = _set_current(self._request_token())
+                send = call
+            else:
+                reset = _set_current(self._root)
+                if self._announce_close is None:
+                    send = call
+        elif scope["type"] == "websocket":
+            call = partial(_responding, self, scope, send, _monotonic())
+            calls = self._calls
+            calls.add(call)  # Invariant: before _refusing is read (see _StopOps.cut)
+            if self.draining and self._refusing:
                 calls.discard(call)
                 await self._refuse(scope, send)
                 return
-            if kind == "websocket":
-                reset = _set_current(self._mark_websocket(call))
-            else:
-                reset = _set_current(self._request_token())
-                send = call
-        elif kind == "websocket":
             reset = _set_current(self._mark_websocket(call))
         else:
-            reset = _set_current(self._root)
-            send = call
+            await self.asgi_app(scope, receive, send)
+            return
         self._note(call)  # what a copy of this context may mark
         try:
             await self.asgi_app(scope, receive, send)
@@ -264,6 +281,18 @@ class ASGIMiddleware(_Serving):
                     source.close()
             if self._stopping:
                 self._waiter.wake()  # the stop may be waiting for this request
+
+    def _begin_drain(self) -> None:
+        super()._begin_drain()
+        announce = self._announce_close
+        if announce is not None:
+            announce()
+
+    def _drain(self, deadline: float | None) -> None:
+        super()._drain(deadline)
+        announce = self._announce_close
+        if announce is not None:
+            announce()
 
     async def stop(self, token: CancelToken | None = None) -> None:
         """The application's part of the stop; call it once the listener is closed.

@@ -208,7 +208,7 @@ class WSGIMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request (the WSGI protocol)."""
-        if environ.get(TRACKED_KEY):
+        if TRACKED_KEY in environ and environ[TRACKED_KEY]:  # noqa: RUF019 - no call when absent
             return self.wsgi_app(environ, start_response)
         try:
             lane = self._free.pop()
