@@ -696,6 +696,29 @@ def test_request_arriving_after_its_deadline_ends_the_shutdown_at_once():
     assert sched.infos["w"].stop_called is False
 
 
+def test_request_stamped_before_a_start_timed_out_leaves_the_app_started():
+    """A non-critical start abandoned before a backdated request arrives stays a start failure.
+
+    Stamped before the begin, the request's deadline (0) lies before that
+    abandonment (21); the app had started then and stays started, and the
+    request cuts what is left at once.
+    """
+    sched = make(
+        {"slow": (), "db": ()},
+        shutdown_timeout=0.0,
+        slow={"critical": False, "has_run": True, "start_timeout": 21.0},
+        db={"critical": False, "has_start": False, "has_stop": False},
+    )
+    assert sched.begin(0.0) == [StartComponent("slow", 21.0)]
+    abandon, started = sched.tick(21.0)
+    assert (type(abandon), started) == (Abandon, AppStarted())
+    assert sched.state is AppState.RUNNING
+    assert sched.request_shutdown(57.0, requested_at=-43.0) == [Finished(ExitCode.TIMEOUT)]
+    assert sched.shutdown_deadline == 0.0
+    assert sched.infos["slow"].state is C.FAILED
+    assert sched.infos["slow"].stop_called is False
+
+
 # -- time never runs backwards --------------------------------------------------------
 
 
