@@ -1767,3 +1767,75 @@ def test_readiness_is_off_as_soon_as_a_critical_run_fails(drive):
     finally:
         release.set()
     assert drive.wait() == ExitCode.FAILED
+
+
+# -- a run's end and the shutdown, in the order they happened ------------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_run_raising_cancelled_on_a_live_token_is_logged_as_a_crash(drive, flavour, log_events):
+    """A Cancelled from the run's own inner deadline is a crash with its stack, not an end."""
+    app = App("inner", shutdown_timeout=5)
+
+    def inner_deadline(token: CancelToken) -> None:
+        with lifecycle.CancelSource(token, timeout=0.0) as own:
+            own.token.raise_if_cancelled()
+
+    if flavour == "sync":
+        app.worker(inner_deadline, name="w", critical=False)
+    else:
+
+        async def ainner(token: CancelToken) -> None:
+            inner_deadline(token)
+
+        app.worker(ainner, name="w", critical=False)
+    drive.start(app)
+    wait_until(lambda: app.components["w"].state is ComponentState.FAILED)
+    assert drive.stop() == ExitCode.OK
+    (raised,) = events_named(log_events, "run() raised")
+    assert raised["component"] == "w"
+    assert raised["exc_info"][0] is Cancelled
+
+
+def test_a_run_that_honoured_its_cancelled_token_logs_no_crash(drive, log_events):
+    """A run ending with Cancelled once its own token was cancelled ended as asked."""
+    app = App("honour", shutdown_timeout=5)
+
+    @app.worker(name="w")
+    def w(token: CancelToken) -> None:
+        token.wait(BOUND)
+        token.raise_if_cancelled()
+
+    drive.start(app)
+    assert drive.stop() == ExitCode.OK
+    assert events_named(log_events, "run() raised") == []
+
+
+def test_a_recorded_request_wins_over_a_restart_falling_due_before_its_wake_up(drive):
+    """The control loop learns of a recorded request at its next wake-up, before a restart.
+
+    The request's own wake-up is held back here, as if still on its way; the
+    restart timer's tick is what wakes the loop. No second run may begin.
+    """
+    runs: list[int] = []
+    app = App("race", shutdown_timeout=5)
+
+    @app.worker(
+        name="w",
+        restart=lifecycle.RestartPolicy(
+            "always", max_restarts=5, within=60.0, backoff=0.3, backoff_max=0.3, jitter=0.0
+        ),
+    )
+    def w(token: CancelToken) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("crash: restart in 0.3 s")
+        token.wait(BOUND)
+
+    runner = drive.make(app)
+    runner._wake_for_request = lambda: None  # type: ignore[method-assign]
+    drive._submit(runner.start).result(BOUND)
+    wait_until(lambda: app.components["w"].state is ComponentState.RESTARTING)
+    app.request_shutdown("test")
+    assert drive.wait() == ExitCode.OK
+    assert runs == [1]

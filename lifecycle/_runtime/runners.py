@@ -437,11 +437,21 @@ class _Driver:
         assert run is not None
         now = self.clock()
         actions: list[Action] = []
+        if sched.shutdown_reason is None and run.shutdown_reason is not None:
+            # Recorded, its wake-up still on the way: the shutdown began, and
+            # the scheduler hears of it before anything else this round (a
+            # restart falling due now must not run).
+            actions += self._begin_shutdown(now)
         if event[0] == "done":
             _, name, phase, error = event
-            if self._handles.pop((name, phase), None) is None:
-                return sched.tick(now)  # an abandoned call answered late
-            if error is not None and not (phase == "run" and is_cancellation(error)):
+            handle = self._handles.pop((name, phase), None)
+            if handle is None:
+                return actions + sched.tick(now)  # an abandoned call answered late
+            if error is not None and not (
+                phase == "run" and is_cancellation(error) and handle.source.token.cancelled
+            ):
+                # A run that honoured its cancelled token ended as asked; a
+                # Cancelled on a live token (its own deadline ran out) is a crash.
                 self._rlog.error(
                     f"{phase}() raised",
                     component=name,
@@ -449,26 +459,34 @@ class _Driver:
                     exc_info=(type(error), error, error.__traceback__),
                 )
             if phase == "start":
-                actions = (
+                actions += (
                     sched.start_finished(name, now)
                     if error is None
                     else sched.start_failed(name, now, error)
                 )
             elif phase == "run":
-                actions = sched.run_finished(name, now, error)
+                actions += sched.run_finished(name, now, error)
             else:
-                actions = sched.stop_finished(name, now, error)
+                actions += sched.stop_finished(name, now, error)
         elif event[0] == "shutdown":
-            reason = run.shutdown_reason
-            if reason is not None:
-                actions = sched.request_shutdown(now, reason, requested_at=run.requested_at)
-                # Usually cancelled already, as the app began draining (_log_app);
-                # not when this request was being recorded at that very moment.
-                run.cancel_shutdown_token()
+            if run.shutdown_reason is not None:
+                actions += self._begin_shutdown(now)
         elif event[0] == "signal":
             _, signum, at, repeated = event
             self._log_signal(signum, at, repeated)
         actions += sched.tick(now)
+        return actions
+
+    def _begin_shutdown(self, now: float) -> list[Action]:
+        """Tell the scheduler of the recorded request (idempotent: the first reason wins)."""
+        sched, run = self.scheduler, self._run
+        assert sched is not None
+        assert run is not None
+        assert run.shutdown_reason is not None
+        actions = sched.request_shutdown(now, run.shutdown_reason, requested_at=run.requested_at)
+        # Usually cancelled already, as the app began draining (_log_app);
+        # not when this request was being recorded at that very moment.
+        run.cancel_shutdown_token()
         return actions
 
     def _execute(self, actions: list[Action]) -> None:
