@@ -65,6 +65,7 @@ from ._workers.consumer import ConsumerStats as ConsumerStats
 from ._workers.consumer import Message as Message
 from ._workers.consumer import MessageSource as MessageSource
 from ._workers.consumer import QueueSource as QueueSource
+from ._workers.dedupe import Claim as Claim
 from ._workers.dedupe import Dedupe as Dedupe
 from ._workers.dedupe import MemoryDedupe as MemoryDedupe
 from ._workers.periodic import PeriodicWorker as PeriodicWorker
@@ -95,6 +96,7 @@ __all__ = [
     "CancelSource",
     "CancelToken",
     "Cancelled",
+    "Claim",
     "ComponentInfo",
     "ComponentState",
     "ConfigError",

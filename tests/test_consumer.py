@@ -837,3 +837,284 @@ def test_handler_and_fetch_threads_keep_the_program_signal_mask() -> None:
     program = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
     assert masks == {"fetch": program, "handler": program}
     assert signal.SIGTERM not in masks["handler"]
+
+
+# -- review findings: claims, settling at the stop, what the source confirmed ---------------
+
+
+class Hooked:
+    """Wraps a flavour's recording source: ``ack``/``give_back`` can hold on a gate, raise,
+    or answer how many they took; ``calls`` records (what, ids) in the order they returned."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.inner = setup.source
+        self.calls: list[tuple[str, list[str]]] = []
+        self.entered: list[str] = []
+        self.gate = threading.Event()
+        self.hold: set[str] = set()  # "ack" / "give_back": hold until the gate opens
+        self.raising: set[str] = set()  # "ack" / "give_back": raise ConnectionError
+        self.answer: int | None = None  # what give_back returns (None: as the inner one)
+
+    def _before(self, what: str) -> None:
+        self.entered.append(what)
+        if what in self.raising:
+            raise ConnectionError(f"{what}: broker unreachable")
+
+    async def _hold_async(self, what: str) -> None:
+        end = time.monotonic() + BOUND
+        while what in self.hold and not self.gate.is_set():
+            assert time.monotonic() < end, "the gate never opened"
+            await asyncio.sleep(0.002)
+
+    def fetch(self, limit: int, token: CancelToken) -> Any:
+        return self.inner.fetch(limit, token)
+
+    def _through(self, what: str, messages: Sequence[Message]) -> Any:
+        """Pass ``what`` on to the inner source (held, raising, answering as set)."""
+        self._before(what)
+        if isinstance(self.inner, AsyncRecordingSource):
+            return self._through_async(what, messages)
+        if what in self.hold:
+            assert self.gate.wait(BOUND)
+        getattr(self.inner, what)(messages)
+        return self._after(what, messages)
+
+    async def _through_async(self, what: str, messages: Sequence[Message]) -> Any:
+        await self._hold_async(what)
+        await getattr(self.inner, what)(messages)
+        return self._after(what, messages)
+
+    def _after(self, what: str, messages: Sequence[Message]) -> int | None:
+        self.calls.append((what, [m.id for m in messages]))
+        return self.answer if what == "give_back" else None
+
+    def ack(self, messages: Sequence[Message]) -> Any:
+        return self._through("ack", messages)
+
+    def give_back(self, messages: Sequence[Message]) -> Any:
+        return self._through("give_back", messages)
+
+
+def hooked(flavour: str, n: int, handler: Handler, **kwargs: Any) -> tuple[Setup, Hooked]:
+    """A `Setup` whose consumer goes through a `Hooked` source."""
+    setup = Setup(flavour, n, handler, **kwargs)
+    source = Hooked(setup)
+    if flavour == "sync":
+        setup.consumer = Consumer(source, handler, **kwargs)
+    else:
+        setup.consumer = AsyncConsumer(source, handler.run_async, **kwargs)
+    return setup, source
+
+
+def test_a_redelivery_under_a_live_claim_is_neither_acked_nor_handled(
+    drive: Drive, flavour: str
+) -> None:
+    """A second delivery of a message still being handled is not acked: it follows the first,
+    so when that run fails both go back, and the message is handled (once)."""
+    handler = Handler(hold=lambda m: m.deliveries == 1, fail=lambda m: m.deliveries == 1)
+    setup = Setup(flavour, 0, handler, concurrency=2, dedupe=MemoryDedupe())
+    setup.q.put_nowait(Message("7", {}, deliveries=1))
+    drive.start(app_with(setup))
+    wait_until(lambda: handler.started == ["7"])
+    setup.q.put_nowait(Message("7", {}, deliveries=2))
+    consumer = setup.consumer
+
+    def settled() -> tuple[int, int, int]:
+        stats = consumer.stats()
+        return stats.fetched, stats.buffered, len(consumer._ledger.running)
+
+    wait_until(lambda: settled() == (2, 0, 1))
+    assert setup.source.acked == []  # never acked on a live claim
+    assert (consumer.stats().duplicates, consumer.stats().busy) == (0, 1)
+    handler.gate.set()  # the first run fails: both given back, redelivered
+    wait_until(lambda: consumer.stats().acked == 2)
+    assert drive.stop() == ExitCode.OK
+    assert handler.started == ["7", "7"]
+    assert handler.done == ["7"]
+    assert setup.source.given_back == ["7", "7"]
+    assert setup.source.acked == ["7", "7"]  # handled, then the other one as a duplicate
+    assert setup.remaining() == []
+
+
+def test_a_plain_bool_dedupe_false_still_means_done(drive: Drive) -> None:
+    """A store answering ``claim() -> bool``: False is DONE, acked without handling."""
+
+    class Done:
+        def claim(self, message: Message) -> bool:
+            return message.id != "1"
+
+        def done(self, message: Message) -> None:
+            pass
+
+        def release(self, message: Message) -> None:
+            pass
+
+    handler = Handler()
+    setup = Setup("sync", 3, handler, dedupe=Done())
+    drive.start(app_with(setup))
+    wait_until(lambda: setup.consumer.stats().acked == 3)
+    assert drive.stop() == ExitCode.OK
+    assert sorted(handler.done) == ["0", "2"]
+    assert setup.consumer.stats().duplicates == 1
+
+
+def test_a_give_back_after_the_warning_holds_the_stop_until_it_returns(flavour: str) -> None:
+    """A handler that ends on its cancelled token: the stop returns only after its give_back."""
+    handler = Handler(hold=lambda m: True, honour=True)
+    setup, source = hooked(flavour, 1, handler)
+    source.hold.add("give_back")
+    outcome: list[str] = []
+
+    def in_thread() -> None:
+        consumer = setup.consumer
+        if isinstance(consumer, Consumer):
+            direct = Direct(consumer)
+            wait_until(lambda: handler.started == ["0"])
+            try:
+                direct.stop(timeout=1.0)
+            except DeadlineExceeded:
+                outcome.append("stop raised")
+            return
+
+        async def main() -> None:
+            assert isinstance(consumer, AsyncConsumer)
+            run = CancelSource()
+            task = asyncio.ensure_future(consumer.run(run.token))
+            while handler.started != ["0"]:
+                await asyncio.sleep(0.002)
+            run.cancel("stop phase")
+            await task
+            try:
+                await consumer.stop(CancelSource(timeout=1.0).token)
+            except DeadlineExceeded:
+                outcome.append("stop raised")
+
+        asyncio.run(main())
+
+    stopping = threading.Thread(target=in_thread, daemon=True)
+    stopping.start()
+    wait_until(lambda: "give_back" in source.entered)
+    stopping.join(0.02)  # a stop that does not wait for the give_back returns by now
+    returned_early = not stopping.is_alive()
+    source.gate.set()
+    stopping.join(BOUND)
+    assert not stopping.is_alive()
+    assert not returned_early, "the stop returned while the give_back was in progress"
+    assert source.calls == [("give_back", ["0"])]
+    assert outcome == ["stop raised"]
+    stats = setup.consumer.stats()
+    assert (stats.cut, stats.given_back) == (1, 1)
+
+
+def test_an_ack_still_in_progress_at_the_deadline_is_named_and_times_out(flavour: str) -> None:
+    """A handler that finished but whose ack hangs: the stop names it, DeadlineExceeded."""
+    handler = Handler(hold=lambda m: True)
+    setup, source = hooked(flavour, 1, handler)
+    source.hold.add("ack")
+    errors: list[BaseException] = []
+    consumer = setup.consumer
+    try:
+        if isinstance(consumer, Consumer):
+            direct = Direct(consumer)
+            wait_until(lambda: handler.started == ["0"])
+            handler.gate.set()
+            wait_until(lambda: "ack" in source.entered)
+            try:
+                direct.stop(timeout=0.5)
+            except DeadlineExceeded as error:
+                errors.append(error)
+        else:
+
+            async def main() -> None:
+                assert isinstance(consumer, AsyncConsumer)
+                run = CancelSource()
+                task = asyncio.ensure_future(consumer.run(run.token))
+                while handler.started != ["0"]:
+                    await asyncio.sleep(0.002)
+                handler.gate.set()
+                while "ack" not in source.entered:
+                    await asyncio.sleep(0.002)
+                run.cancel("stop phase")
+                await task
+                try:
+                    await consumer.stop(CancelSource(timeout=0.5).token)
+                except DeadlineExceeded as error:
+                    errors.append(error)
+
+            asyncio.run(main())
+    finally:
+        source.gate.set()
+    (raised,) = errors
+    assert isinstance(raised, DeadlineExceeded)
+    assert len(raised.cut) == 1
+    assert raised.cut[0].startswith("message 0 (delivery 1, ")
+    assert "acking" in raised.cut[0]
+    assert consumer.stats().handled == 1
+
+
+def test_given_back_counts_what_the_source_confirmed(flavour: str) -> None:
+    """give_back answering a count is believed; one that raises gives nothing back, and the
+    cut says so."""
+    handler = Handler(hold=lambda m: True)
+    setup, source = hooked(flavour, 2, handler, concurrency=1, prefetch=1)
+    source.answer = 0  # e.g. another consumer claimed it meanwhile
+    consumer = setup.consumer
+    errors: list[BaseException] = []
+    try:
+        if isinstance(consumer, Consumer):
+            direct = Direct(consumer)
+            wait_until(lambda: handler.started == ["0"] and consumer.stats().buffered == 1)
+            direct.run_source.cancel("stop phase")
+            direct.thread.join(BOUND)
+            source.raising.add("give_back")
+            try:
+                consumer.stop(CancelSource(timeout=0.3).token)
+            except DeadlineExceeded as error:
+                errors.append(error)
+        else:
+
+            async def main() -> None:
+                assert isinstance(consumer, AsyncConsumer)
+                run = CancelSource()
+                task = asyncio.ensure_future(consumer.run(run.token))
+                while not (handler.started == ["0"] and consumer.stats().buffered == 1):
+                    await asyncio.sleep(0.002)
+                run.cancel("stop phase")
+                await task
+                source.raising.add("give_back")
+                try:
+                    await consumer.stop(CancelSource(timeout=0.3).token)
+                except DeadlineExceeded as error:
+                    errors.append(error)
+
+            asyncio.run(main())
+    finally:
+        handler.gate.set()
+    stats = consumer.stats()
+    assert (stats.given_back, stats.cut, stats.source_errors) == (0, 1, 1)
+    (raised,) = errors
+    assert "gave back" not in str(raised)
+    assert "could not give back 1" in str(raised)
+
+
+def test_an_async_consumer_refuses_a_dedupe_that_blocks_its_loop() -> None:
+    """AsyncConsumer takes a MemoryDedupe; a networked sync Dedupe is refused, with the fix."""
+
+    class Store:
+        def claim(self, message: Message) -> bool:
+            return True
+
+        def done(self, message: Message) -> None:
+            pass
+
+        def release(self, message: Message) -> None:
+            pass
+
+    source = AsyncQueueSource(asyncio.Queue())
+
+    async def handle(m: Message) -> None:
+        pass
+
+    AsyncConsumer(source, handle, dedupe=MemoryDedupe())
+    with pytest.raises(TypeError, match=r"AsyncConsumer: dedupe .*Store.*event loop.*Consumer"):
+        AsyncConsumer(source, handle, dedupe=Store())

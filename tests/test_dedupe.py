@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from lifecycle import CancelSource, DeadlineExceeded
 from lifecycle._workers.consumer import Consumer, Message, QueueSource
-from lifecycle._workers.dedupe import Dedupe, MemoryDedupe
+from lifecycle._workers.dedupe import Claim, Dedupe, MemoryDedupe, as_claim
 from tests.fakes import FakeClock
 
 BOUND = 10.0
@@ -260,3 +261,58 @@ def test_a_cut_message_is_released() -> None:
     assert len(dedupe) == 0
     assert dedupe.claim(msg("slow", 2))
     gate.set()
+
+
+def test_claim_has_three_answers_and_only_handle_is_true(clock: FakeClock) -> None:
+    """HANDLE for a free id, BUSY under a live lease, DONE once done; bool() is HANDLE only."""
+    seen = MemoryDedupe(lease=10, clock=clock)
+    assert seen.claim(msg("a")) is Claim.HANDLE
+    assert seen.claim(msg("a", 2)) is Claim.BUSY
+    clock.advance(10)
+    assert seen.claim(msg("a", 3)) is Claim.HANDLE  # the lease ran out
+    seen.done(msg("a"))
+    assert seen.claim(msg("a", 4)) is Claim.DONE
+    assert [bool(c) for c in Claim] == [True, False, False]
+
+
+def test_a_claim_answer_of_another_type_is_refused_with_the_fix() -> None:
+    """as_claim maps bools (True: HANDLE, False: DONE) and names the fix for anything else."""
+    assert (as_claim(True), as_claim(False)) == (Claim.HANDLE, Claim.DONE)
+    with pytest.raises(TypeError, match=r"Claim\.HANDLE, Claim\.DONE or Claim\.BUSY"):
+        as_claim(None)
+
+
+def test_duplicates_while_the_first_runs_keep_the_queue_balanced() -> None:
+    """Deliveries of one id while its handler runs follow it: the queue still drains (join)."""
+    q: queue.Queue[Any] = queue.Queue()
+    gate, started = threading.Event(), threading.Event()
+    effects: list[str] = []
+
+    def handle(m: Message) -> None:
+        started.set()
+        assert gate.wait(BOUND)
+        effects.append(m.id)
+
+    consumer = Consumer(QueueSource(q), handle, dedupe=MemoryDedupe(), concurrency=3)
+    run = CancelSource()
+    thread = threading.Thread(target=consumer.run, args=(run.token,), daemon=True)
+    thread.start()
+    q.put(msg("order-7"))
+    assert started.wait(BOUND)
+    q.put(msg("order-7", 2))
+    q.put(msg("order-7", 3))
+    deadline = time.monotonic() + BOUND
+    while consumer.stats().busy < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    gate.set()
+    drained = threading.Thread(target=q.join, daemon=True)
+    drained.start()
+    drained.join(BOUND)
+    assert not drained.is_alive(), "the queue was not drained"
+    run.cancel("done")
+    thread.join(BOUND)
+    consumer.stop(CancelSource(timeout=5).token)
+    assert effects == ["order-7"]
+    stats = consumer.stats()
+    assert (stats.handled, stats.busy, stats.duplicates, stats.acked) == (1, 2, 0, 3)

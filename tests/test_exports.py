@@ -22,6 +22,7 @@ PUBLIC = {
     "Message",
     "MessageSource",
     "QueueSource",
+    "Claim",
     "Dedupe",
     "MemoryDedupe",
     "ASGIMiddleware",

@@ -18,6 +18,7 @@ import pytest
 
 import lifecycle
 from lifecycle import CancelSource
+from lifecycle._workers.dedupe import Claim
 from tests.redis_server import RedisServer, client, redis_server_or_skip
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
@@ -342,7 +343,7 @@ def test_redis_dedupe_redelivery_after_effect_is_skipped(r):
     a.give_back([msg])  # stands for the death before XACK
     b = StreamSource(r, STREAM, GROUP, "b", block=0.05)
     (again,) = b.fetch(10, live())
-    assert (again.id, dedupe.claim(again)) == (msg.id, False)
+    assert (again.id, dedupe.claim(again)) == (msg.id, Claim.DONE)
     assert dedupe.commit(again, lambda pipe: pipe.incr("total")) is False
     b.ack([again])
     assert (r.get("total"), pending(r)) == ("1", {})
@@ -577,3 +578,78 @@ def test_a_client_of_the_other_kind_is_refused_with_the_twin_named(r):
         lcredis.AsyncStreamSource(r, STREAM, GROUP, "a")
     with pytest.raises(TypeError, match=r"StreamSource: client must be a redis.Redis.*Async"):
         StreamSource(aioredis.Redis(port=1), STREAM, GROUP, "a")
+
+
+def test_give_back_runs_in_chunks_and_answers_what_it_took(r):
+    """A big give_back is several short scripts (Redis is not blocked by one long one), and
+    it answers how many entries it marked."""
+    a = StreamSource(r, STREAM, GROUP, "a", block=0.05)
+    a.fetch(1, live())
+    produce(r, 1201)
+    got = fetch_until(a, 1201, limit=2000)
+    assert a.give_back(got[:1]) == 1  # loads the script
+    before = r.info("commandstats")
+    assert a.give_back(got[1:]) == 1200
+    after = r.info("commandstats")
+
+    def scripts(stats: dict[str, Any]) -> int:
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+    assert scripts(after) - scripts(before) == math.ceil(1200 / lcredis.GIVE_BACK_CHUNK)
+    assert a.stats.given_back == 1201
+    assert a.held == 0
+    r.xclaim(STREAM, GROUP, "b", 0, [got[0].id])  # b owns it now: nothing to give back
+    assert a.give_back(got[:1]) == 0
+
+
+def test_a_fetch_failing_after_a_claim_gives_the_claimed_entries_back(r):
+    """XAUTOCLAIM took entries, then the dead-letter step failed: the claimed entries are given
+    back at once (not left idle-less in this consumer's pending list), and none is acked."""
+    a = StreamSource(r, STREAM, GROUP, "a", block=0.05)
+    a.fetch(1, live())
+    e1, e2 = produce(r, 2)
+    fetch_until(a, 2)
+    r.xclaim(STREAM, GROUP, "a", 0, [e1], idle=10**9)  # a second delivery of e1
+    r.xclaim(STREAM, GROUP, "a", 0, [e2], idle=10**9, justid=True)
+    r.set("orders:dead", "not a stream")  # the dead-letter step fails
+    b = StreamSource(
+        r, STREAM, GROUP, "b", min_idle=60.0, max_deliveries=2, dead_letter="orders:dead"
+    )
+    with pytest.raises(redis.ResponseError, match="orders:dead"):
+        b.fetch(10, live())
+    assert b.held == 0
+    rows = {row["message_id"]: row for row in r.xpending_range(STREAM, GROUP, "-", "+", 10)}
+    assert sorted(rows) == sorted([e1, e2])  # nothing acked, nothing lost
+    assert all(row["time_since_delivered"] >= 10**8 for row in rows.values())  # given back
+
+
+def test_redis_dedupe_answers_done_or_handle(r):
+    """RedisDedupe.claim answers a Claim: HANDLE before the mark exists, DONE after (no lease,
+    so never BUSY: the pending list gives each entry one owner)."""
+    dedupe = RedisDedupe(r, "orders:billing")
+    msg = Message(id="1-0", body={})
+    assert dedupe.claim(msg) is Claim.HANDLE
+    assert dedupe.claim(msg) is Claim.HANDLE
+    dedupe.done(msg)
+    assert dedupe.claim(msg) is Claim.DONE
+
+
+def test_an_async_consumer_refuses_redis_dedupe(r):
+    """RedisDedupe calls Redis synchronously: AsyncConsumer refuses it and names the fix."""
+
+    async def handle(m: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"RedisDedupe.*Consumer"):
+        lifecycle.AsyncConsumer(
+            lifecycle.AsyncQueueSource(asyncio.Queue()),
+            handle,
+            dedupe=RedisDedupe(r, "orders:billing"),
+        )
+
+
+def test_the_async_source_docstring_is_its_own():
+    """AsyncStreamSource documents a redis.asyncio client, not threads sharing a sync one."""
+    doc = lcredis.AsyncStreamSource.__doc__ or ""
+    assert "thread" not in doc
+    assert "redis.asyncio.Redis" in doc

@@ -43,12 +43,24 @@ Outcomes of one message (each counted in `ConsumerStats`):
   (failed, given back); the consumer carries on with the next one. Whether a
   message that keeps failing goes to a dead-letter queue is the source's
   concern (`Message.deliveries` counts its deliveries);
-* `Dedupe.claim` said no: ``ack`` without handling (duplicates);
+* `Dedupe.claim` said ``DONE``: ``ack`` without handling (duplicates);
+* `Dedupe.claim` said ``BUSY`` (another handler holds a live claim on the
+  same id, e.g. a source redelivered it while it runs): dropped from this
+  batch, neither acked nor handled (busy); the holder's ack or give-back
+  settles the message;
 * fetched and not started at the stop: ``give_back`` (given back);
 * still running at the cut, or ended by its cancelled token: ``give_back``
   and named in `DeadlineExceeded` (cut). A cut handler that finishes later
   is neither acked nor given back again: its message is already back in the
   queue, and its ``Dedupe.done`` turns the redelivery into a duplicate.
+
+A handler's ack or give-back counts as in flight until it returns: the stop
+waits for it like for a handler. One still running at the deadline (a broker
+that stopped answering) is named in `DeadlineExceeded` ("still acking"), so
+the exit code says that handled work may run again. The counts are what the
+source confirmed: a ``give_back`` (or ``ack``) that returns an int reports
+how many it took; one that returns None took them all; one that raises took
+none.
 
 A fetch that raises is logged with its stack and retried after a backoff
 (0.05 s, doubling up to 2 s, cut short by the stop): a broker that restarts
@@ -77,7 +89,7 @@ from .._core.errors import DeadlineExceeded, is_cancellation
 from .._core.log import get_logger
 from .._core.threads import user_code_thread
 from .._core.tokens import CancelSource, CancelToken, cancel_in_background, use_token
-from .dedupe import Dedupe
+from .dedupe import Claim, Dedupe, MemoryDedupe, as_claim
 
 __all__ = [
     "CUT_MARGIN",
@@ -164,12 +176,20 @@ class MessageSource(Protocol):
         """
         ...
 
-    def ack(self, messages: Sequence[Message]) -> None:
-        """Handled: never deliver these again."""
+    def ack(self, messages: Sequence[Message]) -> int | None:
+        """Handled: never deliver these again.
+
+        May return how many it acked (counted in `ConsumerStats.acked`);
+        None means all of them.
+        """
         ...
 
-    def give_back(self, messages: Sequence[Message]) -> None:
-        """Not handled (not started, failed or cut): make them available to another consumer."""
+    def give_back(self, messages: Sequence[Message]) -> int | None:
+        """Not handled (not started, failed or cut): make them available to another consumer.
+
+        May return how many it gave back (one another consumer took meanwhile
+        is not); None means all of them.
+        """
         ...
 
 
@@ -186,12 +206,12 @@ class AsyncMessageSource(Protocol):
         """Up to ``limit`` messages; see `MessageSource.fetch`."""
         ...
 
-    async def ack(self, messages: Sequence[Message]) -> None:
-        """Handled: never deliver these again."""
+    async def ack(self, messages: Sequence[Message]) -> int | None:
+        """Handled: never deliver these again (how many, or None: all)."""
         ...
 
-    async def give_back(self, messages: Sequence[Message]) -> None:
-        """Not handled: make them available to another consumer now."""
+    async def give_back(self, messages: Sequence[Message]) -> int | None:
+        """Not handled: make them available to another consumer now (how many, or None: all)."""
         ...
 
 
@@ -203,14 +223,16 @@ class ConsumerStats:
         fetched: messages the source delivered.
         handled: handler calls that returned.
         failed: handler calls that raised (given back), cut ones excluded.
-        duplicates: messages `Dedupe.claim` refused (acked, not handled).
+        duplicates: messages `Dedupe.claim` found done (acked, not handled).
         acked: messages acknowledged (handled and duplicates).
-        given_back: messages given back (not started, failed, cut).
+        given_back: messages the source confirmed given back (not started, failed, cut).
         cut: messages cut at the stop deadline (given back, named).
         in_flight: handlers running now.
         buffered: messages fetched and not started now.
         fetch_errors: fetches that raised.
         source_errors: ``ack``/``give_back``/dedupe calls that raised (logged).
+        busy: deliveries `Dedupe.claim` found held by another live claim
+            (dropped: neither acked nor handled; the holder settles them).
 
     Example::
 
@@ -229,6 +251,7 @@ class ConsumerStats:
     buffered: int = 0
     fetch_errors: int = 0
     source_errors: int = 0
+    busy: int = 0
 
 
 # -- the part both consumers share: sans-I/O bookkeeping under one lock -------------------
@@ -248,7 +271,7 @@ def _stop_times(now: float, deadline: float | None) -> tuple[float, float] | tup
     return deadline - to_cut - to_answer, deadline - to_cut
 
 
-_State = Literal["running", "settling", "cut"]
+_State = Literal["running", "acking", "giving back", "cut"]
 
 
 @attrs.define(eq=False)
@@ -258,11 +281,21 @@ class _Job:
     message: Message
     began: float
     source: CancelSource
-    # running: the handler runs; settling: it ended, ack/give_back in progress;
+    # running: the handler runs; acking / giving back: it ended, that call is in
+    # progress (the job stays in the ledger's running until the call returns);
     # cut: the stop gave it back (whatever the handler does later is ignored).
     state: _State = "running"
     warned: bool = False  # its token was cancelled by the stop's warning
+    cut: bool = False  # ended by that warning: counted and named as cut
+    # Later deliveries of the same id that `Dedupe.claim` found BUSY under this job's claim:
+    # settled with it (acked with it, or given back with it). Only appended to under the
+    # ledger's lock while state == "running", so fixed once the job ended.
+    followers: list[Message] = attrs.field(factory=list)
     task: asyncio.Task[None] | None = None
+
+    def batch(self) -> list[Message]:
+        """Its message and its followers: what its ack or give_back sends."""
+        return [self.message, *self.followers]
 
     def label(self, now: float) -> str:
         return (
@@ -271,8 +304,12 @@ class _Job:
         )
 
 
-Outcome = Literal["handled", "failed", "duplicate", "cancelled"]
-"""How a handler call ended; ``cancelled``: its asyncio task was cancelled from outside."""
+Outcome = Literal["handled", "failed", "duplicate", "busy", "cancelled"]
+"""How a handler call ended; ``cancelled``: its asyncio task was cancelled from outside;
+``duplicate`` / ``busy``: `Dedupe.claim` answered DONE / BUSY (the handler did not run)."""
+
+_Next = Literal["ack", "give_back", "drop", "late"]
+"""What follows the end of a handler (`_Ledger.ended`); ``late``: the stop cut it already."""
 
 
 class _Ledger:
@@ -281,8 +318,11 @@ class _Ledger:
     Invariants (under ``lock``):
 
     * a message fetched is in exactly one place: ``buffer`` (not started),
-      ``running`` (taken by a handler), or handed to exactly one of ack /
-      give_back by the method that removed it from there;
+      ``running`` (taken by a handler, or its ack / give_back in progress),
+      handed to exactly one of ack / give_back by the method that removed it
+      from there, or dropped as ``busy``: then it follows the job of this
+      consumer that holds the same id (settled with it), or, held by another
+      consumer, it is left to that holder;
     * once ``stopping``, nothing enters ``buffer`` or ``running``;
     * ``len(running) <= concurrency`` and ``len(buffer) + len(running) <=
       concurrency + prefetch``, except that one fetch may overshoot its
@@ -319,6 +359,7 @@ class _Ledger:
                 buffered=len(self.buffer),
                 fetch_errors=c["fetch_errors"],
                 source_errors=c["source_errors"],
+                busy=c["busy"],
             )
 
     def room(self) -> int:
@@ -358,30 +399,68 @@ class _Ledger:
             self.notify()
             return rest
 
-    def ended(self, job: _Job, outcome: Outcome, now: float) -> bool:
-        """The handler of ``job`` ended; False if the stop cut it already (do nothing more)."""
+    def ended(self, job: _Job, outcome: Outcome, now: float) -> _Next:
+        """The handler of ``job`` ended: what to do with its message."""
         with self.lock:
             if job.state == "cut":
-                return False
-            if outcome in ("failed", "cancelled") and job.warned:
-                # Ended by the stop's warning (or failed after it): given back and named.
-                job.state = "cut"
+                return "late"
+            if outcome == "busy":
+                self.counts["busy"] += 1
                 self.running.pop(id(job), None)
-                self.counts["cut"] += 1
-                self.cut_labels.append(job.label(now))
+                holder = next(
+                    (
+                        j
+                        for j in self.running.values()
+                        if j.message.id == job.message.id and j.state == "running"
+                    ),
+                    None,
+                )
+                if holder is not None:
+                    # Settled with the holder: acked if it is, given back if it is.
+                    holder.followers.append(job.message)
                 self.notify()
-                return True
-            job.state = "settling"
+                return "drop"
+            if outcome in ("failed", "cancelled"):
+                if job.warned:
+                    # Ended by the stop's warning (or failed after it): cut and named.
+                    job.cut = True
+                    self.counts["cut"] += 1
+                    self.cut_labels.append(job.label(now))
+                else:
+                    self.counts[outcome] += 1
+                job.state = "giving back"
+                return "give_back"
             self.counts["duplicates" if outcome == "duplicate" else outcome] += 1
-            return True
+            job.state = "acking"
+            return "ack"
 
     def settled(self, job: _Job, acked: int, given_back: int) -> None:
-        """The ack or give_back of ``job`` returned."""
+        """The ack or give_back of ``job`` returned (``acked``/``given_back``: confirmed)."""
         with self.lock:
             self.counts["acked"] += acked
             self.counts["given_back"] += given_back
+            if job.cut and not given_back:
+                self.counts["cut_kept"] += 1
             self.running.pop(id(job), None)
             self.notify()
+
+    def cut_given(self, cut: int, given: int) -> None:
+        """The give_back of ``cut`` messages cut by the stop took ``given`` of them."""
+        with self.lock:
+            self.counts["cut_kept"] += max(cut - given, 0)
+
+    def unsettled(self, now: float) -> tuple[list[str], int]:
+        """(labels, kept): what the stop could not settle by its deadline.
+
+        The labels name the jobs whose ack or give_back has not returned and
+        that are not named as cut already; kept counts the cut messages the
+        source did not take back (its give_back raised, answered fewer, or
+        has not returned).
+        """
+        with self.lock:
+            jobs = [j for j in self.running.values() if j.state in ("acking", "giving back")]
+            labels = [f"{j.label(now)} still {j.state}" for j in jobs if not j.cut]
+            return labels, self.counts["cut_kept"] + sum(1 for j in jobs if j.cut)
 
     def count(self, what: str, n: int = 1) -> None:
         with self.lock:
@@ -413,9 +492,36 @@ class _Ledger:
             return jobs
 
 
-def _messages_cut(component: str, cut: list[str]) -> DeadlineExceeded:
-    """`DeadlineExceeded` for messages cut, its message worded for messages."""
-    return DeadlineExceeded(component, cut, what="gave back {n} unfinished message(s)")
+def _messages_cut(
+    component: str, cut: list[str], unsettled: list[str], kept: int
+) -> DeadlineExceeded:
+    """`DeadlineExceeded` for messages cut or left unsettled, worded for what happened."""
+    if not unsettled and not kept:
+        return DeadlineExceeded(component, cut, what="gave back {n} unfinished message(s)")
+    parts = []
+    if len(cut) > kept:
+        parts.append(f"gave back {len(cut) - kept} unfinished message(s)")
+    if kept:
+        parts.append(
+            f"could not give back {kept} unfinished message(s) (pending in the source "
+            f"until it redelivers them)"
+        )
+    if unsettled:
+        parts.append(
+            f"left {len(unsettled)} message(s) still acking or giving back (they may run again)"
+        )
+    return DeadlineExceeded(component, cut + unsettled, what="; ".join(parts))
+
+
+_RAISED: Final = object()
+"""The answer of an ``ack``/``give_back`` that raised (logged where it is counted)."""
+
+
+def _confirmed(answer: object, asked: int) -> int:
+    """How many of ``asked`` messages an ``ack``/``give_back`` took: an int answer, or all."""
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        return max(0, min(answer, asked))
+    return asked
 
 
 def _check(concurrency: object, prefetch: object, max_fetch_failures: object) -> None:
@@ -468,6 +574,8 @@ class _Base:
         self.max_fetch_failures = max_fetch_failures
         self._ledger = _Ledger(concurrency, self.prefetch, notify)
         self._fatal: BaseException | None = None
+        self._jobs_source = CancelSource()  # the parent of every message's token
+        self._fetch_source: CancelSource | None = None
 
     def stats(self) -> ConsumerStats:
         """A snapshot of the counts (`ConsumerStats`), safe to call from any thread."""
@@ -478,12 +586,15 @@ class _Base:
         """The most handlers that ever ran at once (never above ``concurrency``)."""
         return self._ledger.peak
 
-    def _claim(self, message: Message) -> bool | None:
-        """`Dedupe.claim`; None if it raised (logged: the message is given back)."""
+    def _skip(self, message: Message) -> Outcome | None:
+        """`Dedupe.claim`'s verdict: None to run the handler, else the outcome without it.
+
+        A claim that raises (logged) counts as failed: the message is given back.
+        """
         if self.dedupe is None:
-            return True
+            return None
         try:
-            return self.dedupe.claim(message)
+            claim = as_claim(self.dedupe.claim(message))
         except Exception:  # noqa: BLE001 - a failing store must not stop the consumer
             self._ledger.count("source_errors")
             _log.exception(
@@ -491,7 +602,36 @@ class _Base:
                 component=self.name,
                 message=message.id,
             )
+            return "failed"
+        if claim is Claim.DONE:
+            return "duplicate"
+        if claim is Claim.BUSY:
+            return "busy"
+        return None
+
+    def _decide(
+        self, job: _Job, outcome: Outcome, error: BaseException | None
+    ) -> Literal["ack", "give_back"] | None:
+        """Record the end of ``job``'s handler: what the driver sends for it, if anything."""
+        message = job.message
+        follow = self._ledger.ended(job, outcome, time.monotonic())
+        if follow == "late":
+            # Cut: given back already. Record the effect if it happened after all.
+            if outcome == "handled":
+                self._dedupe_call("done", message)
+            elif outcome in ("failed", "cancelled"):
+                self._dedupe_call("release", message)
             return None
+        if follow == "drop":
+            return None  # the live claim is another job's: it settles the message
+        if follow == "give_back":
+            if error is not None and not job.cut:
+                self._log_failure(job, error)
+            self._dedupe_call("release", message)
+            return "give_back"
+        if outcome == "handled":
+            self._dedupe_call("done", message)
+        return "ack"
 
     def _dedupe_call(self, what: Literal["done", "release"], message: Message) -> None:
         if self.dedupe is None:
@@ -537,15 +677,9 @@ class _Base:
             self._fatal = error
         return last
 
-    def _log_cut(self, jobs: list[_Job]) -> None:
-        labels = self._ledger.cut_labels
-        _log.error(
-            "messages cut at the stop deadline; given back",
-            component=self.name,
-            count=len(labels),
-            cut=labels[:LOG_CUT_LIMIT],
-            hint="raise the stop_timeout, or make the handler honour lifecycle.current_token()",
-        )
+    def _warn_fetching(self, hint: str) -> None:
+        if self._ledger.fetching:
+            _log.warning("fetch still running at the stop deadline", component=self.name, hint=hint)
 
     def _idle(self, began: float) -> Callable[[], bool]:
         """What a stop waits for: no handler in flight, and the fetcher ended or out of grace."""
@@ -557,9 +691,87 @@ class _Base:
 
         return idle
 
-    def _finish_stop(self) -> None:
-        if self._ledger.cut_labels:
-            raise _messages_cut(self.name, list(self._ledger.cut_labels))
+    def _begin_run(self, token: CancelToken) -> CancelSource:
+        """Mark the consumer started (once only); the fetcher's cancel source, under ``token``."""
+        ledger = self._ledger
+        with ledger.lock:
+            if ledger.started:
+                raise RuntimeError(
+                    f"{self.name!r} ran already; a consumer runs once: make a new one"
+                )
+            ledger.started = True
+            ledger.fetching = True
+        self._fetch_source = CancelSource(token)
+        return self._fetch_source
+
+    def _take_buffer(self) -> list[Message]:
+        """Stop taking in: what was fetched and not started, to give back (logged)."""
+        rest = self._ledger.begin_stop()
+        if rest:
+            _log.info("given back, not started", component=self.name, count=len(rest))
+        return rest
+
+    def _take_in(self, batch: Sequence[Message]) -> list[Message]:
+        """Take in a fetched batch; what arrived after the stop began, to give back (logged)."""
+        late = self._ledger.fetched(batch)
+        if late:
+            _log.info("given back, fetched after the stop", component=self.name, count=len(late))
+        return late
+
+    def _cancel_fetch(self) -> None:
+        if self._fetch_source is not None:
+            self._fetch_source.cancel("consumer stopping")
+
+    def _stop_plan(
+        self, token: CancelToken
+    ) -> tuple[float | None, float | None, Callable[[], bool]]:
+        """(warn at, cut at, what the stop waits for), from now and ``token``'s deadline."""
+        began = time.monotonic()
+        warn_at, cut_at = _stop_times(began, token.deadline)
+        return warn_at, cut_at, self._idle(began)
+
+    def _given(self, messages: Sequence[Message], job: _Job | None, answer: object) -> int:
+        """Count what a give_back took (`_RAISED`: it raised); that count."""
+        given = 0 if answer is _RAISED else _confirmed(answer, len(messages))
+        if job is not None:
+            self._ledger.settled(job, 0, given)
+        else:
+            self._ledger.count("given_back", given)
+        return given
+
+    def _acked(self, job: _Job, answer: object) -> None:
+        """Count what an ack took (`_RAISED`: it raised)."""
+        acked = 0 if answer is _RAISED else _confirmed(answer, len(job.batch()))
+        self._ledger.settled(job, acked, 0)
+
+    def _finish_stop(self, unsettled: tuple[list[str], int]) -> None:
+        """Log and raise what the stop cut or could not settle (``_Ledger.unsettled``)."""
+        labels, kept = unsettled
+        cut = list(self._ledger.cut_labels)
+        if not cut and not labels:
+            return
+        hint = "raise the stop_timeout, or make the handler honour lifecycle.current_token()"
+        if not labels and not kept:
+            _log.error(
+                "messages cut at the stop deadline; given back",
+                component=self.name,
+                count=len(cut),
+                cut=cut[:LOG_CUT_LIMIT],
+                hint=hint,
+            )
+        else:
+            _log.error(
+                "messages cut or unsettled at the stop deadline",
+                component=self.name,
+                count=len(cut) + len(labels),
+                cut=cut[:LOG_CUT_LIMIT],
+                given_back=max(len(cut) - kept, 0),
+                not_given_back=kept,
+                unsettled=labels[:LOG_CUT_LIMIT],
+                hint=f"{hint}; an ack or give_back that did not return is pending in the "
+                f"source: it redelivers those messages later",
+            )
+        raise _messages_cut(self.name, cut, labels, kept)
 
 
 # -- the threaded consumer ---------------------------------------------------------------
@@ -624,8 +836,6 @@ class Consumer(_Base):
         # The ledger's lock is the condition's: a wait sees every change.
         self._cond = threading.Condition(self._ledger.lock)
         self.source = source
-        self._jobs_source = CancelSource()  # the parent of every message's token
-        self._fetch_source: CancelSource | None = None
         self._threads: list[threading.Thread] = []
 
     def __repr__(self) -> str:
@@ -657,16 +867,7 @@ class Consumer(_Base):
             RuntimeError: the consumer ran already (a consumer runs once).
             Exception: the last fetch error, after ``max_fetch_failures`` in a row.
         """
-        ledger = self._ledger
-        with ledger.lock:
-            if ledger.started:
-                raise RuntimeError(
-                    f"{self.name!r} ran already; a consumer runs once: make a new one"
-                )
-            ledger.started = True
-            ledger.fetching = True
-        fetch = CancelSource(token)
-        self._fetch_source = fetch
+        fetch = self._begin_run(token)
         threads = [threading.Thread(target=user_code_thread(self._fetch_loop), daemon=True)]
         threads[0].name = f"lifecycle:{self.name}.fetch"
         for i in range(self.concurrency):
@@ -690,22 +891,28 @@ class Consumer(_Base):
         return fetch is not None and fetch.token.cancelled
 
     def _give_back_buffer(self) -> None:
-        rest = self._ledger.begin_stop()
+        rest = self._take_buffer()
         if rest:
-            _log.info("given back, not started", component=self.name, count=len(rest))
             self._give_back(rest)
 
-    def _give_back(self, messages: Sequence[Message], job: _Job | None = None) -> None:
-        given = 0
+    def _give_back(self, messages: Sequence[Message], job: _Job | None = None) -> int:
+        """Give ``messages`` back; how many the source confirmed (counted)."""
+        answer: object
         try:
-            self.source.give_back(messages)
-            given = len(messages)
+            answer = self.source.give_back(messages)
         except Exception:  # noqa: BLE001 - logged; the source redelivers them later
             self._log_source_error("give_back", messages)
-        if job is not None:
-            self._ledger.settled(job, 0, given)
-        else:
-            self._ledger.count("given_back", given)
+            answer = _RAISED
+        return self._given(messages, job, answer)
+
+    def _ack(self, job: _Job) -> None:
+        answer: object
+        try:
+            answer = self.source.ack(job.batch())
+        except Exception:  # noqa: BLE001 - logged; the source redelivers it
+            self._log_source_error("ack", job.batch())
+            answer = _RAISED
+        self._acked(job, answer)
 
     def _fetch_loop(self) -> None:
         ledger = self._ledger
@@ -733,11 +940,8 @@ class Consumer(_Base):
                     fetch.token.wait(_backoff(failures))
                     continue
                 failures = 0
-                late = ledger.fetched(batch)
+                late = self._take_in(batch)
                 if late:
-                    _log.info(
-                        "given back, fetched after the stop", component=self.name, count=len(late)
-                    )
                     self._give_back(late)
         finally:
             with ledger.lock:
@@ -760,48 +964,23 @@ class Consumer(_Base):
                 job.source.close()
 
     def _process(self, job: _Job) -> None:
-        message = job.message
-        claimed = self._claim(message)
         error: BaseException | None = None
-        outcome: Outcome
-        if claimed is None:
-            outcome = "failed"
-        elif not claimed:
-            outcome = "duplicate"
-        else:
+        outcome = self._skip(job.message)
+        if outcome is None:
             try:
                 with use_token(job.source.token):
-                    self.handler(message)
+                    self.handler(job.message)
                 outcome = "handled"
             except BaseException as exc:  # noqa: BLE001 - counted, logged, given back
                 error, outcome = exc, "failed"
         self._settle(job, outcome, error)
 
     def _settle(self, job: _Job, outcome: Outcome, error: BaseException | None) -> None:
-        message = job.message
-        if not self._ledger.ended(job, outcome, time.monotonic()):
-            # Cut: given back already. Record the effect if it happened after all.
-            self._dedupe_call("done" if outcome == "handled" else "release", message)
-            return
-        if job.state == "cut":  # ended by the stop's warning: given back, named
-            self._dedupe_call("release", message)
-            self._give_back([message])
-            return
-        if outcome == "failed":
-            if error is not None:
-                self._log_failure(job, error)
-            self._dedupe_call("release", message)
-            self._give_back([message], job)
-            return
-        if outcome == "handled":
-            self._dedupe_call("done", message)
-        acked = 0
-        try:
-            self.source.ack([message])
-            acked = 1
-        except Exception:  # noqa: BLE001 - logged; the source redelivers it
-            self._log_source_error("ack", [message])
-        self._ledger.settled(job, acked, 0)
+        then = self._decide(job, outcome, error)
+        if then == "ack":
+            self._ack(job)
+        elif then == "give_back":
+            self._give_back(job.batch(), job)
 
     # -- stop ------------------------------------------------------------------
 
@@ -815,13 +994,9 @@ class Consumer(_Base):
         ledger = self._ledger
         if not ledger.started:
             return
-        fetch = self._fetch_source
-        if fetch is not None:
-            fetch.cancel("consumer stopping")
+        self._cancel_fetch()
         self._give_back_buffer()
-        began = time.monotonic()
-        warn_at, cut_at = _stop_times(began, token.deadline)
-        idle = self._idle(began)
+        warn_at, cut_at, idle = self._stop_plan(token)
         with ledger.lock:
             done = self._wait(idle, warn_at)
         if not done and ledger.busy():
@@ -834,21 +1009,16 @@ class Consumer(_Base):
             for job in cut:
                 cancel_in_background(job.source, "stop deadline")
                 self._dedupe_call("release", job.message)
-            self._give_back([job.message for job in cut])
+            ledger.cut_given(len(cut), self._give_back([m for job in cut for m in job.batch()]))
         if ledger.busy() and cut_at is not None and token.deadline is not None:
             # An ack or give_back in progress: half-way from the cut to the deadline.
             with ledger.lock:
                 self._wait(lambda: not ledger.running, (cut_at + token.deadline) / 2)
-        if ledger.fetching:
-            _log.warning(
-                "fetch still running at the stop deadline",
-                component=self.name,
-                hint="a fetch must return within about a second once its token is "
-                "cancelled; what it returns is given back while the process lives",
-            )
-        if cut or ledger.cut_labels:
-            self._log_cut(cut)
-        self._finish_stop()
+        self._warn_fetching(
+            "a fetch must return within about a second once its token is "
+            "cancelled; what it returns is given back while the process lives"
+        )
+        self._finish_stop(ledger.unsettled(time.monotonic()))
 
 
 # -- the asyncio consumer -----------------------------------------------------------------
@@ -889,7 +1059,10 @@ class AsyncConsumer(_Base):
 
     The same arguments, sequence and counts as `Consumer`; ``run`` and
     ``stop`` are coroutines (so ``lifecycle.run`` picks the asyncio runner).
-    At the cut the handler tasks still running are also cancelled.
+    At the cut the handler tasks still running are also cancelled. Its
+    ``dedupe`` must be a `MemoryDedupe`: a store's calls run on the loop, and
+    one that waits on the network would hold the loop and the stop (a
+    ``TypeError`` says so).
 
     Example::
 
@@ -927,6 +1100,14 @@ class AsyncConsumer(_Base):
         name: str | None = None,
         max_fetch_failures: int | None = None,
     ) -> None:
+        if dedupe is not None and not isinstance(dedupe, MemoryDedupe):
+            raise TypeError(
+                f"AsyncConsumer: dedupe must be a MemoryDedupe, got {type(dedupe).__name__}: "
+                f"its claim/done/release run on the event loop, and a store that waits on "
+                f"the network (RedisDedupe) blocks the loop, and with it the stop, while it "
+                f"is slow or stalled; use Consumer (threads) with that store, or leave "
+                f"dedupe unset and check the mark from the handler with an async client"
+            )
         self._signal = _Signal()
         super().__init__(
             handler,
@@ -939,8 +1120,6 @@ class AsyncConsumer(_Base):
         )
         self.source = source
         self.async_handler = handler
-        self._jobs_source = CancelSource()
-        self._fetch_source: CancelSource | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -948,16 +1127,7 @@ class AsyncConsumer(_Base):
 
     async def run(self, token: CancelToken) -> None:
         """As `Consumer.run`, on the running loop."""
-        ledger = self._ledger
-        with ledger.lock:
-            if ledger.started:
-                raise RuntimeError(
-                    f"{self.name!r} ran already; a consumer runs once: make a new one"
-                )
-            ledger.started = True
-            ledger.fetching = True
-        fetch = CancelSource(token)
-        self._fetch_source = fetch
+        fetch = self._begin_run(token)
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._fetch_loop(), name=f"lifecycle:{self.name}.fetch")]
         tasks += [
@@ -977,22 +1147,28 @@ class AsyncConsumer(_Base):
             raise self._fatal
 
     async def _give_back_buffer(self) -> None:
-        rest = self._ledger.begin_stop()
+        rest = self._take_buffer()
         if rest:
-            _log.info("given back, not started", component=self.name, count=len(rest))
             await self._give_back(rest)
 
-    async def _give_back(self, messages: Sequence[Message], job: _Job | None = None) -> None:
-        given = 0
+    async def _give_back(self, messages: Sequence[Message], job: _Job | None = None) -> int:
+        """Give ``messages`` back; how many the source confirmed (counted)."""
+        answer: object
         try:
-            await self.source.give_back(messages)
-            given = len(messages)
+            answer = await self.source.give_back(messages)
         except Exception:  # noqa: BLE001 - logged; the source redelivers them later
             self._log_source_error("give_back", messages)
-        if job is not None:
-            self._ledger.settled(job, 0, given)
-        else:
-            self._ledger.count("given_back", given)
+            answer = _RAISED
+        return self._given(messages, job, answer)
+
+    async def _ack(self, job: _Job) -> None:
+        answer: object
+        try:
+            answer = await self.source.ack(job.batch())
+        except Exception:  # noqa: BLE001 - logged; the source redelivers it
+            self._log_source_error("ack", job.batch())
+            answer = _RAISED
+        self._acked(job, answer)
 
     async def _fetch_loop(self) -> None:
         ledger = self._ledger
@@ -1017,11 +1193,8 @@ class AsyncConsumer(_Base):
                     await fetch.token.wait_async(_backoff(failures))
                     continue
                 failures = 0
-                late = ledger.fetched(batch)
+                late = self._take_in(batch)
                 if late:
-                    _log.info(
-                        "given back, fetched after the stop", component=self.name, count=len(late)
-                    )
                     await self._give_back(late)
         finally:
             with ledger.lock:
@@ -1046,14 +1219,9 @@ class AsyncConsumer(_Base):
 
     async def _process(self, job: _Job) -> None:
         message = job.message
-        claimed = self._claim(message)
         error: BaseException | None = None
-        outcome: Outcome
-        if claimed is None:
-            outcome = "failed"
-        elif not claimed:
-            outcome = "duplicate"
-        else:
+        outcome = self._skip(message)
+        if outcome is None:
             try:
                 with use_token(job.source.token):
                     await self.async_handler(message)
@@ -1076,29 +1244,11 @@ class AsyncConsumer(_Base):
         await self._settle(job, outcome, error)
 
     async def _settle(self, job: _Job, outcome: Outcome, error: BaseException | None) -> None:
-        message = job.message
-        if not self._ledger.ended(job, outcome, time.monotonic()):
-            self._dedupe_call("done" if outcome == "handled" else "release", message)
-            return
-        if job.state == "cut":
-            self._dedupe_call("release", message)
-            await self._give_back([message])
-            return
-        if outcome in ("failed", "cancelled"):
-            if error is not None:
-                self._log_failure(job, error)
-            self._dedupe_call("release", message)
-            await self._give_back([message], job)
-            return
-        if outcome == "handled":
-            self._dedupe_call("done", message)
-        acked = 0
-        try:
-            await self.source.ack([message])
-            acked = 1
-        except Exception:  # noqa: BLE001 - logged; the source redelivers it
-            self._log_source_error("ack", [message])
-        self._ledger.settled(job, acked, 0)
+        then = self._decide(job, outcome, error)
+        if then == "ack":
+            await self._ack(job)
+        elif then == "give_back":
+            await self._give_back(job.batch(), job)
 
     async def _end_tasks(self, token: CancelToken) -> None:
         """Cancel the consumer's tasks still alive (a fetch that overran) and wait, bounded."""
@@ -1116,13 +1266,9 @@ class AsyncConsumer(_Base):
         ledger = self._ledger
         if not ledger.started:
             return
-        fetch = self._fetch_source
-        if fetch is not None:
-            fetch.cancel("consumer stopping")
+        self._cancel_fetch()
         await self._give_back_buffer()
-        began = time.monotonic()
-        warn_at, cut_at = _stop_times(began, token.deadline)
-        idle = self._idle(began)
+        warn_at, cut_at, idle = self._stop_plan(token)
         done = await self._signal.wait(idle, warn_at)
         if not done and ledger.busy():
             for job in ledger.warn():
@@ -1137,24 +1283,22 @@ class AsyncConsumer(_Base):
                 if job.task is not None:
                     job.task.cancel()
                     tasks.append(job.task)
-            await self._give_back([job.message for job in cut])
+            batch = [m for job in cut for m in job.batch()]
+            ledger.cut_given(len(cut), await self._give_back(batch))
             left = None if token.deadline is None else token.deadline - time.monotonic()
             if tasks and (left is None or left > 0):
                 await asyncio.wait(tasks, timeout=WAKE if left is None else min(WAKE, left / 2))
         if ledger.busy() and cut_at is not None and token.deadline is not None:
             await self._signal.wait(lambda: not ledger.running, (cut_at + token.deadline) / 2)
-        if ledger.fetching:
-            _log.warning(
-                "fetch still running at the stop deadline",
-                component=self.name,
-                hint="a fetch must return within about a second once its token is "
-                "cancelled; it is cancelled now, and what it had fetched stays pending "
-                "in the source until it redelivers it",
-            )
+        self._warn_fetching(
+            "a fetch must return within about a second once its token is "
+            "cancelled; it is cancelled now, and what it had fetched stays pending "
+            "in the source until it redelivers it"
+        )
+        # Read before the tasks are cancelled: an ack cancelled now never returns.
+        unsettled = ledger.unsettled(time.monotonic())
         await self._end_tasks(token)
-        if cut or ledger.cut_labels:
-            self._log_cut(cut)
-        self._finish_stop()
+        self._finish_stop(unsettled)
 
 
 # -- in-process sources --------------------------------------------------------------------

@@ -5,9 +5,13 @@ deadline, or died, or whose ack was lost, is delivered again. A handler
 whose effect must happen once (charge a card, send a mail) claims the
 message's id before it acts and records it as done after:
 
-* ``claim(m)`` → True: handle it (first delivery, or the earlier claim was
-  released or its lease ran out); False: done already, or being handled
-  under a live claim: the consumer acks it without handling (a duplicate).
+* ``claim(m)`` → one of three answers (`Claim`): ``HANDLE`` (first
+  delivery, or the earlier claim was released or its lease ran out);
+  ``DONE`` (it took effect already: the consumer acks it without handling,
+  a duplicate); ``BUSY`` (another handler holds a live claim on it: the
+  consumer neither acks nor handles this delivery, and the holder's ack or
+  give-back settles the message). Acking a ``BUSY`` delivery would lose the
+  message whenever the holder then fails: nothing would bring it back.
 * ``done(m)``: the effect happened; the id is remembered (a bounded store).
 * ``release(m)``: the handler failed or was cut; a redelivery handles it.
 
@@ -27,6 +31,7 @@ Added in 0.3.
 from __future__ import annotations
 
 import collections
+import enum
 import threading
 import time
 from collections.abc import Callable
@@ -35,13 +40,53 @@ from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from .consumer import Message
 
-__all__ = ["Dedupe", "MemoryDedupe"]
+__all__ = ["Claim", "Dedupe", "MemoryDedupe"]
 
 DEFAULT_CAPACITY: Final = 100_000
 """Ids a `MemoryDedupe` remembers as done by default (about 10 MB of short ids)."""
 
 DEFAULT_LEASE: Final = 300.0
 """Seconds a claim of a `MemoryDedupe` holds by default."""
+
+
+class Claim(enum.Enum):
+    """What `Dedupe.claim` says about one delivery of a message.
+
+    Only ``HANDLE`` is true, so code written for ``claim() -> bool``
+    (``if dedupe.claim(m): ...``) keeps working. A store that answers a
+    plain bool means ``True`` = ``HANDLE`` and ``False`` = ``DONE``: such a
+    store must not answer False for a live claim (answer ``BUSY``).
+
+    Example::
+
+        seen = MemoryDedupe()
+        m = Message("1", "body")
+        assert seen.claim(m) is Claim.HANDLE
+        assert seen.claim(m) is Claim.BUSY      # its handler still runs
+        seen.done(m)
+        assert seen.claim(m) is Claim.DONE and not seen.claim(m)
+
+    Added in 0.3.
+    """
+
+    HANDLE = "handle"  # nobody holds it and it is not done: run the handler
+    DONE = "done"  # took effect already: ack without handling (a duplicate)
+    BUSY = "busy"  # a live claim holds it: neither ack nor handle; the holder settles it
+
+    def __bool__(self) -> bool:
+        return self is Claim.HANDLE
+
+
+def as_claim(answer: object) -> Claim:
+    """A `Dedupe.claim` answer as a `Claim` (``True``: HANDLE, ``False``: DONE)."""
+    if isinstance(answer, Claim):
+        return answer
+    if isinstance(answer, bool):
+        return Claim.HANDLE if answer else Claim.DONE
+    raise TypeError(
+        f"Dedupe.claim must return a lifecycle Claim (or a bool), got {answer!r}; "
+        f"return Claim.HANDLE, Claim.DONE or Claim.BUSY"
+    )
 
 
 @runtime_checkable
@@ -56,8 +101,14 @@ class Dedupe(Protocol):
         assert isinstance(MemoryDedupe(), Dedupe)
     """
 
-    def claim(self, message: Message) -> bool:
-        """True: handle it. False: done already, or claimed under a live lease: ack it."""
+    def claim(self, message: Message) -> Claim | bool:
+        """`Claim.HANDLE`: handle it; ``DONE``: ack it unhandled; ``BUSY``: leave it be.
+
+        ``BUSY`` is for a delivery that another handler holds under a live
+        claim: the consumer drops it from its batch without acking it, and
+        the holder settles the message. A plain ``True``/``False`` answer
+        means ``HANDLE``/``DONE``.
+        """
         ...
 
     def done(self, message: Message) -> None:
@@ -84,10 +135,10 @@ class MemoryDedupe:
 
         seen = MemoryDedupe(capacity=2)
         m = Message("1", "body")
-        assert seen.claim(m)          # first delivery: handle it
-        assert not seen.claim(m)      # a redelivery while it runs: skip
+        assert seen.claim(m)                  # first delivery: handle it
+        assert seen.claim(m) is Claim.BUSY    # a redelivery while it runs: leave it
         seen.done(m)
-        assert not seen.claim(m)      # done: skip
+        assert seen.claim(m) is Claim.DONE    # done: ack it, unhandled
         n = Message("2", "body")
         assert seen.claim(n)
         seen.release(n)               # the handler failed
@@ -131,23 +182,23 @@ class MemoryDedupe:
         """How many claims are held (expired ones included until they are swept)."""
         return len(self._claims)
 
-    def claim(self, message: Message) -> bool:
-        """True if ``message`` should be handled; see `Dedupe.claim`."""
+    def claim(self, message: Message) -> Claim:
+        """HANDLE (and claim it for ``lease`` seconds), DONE or BUSY; see `Dedupe.claim`."""
         key = message.id
         now = self.clock()
         with self._lock:
             if key in self._done:
                 self._done.move_to_end(key)
-                return False
+                return Claim.DONE
             expires = self._claims.get(key)
             if expires is not None and now < expires:
-                return False
+                return Claim.BUSY
             self._sweep(now)
             self._claims[key] = now + self.lease
             self._claims.move_to_end(key)
             while len(self._claims) > self.capacity:
                 self._claims.popitem(last=False)
-            return True
+            return Claim.HANDLE
 
     def done(self, message: Message) -> None:
         """Remember ``message.id`` as done; the oldest id goes once ``capacity`` is full."""
