@@ -42,6 +42,11 @@ from ._core.tokens import use_token as use_token
 from ._runtime.app import App as App
 from ._runtime.app import ShutdownPlan as ShutdownPlan
 from ._runtime.loop import asyncio_run as asyncio_run
+from ._runtime.processes import ChildStatus as ChildStatus
+from ._runtime.processes import ProcessesKilled as ProcessesKilled
+from ._runtime.processes import ProcessGroup as ProcessGroup
+from ._runtime.processes import ProcessGroupFailed as ProcessGroupFailed
+from ._runtime.processes import ProcessStopTimedOut as ProcessStopTimedOut
 from ._runtime.runners import AsyncioRunner as AsyncioRunner
 from ._runtime.runners import ThreadedRunner as ThreadedRunner
 from ._runtime.runners import run as run
@@ -96,6 +101,7 @@ __all__ = [
     "CancelSource",
     "CancelToken",
     "Cancelled",
+    "ChildStatus",
     "Claim",
     "ComponentInfo",
     "ComponentState",
@@ -120,6 +126,10 @@ __all__ = [
     "MessageSource",
     "NotAComponent",
     "PeriodicWorker",
+    "ProcessGroup",
+    "ProcessGroupFailed",
+    "ProcessStopTimedOut",
+    "ProcessesKilled",
     "QueueSource",
     "Refused",
     "RestartLimitReached",

@@ -14,6 +14,11 @@ import lifecycle
 INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp", "redis"}
 
 PUBLIC = {
+    "ChildStatus",
+    "ProcessesKilled",
+    "ProcessGroup",
+    "ProcessGroupFailed",
+    "ProcessStopTimedOut",
     "AsyncConsumer",
     "AsyncMessageSource",
     "AsyncQueueSource",

@@ -59,8 +59,6 @@ Added in 0.2.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import selectors
@@ -70,7 +68,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from types import FrameType
 from typing import Final
 
@@ -79,9 +77,22 @@ import attrs
 from .._core.errors import ConfigError, DeadlineExceeded, StartupError
 from .._core.log import get_logger
 from .._core.states import ExitCode
-from .._core.threads import HELPER_BLOCKED, helper_thread
+from .._core.threads import helper_thread
 from .._core.tokens import CancelToken
 from .app import App
+from .children import (
+    KILL_WAIT,
+    REFUSED_STOP_SIGNALS,
+    STOP_FLOOR,
+    become_subreaper,
+    check_stop_signal,
+    exit_status,
+    send_stop,
+    signals_blocked,
+    stop_seconds,
+    wait_event,
+    wait_or_kill,
+)
 from .runners import ThreadedRunner
 from .signals import signal_name
 
@@ -97,6 +108,8 @@ __all__ = [
     "ChildKilled",
     "ChildProcess",
     "ExecOptions",
+    "become_subreaper",
+    "check_stop_signal",
     "exec_command",
     "exit_status",
 ]
@@ -109,25 +122,14 @@ NOT_EXECUTABLE: Final = 126
 """Exit code when the command exists but cannot be executed (as a shell's)."""
 READY_CONNECT_TIMEOUT: Final = 0.5
 """Seconds the readiness check's TCP connection to ``--ready-port`` may take."""
-KILL_WAIT: Final = 5.0
-"""Seconds to wait for the child to be reaped after SIGKILL (it cannot refuse; a
-process in uninterruptible sleep can take a moment)."""
 SIGNAL_GRACE: Final = 1.0
 """Seconds after the first SIGTERM/SIGINT within which repeats count as one."""
-STOP_FLOOR: Final = 0.1
-"""Seconds the child has at least after the stop signal, whatever the stop timeout (0
-included): a Python child that exits at once on SIGTERM takes 20-60 ms to do so."""
 GROUP_GRACE: Final = 2.0
 """Seconds at most that what is left of the child's process group, once the child
 exited, has between SIGTERM and SIGKILL (the stop timeout when shorter)."""
 MAX_SECONDS: Final = 365 * 86400.0
 """The longest drain delay or stop timeout accepted, in seconds (a year): far below what
 a thread can wait (``threading.TIMEOUT_MAX``)."""
-REFUSED_STOP_SIGNALS: Final = frozenset(
-    {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT}
-)
-"""Job-control signals, refused as the stop signal: they pause or resume a process but
-do not make it exit, so the child would only ever be killed at the stop timeout."""
 
 FORWARDED: Final = (
     signal.SIGHUP,
@@ -143,50 +145,6 @@ _STOPPING: Final = (signal.SIGTERM, signal.SIGINT)
 # Reset to their defaults in the child: Python ignores SIGPIPE and SIGXFSZ,
 # and a disposition of "ignore" survives exec.
 _RESET_IN_CHILD: Final = (*FORWARDED, *_STOPPING, signal.SIGPIPE, signal.SIGXFSZ)
-_PR_SET_CHILD_SUBREAPER: Final = 36
-
-
-def exit_status(status: int) -> int:
-    """A ``waitpid`` status as a shell reports it: the exit code, or 128 + the killing signal.
-
-    >>> exit_status(3 << 8)
-    3
-    >>> exit_status(signal.SIGTERM)
-    143
-    """
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status)
-
-
-def become_subreaper() -> bool:
-    """Make this process the reaper of its descendants' orphans (Linux); True if it is.
-
-    Best effort: False elsewhere, or when the call is refused. PID 1 reaps
-    orphans anyway.
-    """
-    if os.getpid() == 1:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Block `HELPER_BLOCKED` in the calling thread for the block; put its mask back after."""
-    if not HELPER_BLOCKED:
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, HELPER_BLOCKED)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class ChildKilled(DeadlineExceeded):
@@ -218,21 +176,6 @@ def _check_seconds(attribute: attrs.Attribute[float], value: float) -> None:
             f"{attribute.name} must be a number of seconds from 0 to {MAX_SECONDS:.0f} "
             f"(365 days), got {value!r}"
         )
-
-
-def check_stop_signal(signum: int) -> signal.Signals:
-    """The stop signal, checked: a job-control signal (`REFUSED_STOP_SIGNALS`) is refused.
-
-    >>> check_stop_signal(15).name
-    'SIGTERM'
-    """
-    checked = signal.Signals(signum)
-    if checked in REFUSED_STOP_SIGNALS:
-        raise ValueError(
-            f"{checked.name} does not make a process exit (it pauses or resumes it): the "
-            f"child would only be killed at the stop timeout; use TERM, INT, QUIT or KILL"
-        )
-    return checked
 
 
 @attrs.frozen
@@ -364,7 +307,7 @@ class ChildProcess:
         """
         detach = token.on_cancel(self._wake_run.set)
         try:
-            with _signals_blocked():
+            with signals_blocked():
                 self._wake_run.wait()
         finally:
             detach()
@@ -375,7 +318,7 @@ class ChildProcess:
         Raises:
             ChildKilled: the child outlived ``stop_timeout`` and was killed.
         """
-        with _signals_blocked():
+        with signals_blocked():
             self._stop(token)
 
     def _stop(self, token: CancelToken) -> None:
@@ -389,30 +332,22 @@ class ChildProcess:
         if pid is None:
             return
         self._signalled = True
-        self.send(self.stop_signal)
-        if self.stop_signal != signal.SIGCONT:
-            self.send(signal.SIGCONT)  # a stopped child could not act on the stop signal
+        send_stop([self], self.stop_signal)
         _log.info("child signalled", component="child", pid=pid, signal=self.stop_signal.name)
-        if self._wait_exit(max(self.stop_timeout, STOP_FLOOR), token, floor=STOP_FLOOR):
-            return
-        self.kill_group()
-        self._wait_exit(KILL_WAIT, None)
-        raise ChildKilled(self.command, pid, self.stop_signal.name, self.stop_timeout)
+        waited = stop_seconds(max(self.stop_timeout, STOP_FLOOR), token, floor=STOP_FLOOR)
+        if wait_or_kill([self], waited):
+            raise ChildKilled(self.command, pid, self.stop_signal.name, self.stop_timeout)
 
     def _wait_exit(self, seconds: float, token: CancelToken | None, floor: float = 0.0) -> bool:
         """Wait until the child was reaped, up to ``seconds`` and the token's deadline.
 
         ``floor``: seconds waited at least, even past the token's deadline.
         """
-        left = None if token is None else token.remaining()
-        if left is not None:
-            seconds = max(min(seconds, left), floor)
-        seconds = min(seconds, threading.TIMEOUT_MAX / 2)
-        deadline = time.monotonic() + seconds
-        while not self._reaped.wait(max(0.0, deadline - time.monotonic())):
-            if time.monotonic() >= deadline:
-                return False
-        return True
+        return wait_event(self._reaped, stop_seconds(seconds, token, floor))
+
+    def wait_exit(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the child to be reaped; True once it is."""
+        return wait_event(self._reaped, seconds)
 
     def send(self, signum: int) -> bool:
         """Send ``signum`` to the child's PID if it still runs; True if sent."""
@@ -424,6 +359,10 @@ class ChildProcess:
             except ProcessLookupError:
                 return False
             return True
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group: `kill_group`."""
+        self.kill_group()
 
     def kill_group(self) -> None:
         """SIGKILL the child's whole process group (what is left of it)."""
