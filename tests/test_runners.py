@@ -1782,13 +1782,13 @@ def test_a_run_raising_cancelled_on_a_live_token_is_logged_as_a_crash(drive, fla
             own.token.raise_if_cancelled()
 
     if flavour == "sync":
-        app.worker(inner_deadline, name="w", critical=False)
+        app.worker(name="w", critical=False)(inner_deadline)
     else:
 
         async def ainner(token: CancelToken) -> None:
             inner_deadline(token)
 
-        app.worker(ainner, name="w", critical=False)
+        app.worker(name="w", critical=False)(ainner)
     drive.start(app)
     wait_until(lambda: app.components["w"].state is ComponentState.FAILED)
     assert drive.stop() == ExitCode.OK
@@ -1833,7 +1833,7 @@ def test_a_recorded_request_wins_over_a_restart_falling_due_before_its_wake_up(d
         token.wait(BOUND)
 
     runner = drive.make(app)
-    runner._wake_for_request = lambda: None  # type: ignore[method-assign]
+    runner._wake_for_request = lambda: None
     drive._submit(runner.start).result(BOUND)
     wait_until(lambda: app.components["w"].state is ComponentState.RESTARTING)
     app.request_shutdown("test")
