@@ -18,7 +18,6 @@ import attrs
 from hypothesis import strategies as st
 
 from lifecycle._core.graph import analyze
-from lifecycle._core.restart import RestartMode, RestartPolicy
 from lifecycle._core.scheduler import NodeSpec
 from tests.sim import (
     CancelAs,
@@ -42,8 +41,6 @@ __all__ = [
     "clean_cases",
     "declarations",
     "one_fault_cases",
-    "restart_cases",
-    "restart_policies",
 ]
 
 
@@ -392,47 +389,3 @@ class RestartCase:
 
 _LIVES = st.lists(st.builds(RunLife, _ints(0, 15), st.booleans()), max_size=8)
 _MODE = st.sampled_from(["never", "on-failure", "always", "always", "on-failure"])
-
-
-@st.composite
-def restart_policies(draw: st.DrawFn) -> RestartPolicy:
-    """Any valid policy; times are whole numbers, the jitter 0 or up to a half."""
-    return RestartPolicy(
-        cast(RestartMode, draw(_MODE)),
-        max_restarts=draw(st.integers(0, 4)),
-        within=draw(_ints(1, 40)),
-        backoff=draw(_ints(0, 6)),
-        backoff_max=draw(_ints(0, 20)),
-        jitter=draw(st.sampled_from([0.0, 0.0, 0.25, 0.5])),
-    )
-
-
-@st.composite
-def restart_cases(draw: st.DrawFn, max_nodes: int = 6) -> RestartCase:
-    """Small random graphs; most components run, under random policies and crash schedules."""
-    declared = draw(declarations(max_nodes))
-    specs, lives = [], {}
-    for name in declared:
-        has_run = draw(st.sampled_from([True, True, True, False]))
-        specs.append(
-            NodeSpec(
-                name,
-                start_timeout=100.0,
-                stop_timeout=100.0,
-                critical=draw(st.booleans()),
-                has_start=draw(st.booleans()),
-                has_run=has_run,
-                has_stop=draw(_BIASED_TRUE),
-                restart=draw(restart_policies()) if has_run else RestartPolicy(),
-            )
-        )
-        lives[name] = tuple(draw(_LIVES)) if has_run else ()
-    return RestartCase(
-        declared,
-        tuple(specs),
-        lives,
-        shutdown_at=draw(st.none() | _ints(0, 120)),
-        shutdown_timeout=10_000.0,
-        drain_delay=draw(_ints(0, 10)),
-        seed=draw(st.integers(0, 2**32 - 1)),
-    )

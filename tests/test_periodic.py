@@ -21,7 +21,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifecycle import App, CancelSource, CancelToken, ComponentState, ConfigError, ExitCode
+from lifecycle import (
+    App,
+    Cancelled,
+    CancelSource,
+    CancelToken,
+    ComponentState,
+    ConfigError,
+    ExitCode,
+)
 from lifecycle._core.periodic import Schedule
 from lifecycle._core.restart import RestartPolicy
 from lifecycle._workers.periodic import PeriodicWorker
@@ -113,7 +121,11 @@ def test_resume_after_a_restart_keeps_the_grid():
         ({"interval": -1}, "interval must be >= 0 seconds, got -1"),
         ({"interval": math.nan}, "interval must be a number of seconds, not nan"),
         ({"interval": 5, "jitter": 5}, "jitter=5s must be shorter than the interval (5s)"),
-        ({"interval": 5, "first": "later"}, "first must be a number of seconds, not 'later'"),
+        (
+            {"interval": 5, "first": "later"},
+            "first='later' is not a start: use 'now' (run at once), 'after' (one interval later) "
+            "or a number of seconds",
+        ),
         ({"interval": 5, "first": math.inf}, "first=inf would never run"),
     ],
 )
@@ -315,6 +327,72 @@ def test_a_job_cut_by_the_shutdown_records_no_outcome():
     assert (w.schedule.runs, w.schedule.errors) == (0, 0)
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_job_cancelled_by_its_own_deadline_is_a_run_error(clock, log_events, flavour):
+    """Cancelled from the job while the worker's token is live: logged, counted, the job goes on."""
+    token = FakeToken(clock)
+    seen: list[int] = []
+
+    def job(t: Any) -> None:
+        seen.append(1)
+        if len(seen) == 3:
+            t.cancelled = True
+        # What CancelSource(token, timeout=...).token.raise_if_cancelled() raises at its deadline.
+        raise Cancelled("deadline exceeded")
+
+    async def ajob(t: Any) -> None:
+        job(t)
+
+    w = PeriodicWorker(ajob if flavour == "async" else job, interval=1.0, clock=clock, name="j")
+    if flavour == "async":
+        asyncio.run(w.run(token))  # type: ignore[arg-type]
+    else:
+        w.run(token)  # type: ignore[arg-type]
+    # The third run raised once the worker's token was cancelled: the shutdown's cut, no outcome.
+    assert (len(seen), w.schedule.runs, w.schedule.errors) == (3, 2, 2)
+    assert w.schedule.last is not None
+    assert w.schedule.last.error == "Cancelled: deadline exceeded"
+    logged = [e for e in log_events if e["event"] == "periodic run raised"]
+    assert [e["exc_info"][0] for e in logged] == [Cancelled, Cancelled]
+
+
+def test_a_job_cancelled_by_its_own_deadline_fails_under_on_error_fail(clock):
+    """on_error="fail": a Cancelled of the job's own making ends run() as the error it is."""
+    token = FakeToken(clock)
+
+    def job(t: Any) -> None:
+        raise Cancelled("deadline exceeded")
+
+    w = PeriodicWorker(job, interval=1.0, on_error="fail", clock=clock)
+    with pytest.raises(Cancelled):
+        w.run(token)  # type: ignore[arg-type]
+    assert (w.schedule.runs, w.schedule.errors) == (1, 1)
+
+
+def test_a_job_past_its_own_deadline_keeps_the_app_running(drive):
+    """A real per-run deadline (CancelSource(token, timeout=...)) does not end the worker."""
+    app = App("t", shutdown_timeout=5.0)
+    third = threading.Event()
+    runs: list[int] = []
+
+    @app.every(0.01, name="job", stop_timeout=2.0)
+    def job(token: CancelToken) -> None:
+        runs.append(1)
+        if len(runs) >= 3:
+            third.set()
+        with CancelSource(token, timeout=0.001) as own:
+            own.token.wait(BOUND)
+            own.token.raise_if_cancelled()
+
+    drive.start(app)
+    assert third.wait(BOUND)
+    info = app.components["job"]
+    assert info.state is ComponentState.RUNNING
+    assert info.periodic is not None
+    assert info.periodic.errors >= 2
+    assert drive.stop() == ExitCode.OK
+
+
 # -- @app.every through the runners -------------------------------------------------------
 
 
@@ -419,6 +497,29 @@ def test_every_validates_at_registration():
     with pytest.raises(ConfigError, match="on_error='retry'"):
         app.every(1.0, on_error="retry")(lambda token: None)  # type: ignore[arg-type]
     assert dict(app.components) == {}
+
+
+def test_bare_every_is_refused():
+    """@app.every without its interval names the fix instead of registering nothing."""
+    app = App()
+    with pytest.raises(ConfigError, match=r"use @app.every\(60.0\) above 'purge'"):
+
+        @app.every  # type: ignore[arg-type]
+        def purge(token: CancelToken) -> None:
+            pass
+
+    assert dict(app.components) == {}
+
+
+@pytest.mark.parametrize("restart", ["on-failure", "always", RestartPolicy("always")])
+def test_restart_with_on_error_continue_is_refused(restart):
+    """restart= cannot apply when on_error="continue" (run never raises): say to pass "fail"."""
+    app = App()
+    with pytest.raises(ConfigError, match="with on_error='continue' can never restart") as caught:
+        app.every(1.0, restart=restart)(lambda token: None)
+    assert "pass on_error='fail'" in str(caught.value)
+    app.every(1.0, restart="never")(lambda token: None)  # a policy that never restarts is fine
+    app.every(1.0, on_error="fail", restart=restart, name="f")(lambda token: None)
 
 
 def test_every_returns_the_function_usable_in_depends_on():

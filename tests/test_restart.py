@@ -20,6 +20,8 @@ import time
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lifecycle import App, AppState, CancelToken, ComponentState, ConfigError, ExitCode
 from lifecycle._core.restart import RestartLimitReached, RestartPolicy, Restarts, as_policy
@@ -35,7 +37,16 @@ def test_policy_defaults_are_otp_s():
     """The default policy never restarts; the intensity defaults to OTP's 1 in 5 s."""
     policy = RestartPolicy()
     assert (policy.mode, policy.max_restarts, policy.within) == ("never", 1, 5.0)
-    assert (policy.backoff, policy.backoff_max, policy.jitter) == (0.1, 10.0, 0.1)
+    assert (policy.backoff, policy.backoff_max, policy.jitter) == (0.1, 2.5, 0.1)
+    assert policy.reset_after is None
+    assert policy.reset_time == 5.0
+
+
+def test_default_backoff_max_is_half_the_window_shared_by_the_restarts():
+    """backoff_max defaults to within / (2 * max_restarts), at most 10 s, at least backoff."""
+    assert RestartPolicy("always", max_restarts=5, within=60).backoff_max == 6.0
+    assert RestartPolicy("always", max_restarts=1, within=600).backoff_max == 10.0
+    assert RestartPolicy("always", max_restarts=0).backoff_max == 10.0
 
 
 @pytest.mark.parametrize(
@@ -51,6 +62,18 @@ def test_policy_defaults_are_otp_s():
         ({"backoff_max": math.nan}, "RestartPolicy backoff_max=nan must be a number"),
         ({"jitter": 1.0}, "RestartPolicy jitter=1.0 must be below 1"),
         ({"jitter": -0.5}, "RestartPolicy jitter=-0.5 is negative"),
+        ({"backoff": 5, "backoff_max": 1}, "RestartPolicy backoff=5 is above backoff_max=1"),
+        ({"reset_after": 0}, "RestartPolicy reset_after=0 would never double the backoff"),
+        ({"reset_after": -1}, "RestartPolicy reset_after=-1 is negative"),
+        (
+            {"mode": "always", "max_restarts": 10, "within": 5, "backoff_max": 10},
+            "RestartPolicy max_restarts=10 within=5s with backoff_max=10 and jitter=0.1 could "
+            "never give up on a crash loop: 10 delays at their longest take 110s",
+        ),
+        (
+            {"mode": "on-failure", "within": 5, "backoff": 5, "jitter": 0},
+            "RestartPolicy max_restarts=1 within=5s with backoff_max=5 and jitter=0 could never",
+        ),
     ],
 )
 def test_invalid_policy_names_the_field_and_the_fix(kwargs, message):
@@ -94,17 +117,78 @@ def test_backoff_doubles_and_is_capped():
     assert r.count == 5
 
 
-def test_backoff_starts_over_once_the_window_is_clear():
-    """After more than ``within`` without a restart, the delay is the first one again."""
-    r = Restarts(RestartPolicy("always", max_restarts=5, within=10, backoff=1, jitter=0))
-    assert r.exited(0.0, failed=True) == 1.0
-    assert r.exited(2.0, failed=True) == 2.0
-    assert r.exited(100.0, failed=True) == 1.0
+def test_backoff_starts_over_after_a_run_that_stayed_up():
+    """A run up ``reset_after`` (default ``within``) resets the backoff; a shorter one does not."""
+    r = Restarts(RestartPolicy("always", max_restarts=5, within=100, backoff=1, jitter=0))
+    assert r.exited(0.0, failed=True) == 1.0  # the run from 1.0 ...
+    assert r.exited(50.0, failed=True) == 2.0  # ... was up 49 s < 100: consecutive
+    assert r.exited(152.0, failed=True) == 1.0  # up 100 s (from 52): starts over
+    short = Restarts(
+        RestartPolicy("always", max_restarts=5, within=100, backoff=1, jitter=0, reset_after=3)
+    )
+    assert [short.exited(t, failed=True) for t in (0.0, 2.0, 10.0)] == [1.0, 2.0, 1.0]
+
+
+def test_backoff_never_falls_back_in_a_crash_loop():
+    """Runs that crash at once: the delays only grow to backoff_max, then stay there."""
+    policy = RestartPolicy("always", max_restarts=20, within=1000, backoff=0.1, jitter=0)
+    r = Restarts(policy)
+    now, delays = 0.0, []
+    while (delay := r.exited(now, failed=True)) is not None:
+        delays.append(delay)
+        now += delay
+    assert delays == sorted(delays)
+    assert delays[-1] == policy.backoff_max == 10.0
+    assert (r.count, r.gave_up) == (20, True)
+
+
+@pytest.mark.parametrize(("r", "within"), [(1, 5), (5, 5), (6, 5), (10, 5), (10, 60), (3, 1)])
+def test_a_crash_loop_gives_up_after_max_restarts(r, within):
+    """A run that crashes at once, forever, gives up after exactly R restarts, within T."""
+    limits = Restarts(RestartPolicy("on-failure", max_restarts=r, within=within))
+    now = 0.0
+    while (delay := limits.exited(now, failed=True)) is not None:
+        now += delay
+        assert limits.count <= r
+    assert (limits.count, limits.gave_up) == (r, True)
+    assert now <= within
+
+
+@given(
+    st.integers(0, 6),
+    st.floats(0.5, 100),
+    st.floats(0, 2),
+    st.sampled_from([0.0, 0.1, 0.5]),
+    st.lists(st.floats(0, 50), max_size=30),
+    st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=300, deadline=None)
+def test_any_history_then_a_crash_loop_gives_up(r, within, backoff, jitter, runs, seed):
+    """Whatever ran before, runs that then crash at once end in a give-up within R + 1 exits."""
+    try:
+        policy = RestartPolicy(
+            "always", max_restarts=r, within=within, backoff=backoff, jitter=jitter
+        )
+    except ConfigError:
+        return  # unreachable limits are refused
+    limits = Restarts(policy, random.Random(seed))
+    now = 0.0
+    for up in runs:  # runs of any length, each granted or not
+        delay = limits.exited(now, failed=True)
+        if delay is None:
+            return
+        now += delay + up
+    for _ in range(r + 1):
+        delay = limits.exited(now, failed=True)
+        if delay is None:
+            break
+        now += delay
+    assert limits.gave_up
 
 
 def test_jitter_stays_within_its_fraction():
     """Each delay is the backoff times 1 +/- jitter, from the given random source."""
-    policy = RestartPolicy("always", max_restarts=1, within=1.0, backoff=2.0, jitter=0.25)
+    policy = RestartPolicy("always", max_restarts=1, within=5.0, backoff=2.0, jitter=0.25)
     delays = []
     for seed in range(200):
         delay = Restarts(policy, random.Random(seed)).exited(0.0, failed=True)
@@ -126,7 +210,7 @@ def test_zero_max_restarts_gives_up_at_the_first_exit():
 
 FAST = RestartPolicy("on-failure", max_restarts=5, within=60.0, backoff=0.01, jitter=0.0)
 SLOW = RestartPolicy(
-    "on-failure", max_restarts=5, within=60.0, backoff=60.0, backoff_max=60.0, jitter=0.0
+    "on-failure", max_restarts=1, within=120.0, backoff=60.0, backoff_max=60.0, jitter=0.0
 )
 
 

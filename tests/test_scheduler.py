@@ -221,6 +221,15 @@ def test_start_raising_an_error_after_abort_is_a_failure():
     assert sched.start_failed("db", 2.0, RuntimeError("boom")) == [Finished(ExitCode.FAILED)]
 
 
+def test_start_cutting_work_after_abort_is_a_timeout():
+    """During an abort, a start that cut work (DeadlineExceeded: children killed) exits TIMEOUT."""
+    sched = make({"group": ()})
+    sched.begin(0.0)
+    sched.request_shutdown(1.0)
+    cut = DeadlineExceeded("group", ["group[0] (pid 4242)"])
+    assert sched.start_failed("group", 2.0, cut) == [Finished(ExitCode.TIMEOUT)]
+
+
 def test_shutdown_before_begin_finishes_at_once():
     """A shutdown requested before anything started finishes cleanly at once."""
     sched = make({"db": ()})
@@ -960,12 +969,29 @@ def test_shutdown_during_the_drain_delay_cancels_a_pending_restart():
     assert sched.tick(8.2) == [StopComponent("w", 18.2)]
 
 
-def test_run_crashing_during_the_drain_delay_is_not_restarted():
-    """Once the shutdown began a run() ending is not restarted: it is a crash as before."""
+def test_run_crashing_during_the_drain_delay_waits_for_its_stop_without_failing():
+    """A crash the policy would restart, after the shutdown began: no failure, one stop."""
     sched = running({"w": ()}, drain_delay=3.0, w={"has_run": True, "restart": RESTART})
     sched.request_shutdown(1.0)
     assert sched.run_finished("w", 2.0, RuntimeError("late")) == []
-    assert (sched.infos["w"].state, sched.infos["w"].restarts) == (C.FAILED, 0)
+    info = sched.infos["w"]
+    assert (info.state, info.restarts, info.error, info.run_error) == (C.RESTARTING, 0, None, None)
+    assert str(info.restart_error) == "late"
+    assert sched.next_deadline() == 4.0  # the drain, not a restart
+    assert sched.tick(4.0) == [StopComponent("w", 14.0)]
+    assert sched.stop_finished("w", 5.0) == [Finished(ExitCode.OK)]
+    assert info.state is C.STOPPED
+
+
+def test_run_crashing_in_the_drain_past_its_limit_still_fails():
+    """A crash the policy would not restart (limit reached) fails as before, even in the drain."""
+    once = RestartPolicy("on-failure", max_restarts=0)
+    sched = running({"w": ()}, drain_delay=3.0, w={"has_run": True, "restart": once})
+    sched.request_shutdown(1.0)
+    sched.run_finished("w", 2.0, RuntimeError("late"))
+    assert sched.infos["w"].state is C.FAILED
+    sched.tick(4.0)
+    assert sched.stop_finished("w", 5.0) == [Finished(ExitCode.FAILED)]
 
 
 def test_non_critical_component_that_gives_up_only_shows_in_the_report():
@@ -1023,7 +1049,7 @@ def test_restart_transitions_reach_the_component_observer():
 
 def test_restart_jitter_uses_the_given_random_source():
     """The jitter comes from the scheduler's rng: a seeded one gives the same delays."""
-    jittery = RestartPolicy("always", max_restarts=100, within=1.0, backoff=1.0, jitter=0.5)
+    jittery = RestartPolicy("always", max_restarts=1, within=5.0, backoff=1.0, jitter=0.5)
 
     def delays(seed: int) -> list[float | None]:
         sched = Scheduler(

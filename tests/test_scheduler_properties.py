@@ -22,6 +22,7 @@ from collections import defaultdict
 import attrs
 import pytest
 from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
 
 from lifecycle._core.errors import DependencyFailed
 from lifecycle._core.graph import Graph, analyze
@@ -47,14 +48,17 @@ from tests.sim import (
     StopScript,
     TraceEntry,
 )
+from tests.strategies import _BIASED_TRUE as BIASED_TRUE
+from tests.strategies import _LIVES as LIVES
+from tests.strategies import _MODE as MODE
 from tests.strategies import (
     Case,
     RestartCase,
     RunLife,
     cases,
     clean_cases,
+    declarations,
     one_fault_cases,
-    restart_cases,
 )
 
 C = ComponentState
@@ -966,6 +970,67 @@ def test_clean_shutdown_takes_drain_plus_critical_path(case: Case) -> None:
 
 # -- restarts -------------------------------------------------------------------------
 
+
+@st.composite
+def valid_restart_policies(draw: st.DrawFn) -> RestartPolicy:
+    """Any policy `RestartPolicy` accepts; whole-number times, the jitter 0 or up to a half.
+
+    Drawn numbers whose crash loop could not reach the limit (refused at
+    construction) get the smallest whole ``within`` that makes them valid.
+    """
+    mode = draw(MODE)
+    r = draw(st.integers(0, 4))
+    backoff = float(draw(st.integers(0, 6)))
+    backoff_max = draw(st.none() | st.integers(0, 20).map(lambda b: float(b) + backoff))
+    jitter = draw(st.sampled_from([0.0, 0.0, 0.25, 0.5]))
+    within = float(draw(st.integers(1, 40)))
+    if mode != "never":
+        longest = backoff if backoff_max is None else backoff_max  # the default is <= or backoff
+        if backoff_max is not None or backoff * 2 * r > within:
+            within = max(within, math.floor(r * longest * (1 + jitter)) + 1.0)
+    reset_after = draw(st.none() | st.integers(1, 40).map(float))
+    return RestartPolicy(
+        mode,  # type: ignore[arg-type]
+        max_restarts=r,
+        within=within,
+        backoff=backoff,
+        jitter=jitter,
+        reset_after=reset_after,
+        **({} if backoff_max is None else {"backoff_max": backoff_max}),
+    )
+
+
+@st.composite
+def restart_cases(draw: st.DrawFn, max_nodes: int = 6) -> RestartCase:
+    """Small random graphs; most components run, under random policies and crash schedules."""
+    declared = draw(declarations(max_nodes))
+    specs, lives = [], {}
+    for name in declared:
+        has_run = draw(st.sampled_from([True, True, True, False]))
+        specs.append(
+            NodeSpec(
+                name,
+                start_timeout=100.0,
+                stop_timeout=100.0,
+                critical=draw(st.booleans()),
+                has_start=draw(st.booleans()),
+                has_run=has_run,
+                has_stop=draw(BIASED_TRUE),
+                restart=draw(valid_restart_policies()) if has_run else RestartPolicy(),
+            )
+        )
+        lives[name] = tuple(draw(LIVES)) if has_run else ()
+    return RestartCase(
+        declared,
+        tuple(specs),
+        lives,
+        shutdown_at=draw(st.none() | st.integers(0, 120).map(float)),
+        shutdown_timeout=10_000.0,
+        drain_delay=float(draw(st.integers(0, 10))),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
 # A restart policy adds RESTARTING (run ended, the next run pending) to the drawn moves.
 RESTART_MOVES = {
     (C.RUNNING, C.RESTARTING),
@@ -1085,10 +1150,20 @@ def check_restarts(case: RestartCase, out: RestartRun) -> None:
         restarts = [t for _, t in runs[1:]]
         # No restart once the shutdown began.
         assert all(s < shutdown_seq for s, _ in runs[1:]), name
-        # The intensity limit: any R + 1 restarts span more than T.
+        # The intensity limit, counted at the exits as OTP does: any R + 1
+        # granted restarts' exits span more than T, and each grant had fewer
+        # than R others in the T seconds before it.
         r = policy.max_restarts
-        for i in range(len(restarts) - r):
-            assert restarts[i + r] - restarts[i] > policy.within, (name, restarts)
+        granted = [
+            t
+            for s, t, n, _b, after in out.moves
+            if n == name and after is C.RESTARTING and s < shutdown_seq
+        ]
+        for i in range(len(granted) - r):
+            assert granted[i + r] - granted[i] > policy.within, (name, granted)
+        for i, t in enumerate(granted):
+            assert sum(1 for u in granted[:i] if u >= t - policy.within) < r, (name, granted)
+        assert len(granted) == info.restarts, name
         assert len(restarts) <= info.restarts <= len(restarts) + 1, name
         if policy.mode == "never":
             assert restarts == [], name
@@ -1100,8 +1175,8 @@ def check_restarts(case: RestartCase, out: RestartRun) -> None:
         if isinstance(info.error, RestartLimitReached):
             # Exact: it gave up only with R restarts already inside the window.
             gave_up = next(t for _, t, n, _b, after in out.moves if n == name and after is C.FAILED)
-            recent = [t for t in restarts if gave_up - policy.within <= t <= gave_up]
-            assert len(recent) >= r, (name, restarts, gave_up)
+            recent = [t for t in granted if gave_up - policy.within <= t <= gave_up]
+            assert len(recent) == r, (name, granted, gave_up)
             assert policy.mode != "never"
     if sched.done:
         for name, spec in specs.items():
@@ -1145,12 +1220,40 @@ CRASH_LOOP = RestartCase(
     drain_delay=0.0,
     seed=0,
 )
+# Exits at 0 and 4 (runs of 0 s and 2 s, backoffs 2 s and 4 s): two restarts
+# asked for within 5 s, so the second exit gives up. Counted at exit + delay
+# (2 and 8), the second would have been granted.
+EXITS_COUNTED = RestartCase(
+    {"w": ()},
+    (
+        NodeSpec(
+            "w",
+            10.0,
+            10.0,
+            has_run=True,
+            has_start=False,
+            restart=RestartPolicy(
+                "on-failure", max_restarts=1, within=5.0, backoff=2.0, backoff_max=4.0, jitter=0
+            ),
+        ),
+    ),
+    {"w": (RunLife(0.0, raises=True), RunLife(2.0, raises=True), RunLife(0.0, raises=True))},
+    shutdown_at=None,
+    shutdown_timeout=100.0,
+    drain_delay=0.0,
+    seed=0,
+)
+
 # The shutdown arrives during a 5 s backoff: no restart, stop() still called.
 SHUTDOWN_IN_BACKOFF = RestartCase(
     {"w": ()},
     (
         NodeSpec(
-            "w", 10.0, 10.0, has_run=True, restart=RestartPolicy("always", backoff=5.0, jitter=0)
+            "w",
+            10.0,
+            10.0,
+            has_run=True,
+            restart=RestartPolicy("always", within=20.0, backoff=5.0, jitter=0),
         ),
     ),
     {"w": (RunLife(1.0, raises=False),)},
@@ -1164,6 +1267,7 @@ SHUTDOWN_IN_BACKOFF = RestartCase(
 @settings(max_examples=150, deadline=None)
 @given(restart_cases())
 @example(CRASH_LOOP)
+@example(EXITS_COUNTED)
 @example(SHUTDOWN_IN_BACKOFF)
 def test_restart_rules_hold_for_any_crash_schedule(case: RestartCase) -> None:
     """At most R restarts in any T, none after the shutdown began, one stop each, exact exit."""
@@ -1182,3 +1286,12 @@ def test_crash_loop_gives_up_at_the_third_crash() -> None:
     out = drive_restarts(CRASH_LOOP)
     info = out.scheduler.infos["w"]
     assert (info.restarts, info.state, out.scheduler.exit_code) == (2, C.FAILED, ExitCode.FAILED)
+
+
+def test_the_intensity_is_counted_at_the_exits() -> None:
+    """Two exits 4 s apart under 1 in 5 s: the second gives up, however long the backoffs."""
+    out = drive_restarts(EXITS_COUNTED)
+    check_restarts(EXITS_COUNTED, out)
+    info = out.scheduler.infos["w"]
+    assert (info.restarts, info.state) == (1, C.FAILED)
+    assert isinstance(info.error, RestartLimitReached)

@@ -24,7 +24,7 @@ Example::
     ...                                 # wait until at, run the job
     at = schedule.ran(started, ended)   # the first slot at or after ended
 
-Added in 0.4.
+Added in 0.3.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Schedule:
     >>> s.runs, s.skipped
     (2, 2)
 
-    Added in 0.4.
+    Added in 0.3.
     """
 
     def __init__(
@@ -115,6 +115,11 @@ class Schedule:
                 "or runs would leave their slot"
             )
         if first not in ("now", "after"):
+            if isinstance(first, str) or not isinstance(first, int | float):
+                raise ConfigError(
+                    f"first={first!r} is not a start: use 'now' (run at once), 'after' "
+                    "(one interval later) or a number of seconds (first=30.0)"
+                )
             first = _seconds(first, "first")
             if math.isinf(first):
                 raise ConfigError("first=inf would never run: pass a finite delay in seconds")

@@ -1,13 +1,22 @@
 """Restart policies for run-style components, as Erlang/OTP supervisors have them. Pure.
 
 A `RestartPolicy` says *whether* a component whose ``run`` ended is started
-again (``mode``), *how soon* (``backoff``, doubling per consecutive restart
+again (``mode``), *how soon* (``backoff``, doubling per consecutive failure
 up to ``backoff_max``, spread by ``jitter``) and *when to give up* (the
 intensity: at most ``max_restarts`` restarts in any ``within`` seconds, the
 OTP supervisor's ``intensity`` and ``period``, whose defaults 1 in 5 s are
 kept here). `Restarts` is the state one component carries across its
 restarts: fed the time of each exit, it answers with the delay before the
 next run, or ``None``.
+
+As in OTP, the intensity is counted on the exits themselves: the exit that
+would be the R + 1-th restart inside any ``within`` seconds gives up. The
+backoff is driven by the consecutive failures: it doubles per run that
+ended sooner than ``reset_after`` seconds after it began, and starts over
+after one that stayed up that long. A run that crashes at once therefore
+ends in `RestartLimitReached`: the policy refuses, at construction, the
+numbers under which its first ``max_restarts`` backoffs alone would span
+more than ``within``.
 
 Nothing here reads a clock or sleeps: the caller passes ``now`` and arms
 its own timer. The random source for the jitter is injectable, so a test
@@ -21,7 +30,7 @@ The modes, in OTP's words:
 * ``"always"`` (OTP *permanent*): restarted whenever ``run`` ended, by
   returning or by raising.
 
-Added in 0.4.
+Added in 0.3.
 """
 
 from __future__ import annotations
@@ -81,6 +90,26 @@ def _check_backoff(_instance: object, attribute: attrs.Attribute[float], value: 
         )
 
 
+def _check_reset_after(
+    _instance: object, attribute: attrs.Attribute[float | None], value: object
+) -> None:
+    if value is None:
+        return
+    _check_seconds(_instance, attribute, value)  # type: ignore[arg-type]
+    if value == 0:
+        raise ConfigError(
+            "RestartPolicy reset_after=0 would never double the backoff: pass the seconds a "
+            "run must stay up to count as healthy (> 0), or None for within"
+        )
+
+
+def _default_backoff_max(policy: RestartPolicy) -> float:
+    """Half the window shared by the restarts, at most 10 s (and at least ``backoff``)."""
+    if policy.max_restarts == 0:
+        return max(policy.backoff, 10.0)
+    return max(policy.backoff, min(10.0, policy.within / (2 * policy.max_restarts)))
+
+
 def _check_jitter(_instance: object, attribute: attrs.Attribute[float], value: object) -> None:
     _check_seconds(_instance, attribute, value)
     if value >= 1:  # type: ignore[operator]
@@ -100,7 +129,7 @@ class RestartLimitReached(LifecycleError):  # noqa: N818 - reads as what happene
         component: the component's name.
         restarts: the restarts it had been granted.
 
-    Added in 0.4.
+    Added in 0.3.
     """
 
     def __init__(
@@ -128,34 +157,78 @@ class RestartPolicy:
             seconds; the exit that would make it R + 1 gives up, and the
             component is FAILED.
         within: the period T, in seconds, over which restarts are counted.
-        backoff: the delay before the first restart; each consecutive restart
-            (one less than ``within`` after the previous) doubles it.
-        backoff_max: the cap of the doubling.
+        backoff: the delay before the first restart; each consecutive failure
+            (a run that ended less than ``reset_after`` after it began)
+            doubles it.
+        backoff_max: the cap of the doubling (>= ``backoff``); by default half
+            the window shared by the restarts, ``within / (2 * max_restarts)``,
+            at most 10 s.
         jitter: each delay is multiplied by ``1 + uniform(-jitter, +jitter)``,
             so that replicas that crashed together do not restart together.
+        reset_after: how long a run must stay up for the backoff to start
+            over; None (the default) means ``within``.
 
-    A restart is counted at the moment it happens (the exit time plus the
-    delay), so the limit holds for the runs themselves: any R + 1 restarts
-    span more than ``within`` seconds.
+    A restart is counted at the exit that asks for it, as OTP does: any
+    R + 1 restarts granted span more than ``within`` seconds, and an exit
+    gives up exactly when R restarts were granted in the ``within`` seconds
+    before it. A run that crashes at once, forever, gives up after at most
+    R restarts: ``max_restarts * backoff_max * (1 + jitter) >= within``
+    would space such a loop's restarts out past the window, and is refused.
+
+    ``SystemExit`` and ``KeyboardInterrupt`` raised by ``run`` count as a
+    failure, like any other exception (``"on-failure"`` restarts them).
 
     >>> policy = RestartPolicy("on-failure", max_restarts=3, within=60.0)
     >>> policy.mode, policy.max_restarts
     ('on-failure', 3)
+    >>> try:
+    ...     RestartPolicy(backoff=5, backoff_max=1)
+    ... except ValueError as error:
+    ...     print(error)
+    RestartPolicy backoff=5 is above backoff_max=1: pass backoff <= backoff_max
     >>> try:
     ...     RestartPolicy(backoff=-1)
     ... except ValueError as error:
     ...     print(error)
     RestartPolicy backoff=-1 is negative: pass a delay in seconds >= 0
 
-    Added in 0.4.
+    Added in 0.3.
     """
 
     mode: RestartMode = attrs.field(default="never", validator=_check_mode)
     max_restarts: int = attrs.field(default=1, validator=_check_count)
     within: float = attrs.field(default=5.0, validator=_check_within)
     backoff: float = attrs.field(default=0.1, validator=_check_backoff)
-    backoff_max: float = attrs.field(default=10.0, validator=_check_backoff)
+    backoff_max: float = attrs.field(
+        default=attrs.Factory(_default_backoff_max, takes_self=True), validator=_check_backoff
+    )
     jitter: float = attrs.field(default=0.1, validator=_check_jitter)
+    reset_after: float | None = attrs.field(default=None, validator=_check_reset_after)
+
+    def __attrs_post_init__(self) -> None:
+        if self.backoff > self.backoff_max:
+            raise ConfigError(
+                f"RestartPolicy backoff={self.backoff:g} is above backoff_max="
+                f"{self.backoff_max:g}: pass backoff <= backoff_max"
+            )
+        if self.mode == "never" or self.max_restarts == 0:
+            return
+        span = self.max_restarts * self.backoff_max * (1.0 + self.jitter)
+        if span >= self.within:
+            plural = "" if self.max_restarts == 1 else "s"
+            raise ConfigError(
+                f"RestartPolicy max_restarts={self.max_restarts} within={self.within:g}s "
+                f"with backoff_max={self.backoff_max:g} and jitter={self.jitter:g} could never "
+                f"give up on a crash loop: {self.max_restarts} delay{plural} at their longest take "
+                f"{span:.4g}s, not less than the window; lower backoff_max below "
+                f"{self.within / (self.max_restarts * (1.0 + self.jitter)):.4g}s (or leave it "
+                "out), raise within, or lower max_restarts"
+            )
+
+    @property
+    def reset_time(self) -> float:
+        """Seconds a run must stay up to reset the backoff (``reset_after``, or ``within``)."""
+        return self.within if self.reset_after is None else self.reset_after
 
     @property
     def restarts(self) -> bool:
@@ -200,14 +273,14 @@ class Restarts:
     >>> r = Restarts(RestartPolicy("on-failure", max_restarts=2, within=10, jitter=0))
     >>> r.exited(now=0.0, failed=True)     # first restart after the backoff
     0.1
-    >>> r.exited(now=1.0, failed=True)     # consecutive: doubled
+    >>> r.exited(now=1.0, failed=True)     # up 0.9 s (< within): consecutive, doubled
     0.2
     >>> r.exited(now=2.0, failed=True) is None, r.gave_up   # a third in 10 s: give up
     (True, True)
     >>> r.count
     2
 
-    Added in 0.4.
+    Added in 0.3.
     """
 
     policy: RestartPolicy
@@ -219,6 +292,8 @@ class Restarts:
     """When the last granted restart happens (the exit time plus the delay), or None."""
     last_delay: float | None
     """The delay of the last granted restart, or None."""
+    failures: int
+    """Consecutive failures: runs that ended sooner than ``reset_after`` after they began."""
 
     def __init__(self, policy: RestartPolicy, rng: random.Random | None = None) -> None:
         self.policy = policy
@@ -226,16 +301,30 @@ class Restarts:
         self.gave_up = False
         self.next_restart = None
         self.last_delay = None
+        self.failures = 0
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 (jitter, not cryptography)
-        # Invariant: the times of the restarts granted, increasing; only
-        # those at most `within` before the latest exit are kept. Windows
-        # are closed: any R + 1 restarts span strictly more than `within`.
+        # Invariant: the exit times of the restarts granted, increasing; only
+        # those at most `within` before the latest exit are kept. Windows are
+        # closed: any R + 1 granted restarts' exits span strictly more than `within`.
         self._times: collections.deque[float] = collections.deque()
+        self._began: float | None = None  # when the current run began (a granted restart's time)
 
     @property
     def times(self) -> tuple[float, ...]:
-        """When the restarts still inside the window happen (exit time plus delay)."""
+        """The exit times of the granted restarts still inside the window."""
         return tuple(self._times)
+
+    def _wants(self, failed: bool) -> bool:
+        mode = self.policy.mode
+        return not self.gave_up and mode != "never" and (mode == "always" or failed)
+
+    def _recent(self, now: float) -> int:
+        low = now - self.policy.within
+        return sum(1 for t in self._times if t >= low)
+
+    def would_restart(self, now: float, failed: bool) -> bool:
+        """Whether `exited` would grant a restart now, changing nothing."""
+        return self._wants(failed) and self._recent(now) < self.policy.max_restarts
 
     def exited(self, now: float, failed: bool) -> float | None:
         """The delay before restarting, or None: do not restart.
@@ -246,22 +335,21 @@ class Restarts:
         """
         policy = self.policy
         self.next_restart = None
-        if self.gave_up or policy.mode == "never" or (policy.mode == "on-failure" and not failed):
+        if not self._wants(failed):
             return None
         while self._times and self._times[0] < now - policy.within:
             self._times.popleft()
-        # Consecutive restarts: those still inside the window at this exit.
-        steps = len(self._times)
-        delay = min(policy.backoff * 2.0 ** min(steps, 64), policy.backoff_max)
-        if policy.jitter:
-            delay *= 1.0 + self._rng.uniform(-policy.jitter, policy.jitter)
-        at = now + delay
-        recent = sum(1 for t in self._times if t >= at - policy.within)
-        if recent >= policy.max_restarts:
+        if len(self._times) >= policy.max_restarts:
             self.gave_up = True
             return None
-        self._times.append(at)
+        if self._began is not None and now - self._began >= policy.reset_time:
+            self.failures = 0  # it stayed up long enough: the backoff starts over
+        delay = min(policy.backoff * 2.0 ** min(self.failures, 64), policy.backoff_max)
+        if policy.jitter:
+            delay *= 1.0 + self._rng.uniform(-policy.jitter, policy.jitter)
+        self.failures += 1
+        self._times.append(now)
         self.count += 1
-        self.next_restart = at
+        self.next_restart = self._began = now + delay
         self.last_delay = delay
         return delay

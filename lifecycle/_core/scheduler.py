@@ -38,9 +38,13 @@ docs/explanation.md. Invariants (checked by the property tests):
   again, never ``start`` or ``stop``; a restart is granted only before the
   shutdown began, and a pending one is dropped the moment it begins (the
   component waits for its stop phase in RESTARTING, and ``stop`` is then
-  called once, as for any entered component). At most ``max_restarts``
-  restarts happen in any ``within`` seconds (`Restarts`); the exit past
-  that fails the component with `RestartLimitReached`.
+  called once, as for any entered component). A run that ends after the
+  shutdown began, before its stop phase, in a way the policy would have
+  restarted, is no failure either: ``restart_error`` holds what it raised
+  and it waits in RESTARTING the same way. At most ``max_restarts``
+  restarts are granted in any ``within`` seconds, counted at the exits
+  (`Restarts`); the exit past that fails the component with
+  `RestartLimitReached`.
 """
 
 from __future__ import annotations
@@ -439,6 +443,8 @@ class Scheduler:
         self._move(node, ComponentState.FAILED, now)
         excused = False
         if not (node.start_cancelled and is_cancellation(error)):
+            if is_deadline_cut(error):
+                self._timed_out = True  # it cut work (a group killing its children): TIMEOUT
             why = f"{error.__class__.__name__}: {error}"
             excused = self._start_failure(node, why, now, actions)
         self._settle(node, now, actions)
@@ -468,6 +474,19 @@ class Scheduler:
             self._after_run(node, now, actions)
             return actions
         node.info.run_error = error
+        if (
+            node.restarts is not None
+            and self.shutting_down
+            and node.restarts.would_restart(now, failed=error is not None)
+        ):
+            # The policy would restart it, but the shutdown began: the exit is
+            # what a restart would have absorbed, no failure (the exit code does
+            # not depend on when it crashed in the drain). It waits in
+            # RESTARTING for its stop phase; stop() is still called once.
+            node.info.run_error = None
+            node.info.restart_error = error
+            self._move(node, ComponentState.RESTARTING, now)
+            return actions
         if node.restarts is not None and not self.shutting_down:
             delay = node.restarts.exited(now, failed=error is not None)
             if delay is not None:

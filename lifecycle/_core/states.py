@@ -45,7 +45,7 @@ class ComponentState(enum.Enum):
     """``run`` ended and its restart policy starts it again after a backoff
     (``.restarts`` counts them, ``.next_restart`` says when). Not ready: a
     critical component restarting makes the app unready until it runs
-    again. Added in 0.4."""
+    again. Added in 0.3."""
     STOPPING = "stopping"
     """Its stop phase: ``run`` was asked to end, then ``stop`` is running."""
     STOPPED = "stopped"

@@ -440,8 +440,23 @@ class App:
             def purge_sessions(token):
                 db.execute("DELETE FROM sessions WHERE expires < now()")
 
-        Added in 0.4.
+        A bare ``@app.every`` (no interval) is refused, and so is a
+        restarting ``restart=`` with ``on_error="continue"``: such a run never
+        raises, so it could never be restarted.
+
+        Added in 0.3.
         """
+        if callable(interval):
+            raise ConfigError(
+                f"@app.every needs its interval: use @app.every(60.0) above "
+                f"{getattr(interval, '__name__', interval)!r}, not a bare @app.every"
+            )
+        if on_error == "continue" and restart is not None and as_policy(restart).restarts:
+            raise ConfigError(
+                f"@app.every(restart={restart!r}) with on_error='continue' can never restart: "
+                "a run that raises is logged and the schedule goes on, so run() never ends "
+                "by itself; pass on_error='fail' to fail and restart it, or drop restart="
+            )
 
         def register(fn: F) -> F:
             made: list[PeriodicWorker] = []

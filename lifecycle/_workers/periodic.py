@@ -25,11 +25,12 @@ What it promises, each from a way periodic loops go wrong in practice:
 The next run and the last outcome (ok or error, duration, when) are in
 ``app.report()`` and the health endpoint's ``/status``.
 
-Added in 0.4.
+Added in 0.3.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import random
 import time
@@ -73,7 +74,7 @@ class PeriodicWorker:
     >>> len(calls), w.schedule.runs
     (1, 1)
 
-    Added in 0.4.
+    Added in 0.3.
     """
 
     def __init__(
@@ -110,8 +111,12 @@ class PeriodicWorker:
         now = self._clock()
         return s.begin(now) if s.base is None else s.resume(now)
 
-    def _failed(self, error: Exception, started: float) -> float:
-        """Log and count a run that raised; the next run's time (or raise, on_error="fail")."""
+    def _failed(self, error: BaseException, started: float) -> float:
+        """Log and count a run that raised; the next run's time (or raise, on_error="fail").
+
+        A cancellation while the worker's own token is live (the job's own
+        deadline, ``CancelSource(token, timeout=...)``) is such a run error too.
+        """
         ended = self._clock()
         described = f"{type(error).__name__}: {error}"
         at = self.schedule.ran(started, ended, described)
@@ -144,9 +149,14 @@ class PeriodicWorker:
                     at = self._failed(error, started)
                     continue
                 except BaseException as error:
-                    if token.cancelled and is_cancellation(error):
+                    if not is_cancellation(error):
+                        raise
+                    if token.cancelled:
                         return  # the shutdown cut the run: no outcome to record
-                    raise
+                    # Invariant: only the worker's token ends the worker; a
+                    # cancellation of the job's own making is a run error.
+                    at = self._failed(error, started)
+                    continue
                 at = s.ran(started, self._clock())
         finally:
             s.halted()
@@ -169,9 +179,15 @@ class PeriodicWorker:
                     at = self._failed(error, started)
                     continue
                 except BaseException as error:
-                    if token.cancelled and is_cancellation(error):
+                    if not is_cancellation(error):
+                        raise
+                    if token.cancelled:
                         return
-                    raise
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the task itself is cancelled: let it end
+                    at = self._failed(error, started)
+                    continue
                 at = s.ran(started, self._clock())
         finally:
             s.halted()
