@@ -437,16 +437,11 @@ class _Driver:
         assert run is not None
         now = self.clock()
         actions: list[Action] = []
-        if sched.shutdown_reason is None and run.shutdown_reason is not None:
-            # Recorded, its wake-up still on the way: the shutdown began, and
-            # the scheduler hears of it before anything else this round (a
-            # restart falling due now must not run).
-            actions += self._begin_shutdown(now)
         if event[0] == "done":
             _, name, phase, error = event
             handle = self._handles.pop((name, phase), None)
             if handle is None:
-                return actions + sched.tick(now)  # an abandoned call answered late
+                return self._begin_recorded(now) + sched.tick(now)  # answered late: abandoned
             if error is not None and not (
                 phase == "run" and is_cancellation(error) and handle.source.token.cancelled
             ):
@@ -474,8 +469,24 @@ class _Driver:
         elif event[0] == "signal":
             _, signum, at, repeated = event
             self._log_signal(signum, at, repeated)
+        actions += self._begin_recorded(now)
         actions += sched.tick(now)
         return actions
+
+    def _begin_recorded(self, now: float) -> list[Action]:
+        """A request recorded whose wake-up is still on its way begins before any timer fires.
+
+        Events are decided in the order they arrived (a start that returned
+        before the request came is a start, and the app drains rather than
+        aborts); but a timer falling due now (a restart, a start timeout)
+        comes after a request already recorded.
+        """
+        sched, run = self.scheduler, self._run
+        assert sched is not None
+        assert run is not None
+        if sched.shutdown_reason is None and run.shutdown_reason is not None:
+            return self._begin_shutdown(now)
+        return []
 
     def _begin_shutdown(self, now: float) -> list[Action]:
         """Tell the scheduler of the recorded request (idempotent: the first reason wins)."""
