@@ -14,7 +14,10 @@ while (a few milliseconds of pure Python, no sleep) and records the id.
 Once `STREAMING_AFTER` messages were handled the main thread prints
 ``{"event": "streaming"}`` (the parent then sends SIGTERM) and computes in a
 loop (no sleep, no await) for as long as the app is ready,
-so that only the signal handler can end it. After the exit code is known
+so that only the signal handler can end it. From then on each handler call
+holds its message until the shutdown has begun (bounded by `HOLD`), so the
+signal lands mid-stream however slow the machine is: the calls in flight
+then finish and are acked, and the rest stays in the queue. After the exit code is known
 the child prints ``{"event": "report", "handled": [...], "acked": [...],
 "left": [...], "total": n, "stats": {...}}`` and exits with that code.
 """
@@ -49,14 +52,21 @@ TOTAL = 400
 STREAMING_AFTER = 40
 WORK = 20_000
 """Loop iterations of one handler call (a few milliseconds)."""
+HOLD = 30.0
+"""Seconds a handler call after `STREAMING_AFTER` waits for the shutdown at most."""
 
 lock = threading.Lock()
 handled: list[int] = []
 acked: list[int] = []
 streaming = threading.Event()
+shutting = threading.Event()
+"""Set as the app's shutdown begins (only under lifecycle, not for the naive kind)."""
+hold = False
+"""Whether handler calls after `STREAMING_AFTER` wait for `shutting`."""
 
 
-def work(m: Message) -> None:
+def work(m: Message) -> bool:
+    """Compute, record the id; whether this call should hold until the shutdown."""
     total = 0
     for i in range(WORK):
         total += i * i
@@ -64,6 +74,12 @@ def work(m: Message) -> None:
         handled.append(int(m.id))
         if len(handled) == STREAMING_AFTER:
             streaming.set()
+        return hold and len(handled) > STREAMING_AFTER
+
+
+def work_sync(m: Message) -> None:
+    if work(m):
+        shutting.wait(HOLD)
 
 
 def busy(app: App) -> int:
@@ -162,16 +178,20 @@ def main() -> int:
     runner_kind, kind = sys.argv[1], sys.argv[2]
     if kind == "naive":
         return naive()
+    global hold
+    hold = True
     app = App("consumer-child", stop_timeout=8.0, shutdown_timeout=10.0)
+    app.shutdown_token.on_cancel(shutting.set)
     consumer: Consumer | AsyncConsumer
     if kind == "sync":
         q: Any = queue.Queue()
-        consumer = Consumer(Acking(q), work, concurrency=4, prefetch=8)
+        consumer = Consumer(Acking(q), work_sync, concurrency=4, prefetch=8)
     else:
         q = asyncio.Queue()
 
         async def handle(m: Message) -> None:
-            work(m)
+            if work(m):
+                await asyncio.to_thread(shutting.wait, HOLD)
             await asyncio.sleep(0)
 
         consumer = AsyncConsumer(AsyncAcking(q), handle, concurrency=4, prefetch=8)
