@@ -183,6 +183,21 @@ class Child(Protocol):
         """Wait up to ``seconds`` for the child to be reaped; True once it is."""
 
 
+def signal_child(pid: int | None, signum: int) -> bool:
+    """Send ``signum`` to ``pid``; False if there is no PID or no such process any more.
+
+    The caller holds the lock that guards the child's reaping, so that the PID
+    cannot have been reused by another process in between.
+    """
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def send_stop(children: Sequence[Child], stop_signal: int) -> None:
     """Send ``stop_signal`` to each child, then SIGCONT (a stopped child could not act on it)."""
     for child in children:

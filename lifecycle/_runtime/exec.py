@@ -88,6 +88,7 @@ from .children import (
     check_stop_signal,
     exit_status,
     send_stop,
+    signal_child,
     signals_blocked,
     stop_seconds,
     wait_event,
@@ -352,13 +353,7 @@ class ChildProcess:
     def send(self, signum: int) -> bool:
         """Send ``signum`` to the child's PID if it still runs; True if sent."""
         with self._lock:
-            if self.pid is None or self.status is not None:
-                return False
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                return False
-            return True
+            return self.status is None and signal_child(self.pid, signum)
 
     def kill(self) -> None:
         """SIGKILL the child's whole process group: `kill_group`."""

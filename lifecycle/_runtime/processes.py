@@ -82,6 +82,7 @@ from .children import (
     check_stop_signal,
     send_stop,
     shell_code,
+    signal_child,
     signals_blocked,
     wait_event,
     wait_or_kill,
@@ -248,13 +249,7 @@ class _Slot:
 
     def send(self, signum: int) -> bool:
         with self.lock:
-            if not self.alive or self.pid is None:
-                return False
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                return False
-            return True
+            return self.alive and signal_child(self.pid, signum)
 
     def kill(self) -> None:
         """SIGKILL the child's process group: the child leads it, its own children are in it."""
