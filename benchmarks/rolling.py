@@ -3,11 +3,21 @@
 Run from the repository root::
 
     python -m benchmarks.rolling [--runs N] [--kinds naive,stdlib_shutdown] [--timeline]
+    python -m benchmarks.rolling --drain-compare [--runs N]
 
 Each run replaces 2 replicas one by one under 16 closed-loop clients (see
 ``tests/e2e/roll.py``) and prints one row. To measure another server kind,
 add one line to ``SERVERS``: its name and the argv that starts one replica
 (the port is appended, or replaces ``{port}``).
+
+``--drain-compare`` rolls ``lifecycle.HTTPServer`` replicas twice, with the
+same harness: a fixed 10 s drain delay, and ``Drain(min=1.5, max=10,
+quiet=0.5)``, which ends once haproxy stopped sending (readiness 503, then
+the endpoint removed ``--lb-lag`` s after SIGTERM). It prints each roll's lost
+requests and duration (first SIGTERM to last exit), then the ratio of the
+mean durations, adaptive / fixed. The rolls are paced by the shutdowns
+(``--step 1``: a replica is replaced once the one before has exited and its
+successor is up), not by a fixed schedule.
 """
 
 from __future__ import annotations
@@ -38,6 +48,17 @@ SERVERS: dict[str, list[str]] = {
     "gunicorn exec": [sys.executable, str(SERVERS_DIR / "lc_exec_gunicorn.py")],
 }
 
+DRAIN_KINDS: dict[str, list[str]] = {
+    "fixed 10s": [sys.executable, str(SERVERS_DIR / "lc_http.py"), "{port}", "--drain", "10"],
+    "Drain(1.5,10,0.5)": [
+        sys.executable,
+        str(SERVERS_DIR / "lc_http.py"),
+        "{port}",
+        "--drain",
+        "1.5,10,0.5",
+    ],
+}
+
 HEADER = (
     f"{'kind':<18} {'run':>3} {'sent':>6} {'failed':>6} {'max shutdown s':>14} "
     f"{'exit codes':<12} failure kinds"
@@ -55,6 +76,57 @@ def format_row(kind: str, run: int, result: RollResult) -> str:
     )
 
 
+def roll_seconds(result: RollResult) -> float:
+    """From the first SIGTERM to the last old replica's exit, in seconds."""
+    sigterms = [t for t, what in result.events if what.startswith("SIGTERM")]
+    exits = [t for t, what in result.events if " exited " in what]
+    return max(exits) - min(sigterms) if sigterms and exits else float("nan")
+
+
+def drain_compare(args: argparse.Namespace) -> int:
+    """Roll with a fixed 10 s drain and with an adaptive `Drain`; print both and the ratio."""
+    print(f"{'drain':<18} {'run':>3} {'sent':>6} {'lost':>5} {'roll s':>7} {'shutdowns s':<14}")
+    durations: dict[str, list[float]] = {k: [] for k in DRAIN_KINDS}
+    lost: dict[str, int] = dict.fromkeys(DRAIN_KINDS, 0)
+    failed_rolls = 0
+    for kind, cmd in DRAIN_KINDS.items():
+        for run in range(1, args.runs + 1):
+            try:
+                result = rolling_restart(
+                    cmd,
+                    replicas=args.replicas,
+                    clients=args.clients,
+                    lb_lag=args.lb_lag,
+                    step_interval=args.step,
+                )
+            except Exception as exc:
+                failed_rolls += 1
+                print(f"{kind:<18} {run:>3}  roll failed: {exc}", flush=True)
+                continue
+            seconds = roll_seconds(result)
+            durations[kind].append(seconds)
+            lost[kind] += result.lost
+            shutdowns = ",".join(f"{e.shutdown_seconds:.2f}" for e in result.exits)
+            print(
+                f"{kind:<18} {run:>3} {result.load.sent:>6} {result.lost:>5} {seconds:>7.2f} "
+                f"{shutdowns:<14} {result.load.describe_failures()}",
+                flush=True,
+            )
+            if args.timeline:
+                print(result.timeline(), flush=True)
+    fixed, adaptive = (durations[k] for k in DRAIN_KINDS)
+    if fixed and adaptive:
+        ratio = (sum(adaptive) / len(adaptive)) / (sum(fixed) / len(fixed))
+        verdict = "ok" if ratio <= 0.4 and not any(lost.values()) else "MISSED"
+        print(
+            f"roll duration ratio adaptive/fixed: {ratio:.2f} (target <= 0.40); lost: "
+            + ", ".join(f"{k} {n}" for k, n in lost.items())
+            + f" -> {verdict}",
+            flush=True,
+        )
+    return 1 if failed_rolls else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="rolls per server kind")
@@ -67,7 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--lb-lag", type=float, default=1.0, help="seconds SIGTERM -> maint")
     parser.add_argument("--timeline", action="store_true", help="print each roll's timeline")
+    parser.add_argument(
+        "--drain-compare",
+        action="store_true",
+        help="roll lifecycle.HTTPServer with a fixed 10 s drain and with Drain(1.5, 10, 0.5)",
+    )
+    parser.add_argument(
+        "--step",
+        type=float,
+        default=1.0,
+        help="--drain-compare: seconds between SIGTERMs, at least",
+    )
     args = parser.parse_args(argv)
+    if args.drain_compare:
+        try:
+            find_haproxy()
+        except HAProxyNotInstalledError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        return drain_compare(args)
 
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = [k for k in kinds if k not in SERVERS]

@@ -230,6 +230,7 @@ class Server(Listening, _Serving):
         # Every request in progress: id(request) -> (request, when it began); aiohttp's
         # requests are not hashable. Invariant: _long's keys are a subset of _calls'.
         self._calls: dict[int, tuple[web.BaseRequest, float]] = {}
+        self.last_arrival: float | None = None  # when the last request began (a monotonic time)
         self._long: dict[int, _Call] = {}  # the long-lived ones (websockets, marked)
         self._closers: set[asyncio.Task[Any]] = set()  # websockets being closed with 1001
         self._first_seen: dict[RequestHandler, float] = {}  # silent connections, for the grace
@@ -478,7 +479,8 @@ class Server(Listening, _Serving):
         """
         key = id(request)
         calls = self._calls
-        calls[key] = (request, _monotonic())
+        calls[key] = (request, at := _monotonic())
+        self.last_arrival = at  # read by an adaptive drain (lifecycle.Drain)
         try:
             if self.draining:
                 _announce_close(request)

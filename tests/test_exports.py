@@ -45,6 +45,7 @@ PUBLIC = {
     "DEADLINE_EXCEEDED",
     "DeadlineExceeded",
     "DeadlineTimer",
+    "Drain",
     "DependencyFailed",
     "DuplicateComponent",
     "ExitCode",

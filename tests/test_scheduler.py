@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from lifecycle import AppState, Cancelled, ComponentState, ExitCode
+from lifecycle._core.drain import Drain
 from lifecycle._core.errors import (
     DeadlineExceeded,
     DependencyFailed,
@@ -1069,3 +1070,31 @@ def test_restart_jitter_uses_the_given_random_source():
     assert delays(1) == delays(1)
     assert delays(1) != delays(2)
     assert all(0.5 <= d - 10.0 * k <= 1.5 for k, d in enumerate(delays(3)) if d is not None)
+
+
+def test_adaptive_drain_ends_quiet_after_the_last_arrival_fed_in():
+    """A Drain as drain_delay: the drain timer re-arms at last arrival + quiet, then stops."""
+    sched = running({"w": ()}, drain_delay=Drain(min=1.0, max=5.0, quiet=0.5))
+    assert sched.request_shutdown(10.0) == []
+    assert sched.next_deadline() == 11.0
+    sched.arrived(10.9)
+    assert sched.tick(11.0) == []
+    assert sched.next_deadline() == pytest.approx(11.4)
+    assert sched.state is AppState.DRAINING
+    actions = sched.tick(11.4)
+    stops = [a for a in actions if isinstance(a, StopComponent)]
+    assert [a.name for a in stops] == ["w"]
+    assert stops[0].deadline == pytest.approx(21.4)
+
+
+def test_adaptive_drain_is_cut_at_max_however_busy():
+    """Arrivals keep coming: the drain still ends at began + max."""
+    sched = running({"w": ()}, drain_delay=Drain(min=0.0, max=2.0, quiet=1.0))
+    sched.request_shutdown(0.0)
+    for step in range(1, 40):
+        now = step * 0.25
+        sched.arrived(now)
+        sched.tick(now)
+        if sched.state is not AppState.DRAINING:
+            break
+    assert now == 2.0

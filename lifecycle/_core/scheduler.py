@@ -58,6 +58,7 @@ from typing import Literal
 
 import attrs
 
+from .drain import Drain
 from .errors import DependencyFailed, is_cancellation, is_deadline_cut
 from .graph import Graph
 from .periodic import Schedule
@@ -298,7 +299,9 @@ class Scheduler:
         specs: one `NodeSpec` per name in the graph.
         infos: the records to keep up to date (``app.components``); created if omitted.
         shutdown_timeout: bounds the whole shutdown, drain delay included.
-        drain_delay: seconds between readiness turning off and the first stop.
+        drain_delay: seconds between readiness turning off and the first stop,
+            or a `Drain`: the drain then ends at ``Drain.end`` of the arrivals
+            fed in with `arrived`.
         on_component: called on every component transition
             ``(info, from_state, to_state, seconds_in_from_state)``.
         on_app: called on every app transition ``(from, to, now)``.
@@ -313,7 +316,7 @@ class Scheduler:
         specs: Iterable[NodeSpec],
         *,
         shutdown_timeout: float,
-        drain_delay: float = 0.0,
+        drain_delay: float | Drain = 0.0,
         infos: dict[str, ComponentInfo] | None = None,
         on_component: ComponentObserver | None = None,
         on_app: AppObserver | None = None,
@@ -366,6 +369,8 @@ class Scheduler:
         self._began: float | None = None
         self._timers: list[tuple[float, int, str, str, int]] = []
         self._seq = itertools.count()
+        self._drain_began: float | None = None  # when a Drain began (None: none yet)
+        self._last_arrival: float | None = None  # the latest arrival fed to `arrived`
 
     # -- queries -----------------------------------------------------------
 
@@ -581,15 +586,42 @@ class Scheduler:
         elif self.state is AppState.RUNNING:
             deadline = self._open_deadline(self._deadline_basis(now, requested_at))
             self._move_app(AppState.DRAINING, now)
-            if self.drain_delay <= 0:
+            drain = self.drain_delay
+            if isinstance(drain, Drain):
+                self._drain_began = now
+                self._arm(drain.end(now, self._last_arrival, deadline), "drain", "", 0)
+            elif drain <= 0:
                 self._begin_stopping(now, actions)
             else:
-                self._arm(min(now + self.drain_delay, deadline), "drain", "", 0)
+                self._arm(min(now + drain, deadline), "drain", "", 0)
         else:
             opened = False
         if opened and self.shutdown_deadline is not None and self.shutdown_deadline < now:
             actions.extend(self.tick(now))  # it arrived too late: the deadline passed
         return actions
+
+    def arrived(self, at: float | None) -> None:
+        """A request or connection arrived at ``at`` (the latest one a runner knows of).
+
+        Only an adaptive drain (a `Drain` as ``drain_delay``) uses it: its
+        timer, as it fires, ends the drain or moves to ``Drain.end`` of the
+        latest arrival. None (nothing arrived) and earlier times change nothing.
+
+        Example::
+
+            scheduler.arrived(app.last_arrival())
+            actions = scheduler.tick(clock())
+        """
+        if at is not None and (self._last_arrival is None or at > self._last_arrival):
+            self._last_arrival = at
+
+    @property
+    def wants_arrivals(self) -> bool:
+        """True while arrivals matter (a `Drain`, running or draining): feed `arrived` first."""
+        return isinstance(self.drain_delay, Drain) and self.state in (
+            AppState.RUNNING,
+            AppState.DRAINING,
+        )
 
     def tick(self, now: float) -> list[Action]:
         """Time is ``now``: fire every deadline that has passed."""
@@ -600,7 +632,7 @@ class Scheduler:
             if not self._timer_live(kind, name, epoch):
                 continue
             if kind == "drain":
-                self._begin_stopping(now, actions)
+                self._drain_due(now, actions)
             elif kind == "shutdown":
                 self._shutdown_expired(now, actions)
             elif kind == "start":
@@ -863,6 +895,18 @@ class Scheduler:
                 node.start_cancelled = True
                 actions.append(CancelStart(node.spec.name, reason))
         self._stop_ready(now, actions)
+
+    def _drain_due(self, now: float, actions: list[Action]) -> None:
+        """The drain timer fired: stop, unless an adaptive drain must wait for quiet."""
+        drain, began = self.drain_delay, self._drain_began
+        if isinstance(drain, Drain) and began is not None:
+            assert self.shutdown_deadline is not None
+            end = drain.end(began, self._last_arrival, self.shutdown_deadline)
+            if end > now:
+                # Invariant: end only moves later, bounded by began + max.
+                self._arm(end, "drain", "", 0)
+                return
+        self._begin_stopping(now, actions)
 
     def _begin_stopping(self, now: float, actions: list[Action]) -> None:
         """The drain delay is over: stop in reverse dependency order."""

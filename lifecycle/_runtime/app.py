@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -11,6 +12,7 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
+from .._core.drain import Drain, drain_bounds
 from .._core.errors import ConfigError, DuplicateComponent, UnknownDependency
 from .._core.graph import Graph, analyze, critical_path
 from .._core.periodic import First, OnError
@@ -124,6 +126,26 @@ class ShutdownPlan:
         )
 
 
+_NONE = object()
+
+
+def _arrival_sources(obj: object, name: str) -> list[object]:
+    """What of ``obj`` has a ``last_arrival``: itself, its tracker, its middleware, its tracker."""
+    found: dict[int, object] = {}
+    layer = [obj]
+    for _ in range(3):
+        below: list[object] = []
+        for candidate in layer:
+            if inspect.getattr_static(candidate, "last_arrival", _NONE) is not _NONE:
+                found[id(candidate)] = candidate
+            for attr in ("tracker", "middleware"):
+                inner = own_attribute(candidate, attr, name)
+                if inner is not None and inner is not candidate:
+                    below.append(inner)
+        layer = below
+    return list(found.values())
+
+
 @attrs.define(eq=False)
 class _Entry:
     component: Component
@@ -158,7 +180,9 @@ class App:
         name: for logs and reports.
         shutdown_timeout: bounds the whole shutdown, drain delay included.
         drain_delay: after a shutdown request, seconds to keep serving with
-            readiness off before the first stop (so load balancers notice).
+            readiness off before the first stop (so load balancers notice),
+            or a `Drain` (at least ``min``, at most ``max`` seconds, ending
+            once no request or connection arrived for ``quiet`` seconds).
         stop_timeout: default per-component bound on its stop phase.
         start_timeout: default per-component bound on ``start``.
         health: serve ``/livez``, ``/readyz``, ``/startupz`` and ``/status``
@@ -187,7 +211,7 @@ class App:
         name: str = "app",
         *,
         shutdown_timeout: float = 30.0,
-        drain_delay: float = 0.0,
+        drain_delay: float | Drain = 0.0,
         stop_timeout: float = 10.0,
         start_timeout: float = 30.0,
         health: tuple[str, int] | int | None = None,
@@ -196,12 +220,18 @@ class App:
             raise ConfigError(f"the app's name must be a non-empty str, got {name!r}")
         self.name = name
         self.shutdown_timeout = check_seconds(shutdown_timeout, "shutdown_timeout") or 0.0
-        self.drain_delay = check_seconds(drain_delay, "drain_delay") or 0.0
+        self.drain_delay: float | Drain = (
+            drain_delay
+            if isinstance(drain_delay, Drain)
+            else check_seconds(drain_delay, "drain_delay") or 0.0
+        )
         self.stop_timeout = check_seconds(stop_timeout, "stop_timeout") or 0.0
         self.start_timeout = check_seconds(start_timeout, "start_timeout") or 0.0
         self._health_address = _check_health(health)
         self._entries: dict[str, _Entry] = {}
         self._names_by_id: dict[int, str] = {}
+        # What records arrivals (an InFlight, a middleware): read by an adaptive drain.
+        self._arrivals: list[object] = []
         self._lock = threading.Lock()
         self._frozen = False
         # An App runs once: its one run's state, which the driver claims.
@@ -540,6 +570,8 @@ class App:
             bind = own_attribute(obj, "lifecycle_bind", name)
             if callable(bind):
                 bind(self)
+            for source in _arrival_sources(obj, name):
+                self.watch_arrivals(source)
             self._entries[name] = _Entry(component, deps, start_s, stop_s, critical, policy)
             self._names_by_id[id(obj)] = name
             self._run.infos[name] = ComponentInfo(
@@ -683,6 +715,54 @@ class App:
         """
         return list(self.graph().order)
 
+    def watch_arrivals(self, source: object) -> None:
+        """Let an adaptive drain (`Drain`) read ``source.last_arrival`` (idempotent).
+
+        ``App.add`` does it for the servers it is given (their ``tracker``,
+        their ``middleware``) and a middleware bound to the app does it for
+        itself; call it for what serves requests outside them, such as an
+        `InFlight` of your own. An app with a `Drain` that watches nothing
+        drains to ``max``: it cannot tell that traffic stopped.
+
+        Example::
+
+            >>> app = lifecycle.App()
+            >>> app.watch_arrivals(lifecycle.InFlight("jobs"))
+            >>> app.last_arrival() is None
+            True
+
+        Added in 0.4.
+        """
+        if all(seen is not source for seen in self._arrivals):
+            self._arrivals.append(source)
+
+    @property
+    def arrival_sources(self) -> tuple[object, ...]:
+        """What an adaptive drain reads arrivals from (see `watch_arrivals`)."""
+        return tuple(self._arrivals)
+
+    def last_arrival(self) -> float | None:
+        """When the last request or connection arrived at any of the app's servers; None if none.
+
+        A ``time.monotonic()`` value: the latest ``last_arrival`` of the
+        components' trackers (`InFlight`), middlewares and servers, and of
+        any component with a ``last_arrival`` attribute of its own. An
+        adaptive drain (`Drain`) ends ``quiet`` seconds after it.
+
+        Example::
+
+            >>> lifecycle.App().last_arrival() is None
+            True
+
+        Added in 0.4.
+        """
+        latest: float | None = None
+        for source in self._arrivals:
+            at = getattr(source, "last_arrival", None)
+            if isinstance(at, float) and (latest is None or at > latest):
+                latest = at
+        return latest
+
     def plan(self) -> ShutdownPlan:
         """The worst-case shutdown: drain delay + the heaviest chain of stop timeouts.
 
@@ -693,11 +773,12 @@ class App:
         """
         graph = self.graph()
         total, path = critical_path(graph, self._stop_budget)
+        drain_max = drain_bounds(self.drain_delay)[1]  # a Drain: its worst case, max
         return ShutdownPlan(
-            drain_delay=self.drain_delay,
+            drain_delay=drain_max,
             path=path,
             path_timeouts=tuple(self._stop_budget(n) for n in path),
-            worst_case=self.drain_delay + total,
+            worst_case=drain_max + total,
             shutdown_timeout=self.shutdown_timeout,
         )
 

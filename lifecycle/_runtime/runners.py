@@ -437,6 +437,10 @@ class _Driver:
         assert run is not None
         now = self.clock()
         actions: list[Action] = []
+        if sched.wants_arrivals:  # an adaptive drain: the latest arrival first
+            # Watching nothing, it cannot tell that traffic stopped: busy, to max.
+            app = self.app
+            sched.arrived(app.last_arrival() if app.arrival_sources else now)
         if event[0] == "done":
             _, name, phase, error = event
             handle = self._handles.pop((name, phase), None)

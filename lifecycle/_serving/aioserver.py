@@ -190,6 +190,10 @@ class _Serving:
             self._detach_drain()
         self._app = app
         self._detach_drain = on_cancel_inline(app.shutdown_token, self._begin_drain)
+        watch = getattr(app, "watch_arrivals", None)
+        if callable(watch):
+            # An adaptive drain reads the last arrival: the middleware's, or the tracker's.
+            watch(getattr(self, "tracker", self))
 
     def _begin_drain(self) -> None:
         # Runs as the shutdown token fires: a flag, no logging, no locks.

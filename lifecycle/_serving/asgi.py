@@ -184,6 +184,8 @@ class ASGIMiddleware(_Serving):
         self.asgi_app = asgi_app
         self.name = name
         self._calls: set[_Call[Awaitable[None]]] = set()
+        self.last_arrival: float | None = None
+        """When the last HTTP request or websocket began (``time.monotonic()``); None before."""
         # The request of this middleware's that the context belongs to: its
         # record, held by the context (and any copy of it), so never reused for
         # another request while a copy could still name it. One variable per
@@ -243,7 +245,8 @@ class ASGIMiddleware(_Serving):
             # unless the server announces the close itself), no token made, no
             # task lookup, two context variables (the shared token, bound to
             # this middleware, and the request's record).
-            call = partial(_responding, self, scope, send, _monotonic())
+            call = partial(_responding, self, scope, send, at := _monotonic())
+            self.last_arrival = at  # read by an adaptive drain (lifecycle.Drain)
             calls = self._calls
             calls.add(call)  # Invariant: before _refusing is read (see _StopOps.cut)
             if self.draining:
@@ -258,7 +261,8 @@ class ASGIMiddleware(_Serving):
                 if self._announce_close is None:
                     send = call
         elif scope["type"] == "websocket":
-            call = partial(_responding, self, scope, send, _monotonic())
+            call = partial(_responding, self, scope, send, at := _monotonic())
+            self.last_arrival = at
             calls = self._calls
             calls.add(call)  # Invariant: before _refusing is read (see _StopOps.cut)
             if self.draining and self._refusing:

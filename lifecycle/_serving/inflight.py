@@ -202,6 +202,11 @@ class InFlight:
         self._entered = 0  # tickets entered, plus the uses of slots closed
         self.refused = 0
         """How many were refused because the tracker was closed."""
+        self.last_arrival: float | None = None
+        """``clock()`` value of the last unit entered, begun or slot opened; None before.
+
+        A plain attribute stored on the hot path (the clock read it already
+        makes): an adaptive drain (`lifecycle.Drain`) reads it."""
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -232,7 +237,8 @@ class InFlight:
             if self._closed:
                 self.refused += 1
                 return None
-            ticket = Ticket(label, self.clock(), long_lived)
+            ticket = Ticket(label, at := self.clock(), long_lived)
+            self.last_arrival = at
             self._tickets[ticket.id] = ticket
             self._entered += 1
             return ticket
@@ -266,6 +272,7 @@ class InFlight:
             if slot is None:
                 slot = Slot(describe)
             self._tickets[slot.id] = slot
+            self.last_arrival = self.clock()  # a connection arrived
             return slot
 
     def begin(self, slot: Slot, label: str | None = None) -> bool:
@@ -279,7 +286,7 @@ class InFlight:
             return False
         if label is not None:
             slot.label = label
-        slot.began = self.clock()
+        self.last_arrival = slot.began = self.clock()
         slot.long_lived = False
         slot.uses += 1
         slot.active = True

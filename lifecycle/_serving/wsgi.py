@@ -196,6 +196,9 @@ class WSGIMiddleware:
             self._detach_drain()
         self._app = app
         self._detach_drain = _on_cancel_inline(app.shutdown_token, self._begin_drain)
+        watch = getattr(app, "watch_arrivals", None)
+        if callable(watch):
+            watch(self.tracker)  # an adaptive drain reads its last arrival
 
     def _begin_drain(self) -> None:
         # Runs as the shutdown token fires: a flag, no logging, no locks.
