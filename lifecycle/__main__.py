@@ -1,12 +1,18 @@
-"""``python -m lifecycle``: the command line.
+"""The command line: ``python -m lifecycle`` and the ``lifecycle`` script.
 
 Commands:
 
+* ``lifecycle run|check|graph MODULE:ATTR``: run an app, validate it and print its
+  shutdown budget, draw its dependency graph; see ``lifecycle._tools.cli``.
+* ``lifecycle k8s ...``: Kubernetes settings and manifest lint; see ``lifecycle._tools.k8s``.
 * ``lifecycle exec [--drain-delay S] [--health [HOST:]PORT] [--ready-port PORT]
   [--stop-timeout S] [--stop-signal NAME] -- CMD ...``: run CMD as the child of a lifecycle app
   (readiness, drain, signal forwarding, reaping, the child's exit code);
   see ``lifecycle._runtime.exec``.
 * ``lifecycle demo``: SIGTERM under load, a naive server against a managed one.
+
+This module stays thin and cheap to import: ``exec`` blocks its signals before
+anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -180,26 +186,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example::
 
         sys.exit(main(["exec", "--drain-delay", "5", "--", "gunicorn", "app:wsgi"]))
+        sys.exit(main(["run", "myservice.main:app"]))
     """
     global _blocked
     given = sys.argv[1:] if argv is None else list(argv)
     if given[:1] == ["exec"] and hasattr(signal, "pthread_sigmask") and not _blocked:
         signal.pthread_sigmask(signal.SIG_BLOCK, _EXEC_SIGNALS)
         _blocked = True
-    parser = argparse.ArgumentParser(prog="lifecycle", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    from ._tools import cli  # noqa: PLC0415 - after exec's signals are blocked
+
+    if given[:1] == ["k8s"]:
+        return cli.k8s(given[1:])
+    parser = argparse.ArgumentParser(
+        prog="lifecycle",
+        description=cli.SUMMARY,
+        epilog=cli.EPILOG,
+        formatter_class=cli.HelpFormatter,
+    )
+    parser.add_argument("--version", action=cli.VersionAction)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli.add_commands(commands)
+    _add_exec(commands)
     commands.add_parser(
         "demo", help="SIGTERM under load: a naive stdlib server against a lifecycle-managed one"
     )
-    server = commands.add_parser("demo-server", help="run one of the demo's servers (internal)")
+    # Internal (the demo's child processes): no help=, so not listed.
+    server = commands.add_parser("demo-server")
     server.add_argument("kind", choices=["naive", "managed"])
     server.add_argument("port", type=int)
     server.add_argument("report", nargs="?", default=None)
-    _add_exec(commands)
     args = parser.parse_args(argv)
 
     if args.command == "exec":
         return _exec(args, commands.choices["exec"])
+    handled = cli.dispatch(args)
+    if handled is not None:
+        return handled
 
     from ._demo import demo as _demo  # noqa: PLC0415 - keep `import lifecycle` free of the demo
 

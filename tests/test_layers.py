@@ -15,7 +15,8 @@ ALLOWED = {
     "_serving": {"_core", "_serving"},
     "_workers": {"_core", "_workers"},
     "_runtime": {"_core", "_runtime", "_serving", "_workers"},
-    "_demo": {"_core", "_runtime", "_serving", "_workers", "_demo"},
+    "_tools": {"_core", "_runtime", "_serving", "_workers", "_tools"},
+    "_demo": {"_core", "_runtime", "_serving", "_workers", "_tools", "_demo"},
 }
 # The scheduler, graph and states never touch threads, loops, signals or the clock.
 SANS_IO = {"scheduler.py", "graph.py", "states.py", "errors.py"}
