@@ -15,10 +15,10 @@ imports it then.
 
 import importlib as _importlib
 
+from ._core.drain import Drain as Drain
 from ._core.errors import Cancelled as Cancelled
 from ._core.errors import ConfigError as ConfigError
 from ._core.errors import CycleError as CycleError
-from ._core.drain import Drain as Drain
 from ._core.errors import DeadlineExceeded as DeadlineExceeded
 from ._core.errors import DependencyFailed as DependencyFailed
 from ._core.errors import DuplicateComponent as DuplicateComponent
@@ -111,10 +111,10 @@ __all__ = [
     "ConsumerStats",
     "CycleError",
     "DeadlineExceeded",
-    "Drain",
     "DeadlineTimer",
     "Dedupe",
     "DependencyFailed",
+    "Drain",
     "DuplicateComponent",
     "ExitCode",
     "HTTPLimits",

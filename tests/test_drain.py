@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import doctest
 import http.client
 import math
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -458,10 +460,6 @@ def test_a_real_request_records_an_arrival(drive, kind):
 
 def test_the_docstring_examples_run() -> None:
     """The examples in `Drain`'s docstrings hold."""
-    import doctest
-
-    import lifecycle._core.drain as drain_module
-
-    failed, tried = doctest.testmod(drain_module, raise_on_error=False)
+    failed, tried = doctest.testmod(sys.modules[Drain.__module__], raise_on_error=False)
     assert tried > 0
     assert failed == 0
