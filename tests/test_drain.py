@@ -339,14 +339,20 @@ def test_runner_holds_the_drain_to_max_while_requests_keep_arriving(drive):
 @pytest.mark.realtime
 def test_runner_ends_the_drain_by_the_shutdown_deadline(drive):
     """shutdown_timeout 3 s, max 30 s, steady traffic: the deadline ends the drain, not max."""
-    app, port = _start(drive, Drain(min=0.5, max=30.0, quiet=5.0), shutdown_timeout=3.0)
-    traffic = _Traffic(port)
+    app = lifecycle.App(
+        drain_delay=Drain(min=0.5, max=30.0, quiet=5.0), shutdown_timeout=3.0, stop_timeout=5
+    )
+    server = app.add(lifecycle.HTTPServer(_Hello, ("127.0.0.1", 0)), name="web")
+    drive.start(app)
+    traffic = _Traffic(server.port)
     try:
         assert traffic.first.wait(BOUND)
         began = time.monotonic()
         code = drive.stop(timeout=40)
     finally:
         traffic.stop()
+        # The deadline abandoned the server without a stop: close it, so no thread outlives it.
+        server.stop(lifecycle.CancelSource(timeout=BOUND).token)
     elapsed = time.monotonic() - began
     assert 2.5 <= elapsed < 20.0
     assert code == ExitCode.TIMEOUT  # the drain used the whole budget: nothing was stopped
