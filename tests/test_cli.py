@@ -24,7 +24,7 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -818,15 +818,9 @@ def test_plan_budget_boundary_fits():
 
 
 def test_plan_reads_an_adaptive_drain_by_its_bounds():
-    """A drain_delay with .min and .max (an adaptive drain): min and max are its bounds."""
-
-    class Drain:
-        min = 1.0
-        max = 4.0
-
-    app = declare({"a": []}, {"a": 5.0}, shutdown_timeout=8)
-    app.drain_delay = cast(Any, Drain())
-    p = plan(app)
+    """An adaptive drain (`lifecycle.Drain`): its min and max are the plan's bounds."""
+    drain = lifecycle.Drain(min=1.0, max=4.0, quiet=0.5)
+    p = plan(declare({"a": []}, {"a": 5.0}, shutdown_timeout=8, drain_delay=drain))
     assert (p.drain_min, p.drain_max, p.needed, p.overrun) == (1.0, 4.0, 9.0, True)
 
 

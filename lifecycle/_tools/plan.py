@@ -23,10 +23,11 @@ import inspect
 import os
 import sys
 import traceback
-from typing import Any, cast
+from typing import Any
 
 import attrs
 
+from .._core.drain import drain_bounds
 from .._core.errors import ConfigError
 from .._core.graph import critical_path
 from .._runtime.app import App
@@ -109,15 +110,6 @@ class Plan:
         }
 
 
-def _drain(app: App) -> tuple[float, float]:
-    """``(min, max)`` of the app's drain delay: a number, or an object with ``.min``/``.max``."""
-    delay: object = app.drain_delay
-    if isinstance(delay, int | float):
-        return float(delay), float(delay)
-    adaptive = cast(Any, delay)
-    return float(adaptive.min), float(adaptive.max)
-
-
 def _stop_waves(
     order: tuple[str, ...], dependents: dict[str, tuple[str, ...]]
 ) -> tuple[tuple[str, ...], ...]:
@@ -147,7 +139,7 @@ def plan(app: App) -> Plan:
     # The stop budgets App.plan uses (one source of truth), whatever the drain delay is.
     budget = app._stop_budget
     total, path = critical_path(graph, budget)
-    low, high = _drain(app)
+    low, high = drain_bounds(app.drain_delay)
     return Plan(
         name=app.name,
         start_order=graph.order,
