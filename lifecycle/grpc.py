@@ -774,7 +774,7 @@ class _GrpcServer:
             detach()
         self._detach.clear()
         self._stopped = True
-        _log.info(
+        _log.debug(
             "server stopped",
             component=self.name,
             rpcs=self.tracker.total,
@@ -785,7 +785,7 @@ class _GrpcServer:
     def _begin_stop(self, token: CancelToken) -> float:
         """The stop begins: note its deadline, log; return when it began."""
         self._stop_token_deadline = token.deadline
-        _log.info("server stopping", component=self.name, in_flight=self.tracker.count)
+        _log.debug("server stopping", component=self.name, in_flight=self.tracker.count)
         return time.monotonic()
 
     def _work(self) -> Work:

@@ -573,7 +573,9 @@ class Server(Listening):
 
     def _cut_outcome(self) -> DeadlineExceeded | None:
         """What a stop that cut without finishing amounts to: the cut, if it named requests."""
-        return DeadlineExceeded(self.name, self._cut_labels) if self._cut_labels else None
+        if not self._cut_labels:
+            return None
+        return DeadlineExceeded(self.name, self._cut_labels, logged=True)  # by the first stop
 
     async def _stop_sequence(self, token: CancelToken) -> None:
         if self._starting:
@@ -823,7 +825,7 @@ class Server(Listening):
                 cut=len(labels),
                 hint="raise stop_timeout, or make these handlers honour lifecycle.current_token()",
             )
-            raise DeadlineExceeded(self.name, labels)
+            raise DeadlineExceeded(self.name, labels, logged=True)
 
     def _abandon(self) -> None:
         """The stop's task was cancelled: cut what runs at once, without waiting for it."""

@@ -135,7 +135,7 @@ def test_unconfigured_structlog_sends_every_event_to_stdlib_logging(kind, caplog
     assert summary.levelno == logging.INFO
     assert fields(summary)["components"]["db"]["state"] == "stopped"
     stopping = next(r for r in named(records, "transition") if fields(r)["to_state"] == "STOPPING")
-    assert stopping.levelno == logging.INFO
+    assert stopping.levelno == logging.DEBUG
     assert stopping.__dict__["component"] == "db"  # a field is an attribute of the record too
     duration = fields(stopping)["duration"]
     assert isinstance(duration, float)
@@ -181,7 +181,7 @@ def test_exc_info_is_the_records(kind, caplog):
 
 def test_app_transitions_carry_a_duration(caplog):
     """Each app transition has the seconds spent in the state it leaves (0 for NEW)."""
-    caplog.set_level(logging.INFO, logger="lifecycle")
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
     app, _ = one_app("thread")
     assert run_once("thread", app) == ExitCode.OK
     moves = [fields(r) for r in named(lifecycle_records(caplog), "app transition")]
@@ -284,3 +284,269 @@ def test_an_asyncio_task_left_behind_is_logged_to_stdlib(caplog):
     (pending,) = named(lifecycle_records(caplog), "task still pending when its event loop closed")
     assert pending.levelno == logging.ERROR
     assert fields(pending)["task"] == "stubborn"
+
+
+# -- levels that mean something --------------------------------------------------------------
+
+
+def info_events(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int]]:
+    return [
+        (r.__dict__["event"], r.levelno)
+        for r in lifecycle_records(caplog)
+        if r.levelno >= logging.INFO
+    ]
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_clean_run_at_info_is_one_line_per_phase(kind, caplog):
+    """At INFO a clean run reads: started, shutdown requested, draining, stopping, summary.
+
+    Transitions (component and app) are DEBUG; nothing is above INFO.
+    """
+    caplog.set_level(logging.INFO, logger="lifecycle")
+    app = App("shop", drain_delay=0.01)
+    app.add((Part if kind == "thread" else APart)(), name="db")
+    assert run_once(kind, app) == ExitCode.OK
+    assert info_events(caplog) == [
+        ("app started", logging.INFO),
+        ("shutdown requested", logging.INFO),
+        ("draining", logging.INFO),
+        ("stopping", logging.INFO),
+        ("shutdown summary", logging.INFO),
+    ]
+    records = lifecycle_records(caplog)
+    (requested,) = named(records, "shutdown requested")
+    assert fields(requested)["reason"] == "test"
+    assert fields(requested)["budget"] == pytest.approx(30.0, abs=0.5)
+    (draining,) = named(records, "draining")
+    assert fields(draining)["seconds"] == 0.01
+    (summary,) = named(records, "shutdown summary")
+    assert fields(summary)["outcome"] == "ok"
+    assert summary.getMessage().splitlines()[1:] == [
+        "components:",
+        f"  db: state=stopped start_seconds={fields(summary)['components']['db']['start_seconds']}"
+        f" stop_seconds={fields(summary)['components']['db']['stop_seconds']}",
+    ]
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_no_drain_delay_logs_no_draining_line(kind, caplog):
+    caplog.set_level(logging.INFO, logger="lifecycle")
+    app, _ = one_app(kind)
+    assert run_once(kind, app) == ExitCode.OK
+    assert "draining" not in [event for event, _ in info_events(caplog)]
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_an_adaptive_drain_logs_its_bounds(kind, caplog):
+    caplog.set_level(logging.INFO, logger="lifecycle")
+    app = App("shop", drain_delay=lifecycle.Drain(min=0.01, max=0.05, quiet=0.01))
+    app.add((Part if kind == "thread" else APart)(), name="db")
+    assert run_once(kind, app) == ExitCode.OK
+    (draining,) = named(lifecycle_records(caplog), "draining")
+    assert {k: fields(draining)[k] for k in ("min", "max", "quiet")} == {
+        "min": 0.01,
+        "max": 0.05,
+        "quiet": 0.01,
+    }
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_failed_stop_is_one_error_entry_from_the_users_frame_and_an_error_summary(kind, caplog):
+    """stop() raised: one ERROR entry (its traceback begins at the user's frame), the FAILED
+    transition at DEBUG, and the summary at ERROR (exit FAILED)."""
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    app, _ = one_app(kind, stop_error=RuntimeError("pool close failed"))
+    assert run_once(kind, app) == ExitCode.FAILED
+    records = lifecycle_records(caplog)
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    errors = [r for r in errors if r.__dict__["event"] != "shutdown summary"]
+    assert [r.__dict__["event"] for r in errors] == ["stop() raised"]
+    (raised,) = errors
+    assert raised.exc_info is not None
+    tb = raised.exc_info[2]
+    assert tb is not None
+    assert tb.tb_frame.f_code.co_filename == __file__  # the user's frame first
+    assert tb.tb_frame.f_code.co_name == "stop"
+    failed = [r for r in named(records, "transition") if fields(r)["to_state"] == "FAILED"]
+    assert [r.levelno for r in failed] == [logging.DEBUG]
+    (summary,) = named(records, "shutdown summary")
+    assert summary.levelno == logging.ERROR
+    assert fields(summary)["outcome"] == "failed"
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_stuck_stop_is_one_entry_whose_stack_begins_at_the_users_frame(kind, caplog):
+    """A stop past its timeout: "component stuck" with a stack that starts at the user's
+    function (no runner, thread or asyncio frames above it); the summary at WARNING (TIMEOUT)."""
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    release = threading.Event()
+    app = App("shop", stop_timeout=0.05)
+
+    if kind == "thread":
+
+        @app.worker
+        def stuck_worker(token: CancelToken) -> None:
+            release.wait(10)
+
+    else:
+
+        @app.worker
+        async def stuck_worker(token: CancelToken) -> None:  # type: ignore[misc]
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+
+    try:
+        assert run_once(kind, app) == ExitCode.TIMEOUT
+    finally:
+        release.set()
+    records = lifecycle_records(caplog)
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert [r.__dict__["event"] for r in errors] == ["component stuck"]
+    stack = fields(errors[0])["stack"]
+    # A task's stack is headed by its name; a thread's is frames only.
+    first = next(line for line in stack.splitlines() if not line.startswith("Stack of task"))
+    assert first.startswith(f'  File "{__file__}"'), stack
+    assert "stuck_worker" in first
+    assert "lifecycle/_runtime" not in stack
+    assert "threading.py" not in stack.split(__file__)[0]
+    (summary,) = named(records, "shutdown summary")
+    assert summary.levelno == logging.WARNING
+    assert fields(summary)["outcome"] == "timeout"
+
+
+class _Seen(logging.Handler):
+    """Sets an event once a record of ``event`` was emitted."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.event = event
+        self.seen = threading.Event()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.__dict__.get("event") == self.event:
+            self.records.append(record)
+            self.seen.set()
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_slow_stop_logs_what_is_still_stopping_once_a_second(kind, caplog):
+    """While a component stops for more than a second: "still stopping" names it, how long
+    it has been stopping, its budget, and the shutdown budget left."""
+    caplog.set_level(logging.INFO, logger="lifecycle")
+    seen = _Seen("still stopping")
+    logger = logging.getLogger("lifecycle")
+    logger.addHandler(seen)
+    app = App("shop", stop_timeout=20)
+
+    class Slow:
+        def stop(self, token: CancelToken) -> None:
+            assert seen.seen.wait(15), "no progress line within 15 s"
+
+    class ASlow:
+        async def stop(self, token: CancelToken) -> None:
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, seen.seen.wait, 15)
+
+    app.add(Slow() if kind == "thread" else ASlow(), name="pool")
+    try:
+        assert run_once(kind, app) == ExitCode.OK
+    finally:
+        logger.removeHandler(seen)
+    (progress, *_) = seen.records
+    assert progress.levelno == logging.INFO
+    (line,) = fields(progress)["components"]
+    assert line.startswith(("pool 1.", "pool 2.")), line
+    assert line.endswith(" of 20s")
+    assert 25 < fields(progress)["budget_left"] < 30
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_fast_stop_logs_no_progress_line(kind, caplog):
+    caplog.set_level(logging.INFO, logger="lifecycle")
+    app, _ = one_app(kind)
+    assert run_once(kind, app) == ExitCode.OK
+    assert named(lifecycle_records(caplog), "still stopping") == []
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_cut_request_is_one_entry(kind, caplog):
+    """A server stop that cuts a stuck request: one ERROR entry naming it ("work cut at the
+    stop deadline"), no "stop() raised" traceback, no second entry for its thread or the
+    FAILED transition; the summary at WARNING with the cut count."""
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    entered = threading.Event()
+    release = threading.Event()
+
+    from http.server import BaseHTTPRequestHandler  # noqa: PLC0415
+
+    class Stuck(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            entered.set()
+            release.wait(10)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    import socket  # noqa: PLC0415
+
+    server = lifecycle.HTTPServer(Stuck, ("127.0.0.1", 0), name="api")
+    app = App("shop")
+    app.add(server, name="api", stop_timeout=0.3)
+    client = socket.socket()
+    try:
+        if kind == "thread":
+            runner = ThreadedRunner(app, signals=None)
+            runner.start()
+            client.connect(("127.0.0.1", server.port))
+            client.sendall(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert entered.wait(10)
+            code = runner.stop("test")
+        else:
+
+            async def main() -> int:
+                runner = AsyncioRunner(app, signals=None)
+                await runner.start()
+                client.connect(("127.0.0.1", server.port))
+                client.sendall(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+                loop = asyncio.get_running_loop()
+                assert await loop.run_in_executor(None, entered.wait, 10)
+                return await runner.stop("test")
+
+            code = lifecycle.asyncio_run(main())
+    finally:
+        release.set()
+        client.close()
+    assert code == ExitCode.TIMEOUT
+    records = lifecycle_records(caplog)
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert [r.__dict__["event"] for r in errors] == ["work cut at the stop deadline"]
+    assert fields(errors[0])["running"][0].startswith("GET /stuck")
+    assert all(r.exc_info is None for r in records)
+    (summary,) = named(records, "shutdown summary")
+    assert summary.levelno == logging.WARNING
+    assert fields(summary)["components"]["api"]["cut_count"] == 1
+
+
+class _OwnCut(lifecycle.DeadlineExceeded):
+    """A cut error of the kind a component may define (it skips the base __init__)."""
+
+    def __init__(self) -> None:
+        self.cut = ["job 7"]
+        TimeoutError.__init__(self, "job 7 cut at the deadline; raise stop_timeout")
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_cut_error_of_the_components_own_is_one_entry_without_a_traceback(kind, caplog):
+    """A DeadlineExceeded subclass raised by stop(): exit TIMEOUT, one "stop() raised" entry
+    with its message and no traceback (lifecycle's account of a cut, not a bug)."""
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    app, _ = one_app(kind, stop_error=_OwnCut())
+    assert run_once(kind, app) == ExitCode.TIMEOUT
+    records = lifecycle_records(caplog)
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert [r.__dict__["event"] for r in errors] == ["stop() raised"]
+    assert errors[0].exc_info is None
+    assert fields(errors[0])["error"] == "job 7 cut at the deadline; raise stop_timeout"
+    (summary,) = named(records, "shutdown summary")
+    assert summary.levelno == logging.WARNING

@@ -203,15 +203,26 @@ class DeadlineExceeded(LifecycleError, TimeoutError):
         cut: what was cut.
         what: the message's wording of what was cut (``"cut 2 unfinished
             request(s)"``); a consumer gives back messages.
+        logged: whether the cut was logged already, where it happened (the
+            runner then logs no second entry for it).
 
     Attributes:
         cut: what was cut, oldest first (``["GET /slow (12.3s)"]``).
+        logged: as given.
     """
 
+    logged: bool = False  # (a class default: subclasses may not call this __init__)
+
     def __init__(
-        self, component: str, cut: list[str], *, what: str = "cut {n} unfinished request(s)"
+        self,
+        component: str,
+        cut: list[str],
+        *,
+        what: str = "cut {n} unfinished request(s)",
+        logged: bool = False,
     ) -> None:
         self.cut = list(cut)
+        self.logged = logged
         shown = ", ".join(self.cut[:5]) + (" ..." if len(self.cut) > 5 else "")
         super().__init__(
             f"{component!r} {what.format(n=len(self.cut))} at its stop deadline "

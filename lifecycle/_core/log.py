@@ -11,7 +11,8 @@ global: the application decides where events go.
   ``logging.getLogger("lifecycle")`` logger, at the same level, so that
   levels, handlers, filters and ``logging.basicConfig`` work as Python users
   expect. The message reads ``event key=value ...`` (multi-line values such
-  as a stack follow on lines of their own); the fields are attributes of the
+  as a stack, and a mapping of mappings such as the shutdown summary's
+  components, one line per entry, follow on lines of their own); the fields are attributes of the
   record (those whose names the record does not use itself) and, all of them,
   the dict ``record.fields``; ``record.event`` is the event's name;
   ``exc_info`` is the record's.
@@ -104,15 +105,31 @@ def render(event: str, fields: Mapping[str, object]) -> str:
 
         >>> render("transition", {"component": "db", "duration": 0.01})
         'transition component=db duration=0.01'
+        >>> table = {"db": {"state": "stopped"}}
+        >>> print(render("shutdown summary", {"exit_code": 0, "components": table}))
+        shutdown summary exit_code=0
+        components:
+          db: state=stopped
     """
     inline = [event]
     blocks = []
     for key, value in fields.items():
         if isinstance(value, str) and "\n" in value:
             blocks.append(f"{key}:\n{value.rstrip()}")
+        elif isinstance(value, Mapping) and _is_table(value):
+            rows = (
+                f"  {name}: " + " ".join(f"{k}={_value(v)}" for k, v in row.items())
+                for name, row in value.items()
+            )
+            blocks.append(f"{key}:\n" + "\n".join(rows))
         else:
             inline.append(f"{key}={_value(value)}")
     return "\n".join([" ".join(inline), *blocks])
+
+
+def _is_table(value: Mapping[Any, Any]) -> bool:
+    """A non-empty mapping of mappings (the summary's components): one line per entry."""
+    return bool(value) and all(isinstance(row, Mapping) for row in value.values())
 
 
 class Logger:

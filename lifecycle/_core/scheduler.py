@@ -354,6 +354,8 @@ class Scheduler:
 
         self.state = AppState.NEW
         self._state_since = 0.0
+        self.app_entered: dict[AppState, float] = {}
+        """When the app first entered each state it has been in (the runner's clock)."""
         self.exit_code: ExitCode | None = None
         self.shutdown_reason: str | None = None
         self.shutdown_deadline: float | None = None
@@ -738,6 +740,7 @@ class Scheduler:
         check_app_move(self.name, before, target)
         self.state = target
         self._state_since = now
+        self.app_entered.setdefault(target, now)
         if self._on_app is not None:
             self._on_app(before, target, now)
 

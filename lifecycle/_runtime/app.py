@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 import attrs
 
 from .._core.drain import Drain, drain_bounds
-from .._core.errors import ConfigError, DuplicateComponent, UnknownDependency
+from .._core.errors import ConfigError, DeadlineExceeded, DuplicateComponent, UnknownDependency
 from .._core.graph import Graph, analyze, critical_path
 from .._core.periodic import First, OnError
 from .._core.restart import RestartMode, RestartPolicy, as_policy
@@ -783,9 +783,32 @@ class App:
         )
 
     def report(self) -> dict[str, Any]:
-        """A JSON-ready snapshot: the app and every component's state, error and timings."""
+        """A JSON-ready snapshot: the app and every component's state, error and timings.
+
+        Times are seconds since the run began (the app entered STARTING):
+        ``phases`` maps each app state the run has reached to when it was
+        entered; each component has ``start_at`` / ``stop_at`` (when that
+        phase began, or None) beside ``start_seconds`` / ``stop_seconds``
+        (how long it took), its ``depends_on``, ``start_timeout`` and
+        ``stop_budget`` (the longest its stop phase may take; None for no
+        bound), and, when its stop cut work
+        at the deadline, ``cut`` (the first 20, oldest first) and
+        ``cut_count``. `lifecycle.timeline` draws this as a Gantt chart.
+
+        Example::
+
+            report = app.report()
+            print(report["state"], report["exit_code"], report["phases"].get("stopping"))
+        """
         run = self._run
         now = time.monotonic()
+        sched = run.scheduler
+        entered = {} if sched is None else dict(sched.app_entered)
+        origin = entered.get(AppState.STARTING)
+
+        def since(at: float | None) -> float | None:
+            return None if at is None or origin is None else round(at - origin, 6)
+
         components: dict[str, dict[str, Any]] = {}
         for name, info in run.infos.items():
             components[name] = {
@@ -797,6 +820,11 @@ class App:
                 "timed_out": info.timed_out,
                 "start_seconds": _round(info.start_duration),
                 "stop_seconds": _round(info.stop_duration),
+                "start_at": since(info.start_began),
+                "stop_at": since(info.stop_began),
+                "depends_on": list(info.depends_on),
+                "start_timeout": _finite(self._start_timeout(name)),
+                "stop_budget": _finite(self._stop_budget(name)),
                 "stop_called": info.stop_called,
                 "restarts": info.restarts,
                 "next_restart_in": None
@@ -806,6 +834,9 @@ class App:
             if info.restart_error is not None:
                 error = info.restart_error
                 components[name]["restart_error"] = f"{type(error).__name__}: {error}"
+            if isinstance(info.error, DeadlineExceeded):
+                components[name]["cut"] = info.error.cut[:20]
+                components[name]["cut_count"] = len(info.error.cut)
             if info.periodic is not None:
                 components[name]["periodic"] = info.periodic.status(
                     now, time.time(), with_error=True
@@ -816,6 +847,9 @@ class App:
             "ready": self.ready,
             "exit_code": None if run.exit_code is None else int(run.exit_code),
             "shutdown_reason": run.shutdown_reason,
+            "shutdown_timeout": _finite(self.shutdown_timeout),
+            "drain_delay": _drain_json(self.drain_delay),
+            "phases": {state.value: since(at) for state, at in entered.items()},
             "components": components,
         }
 
@@ -935,3 +969,14 @@ class App:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an unbounded timeout is None."""
+    return None if math.isinf(value) else value
+
+
+def _drain_json(drain: float | Drain) -> float | dict[str, float]:
+    if isinstance(drain, Drain):
+        return {"min": drain.min, "max": drain.max, "quiet": drain.quiet}
+    return drain

@@ -89,6 +89,11 @@ class Run:
         return self._source.token
 
     @property
+    def scheduler(self) -> Scheduler | None:
+        """The scheduler of the driver that took this run over, or None before."""
+        return self._scheduler
+
+    @property
     def shutdown_deadline(self) -> float | None:
         """The scheduler's shutdown deadline; until it has one, what it will be.
 

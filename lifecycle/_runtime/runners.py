@@ -66,7 +66,8 @@ from typing import Any, Literal
 
 import attrs
 
-from .._core.errors import ConfigError, StartupError, is_cancellation
+from .._core.drain import Drain
+from .._core.errors import ConfigError, DeadlineExceeded, StartupError, is_cancellation
 from .._core.log import get_logger
 from .._core.scheduler import (
     Abandon,
@@ -99,7 +100,7 @@ from .signals import (
     user_code_thread,
     wait_event,
 )
-from .stacks import task_stack, thread_stack
+from .stacks import task_stack, thread_stack, user_traceback
 from .watchdog import MARGIN, Watchdog, guard_interpreter_exit, wait_timeout
 
 __all__ = ["AsyncioRunner", "ThreadedRunner", "run"]
@@ -117,6 +118,21 @@ by a synchronous call is left. The watchdog does not count it: the app finished 
 TEARDOWN_BOUND = HEALTH_CLOSE_BOUND + LOOP_JOIN_BOUND
 """Seconds a runner's own teardown may take once the app finished (its loop, its health
 endpoint): what an abort waits for past the shutdown deadline and the watchdog's margin."""
+
+PROGRESS_EVERY = 1.0
+"""Seconds between two "still stopping" lines while components are stopping."""
+
+# What the shutdown summary says of each component (the report has more).
+_SUMMARY_KEYS = ("state", "error", "timed_out", "start_seconds", "stop_seconds", "cut_count")
+
+
+def _outcome(code: int) -> str:
+    """The exit code's name, lower case ("ok", "timeout"), or "exit N" for another."""
+    try:
+        return ExitCode(code).name.lower()
+    except ValueError:
+        return f"exit {code}"
+
 
 # Events posted to the control loop.
 _Done = tuple[Literal["done"], str, Phase, BaseException | None]
@@ -160,6 +176,7 @@ class _Handle:
 class _Driver:
     """What both runners share. Subclasses implement `_post`, `_spawn_*`."""
 
+
     def __init__(
         self,
         app: App,
@@ -188,6 +205,8 @@ class _Driver:
         self._first_signal: float | None = None
         self._repeats = 0  # signals ignored within the grace; the first is logged, then a count
         self._app_since: float | None = None  # when the app entered its current state
+        self._progress_at: float | None = None  # when the next "still stopping" line is due
+        self._logged_errors: set[int] = set()  # ids of the errors logged as "<phase>() raised"
         self._began = 0.0
         self._health: Any = None
         self._threads = _CallThreads()
@@ -357,9 +376,26 @@ class _Driver:
         }
         if after is ComponentState.FAILED and info.error is not None:
             fields["error"] = f"{type(info.error).__name__}: {info.error}"
-            self._rlog.error("transition", **fields)
-        else:
-            self._rlog.info("transition", **fields)
+            if not self._reported(info):
+                self._rlog.error("transition", **fields)
+                return
+        self._rlog.debug("transition", **fields)
+
+    def _reported(self, info: ComponentInfo) -> bool:
+        """Whether a component's failure has an ERROR entry of its own.
+
+        Each failure is one entry: what ``start``/``run``/``stop`` raised is
+        logged with its traceback as it arrives, a cut by the server that cut
+        ("work cut at the stop deadline"), a timeout by "component stuck"
+        with the stack (logged right after this transition, in the same
+        round); the transition itself is then a DEBUG line.
+        """
+        error = info.error
+        return (
+            id(error) in self._logged_errors
+            or info.timed_out is not None
+            or (isinstance(error, DeadlineExceeded) and error.logged)
+        )
 
     def _log_app(self, before: AppState, after: AppState, now: float) -> None:
         run, sched = self._run, self.scheduler
@@ -373,31 +409,109 @@ class _Driver:
             # report say so alike, before the app moves on.
             run.adopt(sched.shutdown_reason)
         since, self._app_since = self._app_since, now
-        self._rlog.info(
+        reason = self.app.shutdown_reason if after is not AppState.STARTING else None
+        self._rlog.debug(
             "app transition",
             app=self.app.name,
             from_state=before.name,
             to_state=after.name,
             duration=0.0 if since is None else round(now - since, 6),
-            reason=self.app.shutdown_reason if after is not AppState.STARTING else None,
+            reason=reason,
         )
+        self._log_phase(before, after, now, reason)
+
+    def _log_phase(
+        self, before: AppState, after: AppState, now: float, reason: str | None
+    ) -> None:
+        """The shutdown's phases, one INFO line each: requested, draining, stopping."""
+        sched = self.scheduler
+        assert sched is not None
+        name = self.app.name
+        deadline = sched.shutdown_deadline
+        left = None if deadline is None or math.isinf(deadline) else round(deadline - now, 3)
+        if after in (AppState.DRAINING, AppState.STOPPING) and before in (
+            AppState.STARTING,
+            AppState.RUNNING,
+        ):
+            fields: dict[str, Any] = {"app": name, "reason": reason, "budget": left}
+            if self._first_signal is not None:
+                fields["hint"] = (
+                    f"send the signal again after {self.signal_grace:g}s to force the exit"
+                )
+            self._rlog.info("shutdown requested", **fields)
+        if after is AppState.DRAINING:
+            drain = sched.drain_delay
+            if isinstance(drain, Drain):
+                self._rlog.info(
+                    "draining",
+                    app=name,
+                    min=drain.min,
+                    max=drain.max,
+                    quiet=drain.quiet,
+                    hint="readiness is off; the drain ends once no request arrived for "
+                    "quiet seconds",
+                )
+            elif drain > 0:
+                self._rlog.info("draining", app=name, seconds=drain, hint="readiness is off")
+        elif after is AppState.STOPPING:
+            self._progress_at = now + PROGRESS_EVERY
+            self._rlog.info("stopping", app=name, budget=left)
 
     def _log_summary(self, code: int) -> None:
+        """The run's last line: INFO on exit OK; WARNING on TIMEOUT; ERROR on a failure."""
         report = self.app.report()
-        self._rlog.info(
+        components = {
+            name: {key: entry[key] for key in _SUMMARY_KEYS if entry.get(key) is not None}
+            for name, entry in report["components"].items()
+        }
+        method = "info" if code == ExitCode.OK else "warning"
+        if code not in (ExitCode.OK, ExitCode.TIMEOUT):
+            method = "error"
+        getattr(self._rlog, method)(
             "shutdown summary",
             app=self.app.name,
             exit_code=int(code),
+            outcome=_outcome(code),
             reason=self.app.shutdown_reason,
             duration=round(self.clock() - self._began, 6),
-            components=report["components"],
+            components=components,
+        )
+
+    def _log_progress(self, now: float) -> None:
+        """While stopping, once a second: what is still stopping, for how long, of what budget."""
+        at = self._progress_at
+        if at is None or now < at:
+            return
+        sched, run = self.scheduler, self._run
+        assert sched is not None
+        assert run is not None
+        if sched.state is not AppState.STOPPING:
+            self._progress_at = None
+            return
+        self._progress_at = now + PROGRESS_EVERY
+        still = []
+        for name, info in run.infos.items():
+            if info.state is ComponentState.STOPPING and info.stop_began is not None:
+                budget = self.app._stop_budget(name)  # the app's own plan
+                shown = "unbounded" if math.isinf(budget) else f"{budget:g}s"
+                still.append(f"{name} {now - info.stop_began:.1f}s of {shown}")
+        if not still:
+            return
+        deadline = sched.shutdown_deadline
+        self._rlog.info(
+            "still stopping",
+            app=self.app.name,
+            components=still,
+            budget_left=None if deadline is None or math.isinf(deadline) else round(
+                max(0.0, deadline - now), 1
+            ),
         )
 
     def _log_signal(self, signum: int, at: float, repeated: bool) -> None:
         name = signal_name(signum)
         first = at if self._first_signal is None else self._first_signal
         if not repeated:
-            self._rlog.warning(
+            self._rlog.debug(
                 "signal received",
                 app=self.app.name,
                 signal=name,
@@ -446,17 +560,29 @@ class _Driver:
             handle = self._handles.pop((name, phase), None)
             if handle is None:
                 return self._begin_recorded(now) + sched.tick(now)  # answered late: abandoned
-            if error is not None and not (
-                phase == "run" and is_cancellation(error) and handle.source.token.cancelled
+            if (
+                error is not None
+                and not (
+                    phase == "run" and is_cancellation(error) and handle.source.token.cancelled
+                )
+                and not (isinstance(error, DeadlineExceeded) and error.logged)
             ):
                 # A run that honoured its cancelled token ended as asked; a
-                # Cancelled on a live token (its own deadline ran out) is a crash.
-                self._rlog.error(
-                    f"{phase}() raised",
-                    component=name,
-                    phase=phase,
-                    exc_info=(type(error), error, error.__traceback__),
-                )
+                # Cancelled on a live token (its own deadline ran out) is a
+                # crash; a cut is logged once, by the server that cut.
+                self._logged_errors.add(id(error))
+                if isinstance(error, DeadlineExceeded):
+                    # lifecycle's own account of a cut (what, and the fix): no traceback
+                    self._rlog.error(
+                        f"{phase}() raised", component=name, phase=phase, error=str(error)
+                    )
+                else:
+                    self._rlog.error(
+                        f"{phase}() raised",
+                        component=name,
+                        phase=phase,
+                        exc_info=(type(error), error, user_traceback(error)),
+                    )
             if phase == "start":
                 actions += (
                     sched.start_finished(name, now)
@@ -475,6 +601,7 @@ class _Driver:
             self._log_signal(signum, at, repeated)
         actions += self._begin_recorded(now)
         actions += sched.tick(now)
+        self._log_progress(now)
         return actions
 
     def _begin_recorded(self, now: float) -> list[Action]:
@@ -541,6 +668,8 @@ class _Driver:
         """How long the control loop may wait for the next event (None: no bound)."""
         assert self.scheduler is not None
         deadline = self.scheduler.next_deadline()
+        if self._progress_at is not None:
+            deadline = self._progress_at if deadline is None else min(deadline, self._progress_at)
         if self._reserve_at is not None:
             deadline = self._reserve_at if deadline is None else min(deadline, self._reserve_at)
         return None if deadline is None else wait_timeout(deadline - self.clock())
@@ -855,6 +984,9 @@ class _RoundLog:
             self._held.append((method, event, fields))
             return
         getattr(_log, method)(event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
         self._emit("info", event, fields)

@@ -10,12 +10,43 @@ that read frames.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import os
+import runpy
 import sys
+import threading
 import traceback
-from types import FrameType
-from typing import Any
+from types import FrameType, TracebackType
+from typing import Any, Final
 
-__all__ = ["task_stack", "thread_stack"]
+__all__ = ["task_stack", "thread_stack", "user_traceback"]
+
+# The package's own folder: its frames above the user's code are left out.
+_PACKAGE: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# The interpreter's machinery that runs a thread, a task or a program: left out
+# above the user's code too.
+_MACHINERY: Final = (
+    os.path.abspath(threading.__file__),
+    os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(concurrent.futures.__file__)) + os.sep,
+    os.path.abspath(runpy.__file__),
+    os.path.abspath(contextlib.__file__),
+)
+
+
+def _ours(filename: str) -> bool:
+    """A frame of lifecycle's or of the thread/task machinery (not the user's)."""
+    path = os.path.abspath(filename)
+    return path.startswith((_PACKAGE, *_MACHINERY))
+
+
+def _from_user(frames: list[traceback.FrameSummary]) -> list[traceback.FrameSummary]:
+    """The frames from the first of the user's on (all of them if none is)."""
+    for i, frame in enumerate(frames):
+        if not _ours(frame.filename):
+            return frames[i:]
+    return frames
 
 
 def thread_stack(ident: int | None) -> str | None:
@@ -25,7 +56,8 @@ def thread_stack(ident: int | None) -> str | None:
     frame = sys._current_frames().get(ident)
     if frame is None:
         return None
-    return "".join(traceback.format_stack(frame))
+    frames = _from_user(list(traceback.extract_stack(frame)))
+    return "".join(traceback.StackSummary.from_list(frames).format())
 
 
 def task_stack(task: asyncio.Task[Any]) -> str | None:
@@ -44,5 +76,26 @@ def task_stack(task: asyncio.Task[Any]) -> str | None:
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     if not frames:
         return None
-    lines = traceback.StackSummary.extract(iter(frames)).format()
+    lines = traceback.StackSummary.from_list(
+        _from_user(list(traceback.StackSummary.extract(iter(frames))))
+    ).format()
     return f"Stack of task {task.get_name()!r} (most recent call last):\n" + "".join(lines)
+
+
+def user_traceback(error: BaseException) -> TracebackType | None:
+    """``error``'s traceback from the first of the user's frames on.
+
+    A component's exception passes through lifecycle's call machinery
+    (the runner's thread, the component adapter) before the user's code; a
+    log entry's traceback starts where the user's code does. If every frame
+    is lifecycle's, the traceback is left whole.
+
+    Example::
+
+        _log.error("stop() raised", exc_info=(type(error), error, user_traceback(error)))
+    """
+    tb = error.__traceback__
+    first = tb
+    while first is not None and _ours(first.tb_frame.f_code.co_filename):
+        first = first.tb_next
+    return tb if first is None else first

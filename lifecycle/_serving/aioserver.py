@@ -307,7 +307,9 @@ class _Serving:
 
     def _cut_outcome(self, name: str) -> DeadlineExceeded | None:
         """What a stop that cut without finishing amounts to: the cut, if it named requests."""
-        return DeadlineExceeded(name, self._cut_labels) if self._cut_labels else None
+        if not self._cut_labels:
+            return None
+        return DeadlineExceeded(name, self._cut_labels, logged=True)  # by the first stop
 
     def _record_cut(self, labels: list[str]) -> list[str]:
         """The stop's cut ends ``labels``: kept for the calls of ``stop`` that join it."""

@@ -584,7 +584,7 @@ class _StreamServer:
                 return
             self._stopping = True
         began = time.monotonic()
-        _log.info(
+        _log.debug(
             "server stopping",
             component=self.name,
             in_flight=self.tracker.count,
@@ -613,7 +613,7 @@ class _StreamServer:
                     for end in self._wake:
                         end.close()
             self._stopped.set()
-            _log.info(
+            _log.debug(
                 "server stopped",
                 component=self.name,
                 requests=self.tracker.total,
@@ -1007,7 +1007,9 @@ class _StreamServer:
             shown = names[:LOG_CUT_LIMIT]
             if len(names) > LOG_CUT_LIMIT:
                 shown.append(f"... and {len(names) - LOG_CUT_LIMIT} more")
-            _log.error(
+            # After a cut these are the cut requests' threads, named in that
+            # entry already: one entry per cut, the threads at DEBUG.
+            (_log.debug if self._forced else _log.error)(
                 "handler threads still running after the stop deadline; abandoned",
                 component=self.name,
                 threads=shown,

@@ -356,6 +356,8 @@ class StopSequence:
         """The deadline of requests begun during the stop (`request_deadline`)."""
         self.cut: tuple[str, ...] = ()
         """Every request cut, oldest first; empty unless the stop cut."""
+        self.cut_logged = False
+        """Whether a driver logged the cut ("work cut at the stop deadline")."""
         self._phase = _Phase.NEW
         self._close_idle = False  # a CloseIdle is due at the next step
         self._recheck_at: float | None = None  # ... or once this time is reached
@@ -649,9 +651,11 @@ def _step(
         seq.cut_done(labels)
         if labels:
             _log_cut(seq.name, labels)
+            seq.cut_logged = True
     elif isinstance(action, Finish):
         if action.cut:
-            raise DeadlineExceeded(seq.name, list(action.cut))
+            # Logged by the Cut step (``_log_cut``) unless it cut nothing then.
+            raise DeadlineExceeded(seq.name, list(action.cut), logged=seq.cut_logged)
         return True
     return False
 
