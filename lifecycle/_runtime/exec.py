@@ -96,6 +96,7 @@ from .children import (
 )
 from .runners import ThreadedRunner
 from .signals import signal_name
+from .systemd import notify_for_process
 
 __all__ = [
     "FORWARDED",
@@ -570,6 +571,7 @@ class _Supervisor:
         if unusable is not None:
             return unusable
         runner = ThreadedRunner(self.app, signals=None)
+        notify_for_process(runner)  # exec owns the process: it speaks to systemd (if asked)
         try:
             runner.start()
         except StartupError:

@@ -101,6 +101,7 @@ from .signals import (
     wait_event,
 )
 from .stacks import task_stack, thread_stack, user_traceback
+from .systemd import NO_NOTIFIER, Notifier, notifier_for
 from .watchdog import MARGIN, Watchdog, guard_interpreter_exit, wait_timeout
 
 __all__ = ["AsyncioRunner", "ThreadedRunner", "run"]
@@ -176,6 +177,7 @@ class _Handle:
 class _Driver:
     """What both runners share. Subclasses implement `_post`, `_spawn_*`."""
 
+    _systemd: Notifier = NO_NOTIFIER  # sd_notify; set in _prepare (systemd.py)
 
     def __init__(
         self,
@@ -266,6 +268,7 @@ class _Driver:
     def _undo_prepare(self) -> None:
         """The handlers could not be installed: end the prepared run before it began."""
         self._close_health()
+        self._systemd.close()
         if self._watchdog is not None:
             self._watchdog.stop()
         assert self._run is not None
@@ -316,6 +319,8 @@ class _Driver:
             name=app.name,
         )
         self._start_health(run)
+        # Under systemd (NOTIFY_SOCKET), when this runner speaks for the process.
+        self._systemd = notifier_for(self)
         watchdog = self._watchdog = Watchdog(
             app.name,
             deadline=lambda: run.shutdown_deadline,
@@ -398,6 +403,7 @@ class _Driver:
         )
 
     def _log_app(self, before: AppState, after: AppState, now: float) -> None:
+        self._systemd.app_moved(after, now)  # microseconds: one datagram, MSG_DONTWAIT
         run, sched = self._run, self.scheduler
         assert run is not None
         assert sched is not None
@@ -791,6 +797,7 @@ class _Driver:
         self._threads.close()
         self._set_started()
         self._set_finished()
+        self._systemd.close()
         if self._watchdog is not None:
             self._watchdog.stop()
 
