@@ -78,8 +78,9 @@ from ._workers.periodic import PeriodicWorker as PeriodicWorker
 
 __version__ = "0.1.0.dev0"
 
-# The optional integrations, imported when first named (each imports its server).
-_INTEGRATIONS = frozenset({"uvicorn", "gunicorn", "grpc", "aiohttp", "redis"})
+# The public submodules imported when first named: the optional integrations
+# (each imports its server package) and the timeline drawing.
+_INTEGRATIONS = frozenset({"uvicorn", "gunicorn", "grpc", "aiohttp", "redis", "timeline"})
 
 
 def __getattr__(name: str) -> object:

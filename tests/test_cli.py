@@ -9,7 +9,6 @@ The commands run as real processes (``python -m lifecycle`` and the installed
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import itertools
 import json
 import os
@@ -51,7 +50,6 @@ LAUNCHERS = pytest.mark.parametrize(
         ),
     ],
 )
-HAS_TIMELINE = importlib.util.find_spec("lifecycle._tools.timeline") is not None
 
 
 def cli(
@@ -387,8 +385,6 @@ def test_run_refuses_a_timeline_path_it_cannot_write_before_starting(tmp_path):
 @pytest.mark.parametrize("suffix", [".svg", ".mmd"])
 def test_run_writes_the_timeline_after_the_run(suffix, tmp_path, running):
     """--timeline PATH: the shutdown timeline is drawn once the app stopped."""
-    if not HAS_TIMELINE:
-        pytest.xfail("lifecycle._tools.timeline is not in this tree yet")
     path = tmp_path / f"shutdown{suffix}"
     r = start(running, tmp_path, f"{APPS}:app", "--timeline", str(path))
     r.wait_for('"app started"')

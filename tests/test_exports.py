@@ -11,7 +11,8 @@ import pytest
 
 import lifecycle
 
-INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp", "redis"}
+# The public submodules imported when first named (the integrations, and the timeline).
+INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp", "redis", "timeline"}
 
 PUBLIC = {
     "ChildStatus",

@@ -36,11 +36,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
+from .._tools import timeline
 from .loadgen import LoadResult, run_load
 
 __all__ = ["main", "serve"]
 
 LOST_KINDS = ("reset", "eof", "timeout", "http_5xx", "other")
+TIMELINE_FILE = "lifecycle-demo-timeline.svg"  # in the temporary folder, printed at the end
 
 
 def _free_port() -> int:
@@ -238,4 +240,11 @@ def main(argv: Sequence[str] = ()) -> int:
     if managed.report is not None:
         print("\nThe managed server's shutdown report:")
         print(json.dumps(managed.report, indent=2))
+        picture = os.path.join(tempfile.gettempdir(), TIMELINE_FILE)
+        try:
+            timeline.write(managed.report, picture)
+        except OSError as error:
+            print(f"\n(its shutdown timeline was not written to {picture}: {error})")
+        else:
+            print(f"\nIts shutdown timeline, drawn: {picture} (open it in a browser)")
     return 0 if managed.lost == 0 else 1

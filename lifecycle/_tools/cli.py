@@ -364,13 +364,8 @@ def _run(args: argparse.Namespace) -> int:
         if not os.path.isdir(folder):
             _fail("run", f"--timeline {path}: the folder {folder} does not exist; create it first")
             return _EXIT_CONFIG
-        try:
-            from . import timeline  # type: ignore[attr-defined, unused-ignore]  # noqa: PLC0415
-        except ImportError as error:
-            if error.name != f"{__package__}.timeline":
-                raise
-            _fail("run", "--timeline is not available in this installation of lifecycle")
-            return _EXIT_CONFIG
+        from . import timeline  # noqa: PLC0415 - keep the parser cheap
+
         writer = timeline.write
     app = _load("run", args.spec)
     if app is None:
