@@ -79,8 +79,10 @@ from ._workers.periodic import PeriodicWorker as PeriodicWorker
 __version__ = "0.1.0.dev0"
 
 # The public submodules imported when first named: the optional integrations
-# (each imports its server package) and the timeline drawing.
-_INTEGRATIONS = frozenset({"uvicorn", "gunicorn", "grpc", "aiohttp", "redis", "timeline"})
+# (each imports its server package), the timeline drawing and the pytest plugin.
+_INTEGRATIONS = frozenset(
+    {"uvicorn", "gunicorn", "grpc", "aiohttp", "redis", "timeline", "testing"}
+)
 
 
 def __getattr__(name: str) -> object:

@@ -11,8 +11,9 @@ import pytest
 
 import lifecycle
 
-# The public submodules imported when first named (the integrations, and the timeline).
-INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp", "redis", "timeline"}
+# The public submodules imported when first named (the integrations, the timeline, and
+# the pytest plugin, which pytest itself loads in every session).
+INTEGRATIONS = {"uvicorn", "gunicorn", "grpc", "aiohttp", "redis", "timeline", "testing"}
 
 PUBLIC = {
     "ChildStatus",
