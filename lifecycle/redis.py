@@ -811,14 +811,14 @@ class AsyncStreamSource(_StreamBase):
     The same options and behaviour; every call is a coroutine, for
     `lifecycle.AsyncConsumer` on the runner's event loop. The commands each
     call sends are decided once for both (`StreamSource` calls them, this
-    one awaits them).
+    one awaits them). The arguments other than ``client`` (``stream``,
+    ``group``, ``consumer``, ``min_idle``, ``claim_every``, ``dead_letter``,
+    ``max_deliveries``, ``block``, ``create_from``) are as for `StreamSource`.
 
     Args:
         client: A ``redis.asyncio.Redis`` client, used from the consumer's
             loop only (the fetch task and the handler tasks share it). Its
             ``socket_timeout``, if set, must exceed `BLOCK_SLICE`.
-        stream, group, consumer, min_idle, claim_every, dead_letter,
-            max_deliveries, block, create_from: as for `StreamSource`.
 
     Example:
         >>> import redis.asyncio

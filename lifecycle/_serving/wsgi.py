@@ -850,9 +850,12 @@ class WSGIServer(HTTPServer):
         address: ``(host, port)``; port 0 picks a free port (see `port`).
         backlog: the listen backlog.
         name: for logs; default ``"wsgi:PORT"``.
-        limits, head_timeout, idle_timeout, max_connections, sock: as for
-            `HTTPServer` (``sock``: serve a listening socket given, not
-            ``address``).
+        limits: as for `HTTPServer`.
+        head_timeout: as for `HTTPServer`.
+        idle_timeout: as for `HTTPServer`.
+        max_connections: as for `HTTPServer`.
+        sock: as for `HTTPServer`: serve a listening socket given, not
+            ``address``.
         multiprocess: the environ's ``wsgi.multiprocess``: say True when
             other processes serve the same app at the same time (several
             workers on one socket, as `lifecycle.gunicorn.ThreadWorker` with
