@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m benchmarks.rolling [--runs N] [--kinds naive,stdlib_shutdown] [--timeline]
     python -m benchmarks.rolling --drain-compare [--runs N]
+    python -m benchmarks.rolling --json rolls.json ...   # each roll also as a JSON record
 
 Each run replaces 2 replicas one by one under 16 closed-loop clients (see
 ``tests/e2e/roll.py``) and prints one row. To measure another server kind,
@@ -23,8 +24,10 @@ successor is up), not by a fixed schedule.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.haproxy import HAProxyNotInstalledError, find_haproxy
 from tests.e2e.roll import RollResult, rolling_restart
@@ -76,6 +79,29 @@ def format_row(kind: str, run: int, result: RollResult) -> str:
     )
 
 
+def record(
+    kind: str, run: int, result: RollResult | None, error: str | None = None
+) -> dict[str, Any]:
+    """One roll as a JSON-ready record (``--json``); a roll that failed has ``error``."""
+    if result is None:
+        return {"kind": kind, "run": run, "error": error}
+    return {
+        "kind": kind,
+        "run": run,
+        "sent": result.load.sent,
+        "lost": result.lost,
+        "failures": result.load.describe_failures(),
+        "exit_codes": list(result.exit_codes),
+        "max_shutdown_seconds": round(result.max_shutdown_seconds, 3),
+        "roll_seconds": round(roll_seconds(result), 3),
+    }
+
+
+def _save(path: str | None, records: list[dict[str, Any]]) -> None:
+    if path is not None:
+        Path(path).write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+
+
 def roll_seconds(result: RollResult) -> float:
     """From the first SIGTERM to the last old replica's exit, in seconds."""
     sigterms = [t for t, what in result.events if what.startswith("SIGTERM")]
@@ -88,6 +114,7 @@ def drain_compare(args: argparse.Namespace) -> int:
     print(f"{'drain':<18} {'run':>3} {'sent':>6} {'lost':>5} {'roll s':>7} {'shutdowns s':<14}")
     durations: dict[str, list[float]] = {k: [] for k in DRAIN_KINDS}
     lost: dict[str, int] = dict.fromkeys(DRAIN_KINDS, 0)
+    records: list[dict[str, Any]] = []
     failed_rolls = 0
     for kind, cmd in DRAIN_KINDS.items():
         for run in range(1, args.runs + 1):
@@ -102,7 +129,9 @@ def drain_compare(args: argparse.Namespace) -> int:
             except Exception as exc:
                 failed_rolls += 1
                 print(f"{kind:<18} {run:>3}  roll failed: {exc}", flush=True)
+                records.append(record(kind, run, None, str(exc)))
                 continue
+            records.append(record(kind, run, result))
             seconds = roll_seconds(result)
             durations[kind].append(seconds)
             lost[kind] += result.lost
@@ -124,6 +153,7 @@ def drain_compare(args: argparse.Namespace) -> int:
             + f" -> {verdict}",
             flush=True,
         )
+    _save(args.json, records)
     return 1 if failed_rolls else 0
 
 
@@ -150,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="--drain-compare: seconds between SIGTERMs, at least",
     )
+    parser.add_argument("--json", metavar="PATH", help="also write each roll as a JSON record")
     args = parser.parse_args(argv)
     if args.drain_compare:
         try:
@@ -170,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     print(HEADER, flush=True)
+    records: list[dict[str, Any]] = []
     failed_rolls = 0
     for kind in kinds:
         for run in range(1, args.runs + 1):
@@ -184,10 +216,13 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 failed_rolls += 1
                 print(f"{kind:<18} {run:>3}  roll failed: {exc}", flush=True)
+                records.append(record(kind, run, None, str(exc)))
                 continue
+            records.append(record(kind, run, result))
             print(format_row(kind, run, result), flush=True)
             if args.timeline:
                 print(result.timeline(), flush=True)
+    _save(args.json, records)
     return 1 if failed_rolls else 0
 
 
