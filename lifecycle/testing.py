@@ -1159,40 +1159,18 @@ class _Simulation:
 
 
 def _simulated_report(app: App, sched: Any) -> dict[str, Any]:
-    from ._core.errors import DeadlineExceeded  # noqa: PLC0415
-
     origin = sched.app_entered.get(AppState.STARTING, 0.0)
 
     def at(value: float | None) -> float | None:
         return None if value is None else round(value - origin, 6)
 
-    def rounded(value: float | None) -> float | None:
-        return None if value is None else round(value, 6)
-
     def finite(value: float) -> float | None:
         return None if math.isinf(value) else value
 
-    components: dict[str, dict[str, Any]] = {}
-    for name, info in sched.infos.items():
-        entry: dict[str, Any] = {
-            "state": info.state.value,
-            "critical": info.critical,
-            "error": None if info.error is None else f"{type(info.error).__name__}: {info.error}",
-            "timed_out": info.timed_out,
-            "start_seconds": rounded(info.start_duration),
-            "stop_seconds": rounded(info.stop_duration),
-            "start_at": at(info.start_began),
-            "stop_at": at(info.stop_began),
-            "depends_on": list(info.depends_on),
-            "start_timeout": finite(app._start_timeout(name)),
-            "stop_budget": finite(app._stop_budget(name)),
-            "stop_called": info.stop_called,
-            "restarts": info.restarts,
-        }
-        if isinstance(info.error, DeadlineExceeded):
-            entry["cut"] = info.error.cut[:20]
-            entry["cut_count"] = len(info.error.cut)
-        components[name] = entry
+    now = max(sched.app_entered.values(), default=origin)
+    components = {
+        name: app._component_report(name, info, at, now) for name, info in sched.infos.items()
+    }
     code = sched.exit_code
     return {
         "app": app.name,

@@ -809,38 +809,10 @@ class App:
         def since(at: float | None) -> float | None:
             return None if at is None or origin is None else round(at - origin, 6)
 
-        components: dict[str, dict[str, Any]] = {}
-        for name, info in run.infos.items():
-            components[name] = {
-                "state": info.state.value,
-                "critical": info.critical,
-                "error": None
-                if info.error is None
-                else f"{type(info.error).__name__}: {info.error}",
-                "timed_out": info.timed_out,
-                "start_seconds": _round(info.start_duration),
-                "stop_seconds": _round(info.stop_duration),
-                "start_at": since(info.start_began),
-                "stop_at": since(info.stop_began),
-                "depends_on": list(info.depends_on),
-                "start_timeout": _finite(self._start_timeout(name)),
-                "stop_budget": _finite(self._stop_budget(name)),
-                "stop_called": info.stop_called,
-                "restarts": info.restarts,
-                "next_restart_in": None
-                if info.next_restart is None
-                else round(max(0.0, info.next_restart - now), 6),
-            }
-            if info.restart_error is not None:
-                error = info.restart_error
-                components[name]["restart_error"] = f"{type(error).__name__}: {error}"
-            if isinstance(info.error, DeadlineExceeded):
-                components[name]["cut"] = info.error.cut[:20]
-                components[name]["cut_count"] = len(info.error.cut)
-            if info.periodic is not None:
-                components[name]["periodic"] = info.periodic.status(
-                    now, time.time(), with_error=True
-                )
+        components = {
+            name: self._component_report(name, info, since, now)
+            for name, info in run.infos.items()
+        }
         return {
             "app": self.name,
             "state": run.state.value,
@@ -852,6 +824,42 @@ class App:
             "phases": {state.value: since(at) for state, at in entered.items()},
             "components": components,
         }
+
+    def _component_report(
+        self,
+        name: str,
+        info: ComponentInfo,
+        since: Callable[[float | None], float | None],
+        now: float,
+    ) -> dict[str, Any]:
+        """One component's entry of `report` (``since``: a time to seconds since the start)."""
+        entry: dict[str, Any] = {
+            "state": info.state.value,
+            "critical": info.critical,
+            "error": None if info.error is None else f"{type(info.error).__name__}: {info.error}",
+            "timed_out": info.timed_out,
+            "start_seconds": _round(info.start_duration),
+            "stop_seconds": _round(info.stop_duration),
+            "start_at": since(info.start_began),
+            "stop_at": since(info.stop_began),
+            "depends_on": list(info.depends_on),
+            "start_timeout": _finite(self._start_timeout(name)),
+            "stop_budget": _finite(self._stop_budget(name)),
+            "stop_called": info.stop_called,
+            "restarts": info.restarts,
+            "next_restart_in": None
+            if info.next_restart is None
+            else round(max(0.0, info.next_restart - now), 6),
+        }
+        if info.restart_error is not None:
+            error = info.restart_error
+            entry["restart_error"] = f"{type(error).__name__}: {error}"
+        if isinstance(info.error, DeadlineExceeded):
+            entry["cut"] = info.error.cut[:20]
+            entry["cut_count"] = len(info.error.cut)
+        if info.periodic is not None:
+            entry["periodic"] = info.periodic.status(now, time.time(), with_error=True)
+        return entry
 
     # -- control -----------------------------------------------------------
 
