@@ -61,13 +61,29 @@ __all__ = [
 
 
 class LifecycleError(Exception):
-    """Base class of every error lifecycle raises (except `Cancelled`)."""
+    """Base class of every error lifecycle raises (except `Cancelled`).
+
+    Example:
+        >>> issubclass(lifecycle.ConfigError, lifecycle.LifecycleError)
+        True
+    """
 
 
 class ConfigError(LifecycleError, ValueError):
     """The declaration of the app is invalid; nothing was started.
 
     Subclasses `ValueError`, so ``except ValueError`` catches it too.
+
+    Example:
+        >>> class Part:
+        ...     def start(self, token): pass
+        >>> app = lifecycle.App("shop")
+        >>> _ = app.add(Part(), name="api", depends_on=["db"])
+        >>> try:
+        ...     app.start_order()
+        ... except lifecycle.ConfigError as error:
+        ...     print(type(error).__name__)
+        UnknownDependency
     """
 
 
@@ -78,6 +94,18 @@ class CycleError(ConfigError):
         cycle: the names around the loop, in dependency order, the first name
             repeated at the end: ``["api", "cache", "api"]`` means *api depends
             on cache, which depends on api*.
+
+    Example:
+        >>> class Part:
+        ...     def start(self, token): pass
+        >>> app = lifecycle.App("shop")
+        >>> _ = app.add(Part(), name="api", depends_on=["cache"])
+        >>> _ = app.add(Part(), name="cache", depends_on=["api"])
+        >>> try:
+        ...     app.start_order()
+        ... except lifecycle.CycleError as error:
+        ...     print(error.cycle)
+        ['api', 'cache', 'api']
     """
 
     def __init__(self, cycle: list[str]) -> None:
@@ -96,6 +124,18 @@ class UnknownDependency(ConfigError):
         component: the component that declared the dependency.
         dependency: the name it asked for.
         suggestion: the closest registered name, or None.
+
+    Example:
+        >>> class Part:
+        ...     def start(self, token): pass
+        >>> app = lifecycle.App("shop")
+        >>> _ = app.add(Part(), name="database")
+        >>> _ = app.add(Part(), name="api", depends_on=["databse"])
+        >>> try:
+        ...     app.start_order()
+        ... except lifecycle.UnknownDependency as error:
+        ...     print(error.component, error.dependency, error.suggestion)
+        api databse database
     """
 
     def __init__(
@@ -121,6 +161,17 @@ class DuplicateComponent(ConfigError):
 
     Attributes:
         name: the name registered twice.
+
+    Example:
+        >>> class Part:
+        ...     def start(self, token): pass
+        >>> app = lifecycle.App("shop")
+        >>> _ = app.add(Part(), name="db")
+        >>> try:
+        ...     app.add(Part(), name="db")
+        ... except lifecycle.DuplicateComponent as error:
+        ...     print(error.name)
+        db
     """
 
     def __init__(self, name: str) -> None:
@@ -138,6 +189,13 @@ class NotAComponent(ConfigError, TypeError):
     a coroutine or generator object, a thread, process, executor or asyncio
     task; or a hook is not callable. Subclasses `ConfigError` and `TypeError`.
     The message says what to register instead.
+
+    Example:
+        >>> try:
+        ...     lifecycle.App("shop").add(object())
+        ... except lifecycle.NotAComponent:
+        ...     print("refused")
+        refused
     """
 
 
@@ -147,6 +205,18 @@ class StartupError(LifecycleError):
     Attributes:
         component: the name of the component whose start failed (or timed out).
         exit_code: the exit code the app finished with.
+
+    Example:
+        >>> class Broken:
+        ...     def start(self, token):
+        ...         raise OSError("no database")
+        >>> app = lifecycle.App("shop")
+        >>> _ = app.add(Broken(), name="db")
+        >>> try:
+        ...     lifecycle.ThreadedRunner(app, signals=None).start()
+        ... except lifecycle.StartupError as error:
+        ...     print(error.component, error.exit_code)
+        db 1
     """
 
     def __init__(self, component: str, message: str, exit_code: int = 1) -> None:
@@ -209,6 +279,13 @@ class DeadlineExceeded(LifecycleError, TimeoutError):
     Attributes:
         cut: what was cut, oldest first (``["GET /slow (12.3s)"]``).
         logged: as given.
+
+    Example:
+        >>> error = lifecycle.DeadlineExceeded("api", ["GET /slow (12.3s)"])
+        >>> isinstance(error, TimeoutError), error.cut
+        (True, ['GET /slow (12.3s)'])
+        >>> print(error)  # doctest: +ELLIPSIS
+        'api' cut 1 unfinished request(s) at its stop deadline (GET /slow (12.3s)); raise ...
     """
 
     logged: bool = False  # (a class default: subclasses may not call this __init__)
@@ -238,6 +315,15 @@ class InvalidTransition(LifecycleError, RuntimeError):
         subject: the component name, or ``"app"``.
         from_state: the current state.
         to_state: the state that was asked for.
+
+    Example:
+        >>> from lifecycle._core.states import check_component_move
+        >>> try:
+        ...     check_component_move("db", lifecycle.ComponentState.NEW,
+        ...                          lifecycle.ComponentState.STOPPED)
+        ... except lifecycle.InvalidTransition as error:
+        ...     print(error.subject, error.from_state, error.to_state)
+        component 'db' NEW STOPPED
     """
 
     def __init__(self, subject: str, from_state: object, to_state: object, hint: str) -> None:
@@ -255,6 +341,15 @@ class Cancelled(BaseException):
 
     Attributes:
         reason: why the token was cancelled (``"deadline exceeded"`` for deadlines).
+
+    Example:
+        >>> source = lifecycle.CancelSource()
+        >>> source.cancel("shutdown")
+        >>> try:
+        ...     source.token.raise_if_cancelled()
+        ... except lifecycle.Cancelled as stop:
+        ...     print(stop.reason, isinstance(stop, Exception))
+        shutdown False
     """
 
     def __init__(self, reason: str = "cancelled") -> None:

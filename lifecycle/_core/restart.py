@@ -129,6 +129,12 @@ class RestartLimitReached(LifecycleError):  # noqa: N818 - reads as what happene
         component: the component's name.
         restarts: the restarts it had been granted.
 
+    Example::
+
+        info = app.components["poller"]
+        if isinstance(info.error, lifecycle.RestartLimitReached):
+            print(info.error.restarts, info.run_error)   # what the last run raised
+
     Added in 0.3.
     """
 

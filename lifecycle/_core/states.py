@@ -30,7 +30,16 @@ __all__ = ["AppState", "ComponentState", "ExitCode", "check_app_move", "check_co
 
 
 class ComponentState(enum.Enum):
-    """Where a component is in its life. Added in 0.1."""
+    """Where a component is in its life. Added in 0.1.
+
+    Example:
+        >>> class Part:
+        ...     def start(self, token): pass
+        >>> app = lifecycle.App("shop")
+        >>> _ = app.add(Part(), name="worker")
+        >>> app.components["worker"].state
+        <ComponentState.NEW: 'new'>
+    """
 
     NEW = "new"
     """Registered, not started yet. A component that will never start because
@@ -59,7 +68,18 @@ class ComponentState(enum.Enum):
 
 
 class AppState(enum.Enum):
-    """Where the app is in its life. Added in 0.1."""
+    """Where the app is in its life. Added in 0.1.
+
+    Example:
+        >>> app = lifecycle.App("shop")
+        >>> app.state
+        <AppState.NEW: 'new'>
+        >>> with lifecycle.ThreadedRunner(app, signals=None):
+        ...     print(app.state)
+        RUNNING
+        >>> app.state
+        <AppState.STOPPED: 'stopped'>
+    """
 
     NEW = "new"
     """Components are being declared; nothing runs."""
@@ -138,6 +158,15 @@ class ExitCode(enum.IntEnum):
 
     Besides these, ``128 + signum`` means a second signal forced the exit
     (130 for SIGINT, 143 for SIGTERM), like a shell reports a killed child.
+
+    Example:
+        >>> app = lifecycle.App("shop")
+        >>> runner = lifecycle.ThreadedRunner(app, signals=None)
+        >>> runner.start()
+        >>> lifecycle.ExitCode(runner.stop("deploy"))
+        <ExitCode.OK: 0>
+        >>> int(lifecycle.ExitCode.TIMEOUT)
+        3
     """
 
     OK = 0

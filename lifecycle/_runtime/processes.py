@@ -196,6 +196,11 @@ class ProcessesKilled(DeadlineExceeded):
 
     Attributes:
         cut: the children killed, as ``"workers[1] (pid 4242)"``.
+
+    Example:
+        >>> killed = lifecycle.ProcessesKilled("workers", ["workers[1] (pid 4242)"], "SIGTERM", 10)
+        >>> isinstance(killed, lifecycle.DeadlineExceeded), killed.cut
+        (True, ['workers[1] (pid 4242)'])
     """
 
     def __init__(self, group: str, cut: list[str], stop_signal: str, waited: float) -> None:

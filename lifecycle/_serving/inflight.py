@@ -64,6 +64,16 @@ class Refused(LifecycleError):  # noqa: N818 - reads as "the work was refused"
 
     Attributes:
         tracker: the name of the `InFlight` that refused.
+
+    Example:
+        >>> tracker = lifecycle.InFlight("api")
+        >>> tracker.close()
+        >>> try:
+        ...     with tracker.track("GET /"):
+        ...         pass
+        ... except lifecycle.Refused as refused:
+        ...     print(refused.tracker)
+        api
     """
 
     def __init__(self, tracker: str) -> None:
