@@ -550,3 +550,124 @@ def test_a_cut_error_of_the_components_own_is_one_entry_without_a_traceback(kind
     assert fields(errors[0])["error"] == "job 7 cut at the deadline; raise stop_timeout"
     (summary,) = named(records, "shutdown summary")
     assert summary.levelno == logging.WARNING
+
+
+# -- failures that must not hide or break the logs -------------------------------------------
+
+
+class _BadStr(Exception):
+    """A third-party exception whose __str__ raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str broke")
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_an_exception_whose_str_raises_still_stops_everything_and_is_summarised(kind, caplog):
+    """run() raises an exception whose str() raises: the dependency is still stopped, the
+    summary is logged, and report() works."""
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    closed: list[str] = []
+    app = App("shop", shutdown_timeout=5, stop_timeout=1)
+    app.add(object(), name="db", start=lambda: None, stop=lambda: closed.append("db"))
+
+    def crash(token: CancelToken) -> None:
+        raise _BadStr
+
+    async def acrash(token: CancelToken) -> None:
+        raise _BadStr
+
+    app.add(object(), name="w", run=crash if kind == "thread" else acrash, depends_on=["db"])
+    if kind == "thread":
+        runner = ThreadedRunner(app, signals=None)
+        runner.start()
+        code: int | None = runner.wait()
+    else:
+
+        async def main() -> int | None:
+            async with AsyncioRunner(app, signals=None) as arunner:
+                return await arunner.wait()
+
+        code = lifecycle.asyncio_run(main())
+    assert code == ExitCode.FAILED
+    assert closed == ["db"]
+    records = lifecycle_records(caplog)
+    assert [r.__dict__["event"] for r in records if r.levelno == logging.CRITICAL] == []
+    (summary,) = named(records, "shutdown summary")
+    assert fields(summary)["components"]["w"]["error"].startswith("_BadStr: <str() failed")
+    assert app.report()["components"]["w"]["state"] == "failed"
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_dependency_never_stopped_at_the_deadline_is_an_error_entry(kind, caplog):
+    """api's stop hangs past shutdown_timeout: db's stop is never called; that failure is an
+    ERROR entry of its own (db has no call that a "component stuck" entry would name)."""
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    release = threading.Event()
+    app = App("shop", shutdown_timeout=0.3, stop_timeout=5)
+    app.add(object(), name="db", start=lambda: None, stop=lambda: None)
+    hang = lambda: release.wait(5)  # noqa: E731
+    app.add(object(), name="api", depends_on=["db"], start=lambda: None, stop=hang)
+    try:
+        assert run_once(kind, app) == ExitCode.TIMEOUT
+    finally:
+        release.set()
+    errors = [
+        (r.__dict__["event"], fields(r).get("component"))
+        for r in lifecycle_records(caplog)
+        if r.levelno >= logging.ERROR
+    ]
+    assert ("transition", "db") in errors
+    assert ("component stuck", "api") in errors
+    assert ("transition", "api") not in errors  # api's is the stuck entry
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_restarts_are_logged_after_the_crash_that_caused_them_and_the_limit_once(kind, caplog):
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    crashes = iter(range(1, 100))
+    app = App("shop")
+
+    def crash(token: CancelToken) -> None:
+        raise ValueError(f"crash {next(crashes)}")
+
+    async def acrash(token: CancelToken) -> None:
+        raise ValueError(f"crash {next(crashes)}")
+
+    policy = lifecycle.RestartPolicy("on-failure", max_restarts=2, within=60, backoff=0.001)
+    app.add(object(), name="w", run=crash if kind == "thread" else acrash, restart=policy)
+    if kind == "thread":
+        runner = ThreadedRunner(app, signals=None)
+        runner.start()
+        code: int | None = runner.wait()
+    else:
+
+        async def main() -> int | None:
+            async with AsyncioRunner(app, signals=None) as arunner:
+                return await arunner.wait()
+
+        code = lifecycle.asyncio_run(main())
+    assert code == ExitCode.FAILED
+    events = [
+        r.__dict__["event"]
+        for r in lifecycle_records(caplog)
+        if r.levelno >= logging.WARNING and r.__dict__["event"] != "shutdown budget overrun"
+    ]
+    assert events == [
+        "run() raised",
+        "restart",
+        "run() raised",
+        "restart",
+        "run() raised",
+        "restart limit reached",
+        "shutdown summary",
+    ]
+
+
+def test_a_value_with_a_newline_or_a_failing_repr_keeps_the_line_and_the_event():
+    class Bad:
+        def __repr__(self) -> str:
+            raise RuntimeError("repr broke")
+
+    assert render("e", {"t": {"r": {"s": "a\nb"}}}) == "e\nt:\n  r: s='a\\nb'"
+    assert render("e", {"x": Bad()}) == "e x=<Bad: repr() failed>"

@@ -60,6 +60,35 @@ __all__ = [
 ]
 
 
+def describe_error(error: BaseException) -> str:
+    """``"Type: message"`` for a log line or a report, whatever the exception's ``__str__`` does.
+
+    An exception of a third-party library whose ``__str__`` raises (or
+    returns something that is not a str) must not break a shutdown: its
+    ``repr`` is used instead, and failing that a placeholder.
+
+    Example:
+        >>> describe_error(OSError("no database"))
+        'OSError: no database'
+        >>> class Odd(Exception):
+        ...     def __str__(self): raise RuntimeError("broken")
+        >>> describe_error(Odd()).startswith("Odd: <str() failed")
+        True
+    """
+    name = type(error).__name__
+    try:
+        text = str(error)
+        if isinstance(text, str):
+            return f"{name}: {text}"
+    except Exception:  # noqa: BLE001, S110 - the fallbacks below say so
+        pass
+    try:
+        shown = object.__repr__(error)
+    except Exception:  # noqa: BLE001 - nothing more to try
+        shown = name
+    return f"{name}: <str() failed; {shown}>"
+
+
 class LifecycleError(Exception):
     """Base class of every error lifecycle raises (except `Cancelled`).
 

@@ -91,11 +91,20 @@ def _report_failure(event: str, error: BaseException) -> None:
 
 
 def _value(value: object) -> str:
-    if isinstance(value, str) and value and not any(c in value for c in " \t\"'="):
+    """One value of ``key=value``: bare when it is one plain word, else its repr.
+
+    A value whose ``repr`` raises is shown as a placeholder: one odd field
+    never costs the whole event.
+    """
+    if isinstance(value, str) and value and not any(c in value for c in " \t\r\n\"'="):
         return value
     if isinstance(value, float | int | bool) or value is None:
         return str(value)
-    return repr(value)
+    try:
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - see above
+        return f"<{type(value).__name__}: repr() failed>"
+    return shown if isinstance(shown, str) else f"<{type(value).__name__}>"
 
 
 def render(event: str, fields: Mapping[str, object]) -> str:

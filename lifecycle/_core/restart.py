@@ -42,7 +42,7 @@ from typing import Literal, get_args
 
 import attrs
 
-from .errors import ConfigError, LifecycleError
+from .errors import ConfigError, LifecycleError, describe_error
 
 __all__ = ["RestartLimitReached", "RestartMode", "RestartPolicy", "Restarts", "as_policy"]
 
@@ -141,7 +141,7 @@ class RestartLimitReached(LifecycleError):  # noqa: N818 - reads as what happene
     def __init__(
         self, component: str, policy: RestartPolicy, restarts: int, last: BaseException | None
     ) -> None:
-        how = "it returned" if last is None else f"{type(last).__name__}: {last}"
+        how = "it returned" if last is None else describe_error(last)
         plural = "" if restarts == 1 else "s"
         super().__init__(
             f"component {component!r} gave up restarting: run() ended again after "

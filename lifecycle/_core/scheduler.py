@@ -59,7 +59,7 @@ from typing import Literal
 import attrs
 
 from .drain import Drain
-from .errors import DependencyFailed, is_cancellation, is_deadline_cut
+from .errors import DependencyFailed, describe_error, is_cancellation, is_deadline_cut
 from .graph import Graph
 from .periodic import Schedule
 from .restart import RestartLimitReached, RestartPolicy, Restarts
@@ -452,7 +452,7 @@ class Scheduler:
         if not (node.start_cancelled and is_cancellation(error)):
             if is_deadline_cut(error):
                 self._timed_out = True  # it cut work (a group killing its children): TIMEOUT
-            why = f"{error.__class__.__name__}: {error}"
+            why = describe_error(error)
             excused = self._start_failure(node, why, now, actions)
         self._settle(node, now, actions)
         if excused:
@@ -514,7 +514,7 @@ class Scheduler:
             why = (
                 str(error)
                 if isinstance(error, RestartLimitReached)
-                else f"run() raised {error.__class__.__name__}: {error}"
+                else f"run() raised {describe_error(error)}"
             )
             self._startup_failed(node, why, now, actions)
         else:

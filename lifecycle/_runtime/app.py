@@ -13,7 +13,13 @@ from typing import Any, TypeVar, overload
 import attrs
 
 from .._core.drain import Drain, drain_bounds
-from .._core.errors import ConfigError, DeadlineExceeded, DuplicateComponent, UnknownDependency
+from .._core.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    DuplicateComponent,
+    UnknownDependency,
+    describe_error,
+)
 from .._core.graph import Graph, analyze, critical_path
 from .._core.periodic import First, OnError
 from .._core.restart import RestartMode, RestartPolicy, as_policy
@@ -836,7 +842,7 @@ class App:
         entry: dict[str, Any] = {
             "state": info.state.value,
             "critical": info.critical,
-            "error": None if info.error is None else f"{type(info.error).__name__}: {info.error}",
+            "error": None if info.error is None else describe_error(info.error),
             "timed_out": info.timed_out,
             "start_seconds": _round(info.start_duration),
             "stop_seconds": _round(info.stop_duration),
@@ -853,7 +859,7 @@ class App:
         }
         if info.restart_error is not None:
             error = info.restart_error
-            entry["restart_error"] = f"{type(error).__name__}: {error}"
+            entry["restart_error"] = describe_error(error)
         if isinstance(info.error, DeadlineExceeded):
             entry["cut"] = info.error.cut[:20]
             entry["cut_count"] = len(info.error.cut)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from .._core.log import get_logger
+from .._core.errors import describe_error
+from .._core.log import Logger, get_logger
 from .._core.scheduler import ComponentInfo, Scheduler
 from .._core.states import AppState, ExitCode
 from .._core.tokens import CancelSource, CancelToken, cancel_in_background
@@ -220,15 +222,21 @@ class Run:
 
 
 def log_restart(
-    info: ComponentInfo, attempt: int, delay: float | None, error: BaseException | None
+    info: ComponentInfo,
+    attempt: int,
+    delay: float | None,
+    error: BaseException | None,
+    log: Logger | Any = None,
 ) -> None:
     """Log a restart granted (``restart``, a warning) or refused at the limit (an error).
 
-    Called by the scheduler on the driver's control thread or loop.
+    Called by the scheduler on the driver's control thread or loop; ``log``
+    is the driver's (its round's events keep their order), else the library's.
     """
-    what = "returned" if error is None else f"{type(error).__name__}: {error}"
+    log = _log if log is None else log
+    what = "returned" if error is None else describe_error(error)
     if delay is None:
-        _log.error(
+        log.error(
             "restart limit reached",
             component=info.name,
             attempt=attempt,
@@ -238,7 +246,7 @@ def log_restart(
             "RestartPolicy, or fix what makes run() end",
         )
         return
-    _log.warning(
+    log.warning(
         "restart",
         component=info.name,
         attempt=attempt,

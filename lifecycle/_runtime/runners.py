@@ -67,8 +67,15 @@ from typing import Any, Literal
 import attrs
 
 from .._core.drain import Drain
-from .._core.errors import ConfigError, DeadlineExceeded, StartupError, is_cancellation
+from .._core.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    StartupError,
+    describe_error,
+    is_cancellation,
+)
 from .._core.log import get_logger
+from .._core.restart import RestartLimitReached
 from .._core.scheduler import (
     Abandon,
     Action,
@@ -89,7 +96,7 @@ from .._core.tokens import CancelSource, cancel_in_background, use_token
 from .app import App, Blueprint, check_seconds
 from .components import Call
 from .loop import TEARDOWN_TIMEOUT, asyncio_run, close_loop, finish_before_teardown
-from .run import Run
+from .run import Run, log_restart
 from .signals import (
     SignalHandlers,
     SignalWakeup,
@@ -208,7 +215,8 @@ class _Driver:
         self._repeats = 0  # signals ignored within the grace; the first is logged, then a count
         self._app_since: float | None = None  # when the app entered its current state
         self._progress_at: float | None = None  # when the next "still stopping" line is due
-        self._logged_errors: set[int] = set()  # ids of the errors logged as "<phase>() raised"
+        # Per component, the last error logged as "<phase>() raised" (held: ids are reused).
+        self._logged_errors: dict[str, BaseException] = {}
         self._began = 0.0
         self._health: Any = None
         self._threads = _CallThreads()
@@ -327,6 +335,10 @@ class _Driver:
             on_missed=self._deadline_missed,
             on_force=self._force,
         )
+        # Restarts are logged in the round's order, as the events that caused them.
+        sched.on_restart = lambda info, attempt, delay, error: log_restart(
+            info, attempt, delay, error, log=self._rlog
+        )
         run.attach(sched, self._wake_for_request, watchdog.wake)
         watchdog.start()
         self._began = self.clock()
@@ -380,7 +392,7 @@ class _Driver:
             "duration": round(spent, 6),
         }
         if after is ComponentState.FAILED and info.error is not None:
-            fields["error"] = f"{type(info.error).__name__}: {info.error}"
+            fields["error"] = describe_error(info.error)
             if not self._reported(info):
                 self._rlog.error("transition", **fields)
                 return
@@ -397,9 +409,11 @@ class _Driver:
         """
         error = info.error
         return (
-            id(error) in self._logged_errors
-            or info.timed_out is not None
+            self._logged_errors.get(info.name) is error
+            or isinstance(error, RestartLimitReached)  # "restart limit reached" said it
             or (isinstance(error, DeadlineExceeded) and error.logged)
+            # A call of it still runs past its timeout: "component stuck" follows.
+            or (info.timed_out is not None and any(n == info.name for n, _ in self._handles))
         )
 
     def _log_app(self, before: AppState, after: AppState, now: float) -> None:
@@ -496,8 +510,12 @@ class _Driver:
             return
         self._progress_at = now + PROGRESS_EVERY
         still = []
+        busy = {n for n, _ in self._handles}  # a call still runs (a late stop() included)
         for name, info in run.infos.items():
-            if info.state is ComponentState.STOPPING and info.stop_began is not None:
+            stopping = info.state is ComponentState.STOPPING or (
+                name in busy and info.state is ComponentState.FAILED
+            )
+            if stopping and info.stop_began is not None:
                 budget = self.app._stop_budget(name)  # the app's own plan
                 shown = "unbounded" if math.isinf(budget) else f"{budget:g}s"
                 still.append(f"{name} {now - info.stop_began:.1f}s of {shown}")
@@ -576,7 +594,7 @@ class _Driver:
                 # A run that honoured its cancelled token ended as asked; a
                 # Cancelled on a live token (its own deadline ran out) is a
                 # crash; a cut is logged once, by the server that cut.
-                self._logged_errors.add(id(error))
+                self._logged_errors[name] = error
                 if isinstance(error, DeadlineExceeded):
                     # lifecycle's own account of a cut (what, and the fix): no traceback
                     self._rlog.error(
@@ -781,7 +799,10 @@ class _Driver:
         for handle in list(self._handles.values()):
             cancel_in_background(handle.source, "app finished")
         self._log_repeats()
-        self._log_summary(code)
+        try:
+            self._log_summary(code)
+        except Exception:  # noqa: BLE001 - the run is over; its summary must not end the loop
+            _log.exception("the shutdown summary could not be made", app=self.app.name)
 
     def _close_health(self) -> None:
         health, self._health = self._health, None

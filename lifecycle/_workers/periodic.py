@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any, get_args
 
-from .._core.errors import ConfigError, is_cancellation
+from .._core.errors import ConfigError, describe_error, is_cancellation
 from .._core.log import get_logger
 from .._core.periodic import First, OnError, Schedule
 from .._core.tokens import CancelToken
@@ -118,7 +118,7 @@ class PeriodicWorker:
         deadline, ``CancelSource(token, timeout=...)``) is such a run error too.
         """
         ended = self._clock()
-        described = f"{type(error).__name__}: {error}"
+        described = describe_error(error)
         at = self.schedule.ran(started, ended, described)
         _log.error(
             "periodic run raised",
