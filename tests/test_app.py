@@ -324,6 +324,9 @@ def test_report_shape_before_running():
         "ready": False,
         "exit_code": None,
         "shutdown_reason": None,
+        "shutdown_timeout": 30.0,
+        "drain_delay": 5.0,
+        "phases": {},
         "components": {
             name: {
                 "state": "new",
@@ -332,11 +335,21 @@ def test_report_shape_before_running():
                 "timed_out": None,
                 "start_seconds": None,
                 "stop_seconds": None,
+                "start_at": None,
+                "stop_at": None,
+                "depends_on": deps,
+                "start_timeout": 30.0,
+                "stop_budget": budget,
                 "stop_called": False,
                 "restarts": 0,
                 "next_restart_in": None,
             }
-            for name in ("db", "cache", "api", "edge")
+            for name, deps, budget in (
+                ("db", [], 10.0),
+                ("cache", [], 2.0),
+                ("api", ["db", "cache"], 10.0),
+                ("edge", ["api"], 1.0),
+            )
         },
     }
 
@@ -542,3 +555,37 @@ def test_add_refuses_an_unknown_restart_mode():
         "'on-failure', 'always' or a RestartPolicy"
     )
     assert "w" not in app.components
+
+
+def test_the_report_is_strict_json_with_unbounded_timeouts_and_a_cut_of_ones_own():
+    """drain_delay and shutdown_timeout of math.inf are None in the report; a DeadlineExceeded
+    subclass that sets no ``cut`` still reports (nothing named)."""
+    import json  # noqa: PLC0415
+    import math  # noqa: PLC0415
+
+    from lifecycle import DeadlineExceeded, ThreadedRunner  # noqa: PLC0415
+
+    class OwnCut(DeadlineExceeded):
+        def __init__(self) -> None:
+            TimeoutError.__init__(self, "gave up")
+
+    class Part:
+        def stop(self, token: object) -> None:
+            raise OwnCut
+
+    app = App("shop", drain_delay=math.inf, shutdown_timeout=math.inf, stop_timeout=math.inf)
+    app.add(Part(), name="part")
+    report = app.report()
+    json.dumps(report, allow_nan=False)
+    assert (report["drain_delay"], report["shutdown_timeout"]) == (None, None)
+    assert report["components"]["part"]["stop_budget"] is None
+
+    app = App("shop")
+    app.add(Part(), name="part")
+    runner = ThreadedRunner(app, signals=None)
+    runner.start()
+    assert runner.stop() == 3
+    report = app.report()
+    json.dumps(report, allow_nan=False)
+    assert report["components"]["part"]["error"] == "OwnCut: gave up"
+    assert "cut" not in report["components"]["part"]

@@ -671,3 +671,29 @@ def test_a_value_with_a_newline_or_a_failing_repr_keeps_the_line_and_the_event()
 
     assert render("e", {"t": {"r": {"s": "a\nb"}}}) == "e\nt:\n  r: s='a\\nb'"
     assert render("e", {"x": Bad()}) == "e x=<Bad: repr() failed>"
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_cut_inside_an_exception_group_is_not_logged_twice_and_is_in_the_report(kind, caplog):
+    """A stop that joined two servers (a TaskGroup) raises a group holding a cut already
+    logged by its server: no second entry for it, the report names the cut; what else the
+    group holds is one entry with only that in its traceback."""
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    said = lifecycle.DeadlineExceeded("web", ["GET /slow (1.0s)"], logged=True)
+    app, _ = one_app(kind, stop_error=ExceptionGroup("stop", [said]))
+    assert run_once(kind, app) == ExitCode.TIMEOUT
+    records = lifecycle_records(caplog)
+    assert [r for r in records if r.levelno >= logging.ERROR] == []
+    assert app.report()["components"]["db"]["cut"] == ["GET /slow (1.0s)"]
+
+    caplog.clear()
+    said = lifecycle.DeadlineExceeded("web", ["GET /slow (1.0s)"], logged=True)
+    app, _ = one_app(kind, stop_error=ExceptionGroup("stop", [said, OSError("disk full")]))
+    assert run_once(kind, app) == ExitCode.TIMEOUT
+    errors = [r for r in lifecycle_records(caplog) if r.levelno >= logging.ERROR]
+    assert [r.__dict__["event"] for r in errors] == ["stop() raised"]
+    assert errors[0].exc_info is not None
+    shown = errors[0].exc_info[1]
+    assert isinstance(shown, ExceptionGroup)
+    assert [type(e) for e in shown.exceptions] == [OSError]
+    assert app.report()["components"]["db"]["cut_count"] == 1

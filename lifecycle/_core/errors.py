@@ -55,8 +55,11 @@ __all__ = [
     "NotAComponent",
     "StartupError",
     "UnknownDependency",
+    "cut_of",
+    "describe_error",
     "is_cancellation",
     "is_deadline_cut",
+    "unlogged",
 ]
 
 
@@ -317,7 +320,9 @@ class DeadlineExceeded(LifecycleError, TimeoutError):
         'api' cut 1 unfinished request(s) at its stop deadline (GET /slow (12.3s)); raise ...
     """
 
-    logged: bool = False  # (a class default: subclasses may not call this __init__)
+    # Class defaults: a subclass may not call this __init__.
+    logged: bool = False
+    cut: list[str] | tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -440,3 +445,48 @@ def is_deadline_cut(error: BaseException) -> bool:
         is_deadline_cut(TimeoutError("redis: timed out"))  # False
     """
     return any(isinstance(leaf, DeadlineExceeded) for leaf in _leaves(error))
+
+
+def cut_of(error: BaseException | None) -> list[str]:
+    """What ``error`` says was cut: the ``cut`` of every `DeadlineExceeded` in it (groups too).
+
+    Example:
+        >>> group = ExceptionGroup("stop", [DeadlineExceeded("a", ["GET /x (1.0s)"]), OSError()])
+        >>> cut_of(group)
+        ['GET /x (1.0s)']
+    """
+    if error is None:
+        return []
+    return [
+        str(label)
+        for leaf in _leaves(error)
+        if isinstance(leaf, DeadlineExceeded)
+        for label in getattr(leaf, "cut", ())
+    ]
+
+
+def unlogged(error: BaseException) -> BaseException | None:
+    """``error`` less the cuts already logged where they happened; None if nothing is left.
+
+    A cut is logged once, by the server that cut (`DeadlineExceeded.logged`);
+    an exception group of a stop that joined several (an ``asyncio.TaskGroup``)
+    keeps only what was not said yet.
+
+    Example:
+        >>> said = DeadlineExceeded("a", ["GET /x (1.0s)"], logged=True)
+        >>> unlogged(said) is None
+        True
+        >>> rest = unlogged(ExceptionGroup("stop", [said, OSError("disk")]))
+        >>> [type(e).__name__ for e in rest.exceptions]
+        ['OSError']
+    """
+
+    def said(leaf: BaseException) -> bool:
+        return isinstance(leaf, DeadlineExceeded) and leaf.logged
+
+    if said(error):
+        return None
+    if isinstance(error, BaseExceptionGroup):
+        _, rest = error.split(said)
+        return rest
+    return error

@@ -15,9 +15,9 @@ import attrs
 from .._core.drain import Drain, drain_bounds
 from .._core.errors import (
     ConfigError,
-    DeadlineExceeded,
     DuplicateComponent,
     UnknownDependency,
+    cut_of,
     describe_error,
 )
 from .._core.graph import Graph, analyze, critical_path
@@ -831,6 +831,16 @@ class App:
             "components": components,
         }
 
+    def _declared_deps(self, name: str) -> list[str]:
+        """The names ``name`` was declared to depend on (before a run resolved them)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return []
+        return [
+            d if isinstance(d, str) else self._names_by_id.get(id(d), repr(d))
+            for d in entry.depends_on
+        ]
+
     def _component_report(
         self,
         name: str,
@@ -848,7 +858,7 @@ class App:
             "stop_seconds": _round(info.stop_duration),
             "start_at": since(info.start_began),
             "stop_at": since(info.stop_began),
-            "depends_on": list(info.depends_on),
+            "depends_on": list(info.depends_on) or self._declared_deps(name),
             "start_timeout": _finite(self._start_timeout(name)),
             "stop_budget": _finite(self._stop_budget(name)),
             "stop_called": info.stop_called,
@@ -860,9 +870,10 @@ class App:
         if info.restart_error is not None:
             error = info.restart_error
             entry["restart_error"] = describe_error(error)
-        if isinstance(info.error, DeadlineExceeded):
-            entry["cut"] = info.error.cut[:20]
-            entry["cut_count"] = len(info.error.cut)
+        cut = cut_of(info.error)  # a cut inside an exception group counts too
+        if cut:
+            entry["cut"] = cut[:20]
+            entry["cut_count"] = len(cut)
         if info.periodic is not None:
             entry["periodic"] = info.periodic.status(now, time.time(), with_error=True)
         return entry
@@ -990,7 +1001,7 @@ def _finite(value: float) -> float | None:
     return None if math.isinf(value) else value
 
 
-def _drain_json(drain: float | Drain) -> float | dict[str, float]:
+def _drain_json(drain: float | Drain) -> float | dict[str, float | None] | None:
     if isinstance(drain, Drain):
-        return {"min": drain.min, "max": drain.max, "quiet": drain.quiet}
-    return drain
+        return {"min": drain.min, "max": _finite(drain.max), "quiet": drain.quiet}
+    return _finite(drain)

@@ -73,6 +73,7 @@ from .._core.errors import (
     StartupError,
     describe_error,
     is_cancellation,
+    unlogged,
 )
 from .._core.log import get_logger
 from .._core.restart import RestartLimitReached
@@ -411,7 +412,7 @@ class _Driver:
         return (
             self._logged_errors.get(info.name) is error
             or isinstance(error, RestartLimitReached)  # "restart limit reached" said it
-            or (isinstance(error, DeadlineExceeded) and error.logged)
+            or (error is not None and unlogged(error) is None)
             # A call of it still runs past its timeout: "component stuck" follows.
             or (info.timed_out is not None and any(n == info.name for n, _ in self._handles))
         )
@@ -584,28 +585,32 @@ class _Driver:
             handle = self._handles.pop((name, phase), None)
             if handle is None:
                 return self._begin_recorded(now) + sched.tick(now)  # answered late: abandoned
+            # A run that honoured its cancelled token ended as asked; a
+            # Cancelled on a live token (its own deadline ran out) is a crash;
+            # a cut is logged once, by the server that cut.
+            shown = None if error is None else unlogged(error)
             if (
                 error is not None
+                and shown is not None
                 and not (
                     phase == "run" and is_cancellation(error) and handle.source.token.cancelled
                 )
-                and not (isinstance(error, DeadlineExceeded) and error.logged)
             ):
-                # A run that honoured its cancelled token ended as asked; a
-                # Cancelled on a live token (its own deadline ran out) is a
-                # crash; a cut is logged once, by the server that cut.
                 self._logged_errors[name] = error
-                if isinstance(error, DeadlineExceeded):
+                if isinstance(shown, DeadlineExceeded):
                     # lifecycle's own account of a cut (what, and the fix): no traceback
                     self._rlog.error(
-                        f"{phase}() raised", component=name, phase=phase, error=str(error)
+                        f"{phase}() raised",
+                        component=name,
+                        phase=phase,
+                        error=describe_error(shown).partition(": ")[2],
                     )
                 else:
                     self._rlog.error(
                         f"{phase}() raised",
                         component=name,
                         phase=phase,
-                        exc_info=(type(error), error, user_traceback(error)),
+                        exc_info=(type(shown), shown, user_traceback(shown)),
                     )
             if phase == "start":
                 actions += (
