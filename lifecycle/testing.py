@@ -58,7 +58,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import pytest
 
@@ -255,16 +255,21 @@ def assert_exit_code(result: int | Exited | Report | App | None, expected: int) 
         )
 
 
+_PAST: Final = {"start": "started", "stop": "stopped"}
+
+
 def _ordered(
     report: Report | App, first: str, second: str, phase: Literal["start", "stop"]
 ) -> None:
+    if first == second:
+        raise ValueError(f"assert_{_PAST[phase]}_before: name two components, not {first!r} twice")
     report = _report_of(report)
     a, b = _component(report, first), _component(report, second)
     for name, c in ((first, a), (second, b)):
         if c[f"{phase}_at"] is None:
             raise AssertionError(
                 f"component {name!r} never began its {phase} (state {c['state']!r}); "
-                f"cannot tell whether {first!r} {phase}ed before {second!r}"
+                f"cannot tell whether {first!r} {_PAST[phase]} before {second!r}"
             )
     if a[f"{phase}_seconds"] is None or a["timed_out"] == phase:
         why = (
@@ -324,6 +329,17 @@ _LIVE_LOCK = threading.Lock()
 _PHASES = ("start", "run", "stop")
 
 
+
+def _check_seconds(name: str, value: float) -> None:
+    """A bound of a test helper: a finite number of seconds above 0 (every wait is bounded)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}={value!r}: give a number of seconds, e.g. {name}=10")
+    if not (0 < value < math.inf):
+        raise ValueError(
+            f"{name}={value!r}: give a finite number of seconds above 0, e.g. {name}=10 "
+            f"(every wait of lifecycle.testing is bounded)"
+        )
+
 class Misbehaving:
     """A test component that hangs or raises in one phase; made by `stuck` or `failing`.
 
@@ -352,6 +368,11 @@ class Misbehaving:
     ) -> None:
         if phase not in _PHASES:
             raise ValueError(f"phase={phase!r}: use one of {', '.join(_PHASES)}")
+        _check_seconds("hold", hold)
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(
+                f"error={error!r}: give an exception instance, e.g. error=OSError('no database')"
+            )
         self.phase: Phase = phase
         self.mode = mode
         self.asynchronous = asynchronous
@@ -525,6 +546,7 @@ class Harness:
     def __init__(self, kind: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         if kind not in RUNNER_KINDS:
             raise ValueError(f"kind={kind!r}: use one of {', '.join(RUNNER_KINDS)}")
+        _check_seconds("timeout", timeout)
         self.kind = kind
         self.timeout = timeout
         self.app: App | None = None
@@ -834,8 +856,20 @@ class Spawned:
         return Exited(self._code(code), lines, pid=self.pid)
 
     def _join_readers(self) -> None:
+        """Let the output readers finish, for `READER_GRACE` seconds in all.
+
+        Once the child exited its pipes end, unless a process it started
+        still holds them: then the readers are left (daemon threads) and
+        the output ends with a line that says so, rather than the wait
+        lasting as long as that process.
+        """
+        deadline = time.monotonic() + READER_GRACE
         for reader in self._readers:
-            reader.join(DEFAULT_TIMEOUT)
+            reader.join(max(0.0, deadline - time.monotonic()))
+        if any(reader.is_alive() for reader in self._readers):
+            with self._cond:
+                if not self.lines or self.lines[-1] != _HELD:
+                    self.lines.append(_HELD)
 
     def terminate(
         self, timeout: float = DEFAULT_TIMEOUT, signum: int = signal_module.SIGTERM
@@ -944,6 +978,15 @@ def spawn(
     return child
 
 
+READER_GRACE = 1.0
+"""Seconds the output readers get once the child exited (a descendant may hold its pipes)."""
+
+_HELD = (
+    "(lifecycle.testing: the output may be incomplete: a process the child started still "
+    "holds its stdout/stderr)"
+)
+
+
 def _kill_all() -> None:
     with _CHILDREN_LOCK:
         children, _CHILDREN[:] = list(_CHILDREN), []
@@ -1045,10 +1088,14 @@ def _check_tables(app: App, specs: Sequence[Any], tables: Mapping[str, Mapping[s
             _behaviour(table, name, phase)
             if phase not in hooks[name]:
                 has = ", ".join(hooks[name]) or "no hook"
+                fix = (
+                    f"a worker's stop phase is its run returning: use run={{{name!r}: ...}}"
+                    if phase == "stop" and "run" in hooks[name]
+                    else f"script one of the hooks it has ({has})"
+                )
                 raise ValueError(
                     f"{phase}={{{name!r}: ...}}: component {name!r} has no {phase} hook "
-                    f"(it has {has}); a worker's stop phase is its run returning: "
-                    f"use run={{{name!r}: ...}}"
+                    f"(it has {has}); {fix}"
                 )
 
 

@@ -10,6 +10,7 @@ must be killed after 1 s).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -578,3 +580,52 @@ def test_import_lifecycle_does_not_import_the_plugin_or_pytest():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND, check=True
     )
     assert out.stdout.strip() == "[False, False]"
+
+
+@pytest.mark.process
+def test_a_wait_is_bounded_when_a_descendant_holds_the_childs_output(tmp_path):
+    """The app starts a process (its own session) that inherits stdout and outlives it:
+    terminate() returns within its timeout plus the readers' grace, the output says it may
+    be incomplete, and the descendant is ended here by its PID."""
+    (tmp_path / "holder_app.py").write_text(
+        "import subprocess\n"
+        "import lifecycle\n"
+        "app = lifecycle.App('svc', shutdown_timeout=5)\n"
+        "PIDS = []\n"
+        "@app.resource(name='helper')\n"
+        "def helper():\n"
+        "    p = subprocess.Popen(['sleep', '30'], start_new_session=True)\n"
+        "    print('holder pid', p.pid, flush=True)\n"
+        "    yield p\n",
+        encoding="utf-8",
+    )
+    child = lifecycle.testing.spawn("holder_app:app", cwd=str(tmp_path), ready_timeout=15)
+    began = time.monotonic()
+    try:
+        exited = child.terminate(timeout=10)
+    finally:
+        holder = next(
+            (int(line.split()[-1]) for line in child.lines if line.startswith("holder pid")), None
+        )
+        if holder is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder, signal.SIGKILL)
+    assert exited.exit_code == 0
+    assert time.monotonic() - began < 10 + lifecycle.testing.READER_GRACE + 2
+    assert exited.lines[-1].startswith("(lifecycle.testing: the output may be incomplete")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: lifecycle.testing.Harness("thread", timeout=float("nan")), "finite number"),
+        (lambda: lifecycle.testing.Harness("thread", timeout=float("inf")), "finite number"),
+        (lambda: lifecycle.testing.Harness("thread", timeout=-1), "above 0"),
+        (lambda: lifecycle.testing.stuck(hold=-1), "hold=-1"),
+        (lambda: lifecycle.testing.failing(error="boom"), "give an exception instance"),  # type: ignore[arg-type]
+        (lambda: lifecycle.testing.assert_stopped_before({}, "api", "api"), "not 'api' twice"),
+    ],
+)
+def test_bad_arguments_are_refused_at_once_naming_the_fix(make, message):
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        make()
