@@ -757,7 +757,9 @@ class _StopOps:
         tasks = _tasks_serving(calls)
         for call in calls[:LOG_CUT_LIMIT]:
             task = tasks.get(call)
-            _log.error(
+            # The cut itself is one ERROR entry ("work cut at the stop deadline");
+            # where each request was, its detail, at WARNING.
+            _log.warning(
                 "request cut at the stop deadline",
                 component=server.name,
                 request=describe_work([call], now)[0],

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import logging
 import math
 import select
 import socket
@@ -281,7 +282,7 @@ class Server(Listening):
         else:
             self.middleware = ASGIMiddleware(_Inner(self, app), name=name or "uvicorn")
         """The `lifecycle.ASGIMiddleware` around the app (the one passed, if it was one)."""
-        self.middleware._about_to_cut = self._log_stuck
+        self.middleware._about_to_cut = self._about_to_cut
         # uvicorn's HTTP protocols announce a close only when the request asked
         # for one: the server makes the responses in progress at the drain say
         # it (`_close_after_responses`), so that no ``send`` is wrapped per
@@ -318,6 +319,7 @@ class Server(Listening):
         )
         self._shut: weakref.WeakSet[asyncio.Protocol] = weakref.WeakSet()
         self._stuck_logged: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self._quiet = _QuietCut()  # on uvicorn's error logger while the stop cuts
         self._main: asyncio.Future[None] | None = None
         self._app: ShutdownView | None = None
 
@@ -530,6 +532,8 @@ class Server(Listening):
         except BaseException:  # abandoned (cancelled): the later calls get what was cut
             self._outcome = self._cut_outcome()
             raise
+        else:
+            self._quiet.release()
         finally:
             driving.close()
             self._stopped = True
@@ -806,6 +810,7 @@ class Server(Listening):
         if labels:
             self._cut_labels = labels
         tasks = list(state.tasks)
+        self._quiet.hold(tasks)
         for task in tasks:
             self._log_stuck(task)
             task.cancel()
@@ -833,13 +838,20 @@ class Server(Listening):
         assert server is not None
         if not self._cut_labels:
             self._cut_labels = self.middleware.running()
-        for task in list(server.server_state.tasks):
+        tasks = list(server.server_state.tasks)
+        self._quiet.hold(tasks)  # stays on: they end after the abandoned stop
+        for task in tasks:
             self._log_stuck(task)
             task.cancel()
         for protocol in list(server.server_state.connections):
             transport = getattr(protocol, "transport", None)
             if transport is not None:
                 transport.abort()
+
+    def _about_to_cut(self, task: asyncio.Task[Any]) -> None:
+        """The middleware cuts ``task``: where it is stuck, and no traceback of uvicorn's for it."""
+        self._quiet.hold([task])
+        self._log_stuck(task)
 
     def _log_stuck(self, task: asyncio.Task[Any]) -> None:
         """A request about to be cut: where it is stuck (its task's frames below the middleware).
@@ -861,12 +873,47 @@ class Server(Listening):
                 break
         stack = "".join(traceback.StackSummary.extract((f, f.f_lineno) for f in frames).format())
         method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
-        _log.error(
+        # The cut itself is one ERROR entry ("work cut at the stop deadline");
+        # where each request was, its detail, at WARNING.
+        _log.warning(
             "request cut at the stop deadline",
             component=self.name,
             request=f"{method} {scope.get('path', '')}",
             stack=f"Stack where it was cut (most recent call last):\n{stack}",
         )
+
+
+class _QuietCut(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" for the requests the stop itself cut.
+
+    A cut request's task is cancelled, and uvicorn logs the ``CancelledError``
+    with its traceback at ERROR on ``uvicorn.error``: a second entry, with a
+    library traceback, for a cut the stop logs once ("work cut at the stop
+    deadline", and at WARNING the stack of each request where it was cut).
+    Only the records of those tasks are dropped, and only while the filter
+    is on (from the cut to the end of the stop).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("lifecycle.uvicorn")
+        self.tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+    def hold(self, tasks: list[asyncio.Task[Any]]) -> None:
+        self.tasks.update(tasks)
+        logging.getLogger("uvicorn.error").addFilter(self)  # once: addFilter keeps one
+
+    def release(self) -> None:
+        logging.getLogger("uvicorn.error").removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, asyncio.CancelledError):
+            return True
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # not in a loop's thread
+            return True
+        return task not in self.tasks
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ bounded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import concurrent.futures
 import contextlib
 import errno
@@ -559,9 +560,11 @@ def test_lifespan_startup_runs_in_start_and_shutdown_in_stop(run):
     assert asgi.events.seen == ["lifespan startup", "lifespan shutdown"]
 
 
-def test_stuck_handler_is_cut_within_the_budget_named_with_its_stack(run, log_events):
+def test_stuck_handler_is_cut_within_the_budget_named_with_its_stack(run, log_events, caplog):
     """A handler that never ends: the stop cuts it before its deadline, names it, logs
-    where it was stuck, still runs the lifespan shutdown, and the exit code is TIMEOUT."""
+    where it was stuck, still runs the lifespan shutdown, and the exit code is TIMEOUT.
+    The cut is one ERROR entry: uvicorn logs no "Exception in ASGI application" for it."""
+    caplog.set_level(logging.DEBUG, logger="uvicorn.error")
     asgi = TestApp()
     stop_timeout = 1.0
     app, server, _ = build(asgi, stop_timeout=stop_timeout)
@@ -586,8 +589,12 @@ def test_stuck_handler_is_cut_within_the_budget_named_with_its_stack(run, log_ev
     assert f"uvicorn:127.0.0.1:{server.port}" in str(info.error)
     cut = [e for e in log_events if e["event"] == "request cut at the stop deadline"]
     assert [e["request"] for e in cut] == ["GET /stuck"]
+    assert cut[0]["log_level"] == "warning"  # the detail; the cut is the one ERROR entry
     assert "in __call__" in cut[0]["stack"]
     assert "asyncio.sleep(3600)" in cut[0]["stack"]
+    errors = [e["event"] for e in log_events if e["log_level"] in ("error", "critical")]
+    assert errors == ["work cut at the stop deadline"]
+    assert [r.getMessage() for r in caplog.records if r.name == "uvicorn.error" and r.exc_info] == []
 
 
 # -- health paths on the traffic port ---------------------------------------------------
