@@ -889,3 +889,11 @@ def test_the_mermaid_example_in_the_docs_is_valid_output():
     (block,) = re.findall(r"^```mermaid\n(.*?)^```", page, re.S | re.M)
     tasks = check_mermaid_syntax(block, sections=3)
     assert any(t["tags"] == "crit, done, " for t in tasks)
+
+
+def test_a_never_run_app_is_titled_by_its_state_and_a_missing_folder_is_named(tmp_path):
+    app = lifecycle.App("idle")
+    assert lifecycle.timeline.mermaid(app.report()).splitlines()[1] == "    title idle — new"
+    target = tmp_path / "nowhere" / "t.svg"
+    with pytest.raises(FileNotFoundError, match=r"the folder of .*t\.svg' does not exist"):
+        lifecycle.timeline.write(app.report(), target)

@@ -34,6 +34,7 @@ time. The Mermaid chart has no breaks (Mermaid has none).
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -156,7 +157,7 @@ class _Report:
         return _time(begin + self.shutdown_timeout)
 
     def title(self) -> str:
-        code = "running" if self.exit_code is None else f"exit {self.exit_code}"
+        code = self.state if self.exit_code is None else f"exit {self.exit_code}"
         if self.exit_code in _EXIT_NAMES:
             code += f" ({_EXIT_NAMES[self.exit_code]})"
         reason = f" — {self.reason}" if self.reason else ""
@@ -1079,6 +1080,10 @@ def write(report: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
         )
     text = draw(report)
     folder, base = os.path.split(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            errno.ENOENT, f"timeline: the folder of {target!r} does not exist; create it first"
+        )
     tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "x", encoding="utf-8") as file:
