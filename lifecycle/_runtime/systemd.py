@@ -45,6 +45,7 @@ Added in 0.4.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import queue
@@ -284,7 +285,8 @@ class SystemdNotifier(Notifier):
         self._clock = clock
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._inbox: queue.SimpleQueue[bool] = queue.SimpleQueue()  # False: stop
-        self._warned = threading.Lock()  # acquired once, by the first failure
+        self._warned = threading.Lock()  # acquired once, by the first failed send
+        self._bug_reported = threading.Lock()  # acquired once, by the first failed step
         self._closed = False
         # Written by the control thread, read by the notifier's thread.
         self._active = False  # the runner spoke (READY or STOPPING): the thread may send
@@ -370,13 +372,19 @@ class SystemdNotifier(Notifier):
             self._sock.sendto(payload, socket.MSG_DONTWAIT, self.address)
         except OSError as error:
             if self._warned.acquire(blocking=False):
+                full = error.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
                 _log.warning(
                     "systemd notification failed",
                     variable="NOTIFY_SOCKET",
                     socket=self.where,
                     error=f"{type(error).__name__}: {error.strerror or error}",
                     hint="later failures are not logged; the app runs and stops as usual. "
-                    "Under systemd check the unit's Type=notify; elsewhere unset NOTIFY_SOCKET",
+                    + (
+                        "The receiver is not reading its socket (its queue is full)"
+                        if full
+                        else "Under systemd check the unit's Type=notify; elsewhere unset "
+                        "NOTIFY_SOCKET"
+                    ),
                 )
 
     # -- the notifier's thread -------------------------------------------------
@@ -399,7 +407,7 @@ class SystemdNotifier(Notifier):
         try:
             return self.step(now)
         except Exception:  # noqa: BLE001 - the thread must outlive a bug: the pings matter
-            if self._warned.acquire(blocking=False):
+            if self._bug_reported.acquire(blocking=False):
                 _log.exception("the systemd notifier failed; this is a bug")
             return now + EXTEND_EVERY
 
