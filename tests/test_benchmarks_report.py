@@ -216,3 +216,10 @@ def test_every_benchmark_script_of_the_folder_is_in_the_report():
         if not p.stem.startswith("_")
     }
     assert scripts == {b.name for b in BENCHES}
+
+
+def test_a_benchmark_left_out_of_the_smoke_run_is_reported_as_skipped():
+    bench = next(b for b in BENCHES if b.smoke is None)
+    done = run_bench(bench, smoke=True)
+    assert done.status == "skipped in --smoke: run it in full"
+    assert not done.failed
