@@ -62,7 +62,7 @@ from typing import Any, Final, Literal
 
 import pytest
 
-from ._core.states import AppState, ExitCode
+from ._core.states import ExitCode
 from ._core.tokens import CancelToken
 from ._runtime.app import App
 from ._runtime.runners import AsyncioRunner, ThreadedRunner
@@ -1206,29 +1206,18 @@ class _Simulation:
 
 
 def _simulated_report(app: App, sched: Any) -> dict[str, Any]:
-    origin = sched.app_entered.get(AppState.STARTING, 0.0)
-
-    def at(value: float | None) -> float | None:
-        return None if value is None else round(value - origin, 6)
-
-    def finite(value: float) -> float | None:
-        return None if math.isinf(value) else value
-
-    now = max(sched.app_entered.values(), default=origin)
-    components = {
-        name: app._component_report(name, info, at, now) for name, info in sched.infos.items()
-    }
+    """The simulation's end as `App.report` puts a run's (and ``"simulated": True``)."""
+    entered = dict(sched.app_entered)
     code = sched.exit_code
-    return {
-        "app": app.name,
-        "simulated": True,
-        "state": sched.state.value,
-        "exit_code": None if code is None else int(code),
-        "shutdown_reason": sched.shutdown_reason,
-        "shutdown_timeout": finite(app.shutdown_timeout),
-        "phases": {state.value: at(when) for state, when in sched.app_entered.items()},
-        "components": components,
-    }
+    return app._report_from(
+        sched.infos,
+        entered,
+        max(entered.values(), default=0.0),  # the virtual clock's last time
+        simulated=True,
+        state=sched.state.value,
+        exit_code=None if code is None else int(code),
+        shutdown_reason=sched.shutdown_reason,
+    )
 
 
 # -- the pytest plugin ------------------------------------------------------------------

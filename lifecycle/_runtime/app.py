@@ -807,28 +807,44 @@ class App:
             print(report["state"], report["exit_code"], report["phases"].get("stopping"))
         """
         run = self._run
-        now = time.monotonic()
         sched = run.scheduler
-        entered = {} if sched is None else dict(sched.app_entered)
+        return self._report_from(
+            run.infos,
+            {} if sched is None else dict(sched.app_entered),
+            time.monotonic(),
+            state=run.state.value,
+            ready=self.ready,
+            exit_code=None if run.exit_code is None else int(run.exit_code),
+            shutdown_reason=run.shutdown_reason,
+        )
+
+    def _report_from(
+        self,
+        infos: Mapping[str, ComponentInfo],
+        entered: Mapping[AppState, float],
+        now: float,
+        **head: Any,
+    ) -> dict[str, Any]:
+        """A `report` of ``infos``, the times the app ``entered`` each state, at ``now``.
+
+        ``head`` is what stands before the declaration's own fields (the state,
+        the exit code...): the run's, or a simulation's (`lifecycle.testing`).
+        """
         origin = entered.get(AppState.STARTING)
 
         def since(at: float | None) -> float | None:
             return None if at is None or origin is None else round(at - origin, 6)
 
-        components = {
-            name: self._component_report(name, info, since, now)
-            for name, info in run.infos.items()
-        }
         return {
             "app": self.name,
-            "state": run.state.value,
-            "ready": self.ready,
-            "exit_code": None if run.exit_code is None else int(run.exit_code),
-            "shutdown_reason": run.shutdown_reason,
+            **head,
             "shutdown_timeout": _finite(self.shutdown_timeout),
             "drain_delay": _drain_json(self.drain_delay),
             "phases": {state.value: since(at) for state, at in entered.items()},
-            "components": components,
+            "components": {
+                name: self._component_report(name, info, since, now)
+                for name, info in infos.items()
+            },
         }
 
     def _declared_deps(self, name: str) -> list[str]:
