@@ -89,6 +89,20 @@ def run_once(kind: str, app: App) -> int:
     return lifecycle.asyncio_run(main())
 
 
+def run_to_end(kind: str, app: App) -> int | None:
+    """Start the app with the given runner (no signals) and wait until it ends by itself."""
+    if kind == "thread":
+        runner = ThreadedRunner(app, signals=None)
+        runner.start()
+        return runner.wait()
+
+    async def main() -> int | None:
+        async with AsyncioRunner(app, signals=None) as arunner:
+            return await arunner.wait()
+
+    return lifecycle.asyncio_run(main())
+
+
 def one_app(kind: str, stop_error: BaseException | None = None) -> tuple[App, Part | APart]:
     app = App("shop")
     part = app.add((Part if kind == "thread" else APart)(stop_error), name="db")
@@ -578,17 +592,7 @@ def test_an_exception_whose_str_raises_still_stops_everything_and_is_summarised(
         raise _BadStr
 
     app.add(object(), name="w", run=crash if kind == "thread" else acrash, depends_on=["db"])
-    if kind == "thread":
-        runner = ThreadedRunner(app, signals=None)
-        runner.start()
-        code: int | None = runner.wait()
-    else:
-
-        async def main() -> int | None:
-            async with AsyncioRunner(app, signals=None) as arunner:
-                return await arunner.wait()
-
-        code = lifecycle.asyncio_run(main())
+    code = run_to_end(kind, app)
     assert code == ExitCode.FAILED
     assert closed == ["db"]
     records = lifecycle_records(caplog)
@@ -636,17 +640,7 @@ def test_restarts_are_logged_after_the_crash_that_caused_them_and_the_limit_once
 
     policy = lifecycle.RestartPolicy("on-failure", max_restarts=2, within=60, backoff=0.001)
     app.add(object(), name="w", run=crash if kind == "thread" else acrash, restart=policy)
-    if kind == "thread":
-        runner = ThreadedRunner(app, signals=None)
-        runner.start()
-        code: int | None = runner.wait()
-    else:
-
-        async def main() -> int | None:
-            async with AsyncioRunner(app, signals=None) as arunner:
-                return await arunner.wait()
-
-        code = lifecycle.asyncio_run(main())
+    code = run_to_end(kind, app)
     assert code == ExitCode.FAILED
     events = [
         r.__dict__["event"]
