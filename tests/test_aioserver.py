@@ -214,6 +214,27 @@ def test_port_zero_listens_on_an_ephemeral_port_and_is_ready():
     run(main)
 
 
+def test_every_request_on_a_kept_alive_connection_is_an_arrival():
+    """Each ``server.request()`` moves the tracker's last arrival, not only the connection."""
+
+    async def main():
+        server = serve_http(Held().route)
+        await server.start()
+        try:
+            reader, writer = await connect(server)
+            assert (await get(reader, writer, "/")).status == 200
+            first = server.tracker.last_arrival
+            assert first is not None
+            assert (await get(reader, writer, "/")).status == 200  # the same connection
+            second = server.tracker.last_arrival
+            assert second is not None
+            assert second > first
+        finally:
+            await server.stop(lifecycle.CancelSource(timeout=5).token)
+
+    run(main)
+
+
 def test_stop_returns_at_once_when_nothing_is_in_flight():
     """With idle keep-alive connections only, stop returns long before its deadline."""
 

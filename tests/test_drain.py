@@ -464,6 +464,57 @@ def test_a_real_request_records_an_arrival(drive, kind):
     assert drive.stop(timeout=30) == ExitCode.OK
 
 
+def _ok_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+
+@pytest.mark.parametrize("kind", ["http", "wsgi"])
+def test_every_request_on_a_kept_alive_connection_is_an_arrival(kind):
+    """Not only the connection: each request it carries moves the tracker's last arrival.
+
+    Keep-alive clients send their requests on connections opened long
+    before; an adaptive drain that saw only new connections would end while
+    they still send.
+    """
+    if kind == "http":
+        server: Any = lifecycle.HTTPServer(_Hello, ("127.0.0.1", 0))
+    else:
+        server = lifecycle.WSGIServer(_ok_wsgi, ("127.0.0.1", 0))
+    now = [100.0]
+    server.tracker.clock = lambda: now[0]
+    server.start(lifecycle.CancelSource().token)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=BOUND)
+    try:
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"ok"
+        assert server.tracker.last_arrival == 100.0
+        now[0] = 107.0
+        conn.request("GET", "/")  # the same connection
+        assert conn.getresponse().read() == b"ok"
+        assert server.tracker.last_arrival == 107.0
+    finally:
+        conn.close()
+        server.stop(lifecycle.CancelSource(timeout=BOUND).token)
+
+
+def test_every_request_through_the_wsgi_middleware_is_an_arrival():
+    """Its lanes are pooled: the request, not the lane, is the arrival."""
+    middleware = lifecycle.WSGIMiddleware(_ok_wsgi)
+    now = [10.0]
+    middleware.tracker.clock = lambda: now[0]
+
+    def call() -> None:
+        body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+        assert list(body) == [b"ok"]
+
+    call()
+    assert middleware.tracker.last_arrival == 10.0
+    now[0] = 12.5
+    call()  # served in the lane the first request freed
+    assert middleware.tracker.last_arrival == 12.5
+
+
 def test_the_docstring_examples_run() -> None:
     """The examples in `Drain`'s docstrings hold."""
     failed, tried = doctest.testmod(sys.modules[Drain.__module__], raise_on_error=False)

@@ -455,7 +455,8 @@ class _Request:
             ticket = conn.ticket
             ticket.long_lived = False
             ticket.label = self._label
-            ticket.began = _monotonic()
+            # Each request is an arrival for an adaptive drain, not only its connection.
+            conn.server.tracker.last_arrival = ticket.began = _monotonic()
         self._outer = conn.current
         conn.current = self
         note_request(use)  # what a copy of this context may mark

@@ -1579,7 +1579,7 @@ class _StrictHandler(http.server.BaseHTTPRequestHandler):
             self.rfile = cast("Any", body)
         self._lc_body = body
         try:
-            method = getattr(self, "do_" + self.command, None)
+            method = self._lc_method()
             if method is None:
                 self.send_error(501, f"Unsupported method ({self.command!r})")
             else:
@@ -1598,6 +1598,10 @@ class _StrictHandler(http.server.BaseHTTPRequestHandler):
                 kept = False
             if not kept:
                 self.close_connection = True
+
+    def _lc_method(self) -> Callable[[], object] | None:
+        """What serves the request: ``do_<METHOD>``, or None (501)."""
+        return getattr(self, "do_" + self.command, None)  # type: ignore[no-any-return]
 
     def _lc_read_head(self) -> bytes | None:
         """The next request's head as `h1` delimits it; None at EOF (or a close) before its end.
@@ -1891,7 +1895,7 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(503, "Server shutting down")
             return False
         # InFlight.begin, inlined (a call less per request).
-        slot.began = tracker.clock()
+        tracker.last_arrival = slot.began = tracker.clock()
         slot.long_lived = False
         uses = slot.uses + 1
         slot.uses = uses

@@ -225,7 +225,7 @@ class WSGIMiddleware:
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"shutting down\n"]
         # InFlight.begin, inlined (a call less on the hot path).
-        lane.began = tracker.clock()
+        tracker.last_arrival = lane.began = tracker.clock()
         lane.long_lived = False
         uses = lane.uses + 1
         lane.uses = uses
@@ -681,10 +681,13 @@ class _WSGIRequestHandler(_StrictHandler):
     _lc_lazy_continue = True
     _lc_pending = b""  # body bytes to send with the headers, in one write
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("do_"):
-            return self._lc_run_app
-        raise AttributeError(name)
+    def _lc_method(self) -> Callable[[], object]:
+        """Every method is the app's to answer.
+
+        A method, not ``__getattr__``: a class with ``__getattr__`` makes
+        every attribute lookup of its instances slow (2.6 µs per request here).
+        """
+        return self._lc_run_app
 
     def version_string(self) -> str:
         """The ``Server`` header of error responses."""
