@@ -252,7 +252,7 @@ def test_ready_then_stopping_with_status_and_extend(systemd, clock):
         "READY=1\nSTATUS=running",  # nothing before it
         "STOPPING=1\nSTATUS=draining\nEXTEND_TIMEOUT_USEC=10500000",
         "STATUS=stopping\nEXTEND_TIMEOUT_USEC=8500000",  # STOPPING=1 once
-        "STATUS=stopped\nEXTEND_TIMEOUT_USEC=7500000",
+        "STATUS=stopped",  # the last word asks for no more time
     ]
 
 
@@ -612,6 +612,27 @@ def test_run_notifies_ready_stopping_status_and_shrinking_extensions(
     assert all(s.startswith("stopp") for s in statuses[2:]), statuses
     assert [m for m in systemd.messages() if "STOPPING=1" in m] == [systemd.messages()[stopping]]
     assert [m for m in systemd.messages() if "READY=1" in m] == [systemd.messages()[ready]]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_forced_exit_says_so_as_its_last_status(spawn, systemd, runner):
+    """A second SIGTERM past the grace ends the process: systemd's last STATUS= says why."""
+    child = spawn("serve", runner, systemd.env, TEST_DRAIN="60", TEST_TIMEOUT="120")
+    ready = systemd.wait_for(lambda m: "READY=1" in m)
+    child.proc.send_signal(signal.SIGTERM)
+    stopping = systemd.wait_for(lambda m: "STOPPING=1" in m, after=ready)
+    # The notifier refreshes EXTEND_TIMEOUT_USEC once a second: after the
+    # second refresh the first signal is more than the 1 s grace old.
+    first = systemd.wait_for(lambda m: m.startswith("EXTEND_TIMEOUT_USEC="), after=stopping + 1)
+    systemd.wait_for(lambda m: m.startswith("EXTEND_TIMEOUT_USEC="), after=first + 1)
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.finish() == 128 + signal.SIGTERM
+    last = systemd.wait_for(lambda m: m.startswith("STATUS=forced exit"), after=stopping)
+    assert systemd.messages()[last] == (
+        f"STATUS=forced exit by a second SIGTERM, exit code {128 + signal.SIGTERM}"
+    )
+    assert_nothing_more(systemd, last + 1)
 
 
 @pytest.mark.process

@@ -845,6 +845,10 @@ class _Driver:
         run = self._run
         deadline = None if run is None else run.shutdown_deadline
         late = 0.0 if deadline is None else time.monotonic() - deadline
+        if self._owns_process:
+            self._systemd.last_word(
+                f"shutdown deadline missed, exit code {int(ExitCode.TIMEOUT)}"
+            )
         still = self._log_still_running("shutdown deadline missed: component still running")
         _log.critical(
             "shutdown deadline missed",
@@ -867,6 +871,9 @@ class _Driver:
         exit_after_report(lambda: self._report_forced(signum), 128 + signum)
 
     def _report_forced(self, signum: int) -> None:
+        self._systemd.last_word(
+            f"forced exit by a second {signal_name(signum)}, exit code {128 + signum}"
+        )
         still = self._log_still_running("forced exit: component still running")
         _log.critical(
             "forced exit",

@@ -15,7 +15,10 @@ otherwise) then sends, as one datagram each:
   shorter than the app's shutdown then is not killed mid-drain, and never
   waits for it past lifecycle's own deadline;
 * ``STATUS=`` with each change of phase, and the final one
-  (``stopped, exit code 0``).
+  (``stopped, exit code 0``, with no extension);
+* when the process ends without the app reaching that state, a last
+  ``STATUS=`` saying why: ``forced exit by a second SIGTERM, exit code
+  143``, or ``shutdown deadline missed, exit code 3``.
 
 One lifecycle thread (``lifecycle:NAME.systemd``, a `helper_thread`) sends
 what is periodic: ``EXTEND_TIMEOUT_USEC=`` again about once a second while
@@ -55,7 +58,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .._core.drain import drain_bounds
 from .._core.log import get_logger
@@ -246,6 +249,11 @@ class Notifier:
     def close(self) -> None:
         """The runner is done: send nothing more."""
 
+    def last_word(self, status: str) -> None:
+        """The process ends at once (a forced exit): send ``STATUS=status`` now, then no more."""
+
+
+_ENDED: Final = frozenset({AppState.STOPPED, AppState.FAILED})
 
 NO_NOTIFIER = Notifier()
 """The notifier of a runner that sends nothing."""
@@ -347,7 +355,7 @@ class SystemdNotifier(Notifier):
         status = self._owner.status(after)
         self._last_status = status
         lines.append(f"STATUS={status}")
-        if self._stopping:
+        if self._stopping and after not in _ENDED:  # the last word asks for no more time
             usec = extend_usec(self._owner.deadline(), now)
             if usec is not None:
                 lines.append(f"EXTEND_TIMEOUT_USEC={usec}")
@@ -356,6 +364,17 @@ class SystemdNotifier(Notifier):
             # The first word, or the shutdown began: the thread (re)plans its sends.
             self._active = True
             self._inbox.put(True)
+
+    def last_word(self, status: str) -> None:
+        """Send ``STATUS=status`` from the calling thread, then nothing more.
+
+        For an exit that ends the process without the app reaching its last
+        state (a second signal, a missed deadline): systemd then shows why.
+        """
+        if self._closed or not self._active:
+            return
+        self._send([f"STATUS={status}"])
+        self.close()
 
     def close(self) -> None:
         """Send nothing more; the thread ends (and closes the socket: no send races a close)."""

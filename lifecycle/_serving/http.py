@@ -1601,7 +1601,7 @@ class _StrictHandler(http.server.BaseHTTPRequestHandler):
 
     def _lc_method(self) -> Callable[[], object] | None:
         """What serves the request: ``do_<METHOD>``, or None (501)."""
-        return getattr(self, "do_" + self.command, None)  # type: ignore[no-any-return]
+        return getattr(self, "do_" + self.command, None)
 
     def _lc_read_head(self) -> bytes | None:
         """The next request's head as `h1` delimits it; None at EOF (or a close) before its end.
