@@ -623,6 +623,11 @@ class _GrpcServer:
     # -- identity -------------------------------------------------------------------
 
     @property
+    def _lc_name(self) -> str | None:
+        """The ``name`` argument, or None: `App.add` registers the server under it."""
+        return self._name
+
+    @property
     def name(self) -> str:
         """For logs: the ``name`` given, else ``"grpc:PORT"`` (the real port once bound)."""
         if self._name is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socketserver
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -183,6 +184,30 @@ def test_default_names_are_readable_and_unique():
         yield
 
     assert list(app.components) == ["database", "database-2", "database-3", "mailer", "pool"]
+
+
+def test_a_server_given_a_name_is_registered_under_it():
+    """``HTTPServer(..., name="api")`` is component "api"; ``add(name=)`` still wins."""
+    import http.server  # noqa: PLC0415
+
+    import lifecycle  # noqa: PLC0415
+
+    def wsgi(environ: Any, start_response: Any) -> list[bytes]:
+        return []
+
+    async def echo(reader: Any, writer: Any) -> None:
+        pass
+
+    handler = http.server.BaseHTTPRequestHandler
+    app = App()
+    app.add(lifecycle.HTTPServer(handler, ("127.0.0.1", 0), name="api"))
+    app.add(lifecycle.WSGIServer(wsgi, ("127.0.0.1", 0), name="web"), depends_on=["api"])
+    app.add(lifecycle.HTTPServer(handler, ("127.0.0.1", 0), name="ignored"), name="admin")
+    app.add(lifecycle.HTTPServer(handler, ("127.0.0.1", 0)))  # no name: the class's
+    app.add(lifecycle.AsyncStreamServer(echo, name="stream"))
+    assert list(app.components) == ["api", "web", "admin", "httpserver", "stream"]
+    with pytest.raises(DuplicateComponent, match="'api'"):
+        app.add(lifecycle.TCPServer(socketserver.BaseRequestHandler, ("127.0.0.1", 0), name="api"))
 
 
 def test_depends_on_takes_names_objects_and_a_single_string():

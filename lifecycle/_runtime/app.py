@@ -268,8 +268,10 @@ class App:
             component: an object with any of ``start(token)``, ``run(token)``,
                 ``stop(token)`` (plain or async) and optionally ``ready()``;
                 or any object, with explicit hooks.
-            name: unique name; defaults to the class name in lower case
-                (``-2``, ``-3``... appended when taken).
+            name: unique name; defaults to the name a lifecycle server was
+                given (``HTTPServer(handler, address, name="api")``), else
+                the class name in lower case (``-2``, ``-3``... appended
+                when taken).
             depends_on: names or component objects this one needs; they start
                 before it and stop after it. May be registered later.
             start_timeout: bound on ``start``; the app's default if None.
@@ -543,6 +545,11 @@ class App:
     ) -> T:
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty str, got {name!r}")
+        if name is None:
+            # A lifecycle server given a name of its own is registered under it.
+            declared = own_attribute(obj, "_lc_name", describe(obj))
+            if isinstance(declared, str) and declared:
+                name = declared
         label = name or describe(obj)
         policy = as_policy(restart, owner=label)
         start_s = check_seconds(start_timeout, f"start_timeout of {label!r}", allow_none=True)

@@ -476,6 +476,11 @@ class _StreamServer:
     # -- introspection ---------------------------------------------------------
 
     @property
+    def _lc_name(self) -> str | None:
+        """The ``name`` argument, or None: `App.add` registers the server under it."""
+        return self._name
+
+    @property
     def name(self) -> str:
         """For logs: the ``name`` given, else ``"http:PORT"`` (``"tcp:PORT"``...) once bound."""
         if self._name is not None:

@@ -41,6 +41,11 @@ class Listening:
     _address: tuple[str, int] | None
 
     @property
+    def _lc_name(self) -> str | None:
+        """The ``name`` argument, or None: `App.add` registers the server under it."""
+        return self._name
+
+    @property
     def name(self) -> str:
         """For logs: the ``name`` argument, or ``KIND:HOST:PORT``."""
         if self._name is not None:
