@@ -636,6 +636,19 @@ def test_a_forced_exit_says_so_as_its_last_status(spawn, systemd, runner):
 
 
 @pytest.mark.process
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_an_app_running_as_soon_as_it_begins_says_ready(spawn, systemd, runner):
+    """Only workers (nothing to start): RUNNING comes before the signal handlers; READY=1 still."""
+    child = spawn("instant", runner, systemd.env)
+    ready = systemd.wait_for(lambda m: "READY=1" in m)
+    assert fields(systemd.messages()[ready]) == {"READY": "1", "STATUS": "running (1 component)"}
+    child.proc.send_signal(signal.SIGTERM)
+    systemd.wait_for(lambda m: m.startswith("STATUS=stopped, exit code 0"), after=ready)
+    assert child.finish() == 0
+    assert [m for m in systemd.messages() if "READY=1" in m] == [systemd.messages()[ready]]
+
+
+@pytest.mark.process
 def test_an_abstract_notify_socket_works_too(spawn):
     systemd = Systemd(b"\0lifecycle-test-" + uuid.uuid4().hex.encode())
     try:

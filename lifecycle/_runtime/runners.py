@@ -927,6 +927,11 @@ class _Driver:
         # Whichever thread a signal hits, its C-level handler writes here,
         # which wakes the main thread to run `_on_signal`.
         self._wakeup.install()
+        # The runner speaks for the process from now on. An app with nothing
+        # to start (only workers) was RUNNING before: say so now (READY=1).
+        sched = self.scheduler
+        if sched is not None and sched.state is not AppState.STARTING:
+            self._systemd.app_moved(sched.state, self.clock())
 
     def _restore_signals(self) -> None:
         self._handlers.restore()

@@ -117,6 +117,24 @@ def block_on_command(app: App) -> None:
     app.add(Blocker(), name="blocker")
 
 
+def instant(runner: str) -> App:
+    """The ``instant`` scenario: only a worker, so the app is RUNNING as soon as it begins."""
+    app = App("svc", shutdown_timeout=TIMEOUT)
+    if runner == "thread":
+
+        @app.worker
+        def idle(token: CancelToken) -> None:
+            token.wait()
+
+    else:
+
+        @app.worker
+        async def idle_async(token: CancelToken) -> None:
+            await token.wait_async()
+
+    return app
+
+
 def embedded(app: App, speak: bool) -> int:
     runner = lifecycle.ThreadedRunner(app, signals=None)
     if speak:
@@ -129,7 +147,7 @@ def embedded(app: App, speak: bool) -> int:
 def main() -> int:
     scenario, runner = sys.argv[1], sys.argv[2]
     marker = Path(sys.argv[3]) if len(sys.argv) > 3 else Path.cwd()
-    app = build(runner, marker)
+    app = instant(runner) if scenario == "instant" else build(runner, marker)
     if scenario == "block":
         block_on_command(app)
     if scenario in ("embedded", "speaker"):
