@@ -9,7 +9,8 @@ Commands:
   [--stop-timeout S] [--stop-signal NAME] -- CMD ...``: run CMD as the child of a lifecycle app
   (readiness, drain, signal forwarding, reaping, the child's exit code);
   see ``lifecycle._runtime.exec``.
-* ``lifecycle demo``: SIGTERM under load, a naive server against a managed one.
+* ``lifecycle demo [--shop]``: SIGTERM under load, a naive server against a managed one;
+  with ``--shop``, the demo of ``examples/shop`` (see ``lifecycle._demo.shop``).
 
 This module stays thin and cheap to import: ``exec`` blocks its signals before
 anything heavy is imported.
@@ -207,8 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli.add_commands(commands)
     _add_exec(commands)
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo", help="SIGTERM under load: a naive stdlib server against a lifecycle-managed one"
+    )
+    demo.add_argument(
+        "--shop",
+        action="store_true",
+        help="the same on examples/shop, a FastAPI + Redis service (a checkout, the dev "
+        "extra and redis-server; exits 2 naming what is missing)",
     )
     # Internal (the demo's child processes): no help=, so not listed.
     server = commands.add_parser("demo-server")
@@ -226,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._demo import demo as _demo  # noqa: PLC0415 - keep `import lifecycle` free of the demo
 
     if args.command == "demo":
+        if args.shop:
+            from ._demo import shop as _shop  # noqa: PLC0415
+
+            return _shop.main()
         return _demo.main()
     return _demo.serve(args.kind, args.port, args.report)
 

@@ -247,4 +247,9 @@ def main(argv: Sequence[str] = ()) -> int:
             print(f"\n(its shutdown timeline was not written to {picture}: {error})")
         else:
             print(f"\nIts shutdown timeline, drawn: {picture} (open it in a browser)")
+    print(
+        "\nThe same on a realistic service (FastAPI on uvicorn, Redis Streams, SQLite):"
+        "\n  python -m lifecycle demo --shop    (in a checkout, with pip install -e '.[dev]'"
+        " and redis-server)"
+    )
     return 0 if managed.lost == 0 else 1
