@@ -11,6 +11,7 @@ import contextlib
 import errno
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -200,15 +201,47 @@ def test_stop_under_connect_per_request_load_closes_the_listener_and_returns_pro
     assert all(client.errors == [] for client in load), [c.errors for c in load]
     # Every client ends on a refusal: the listening socket itself is closed.
     assert [client.refused for client in load] == [1] * clients
-    # A connection the server accepted is never reset; in the microseconds between
-    # the last accept and the close the kernel may still complete a connection (or
-    # be completing its handshake), which the close resets: 1-2 in about 1 stop of 10.
+    # A connection the server accepted is never reset. On Linux none is reset before
+    # it was accepted either (new handshakes are refused before the last accept);
+    # elsewhere the kernel may complete one in the microseconds between the last
+    # accept and the close, which the close resets: 1-2 in about 1 stop of 10.
     lost = [port for client in load for port in client.reset_ports if port in accepted]
     assert lost == []
     unaccepted = len([port for client in load for port in client.reset_ports])
     unaccepted += sum(client.reset_at_connect for client in load)
-    assert unaccepted <= 2, f"{unaccepted} connections reset before being accepted"
+    allowed = 0 if sys.platform == "linux" else 2
+    assert unaccepted <= allowed, f"{unaccepted} connections reset before being accepted"
     assert sum(client.ok for client in load) >= 3 * clients
+
+
+@pytest.mark.realtime
+@pytest.mark.skipif(sys.platform != "linux", reason="the socket filter is Linux's")
+@pytest.mark.parametrize("kind", ["http", "wsgi"])
+def test_no_connection_is_reset_by_the_listener_close_over_ten_stops(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 clients connecting in a tight loop, 10 stops: none has its connection reset.
+
+    Without the filter the kernel completes a handshake now and then between
+    the take-in's last accept and the close, and the close resets it after
+    its client sent a request (1-2 in about 1 stop of 10). A client meets an
+    open listener or a refusal.
+    """
+    unaccepted = 0
+    for _ in range(10):
+        srv = make_server(kind)
+        srv.lifecycle_bind(FakeApp())
+        accepted = record_accepts(srv, monkeypatch)
+        srv.start(CancelSource().token)
+        load, _, outcome = run_load(srv, 16, stop_outcome(srv, 5.0))
+        assert srv.wait_stopped(WAIT)
+        assert outcome is None, f"the stop cut {outcome!r}"
+        assert all(client.errors == [] for client in load), [c.errors for c in load]
+        lost = [port for client in load for port in client.reset_ports if port in accepted]
+        assert lost == []
+        unaccepted += len([port for client in load for port in client.reset_ports])
+        unaccepted += sum(client.reset_at_connect for client in load)
+    assert unaccepted == 0, f"{unaccepted} connections reset by the listener's close"
 
 
 @pytest.mark.realtime

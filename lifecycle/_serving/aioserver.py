@@ -94,7 +94,7 @@ from .inflight import (
     note_request,
     noted_request,
 )
-from .listening import Listening, state_word
+from .listening import Listening, refuse_new_connections, state_word
 from .stopseq import (
     CUT_MARGIN,
     FIRST_REQUEST_GRACE,
@@ -1028,8 +1028,11 @@ async def take_in_queued_then_close(
     completed but the loop had not accepted yet, and drops those the loop
     accepted in the same iteration (their transport cannot attach to a
     closed server). So: stop the loop's accepting, let the connections it
-    accepted already attach, accept what is queued (`_accept_queued`), then
-    close; every later connection attempt is refused. Only then are the
+    accepted already attach, make the kernel drop new handshakes
+    (`refuse_new_connections`: none completes between the last accept and
+    the close, which would reset it), accept what is queued
+    (`_accept_queued`), then close; every later connection attempt is
+    refused. Only then are the
     connections taken in served: a client served meanwhile cannot refill
     the queue.
 
@@ -1053,6 +1056,8 @@ async def take_in_queued_then_close(
     await asyncio.sleep(0)  # what the loop accepted already creates its transports
     until = None if timeout is None else time.monotonic() + timeout
     listening = [sock.dup() for sock in listener.sockets]  # sockets we may accept() on
+    for sock in listening:  # no handshake completes between the last accept and the close
+        refuse_new_connections(sock)
     try:
         queued = [
             conn

@@ -1,17 +1,72 @@
-"""What every server that listens on ``host:port`` says about itself: name, address, state.
+"""What every server that listens on ``host:port`` says about itself, and how its listener ends.
 
-`AsyncStreamServer` and the uvicorn and aiohttp integrations share it, so that
-their names (``KIND:HOST:PORT`` until one is given), their ``address`` before
-start (a clear error) and their ``repr`` read the same.
+`AsyncStreamServer` and the uvicorn and aiohttp integrations share `Listening`,
+so that their names (``KIND:HOST:PORT`` until one is given), their
+``address`` before start (a clear error) and their ``repr`` read the same.
+
+Every server's stop takes in what the kernel queued on its listening socket,
+then closes it. A connection the kernel completes between the last
+``accept()`` and the close would be reset by the close, after its client
+already sent a request; `refuse_new_connections` closes that window.
 
 Added in 0.2.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import contextlib
+import ctypes
+import socket
+import struct
+import sys
+from typing import ClassVar, Final
 
-__all__ = ["Listening"]
+__all__ = ["Listening", "admit_new_connections", "refuse_new_connections"]
+
+# Linux's socket options for a classic BPF program on a socket (asm-generic/socket.h).
+_SO_ATTACH_FILTER: Final = 26
+_SO_DETACH_FILTER: Final = 27
+# One instruction, BPF_RET | BPF_K with k = 0: keep no byte of any packet.
+_DROP_ALL: Final = bytes([0x06, 0, 0, 0, 0, 0, 0, 0])
+
+
+def refuse_new_connections(sock: socket.socket) -> bool:
+    """Make the kernel drop new connection attempts to the listening ``sock``; True if it does.
+
+    What the kernel already queued stays queued, to be accepted; a new
+    client's SYN is dropped, so its handshake never completes on this
+    socket: it retries after about a second, and meets the closed listener
+    (connection refused, which a client or a load balancer handles) instead
+    of a reset after its request was sent. Linux only (a socket filter that
+    keeps nothing); elsewhere, or if the kernel refuses the filter, False
+    and nothing changes.
+
+    Example::
+
+        refuse_new_connections(listening)   # then accept what is queued, then close
+    """
+    if sys.platform != "linux":
+        return False
+    program = ctypes.create_string_buffer(_DROP_ALL, len(_DROP_ALL))
+    # struct sock_fprog {unsigned short len; struct sock_filter *filter;}, native layout.
+    fprog = struct.pack("HP", 1, ctypes.addressof(program))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True
+
+
+def admit_new_connections(sock: socket.socket) -> None:
+    """Undo `refuse_new_connections`: for a socket that outlives the server (one it was given).
+
+    Example::
+
+        admit_new_connections(given)   # systemd's socket serves the next process
+    """
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):  # no filter attached
+            sock.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
 
 
 class Listening:
