@@ -505,7 +505,8 @@ def test_every_request_through_the_wsgi_middleware_is_an_arrival():
     middleware.tracker.clock = lambda: now[0]
 
     def call() -> None:
-        body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+        start_response: Any = lambda *a: None  # noqa: E731
+        body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, start_response)
         assert list(body) == [b"ok"]
 
     call()
