@@ -691,3 +691,133 @@ def test_a_cut_inside_an_exception_group_is_not_logged_twice_and_is_in_the_repor
     assert isinstance(shown, ExceptionGroup)
     assert [type(e) for e in shown.exceptions] == [OSError]
     assert app.report()["components"]["db"]["cut_count"] == 1
+
+
+# -- what a level that is off costs ------------------------------------------------------
+
+
+def test_enabled_follows_the_stdlib_level_when_structlog_is_not_configured(caplog):
+    """Unconfigured structlog: the ``lifecycle`` logger's own level decides."""
+    log = get_logger()
+    caplog.set_level(logging.INFO, logger="lifecycle")
+    assert not log.enabled("debug")
+    assert log.enabled("info")
+    assert log.enabled("exception")
+    caplog.set_level(logging.DEBUG, logger="lifecycle")
+    assert log.enabled("debug")
+
+
+def test_enabled_follows_a_filtering_structlog_and_lets_the_rest_decide():
+    """A filtering bound logger's level; any other wrapper, or a failing bind, counts as on."""
+    log = get_logger()
+    structlog.configure(
+        processors=[LogCapture()], wrapper_class=structlog.make_filtering_bound_logger(logging.INFO)
+    )
+    assert not log.enabled("debug")
+    assert log.enabled("warning")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET))
+    assert log.enabled("debug")
+    structlog.configure(wrapper_class=structlog.BoundLogger)  # no level of its own
+    assert log.enabled("debug")
+    structlog.configure(
+        wrapper_class=structlog.stdlib.BoundLogger, logger_factory=structlog.stdlib.LoggerFactory()
+    )
+    logging.getLogger("lifecycle").setLevel(logging.WARNING)
+    try:
+        assert not log.enabled("info")  # the stdlib logger's level, through structlog
+        assert log.enabled("error")
+    finally:
+        logging.getLogger("lifecycle").setLevel(logging.NOTSET)
+
+    def broken_factory(*args: object) -> object:
+        raise RuntimeError("no logger today")
+
+    structlog.configure(logger_factory=broken_factory)
+    assert log.enabled("debug")
+
+
+def test_emit_all_binds_once_and_keeps_every_event_past_a_failing_one(first_failure, capsys):
+    """One bind for the batch (not one per event); a processor failing on one skips only it."""
+    made: list[object] = []
+    capture = LogCapture()
+
+    def factory(*args: object) -> object:
+        made.append(args)
+        return structlog.PrintLogger()
+
+    def picky(logger: object, method: str, event: MutableMapping[str, Any]) -> Any:
+        if event["event"] == "bad":
+            raise ValueError("not this one")
+        return event
+
+    structlog.configure(
+        processors=[picky, capture], logger_factory=factory, cache_logger_on_first_use=False
+    )
+    get_logger().emit_all(
+        [("debug", "first", {"n": 1}), ("info", "bad", {}), ("warning", "third", {"n": 3})]
+    )
+    assert len(made) == 1
+    assert [(e["event"], e["log_level"]) for e in capture.entries] == [
+        ("first", "debug"),
+        ("third", "warning"),
+    ]
+    assert "logging the event 'bad' raised ValueError: not this one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+@pytest.mark.parametrize("debug", [False, True], ids=["info", "debug"])
+def test_transitions_are_built_only_when_debug_is_on(kind, debug, caplog, monkeypatch):
+    """DEBUG off: no transition's fields are made at all; on: every one is logged as before."""
+    from lifecycle._runtime import runners  # noqa: PLC0415 - the function counted
+
+    built: list[str] = []
+    real = runners._moved_fields
+
+    def counting(moved: Any) -> dict[str, Any]:
+        built.append(moved[0])
+        return real(moved)
+
+    monkeypatch.setattr(runners, "_moved_fields", counting)
+    caplog.set_level(logging.DEBUG if debug else logging.INFO, logger="lifecycle")
+    app, part = one_app(kind)
+    assert run_once(kind, app) == ExitCode.OK
+    assert part.calls == ["start", "stop"]
+    moves = [fields(r) for r in named(lifecycle_records(caplog), "transition")]
+    if not debug:
+        assert built == []
+        assert moves == []
+        assert named(lifecycle_records(caplog), "shutdown summary")  # INFO still is
+        return
+    assert [(m["from_state"], m["to_state"]) for m in moves] == [
+        ("NEW", "STARTING"),
+        ("STARTING", "RUNNING"),
+        ("RUNNING", "STOPPING"),
+        ("STOPPING", "STOPPED"),
+    ]
+    assert all(m["component"] == "db" and m["duration"] >= 0 for m in moves)
+    assert built == ["db"] * 4
+
+
+@pytest.mark.parametrize("kind", RUNNERS)
+def test_a_filtering_structlog_at_info_gets_no_transition_and_the_summary(kind, monkeypatch):
+    """structlog filtering at INFO: the round drops its DEBUG events unbuilt."""
+    from lifecycle._runtime import runners  # noqa: PLC0415 - the function counted
+
+    built: list[str] = []
+
+    def counting(moved: Any) -> dict[str, Any]:
+        built.append(moved[0])
+        return {}
+
+    monkeypatch.setattr(runners, "_moved_fields", counting)
+    capture = LogCapture()
+    structlog.configure(
+        processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.INFO)
+    )
+    app, _ = one_app(kind)
+    assert run_once(kind, app) == ExitCode.OK
+    events = [e["event"] for e in capture.entries]
+    assert "transition" not in events
+    assert "app transition" not in events  # DEBUG too
+    assert events[-1] == "shutdown summary"
+    assert built == []

@@ -1839,3 +1839,239 @@ def test_a_recorded_request_wins_over_a_restart_falling_due_before_its_wake_up(d
     app.request_shutdown("test")
     assert drive.wait() == ExitCode.OK
     assert runs == [1]
+
+
+# -- the shutdown's critical path: what it no longer pays ----------------------------
+
+
+def test_the_summary_says_what_the_report_says_of_each_component(drive):
+    """The summary's components, made from the records, equal the report's summary keys.
+
+    Clean stops, a stop that raised, a stop cut at its deadline (cut_count), a
+    non-critical start that failed and the dependent it kept NEW: each entry
+    is the report entry's `_SUMMARY_KEYS` that are set, in that order.
+    """
+    from lifecycle._runtime import runners  # noqa: PLC0415 - the private helper compared
+
+    trace, app = Trace(), App()
+    add(app, trace, "db")
+    add(app, trace, "api", depends_on=("db",), stop=raising("sync", ValueError("pool gone")))
+    cut = DeadlineExceeded("web", ["GET /slow (2.0s)", "GET /slower (3.0s)"])
+    add(app, trace, "web", flavour="async", stop=raising("async", cut))
+    add(app, trace, "cache", start=raising("sync", OSError("down")), critical=False)
+    add(app, trace, "warmer", depends_on=("cache",), critical=False)
+    capture = LogCapture()
+    structlog.configure(processors=[capture], cache_logger_on_first_use=False)
+    try:
+        drive.start(app)
+        assert drive.stop() == ExitCode.TIMEOUT
+    finally:
+        structlog.reset_defaults()
+    report = app.report()["components"]
+    expected = {
+        name: {k: entry[k] for k in runners._SUMMARY_KEYS if entry.get(k) is not None}
+        for name, entry in report.items()
+    }
+    made = {name: runners._summary_entry(info) for name, info in app.components.items()}
+    assert made == expected
+    assert [list(entry) for entry in made.values()] == [list(e) for e in expected.values()]
+    assert made["web"]["cut_count"] == 2
+    assert made["api"]["error"] == "ValueError: pool gone"
+    assert made["warmer"]["state"] == "new"
+    assert "DependencyFailed" in made["warmer"]["error"]
+    (summary,) = [e for e in capture.entries if e["event"] == "shutdown summary"]
+    assert summary["components"] == expected
+
+
+def test_no_summary_is_made_when_its_level_is_off(drive, monkeypatch):
+    """A summary nobody would see is not built: no component's entry is made."""
+    from lifecycle._runtime import runners  # noqa: PLC0415 - the function counted
+
+    made: list[str] = []
+
+    def counting(info: Any) -> dict[str, Any]:
+        made.append(info.name)
+        return {}
+
+    monkeypatch.setattr(runners, "_summary_entry", counting)
+    structlog.configure(
+        processors=[LogCapture()],
+        wrapper_class=structlog.make_filtering_bound_logger(40),  # ERROR and up
+    )
+    try:
+        trace, app = Trace(), App()
+        add(app, trace, "db")
+        drive.start(app)
+        assert drive.stop() == ExitCode.OK
+    finally:
+        structlog.reset_defaults()
+    assert made == []
+
+
+def test_closed_call_threads_end_one_after_the_other_and_all_of_them():
+    """close() wakes one idle thread; each wakes the next as it ends; none is left."""
+    from lifecycle._runtime import runners  # noqa: PLC0415 - the pool itself
+
+    pool = runners._CallThreads()
+    ran = threading.Event()
+    done = threading.Barrier(5, timeout=BOUND)
+
+    def job() -> None:
+        ran.set()
+        done.wait()
+
+    for _ in range(4):
+        pool.submit(job, "lifecycle:test-pool")
+    done.wait()  # all four calls ran in four threads at once
+    wait_until(lambda: len(pool._idle) == 4)
+    threads = [t for t in threading.enumerate() if t.name == "lifecycle:idle"]
+    assert len(threads) >= 4
+    woken: list[int] = []
+    real_end_next = pool._end_next
+
+    def end_next() -> None:
+        woken.append(len(pool._closing))
+        real_end_next()
+
+    pool._end_next = end_next  # type: ignore[method-assign]
+    pool.close()
+    for thread in threads:
+        thread.join(BOUND)
+        assert not thread.is_alive()
+    assert woken[:4] == [4, 3, 2, 1]  # the close, then each ending thread: one at a time
+    assert pool._closing == []
+
+
+def test_a_reserved_thread_runs_its_first_call_with_the_programs_mask():
+    """A reserved thread blocks the helper signals while idle, unblocks them for its call."""
+    from lifecycle._runtime import runners  # noqa: PLC0415 - the pool itself
+
+    if not HELPER_BLOCKED:
+        pytest.skip("no signal masks on this platform")
+    program = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    pool = runners._CallThreads()
+    try:
+        pool.reserve(1)
+        wait_until(lambda: any(t.name == "lifecycle:idle" for t in threading.enumerate()))
+        seen: list[set[int]] = []
+        called = threading.Event()
+
+        def job() -> None:
+            seen.append({int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, ())})
+            called.set()
+
+        pool.submit(job, "lifecycle:test-mask")
+        assert called.wait(BOUND)
+        assert seen == [{int(s) for s in program}]
+        assert runners._block_helper_signals is not None
+        assert all(type(n) is int for n in runners._sigmask(signal.SIG_BLOCK, ()))
+    finally:
+        pool.close()
+
+
+def test_the_deadline_timer_is_started_before_the_shutdown_needs_it(drive, monkeypatch):
+    """Once the app has run RESERVE_AFTER, a far-deadline token starts the timer thread."""
+    from lifecycle._runtime import runners  # noqa: PLC0415 - its warm-up observed
+
+    monkeypatch.setattr(runners, "RESERVE_AFTER", 0.0)
+    warmed = threading.Event()
+    real = lifecycle.CancelSource
+
+    class Watching(real):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if kwargs.get("timeout") == runners._WARM_TIMEOUT:
+                warmed.set()
+
+    monkeypatch.setattr(runners, "CancelSource", Watching)
+    trace, app = Trace(), App()
+    add(app, trace, "db", flavour="async")  # no sync stop: no call threads, but a deadline
+    drive.start(app)
+    drive.runner._post(("tick",))  # the control loop runs a round: RESERVE_AFTER is past
+    assert warmed.wait(BOUND)
+    from lifecycle._core.tokens import _default_timer  # noqa: PLC0415
+
+    assert _default_timer._thread is not None
+    assert _default_timer._thread.is_alive()
+    assert drive.stop() == ExitCode.OK
+    assert trace.of("stop") == ["db"]
+
+
+def test_sync_stops_on_reserved_threads_run_with_the_programs_mask(drive, monkeypatch):
+    """Both runners: a stop on a thread readied ahead of the shutdown has the program's mask.
+
+    The asyncio runner readies them from its loop thread, no helper: the
+    threads must not inherit the blocked signals of the helper that starts them.
+    """
+    from lifecycle._runtime import runners  # noqa: PLC0415 - its reserve observed
+
+    if not HELPER_BLOCKED:
+        pytest.skip("no signal masks on this platform")
+    monkeypatch.setattr(runners, "RESERVE_AFTER", 0.0)
+    program = {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, ())}
+    seen: list[tuple[str, set[int]]] = []
+    reserved = threading.Event()
+    real_reserve = runners._CallThreads.reserve
+
+    def reserve(self: Any, count: int) -> None:
+        real_reserve(self, count)
+        reserved.set()
+
+    monkeypatch.setattr(runners._CallThreads, "reserve", reserve)
+
+    class Stop:
+        def stop(self, token: CancelToken) -> None:
+            mask = {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, ())}
+            seen.append((threading.current_thread().name, mask))
+
+    app = App()
+    for i in range(3):
+        app.add(Stop(), name=f"s{i}")
+    drive.start(app)
+    drive.runner._post(("tick",))
+    assert reserved.wait(BOUND)
+    wait_until(lambda: sum(t.name == "lifecycle:idle" for t in threading.enumerate()) >= 3)
+    assert drive.stop() == ExitCode.OK
+    assert sorted(name for name, _ in seen) == [
+        "lifecycle:s0.stop",
+        "lifecycle:s1.stop",
+        "lifecycle:s2.stop",
+    ]
+    assert [mask for _, mask in seen] == [program] * 3
+
+
+def test_the_threaded_runner_renders_a_round_once_its_sync_stops_began(monkeypatch):
+    """The round's log waits (GIL released) for the stops it handed to threads to begin."""
+    from lifecycle._runtime import runners  # noqa: PLC0415 - its bound widened
+
+    monkeypatch.setattr(runners, "BEGIN_BOUND", BOUND)  # no slow thread can outwait it
+    began: list[str] = []
+    seen_at_render: list[int] = []
+
+    class Stop:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def stop(self, token: CancelToken) -> None:
+            began.append(self.name)
+            token.wait(BOUND)  # still running as the round renders: began, not ended
+
+    def processor(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        if event["event"] == "transition" and event["to_state"] == "STOPPING":
+            seen_at_render.append(len(began))
+        return event
+
+    structlog.configure(processors=[processor, LogCapture()], cache_logger_on_first_use=False)
+    try:
+        app = App(shutdown_timeout=BOUND, stop_timeout=0.05)
+        for i in range(5):
+            app.add(Stop(f"s{i}"), name=f"s{i}")
+        runner = ThreadedRunner(app, signals=None)
+        runner.start()
+        assert runner.stop() == ExitCode.TIMEOUT  # each stop waits out its 50 ms
+    finally:
+        structlog.reset_defaults()
+    assert sorted(began) == [f"s{i}" for i in range(5)]
+    assert seen_at_render == [5] * 5  # every STOPPING line rendered after all five began

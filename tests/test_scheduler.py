@@ -1098,3 +1098,33 @@ def test_adaptive_drain_is_cut_at_max_however_busy():
         if sched.state is not AppState.DRAINING:
             break
     assert now == 2.0
+
+
+# -- the cost of a stop on the shutdown's critical path ------------------------------
+
+
+def test_a_stop_without_run_arms_one_timer_the_stop_deadline():
+    """Its stop phase and its stop() begin together: one timer, stop()'s own deadline.
+
+    A second entry (the wait for a run it does not have) would only be
+    popped as stale, on the path of every stop of the shutdown.
+    """
+    sched = running({"db": (), "api": ("db",)})
+    before = len(sched._timers)
+    actions = sched.request_shutdown(1.0)
+    assert actions == [StopComponent("api", 11.0)]
+    added = [t for t in sched._timers[before:] if t[2] == "stop"]
+    assert [(when, name) for when, _, _, name, _ in added] == [(11.0, "api")]
+    assert sched.next_deadline() == 11.0
+    assert sched.stop_finished("api", 2.0) == [StopComponent("db", 12.0)]
+    assert [t[3] for t in sched._timers if t[2] == "stop"].count("db") == 1
+
+
+def test_a_stop_with_run_still_bounds_the_wait_for_run_then_stop_again():
+    """With a run: the wait for it is bounded by stop_timeout, stop() then gets its own."""
+    sched = running({"w": ()}, w={"has_run": True})
+    actions = sched.request_shutdown(1.0)
+    assert actions == [CancelRun("w", "requested")]
+    assert sched.next_deadline() == 11.0
+    assert sched.run_finished("w", 3.0) == [StopComponent("w", 13.0)]
+    assert sched.next_deadline() == 13.0  # the wait's timer is stale now

@@ -153,3 +153,14 @@ def test_exit_codes_have_the_documented_values():
         ("CONFIG", 2),
         ("TIMEOUT", 3),
     ]
+
+
+def test_states_hash_by_identity_in_c_and_still_work_as_keys():
+    """Members hash as the objects they are (the scheduler's hot lookups), keys as before."""
+    for member in [*ComponentState, *AppState]:
+        assert hash(member) == object.__hash__(member)
+        assert type(member).__hash__ is object.__hash__  # type: ignore[comparison-overlap]
+    table = {state: state.value for state in ComponentState}
+    assert table[ComponentState.STOPPED] == "stopped"
+    assert ComponentState("running") in {ComponentState.RUNNING}
+    assert {AppState["STOPPING"]: 1}[AppState.STOPPING] == 1

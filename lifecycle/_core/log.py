@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import structlog
@@ -179,6 +179,63 @@ class Logger:
     def critical(self, event: str, **fields: Any) -> None:
         """Log ``event`` at CRITICAL."""
         self._log("critical", event, fields)
+
+    def enabled(self, method: str) -> bool:
+        """Whether an event of ``method``'s level may be emitted; False only when it never is.
+
+        Under stdlib logging, the ``lifecycle`` logger's ``isEnabledFor``.
+        Under structlog, the ``is_enabled_for`` of the configured wrapper
+        class: a filtering bound logger's level
+        (``structlog.make_filtering_bound_logger``; the default wrapper is
+        one at NOTSET), ``structlog.stdlib.BoundLogger``'s stdlib logger;
+        a wrapper class without one, or a check that fails, counts as
+        enabled: its processors decide. What a caller checks
+        before building an event's fields, so that a level that is off
+        costs no more than the check.
+
+        Example::
+
+            >>> get_logger().enabled("critical")
+            True
+        """
+        try:
+            if structlog.is_configured():
+                bound = self._struct.bind()
+                # A method of the wrapper class itself: a generic BoundLogger's
+                # __getattr__ would turn the name into a log call of its logger.
+                check = getattr(type(bound), "is_enabled_for", None)
+                return True if check is None else bool(check(bound, _LEVELS[method]))
+            return self._std.isEnabledFor(_LEVELS[method])
+        except Exception:  # noqa: BLE001 - unsure: let the event through (never breaks)
+            return True
+
+    def emit_all(self, events: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """Log each ``(method, event, fields)`` in order, as the methods above do one by one.
+
+        Under structlog the logger is bound once for them all (a structlog
+        configured with ``cache_logger_on_first_use=False`` otherwise binds
+        a new one per event); each event still goes through the processors
+        of the configuration in force. A failing event is swallowed like any.
+
+        Example::
+
+            get_logger().emit_all([("debug", "transition", {"component": "db"})])
+        """
+        bound: Any = None
+        try:
+            if structlog.is_configured():
+                bound = self._struct.bind()
+        except Exception as error:  # noqa: BLE001 - logging never breaks the lifecycle
+            _report_failure("(binding the logger)", error)
+            return
+        for method, event, fields in events:
+            if bound is None:
+                self._log(method, event, fields)
+                continue
+            try:
+                getattr(bound, method)(event, **fields)
+            except Exception as error:  # noqa: BLE001 - logging never breaks the lifecycle
+                _report_failure(event, error)
 
     def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
         try:

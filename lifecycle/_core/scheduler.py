@@ -54,7 +54,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from typing import Final, Literal
 
 import attrs
 
@@ -87,6 +87,11 @@ __all__ = [
 ]
 
 Phase = Literal["start", "run", "stop"]
+
+_STARTING: Final = ComponentState.STARTING
+_RUNNING: Final = ComponentState.RUNNING
+_RESTARTING: Final = ComponentState.RESTARTING
+_STOPPING: Final = ComponentState.STOPPING
 
 
 @attrs.frozen
@@ -714,13 +719,17 @@ class Scheduler:
         if before is target:
             return
         check_component_move(info.name, before, target)
-        since = {
-            ComponentState.STARTING: info.start_began,
-            ComponentState.RUNNING: node.running_since,
-            ComponentState.RESTARTING: node.running_since,
-            ComponentState.STOPPING: info.stop_began,
-        }.get(before)
-        if target in (ComponentState.RUNNING, ComponentState.RESTARTING):
+        # How long it was in ``before`` (a chain of identity tests: this runs
+        # twice per component stopped, on the shutdown's critical path).
+        if before is _STARTING:
+            since = info.start_began
+        elif before is _RUNNING or before is _RESTARTING:
+            since = node.running_since
+        elif before is _STOPPING:
+            since = info.stop_began
+        else:
+            since = None
+        if target is _RUNNING or target is _RESTARTING:
             node.running_since = now
         info.state = target
         if self._on_component is not None:
@@ -934,8 +943,10 @@ class Scheduler:
             self._move(node, ComponentState.STOPPING, now)
         deadline = min(now + node.spec.stop_timeout, self.shutdown_deadline)
         node.stop_deadline = deadline
-        self._arm(deadline, "stop", node.spec.name, node.epoch)
         if node.run_active:
+            # The wait for run() to return is bounded by this timer; without a
+            # run, _after_run arms stop()'s own right away (or settles it).
+            self._arm(deadline, "stop", node.spec.name, node.epoch)
             actions.append(CancelRun(node.spec.name, self.shutdown_reason or "shutdown"))
             return
         self._after_run(node, now, actions)

@@ -66,6 +66,11 @@ class ComponentState(enum.Enum):
     def __str__(self) -> str:
         return self.name
 
+    # Members are singletons compared by identity: hash them by identity too,
+    # in C (Enum's own __hash__ hashes the name in Python, on every dict and
+    # set lookup of the scheduler's hot path).
+    __hash__ = object.__hash__
+
 
 class AppState(enum.Enum):
     """Where the app is in its life. Added in 0.1.
@@ -98,6 +103,8 @@ class AppState(enum.Enum):
 
     def __str__(self) -> str:
         return self.name
+
+    __hash__ = object.__hash__  # as for ComponentState: identity, in C
 
 
 _C = ComponentState

@@ -52,8 +52,10 @@ Invariants that keep every bound true:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
+import importlib
 import math
 import queue
 import signal
@@ -71,6 +73,7 @@ from .._core.errors import (
     ConfigError,
     DeadlineExceeded,
     StartupError,
+    cut_of,
     describe_error,
     is_cancellation,
     unlogged,
@@ -93,7 +96,7 @@ from .._core.scheduler import (
 )
 from .._core.states import AppState, ComponentState, ExitCode
 from .._core.threads import HELPER_BLOCKED
-from .._core.tokens import CancelSource, cancel_in_background, use_token
+from .._core.tokens import CancelSource, _current, cancel_in_background
 from .app import App, Blueprint, check_seconds
 from .components import Call
 from .loop import TEARDOWN_TIMEOUT, asyncio_run, close_loop, finish_before_teardown
@@ -131,8 +134,36 @@ endpoint): what an abort waits for past the shutdown deadline and the watchdog's
 PROGRESS_EVERY = 1.0
 """Seconds between two "still stopping" lines while components are stopping."""
 
+BEGIN_BOUND = 0.005
+"""Seconds the control loop waits at most for the sync calls of a round to begin."""
+
 # What the shutdown summary says of each component (the report has more).
 _SUMMARY_KEYS = ("state", "error", "timed_out", "start_seconds", "stop_seconds", "cut_count")
+
+
+def _summary_entry(info: ComponentInfo) -> dict[str, Any]:
+    """A component's line of the shutdown summary: its report's `_SUMMARY_KEYS` that are set.
+
+    The same values as ``App.report()["components"][name]`` (a test holds
+    them equal), made without the rest of the entry.
+    """
+    entry: dict[str, Any] = {"state": info.state._value_}  # .value, without its descriptor
+    error = info.error
+    if error is not None:
+        entry["error"] = describe_error(error)
+    if info.timed_out is not None:
+        entry["timed_out"] = info.timed_out
+    began, ended = info.start_began, info.start_ended
+    if began is not None and ended is not None:
+        entry["start_seconds"] = round(ended - began, 6)
+    began, ended = info.stop_began, info.stop_ended
+    if began is not None and ended is not None:
+        entry["stop_seconds"] = round(ended - began, 6)
+    if error is not None:
+        cut = cut_of(error)
+        if cut:
+            entry["cut_count"] = len(cut)
+    return entry
 
 
 def _outcome(code: int) -> str:
@@ -186,6 +217,9 @@ class _Driver:
     """What both runners share. Subclasses implement `_post`, `_spawn_*`."""
 
     _systemd: Notifier = NO_NOTIFIER  # sd_notify; set in _prepare (systemd.py)
+    # Whether the control loop waits for a round's sync calls to begin (`_await_threads`):
+    # the threaded runner's own thread does; the asyncio runner's loop is the app's.
+    _awaits_begins = False
 
     def __init__(
         self,
@@ -221,8 +255,11 @@ class _Driver:
         self._began = 0.0
         self._health: Any = None
         self._threads = _CallThreads()
+        self._handed = 0  # sync calls handed to call threads in this round
+        self._began_calls: queue.SimpleQueue[None] = queue.SimpleQueue()  # one per call begun
         self._rlog = _RoundLog()
         self._stop_wave = 0  # call threads to keep ready once the app runs
+        self._any_stop = False  # a stop() to call: ready the deadline timer too
         self._reserve_at: float | None = None  # when to ready them (clock time)
         self._watchdog: Watchdog | None = None
         self._control_ident: int | None = None
@@ -308,6 +345,7 @@ class _Driver:
             self._finish_now(ExitCode.CONFIG)
             raise
         self._stop_wave = _widest_sync_stop_wave(blueprint)
+        self._any_stop = any(c.stop is not None for c in blueprint.components.values())
         plan = blueprint.plan
         if not plan.fits:
             _log.warning(
@@ -386,18 +424,17 @@ class _Driver:
     def _log_component(
         self, info: ComponentInfo, before: ComponentState, after: ComponentState, spent: float
     ) -> None:
-        fields: dict[str, Any] = {
-            "component": info.name,
-            "from_state": before.name,
-            "to_state": after.name,
-            "duration": round(spent, 6),
-        }
         if after is ComponentState.FAILED and info.error is not None:
+            fields = _moved_fields((info.name, before, after, spent))
             fields["error"] = describe_error(info.error)
             if not self._reported(info):
                 self._rlog.error("transition", **fields)
-                return
-        self._rlog.debug("transition", **fields)
+            else:
+                self._rlog.debug("transition", **fields)
+            return
+        # The common case, twice per component stopped: four values held,
+        # the event built at the round's end, and only if DEBUG is on.
+        self._rlog.moved(info.name, before, after, spent)
 
     def _reported(self, info: ComponentInfo) -> bool:
         """Whether a component's failure has an ERROR entry of its own.
@@ -479,15 +516,19 @@ class _Driver:
             self._rlog.info("stopping", app=name, budget=left)
 
     def _log_summary(self, code: int) -> None:
-        """The run's last line: INFO on exit OK; WARNING on TIMEOUT; ERROR on a failure."""
-        report = self.app.report()
-        components = {
-            name: {key: entry[key] for key in _SUMMARY_KEYS if entry.get(key) is not None}
-            for name, entry in report["components"].items()
-        }
+        """The run's last line: INFO on exit OK; WARNING on TIMEOUT; ERROR on a failure.
+
+        Its components are the `_SUMMARY_KEYS` of each one's `App.report`
+        entry, made from the records directly (the shutdown waits for this
+        line: a whole report of 400 components takes milliseconds).
+        """
         method = "info" if code == ExitCode.OK else "warning"
         if code not in (ExitCode.OK, ExitCode.TIMEOUT):
             method = "error"
+        if not _log.enabled(method):
+            return
+        assert self._run is not None
+        components = {name: _summary_entry(info) for name, info in self._run.infos.items()}
         getattr(self._rlog, method)(
             "shutdown summary",
             app=self.app.name,
@@ -678,7 +719,7 @@ class _Driver:
             elif isinstance(action, Abandon):
                 self._abandon(action)
             elif isinstance(action, AppStarted):
-                if self._stop_wave:
+                if self._any_stop:
                     self._reserve_at = self.clock() + RESERVE_AFTER
                 self._rlog.info(
                     "app started",
@@ -692,6 +733,29 @@ class _Driver:
 
     def _flush_calls(self) -> None:
         """Hand over the calls `_execute` gathered (the threaded runner's async ones)."""
+
+    def _await_threads(self) -> bool:
+        """Let the sync calls handed over this round begin; False if it handed none (or not asked).
+
+        Each call thread, woken, needs the GIL to begin: while the control
+        loop holds it to render the round's log events, they wait (up to the
+        interpreter's switch interval, 5 ms). So the loop waits here, GIL
+        released, until each has begun (taken the GIL and run into its
+        call), `BEGIN_BOUND` at most, then renders.
+        """
+        handed, self._handed = self._handed, 0
+        if not handed or not self._awaits_begins:
+            return False
+        end = time.monotonic() + BEGIN_BOUND
+        for _ in range(handed):
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                self._began_calls.get(timeout=left)
+            except queue.Empty:
+                break  # a thread slow to run: it begins without us (a late put is harmless)
+        return True
 
     def _next_timeout(self) -> float | None:
         """How long the control loop may wait for the next event (None: no bound)."""
@@ -716,14 +780,21 @@ class _Driver:
         self._reserve_at = None
         assert self.scheduler is not None
         if self.scheduler.state is AppState.RUNNING:
-            self._threads.reserve(self._stop_wave)
+            if self._stop_wave:
+                self._threads.reserve(self._stop_wave)
+            # The first token with a deadline starts the process's deadline timer
+            # thread, and waits for it to run (milliseconds on a busy machine):
+            # the first stop() of the shutdown would. A token of a far deadline,
+            # closed at once, starts it now.
+            CancelSource(timeout=_WARM_TIMEOUT).close()
 
     def _call(self, name: str, phase: Phase, deadline: float | None) -> None:
         assert self._blueprint is not None
         source = CancelSource(deadline=deadline)
         handle = _Handle(source, self.clock())
         self._handles[(name, phase)] = handle
-        call = self._blueprint.components[name].phase(phase)
+        call: Call | None = getattr(self._blueprint.components[name], phase)
+        assert call is not None, f"{name} has no {phase}"
         if call.is_async:
             self._spawn_async(name, phase, call, handle)
         else:
@@ -731,11 +802,17 @@ class _Driver:
 
     def _thread_body(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
         handle.thread_ident = threading.get_ident()
+        if self._awaits_begins:
+            self._began_calls.put(None)  # the control thread waits for it (_await_threads)
         token = handle.source.token
         error: BaseException | None = None
+        # use_token's work, without its generator: the token is current in the call.
         try:
-            with use_token(token):
-                call.fn(*call.args(token))
+            reset = _current.set(token)
+            try:
+                call.fn(token) if call.takes_token else call.fn()
+            finally:
+                _current.reset(reset)
         except BaseException as exc:  # noqa: BLE001 - every outcome is reported to the scheduler
             error = exc
         self._ended(name, phase, error)
@@ -747,8 +824,11 @@ class _Driver:
         token = handle.source.token
         error: BaseException | None = None
         try:
-            with use_token(token):
-                await call.fn(*call.args(token))
+            reset = _current.set(token)  # as in _thread_body
+            try:
+                await (call.fn(token) if call.takes_token else call.fn())
+            finally:
+                _current.reset(reset)
         except BaseException as exc:  # noqa: BLE001 - every outcome is reported to the scheduler
             error = exc
         self._ended(name, phase, error)
@@ -769,6 +849,7 @@ class _Driver:
         self._post(event)
 
     def _spawn_thread(self, name: str, phase: Phase, call: Call, handle: _Handle) -> None:
+        self._handed += 1
         self._threads.submit(
             lambda: self._thread_body(name, phase, call, handle), f"lifecycle:{name}.{phase}"
         )
@@ -819,10 +900,15 @@ class _Driver:
             _log.exception("the health endpoint failed to close", app=self.app.name)
 
     def _teardown(self) -> None:
-        """After the control loop ended (the health endpoint closed): release and wake waiters."""
-        self._threads.close()
+        """After the control loop ended (the health endpoint closed): wake waiters and release.
+
+        The waiters first: each idle call thread that `_CallThreads.close`
+        wakes takes the GIL to end, and a waiter woken after them would wait
+        its turn behind all of them.
+        """
         self._set_started()
         self._set_finished()
+        self._threads.close()
         self._systemd.close()
         if self._watchdog is not None:
             self._watchdog.stop()
@@ -999,6 +1085,20 @@ def _stack_of(handle: _Handle) -> str:
     )
 
 
+_Moved = tuple[str, ComponentState, ComponentState, float]
+"""A component's DEBUG transition held in a round: its fields are made at the round's end."""
+
+
+def _moved_fields(moved: _Moved) -> dict[str, Any]:
+    name, before, after, spent = moved
+    return {
+        "component": name,
+        "from_state": before.name,
+        "to_state": after.name,
+        "duration": round(spent, 6),
+    }
+
+
 class _RoundLog:
     """The control loop's logger: a round's events are emitted once its calls have begun.
 
@@ -1008,10 +1108,15 @@ class _RoundLog:
     them (25 us each with a structlog that drops everything, more with one that
     renders) never delays the next wave of stops. Outside a round, and from
     any other thread (the watchdog's), an event is logged at once.
+
+    The round's DEBUG events are dropped at its end, unbuilt, when DEBUG is
+    off (`Logger.enabled`, checked once per round); a component's
+    transition (`moved`) is held as its four values, its fields made only
+    when it is emitted.
     """
 
     def __init__(self) -> None:
-        self._held: list[tuple[str, str, dict[str, Any]]] | None = None
+        self._held: list[tuple[str, str, dict[str, Any] | _Moved]] | None = None
         self._ident: int | None = None
 
     def hold(self) -> None:
@@ -1019,8 +1124,23 @@ class _RoundLog:
 
     def release(self) -> None:
         held, self._held = self._held, None
-        for method, event, fields in held or ():
-            getattr(_log, method)(event, **fields)
+        if not held:
+            return
+        debug = _log.enabled("debug")
+        _log.emit_all(
+            (method, event, _moved_fields(fields) if isinstance(fields, tuple) else fields)
+            for method, event, fields in held
+            if debug or method != "debug"
+        )
+
+    def moved(self, name: str, before: ComponentState, after: ComponentState, spent: float) -> None:
+        """Log a component's transition at DEBUG (``spent``: seconds in ``before``)."""
+        moved = (name, before, after, spent)
+        if self._held is not None and threading.get_ident() == self._ident:
+            self._held.append(("debug", "transition", moved))
+            return
+        if _log.enabled("debug"):
+            _log.debug("transition", **_moved_fields(moved))
 
     def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
         if self._held is not None and threading.get_ident() == self._ident:
@@ -1050,6 +1170,8 @@ RESERVE_MAX = 64
 """At most this many call threads are kept ready for the shutdown's widest wave."""
 RESERVE_AFTER = 1.0
 """Seconds the app runs before the call threads for its shutdown are readied."""
+_WARM_TIMEOUT = 86400.0
+"""The timeout of the token that starts the deadline timer ahead of the shutdown."""
 
 
 def _widest_sync_stop_wave(blueprint: Blueprint) -> int:
@@ -1091,6 +1213,7 @@ class _CallThreads:
         self._lock = threading.Lock()
         self._idle: list[queue.SimpleQueue[tuple[Callable[[], None], str] | None]] = []
         self._closed = False
+        self._closing: list[queue.SimpleQueue[tuple[Callable[[], None], str] | None]] = []
         self._reserve = 0
 
     def submit(self, job: Callable[[], None], name: str) -> None:
@@ -1120,12 +1243,15 @@ class _CallThreads:
                 self._idle.append(inbox)
         if not inboxes:
             return
-        # The starter runs no user code; the threads it starts do, with the
-        # program's mask (user_code_thread, wrapped here in the creating thread).
-        bodies = [user_code_thread(self._worker(inbox, reserved=True)) for inbox in inboxes]
 
+        # The starter runs no user code; the threads it starts do, with the
+        # program's mask: user_code_thread wraps them in the starter, a helper
+        # thread, which knows the program's mask whoever called (the asyncio
+        # runner's loop thread is no helper: wrapped there, they would inherit
+        # the starter's blocked signals and run every call with them).
         def start_all() -> None:
-            for body in bodies:
+            for inbox in inboxes:
+                body = user_code_thread(self._worker(inbox, reserved=True))
                 threading.Thread(target=body, name="lifecycle:idle", daemon=True).start()
 
         threading.Thread(
@@ -1133,10 +1259,23 @@ class _CallThreads:
         ).start()
 
     def close(self) -> None:
+        """End the idle threads (and each busy one as its call returns), one after the other.
+
+        One is woken here and each wakes the next as it ends: woken all at
+        once, they would all queue for the GIL ahead of the thread this
+        runner just woke (the caller of ``stop()``), which then returns
+        milliseconds late.
+        """
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for inbox in idle:
+            self._closing, self._idle = self._idle, []
+        self._end_next()
+
+    def _end_next(self) -> None:
+        """Wake the next idle thread to end (as `close` began, or as the previous one ends)."""
+        with self._lock:
+            inbox = self._closing.pop() if self._closing else None
+        if inbox is not None:
             inbox.put(None)
 
     def _start(
@@ -1174,6 +1313,7 @@ class _CallThreads:
                         return
                 continue  # a job was handed over just now, or this thread is reserved
             if item is None:
+                self._end_next()
                 return
             job, me.name = item
             if program is not None:
@@ -1187,16 +1327,28 @@ class _CallThreads:
                 self._idle.append(inbox)
 
 
+# ``signal.pthread_sigmask`` turns the mask it returns into a set of `signal.Signals`,
+# one enum lookup per signal: about 60 us for the 60 that HELPER_BLOCKED holds, paid
+# by each reserved thread as its first call begins (the first wave of stops, one
+# thread after the other). The C function it wraps returns plain ints in microseconds.
+_sigmask: Callable[[int, Iterable[int]], set[int]] = getattr(
+    importlib.import_module("_signal"),
+    "pthread_sigmask",
+    getattr(signal, "pthread_sigmask", lambda how, mask: set()),
+)
+_HELPER_BLOCKED_NUMBERS: frozenset[int] = frozenset(int(s) for s in HELPER_BLOCKED)
+
+
 def _block_helper_signals() -> set[int] | None:
     """Block `HELPER_BLOCKED` in this thread; the mask it had (None: no masks here)."""
     if not HELPER_BLOCKED:
         return None
-    return set(signal.pthread_sigmask(signal.SIG_BLOCK, HELPER_BLOCKED))
+    return set(_sigmask(signal.SIG_BLOCK, _HELPER_BLOCKED_NUMBERS))
 
 
 def _set_mask(mask: set[int] | None) -> None:
     if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(signal.SIG_SETMASK, mask)
 
 
 _Gathered = tuple[Coroutine[Any, Any, None], str]
@@ -1274,6 +1426,8 @@ class ThreadedRunner(_Driver):
 
     Added in 0.1.
     """
+
+    _awaits_begins = True
 
     def __init__(
         self,
@@ -1432,9 +1586,9 @@ class ThreadedRunner(_Driver):
                             break
                         actions += self._dispatch(event)
                     self._execute(actions)
-                    if actions:
-                        # Let the call threads just woken take the GIL and begin
-                        # before this round's log events are rendered.
+                    if not self._await_threads() and actions:
+                        # Let the threads just woken (the private loop's) take the
+                        # GIL and begin before this round's log events are rendered.
                         time.sleep(0)
                 finally:
                     self._rlog.release()
@@ -1498,6 +1652,9 @@ class AsyncioRunner(_Driver):
         self._control: asyncio.Task[None] | None = None
         self._started_async: asyncio.Event | None = None
         self._finished_async: asyncio.Event | None = None
+        # Events of call threads waiting for the loop, and whether a wake-up is on its way.
+        self._from_threads: collections.deque[_Event] = collections.deque()
+        self._threads_wake = False
 
     async def start(self) -> None:
         """Start every component in dependency order; return once all run.
@@ -1612,7 +1769,28 @@ class AsyncioRunner(_Driver):
             # (Not for `_post` itself: a signal handler may interrupt put_nowait here.)
             q.put_nowait(event)
             return
-        self._post(event)
+        # A call thread's: one wake-up of the loop for a burst of them (a wave of
+        # sync stops ending together), not a self-pipe write and read each. The
+        # append comes before the check, the clear before the drain: an event
+        # that finds a wake-up on its way is taken by it.
+        self._from_threads.append(event)
+        if self._threads_wake:
+            return
+        self._threads_wake = True
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed; the app long finished
+            loop.call_soon_threadsafe(self._take_from_threads)
+
+    def _take_from_threads(self) -> None:
+        """In the loop: queue what the call threads posted since the last wake-up, in order."""
+        self._threads_wake = False
+        q, posted = self._queue, self._from_threads
+        while posted:
+            event = posted.popleft()
+            if q is not None:
+                q.put_nowait(event)
 
     def _set_started(self) -> None:
         super()._set_started()
