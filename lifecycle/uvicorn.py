@@ -132,8 +132,10 @@ class _Inner:
       requests, or cuts), uvicorn's own websocket shutdown closes it with
       1012 (service restart), which the app sees as a disconnect.
 
-    An ordinary HTTP request costs it one call and no frame: ``__call__``
-    returns the app's own awaitable (the middleware awaits it). Where a cut
+    An ordinary HTTP request does not pass here unless ``health_paths`` is on
+    (the middleware hands it to the app itself); with it, it costs one call
+    and no frame: ``__call__`` returns the app's own awaitable (the
+    middleware awaits it). Where a cut
     request was stuck is read from its task's stack as it is cut
     (`Server._log_stuck`), not from here.
     """
@@ -275,25 +277,27 @@ class Server(Listening):
         self._requested_port = port
         self._name = name
         self._address: tuple[str, int] | None = None
-        self._own_middleware = not isinstance(app, ASGIMiddleware)
-        if isinstance(app, ASGIMiddleware):
-            app.asgi_app = _Inner(self, app.asgi_app)
-            self.middleware = app
-        else:
-            self.middleware = ASGIMiddleware(_Inner(self, app), name=name or "uvicorn")
-        """The `lifecycle.ASGIMiddleware` around the app (the one passed, if it was one)."""
-        self.middleware._about_to_cut = self._about_to_cut
-        # uvicorn's HTTP protocols announce a close only when the request asked
-        # for one: the server makes the responses in progress at the drain say
-        # it (`_close_after_responses`), so that no ``send`` is wrapped per
-        # request before the drain.
-        self.middleware._announce_close = self._announce_close
+        interface = options.pop("interface", "asgi3")
+        if interface not in ("auto", "asgi3"):
+            raise ValueError(
+                f"lifecycle.uvicorn.Server serves ASGI 3 apps only, got interface={interface!r}: "
+                f"leave interface out (or pass 'asgi3')"
+            )
+        self._wrap(app, name, health_paths=bool(health_paths))
         self._answers: HealthAnswers | None = None
         self._health_paths = bool(health_paths)
         options.setdefault("log_config", None)
         try:
+            # The middleware's bound ``__call__``, declared ASGI 3: uvicorn calls
+            # it without the generic call of an instance (an argument tuple and a
+            # lookup of ``__call__`` per request).
             config = _uvicorn.Config(
-                self.middleware, host=host, port=port, backlog=backlog, **options
+                self.middleware.__call__,
+                host=host,
+                port=port,
+                backlog=backlog,
+                interface="asgi3",
+                **options,
             )
         except TypeError as error:
             raise TypeError(
@@ -322,6 +326,29 @@ class Server(Listening):
         self._quiet = _QuietCut()  # on uvicorn's error logger while the stop cuts
         self._main: asyncio.Future[None] | None = None
         self._app: ShutdownView | None = None
+
+    def _wrap(self, app: ASGIApp, name: str | None, *, health_paths: bool) -> None:
+        """Put `ASGIMiddleware` (the one passed, or one of ours) around ``app``, wired to us."""
+        self._own_middleware = not isinstance(app, ASGIMiddleware)
+        if isinstance(app, ASGIMiddleware):
+            user_app = app.asgi_app
+            app.asgi_app = _Inner(self, user_app)
+            self.middleware = app
+        else:
+            user_app = app
+            self.middleware = ASGIMiddleware(_Inner(self, app), name=name or "uvicorn")
+        """The `lifecycle.ASGIMiddleware` around the app (the one passed, if it was one)."""
+        if not health_paths:
+            # The inner layer only passes HTTP requests on then: they go to the app itself.
+            self.middleware._http_app = user_app
+        self.middleware._about_to_cut = self._about_to_cut
+        # uvicorn's HTTP protocols announce a close only when the request asked
+        # for one: the server makes the responses in progress at the drain say
+        # it (`_close_after_responses`), so that no ``send`` is wrapped per
+        # request before the drain.
+        self.middleware._announce_close = self._announce_close
+        # uvicorn runs each request and websocket in a task of its own.
+        self.middleware._own_task = True
 
     def __repr__(self) -> str:
         state = state_word(

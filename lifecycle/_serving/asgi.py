@@ -175,6 +175,26 @@ class ASGIMiddleware(_Serving):
     Added in 0.1.
     """
 
+    # What the request hot path reads and writes, in slots: an attribute of an
+    # instance whose ``__dict__`` was materialised (``App.add`` does) is read
+    # by a dictionary lookup with a hint; a slot is read at a fixed offset,
+    # whatever else happened to the instance. Those set by `_Serving` too.
+    __slots__ = (
+        "_announce_close",
+        "_asgi_app",
+        "_calls",
+        "_http_app",
+        "_long_lived",
+        "_note",
+        "_own_task",
+        "_refusing",
+        "_root",
+        "_stopping",
+        "_waiter",
+        "draining",
+        "last_arrival",
+    )
+
     def __init__(
         self, asgi_app: ASGIApp, app: ShutdownView | None = None, *, name: str = "asgi"
     ) -> None:
@@ -214,8 +234,35 @@ class ASGIMiddleware(_Serving):
         # a request begun earlier can start unannounced on the server's loop
         # (the server's part: see `lifecycle.uvicorn`).
         self._announce_close: Callable[[], None] | None = None
+        # Set by a server that runs each request (and websocket) in an asyncio
+        # task of its own, with nothing after the application in that task
+        # that reads `current_token` (uvicorn): the request's token then is
+        # not reset as the request ends, since its context ends with it.
+        self._own_task = False
         if app is not None:
             self.lifecycle_bind(app)
+
+    @property
+    def asgi_app(self) -> ASGIApp:
+        """The wrapped application: every request and websocket is handed to it.
+
+        Set it to wrap another application from the next request on.
+
+        Example::
+
+            mw = lifecycle.ASGIMiddleware(my_asgi_app)
+            assert mw.asgi_app is my_asgi_app
+        """
+        return self._asgi_app
+
+    @asgi_app.setter
+    def asgi_app(self, asgi_app: ASGIApp) -> None:
+        self._asgi_app = asgi_app
+        # What HTTP requests are handed to: ``asgi_app``, unless a server's
+        # integration hands them past a layer of its own that only passes
+        # HTTP requests on (`lifecycle.uvicorn` without health paths): one
+        # call less per request.
+        self._http_app = asgi_app
 
     def __repr__(self) -> str:
         state = (
@@ -260,6 +307,7 @@ class ASGIMiddleware(_Serving):
                 reset = _set_current(self._root)
                 if self._announce_close is None:
                     send = call
+            app = self._http_app
         elif scope["type"] == "websocket":
             call = partial(_responding, self, scope, send, at := _monotonic())
             self.last_arrival = at
@@ -270,14 +318,16 @@ class ASGIMiddleware(_Serving):
                 await self._refuse(scope, send)
                 return
             reset = _set_current(self._mark_websocket(call))
+            app = self._asgi_app
         else:
-            await self.asgi_app(scope, receive, send)
+            await self._asgi_app(scope, receive, send)
             return
         self._note(call)  # what a copy of this context may mark
         try:
-            await self.asgi_app(scope, receive, send)
+            await app(scope, receive, send)
         finally:
-            _reset_current(reset)
+            if not self._own_task:
+                _reset_current(reset)
             calls.discard(call)
             if self._long_lived:
                 source = self._long_lived.pop(call, None)
