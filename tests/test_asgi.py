@@ -1178,3 +1178,44 @@ def test_a_request_begun_in_the_drain_answers_before_the_stops_cut():
     run(main)
     assert sent.start["status"] == 200
     assert answered == [lifecycle.DEADLINE_EXCEEDED]
+
+
+def test_setting_asgi_app_sends_the_next_requests_to_the_new_app():
+    """``asgi_app`` is the app every request goes to; set, it takes the next ones."""
+
+    def answering(body: bytes) -> Any:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+
+        return app
+
+    first, second = answering(b"first"), answering(b"second")
+    mw = ASGIMiddleware(first)
+    assert mw.asgi_app is first
+
+    async def body_of() -> bytes:
+        sent = Sent()
+        await mw(http_scope(), receive_nothing, sent)
+        body: bytes = sent.messages[-1]["body"]
+        return body
+
+    assert asyncio.run(body_of()) == b"first"
+    mw.asgi_app = second
+    assert mw.asgi_app is second
+    assert asyncio.run(body_of()) == b"second"
+
+
+def test_the_token_of_a_request_is_current_in_it_and_reset_after():
+    """Called by a server that runs requests in one task: the request's token is undone after."""
+    held = Held()
+    mw = ASGIMiddleware(held)
+
+    async def main() -> None:
+        before = lifecycle.current_token()
+        await mw(http_scope(), receive_nothing, Sent())
+        assert lifecycle.current_token() is before
+        assert len(held.tokens) == 1
+        assert held.tokens[0] is not before  # the middleware's, while the request ran
+
+    asyncio.run(main())

@@ -722,6 +722,13 @@ def test_options_that_fight_the_stop_are_refused(option):
         lifecycle.uvicorn.Server(TestApp(), **options)
 
 
+@pytest.mark.parametrize("interface", ["asgi2", "wsgi"])
+def test_an_interface_other_than_asgi3_is_refused(interface):
+    """The middleware uvicorn calls is an ASGI 3 app: another interface cannot serve it."""
+    with pytest.raises(ValueError, match="ASGI 3"):
+        lifecycle.uvicorn.Server(TestApp(), interface=interface)
+
+
 def test_an_option_uvicorn_does_not_know_is_a_type_error():
     """An unknown option says it is not one of uvicorn.Config's."""
     with pytest.raises(TypeError, match=r"uvicorn\.Config"):
