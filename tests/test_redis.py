@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+import inspect
 import json
 import math
 import subprocess
@@ -560,6 +561,48 @@ def test_async_dead_letter_after_max_deliveries(server, r):
 
     run_async(server, body)
     assert (pending(r), r.xlen("orders:dead")) == ({}, 1)
+
+
+@pytest.mark.parametrize("twin", ["StreamSource", "AsyncStreamSource"])
+def test_both_twins_claim_a_killed_consumers_idle_entries_at_the_same_cadence(server, r, twin):
+    """Entries a killed consumer left pending, idle past min_idle: either twin's first fetch
+    claims them, and a later entry gone idle is claimed within claim_every + block of it (the
+    scan is decided once for both twins, at the start of each fetch once it is due)."""
+    min_idle, claim_every, block = 2.0, 0.05, 0.05
+    r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+
+    def left_by_a_killed_consumer(n: int) -> list[str]:
+        ids = produce(r, n)
+        r.xreadgroup(GROUP, "killed", {STREAM: ">"}, count=10)  # delivered, never acked
+        # Idle past min_idle without waiting for it: XCLAIM ... IDLE sets the idle time
+        # (JUSTID: it counts no delivery).
+        r.xclaim(STREAM, GROUP, "killed", 0, ids, idle=int(min_idle * 1000) + 500, justid=True)
+        return ids
+
+    async def maybe(value: Any) -> Any:
+        return await value if inspect.isawaitable(value) else value
+
+    async def body(conn: Any) -> float:
+        kind = getattr(lcredis, twin)
+        kw: dict[str, Any] = {"min_idle": min_idle, "claim_every": claim_every, "block": block}
+        source = kind(conn if twin == "AsyncStreamSource" else r, STREAM, GROUP, "rescuer", **kw)
+        first = left_by_a_killed_consumer(3)
+        got = await maybe(source.fetch(10, live()))
+        assert [(m.id, m.deliveries) for m in got] == [(i, 2) for i in first]
+        later = left_by_a_killed_consumer(1)
+        began = time.monotonic()
+        again: list[Any] = []
+        while not again:  # bounded by run_async's BOUND
+            again = await maybe(source.fetch(10, live()))
+        took = time.monotonic() - began
+        assert [m.id for m in again] == later
+        assert source.stats.claimed == 4
+        assert await maybe(source.ack([*got, *again])) == 4
+        return took
+
+    took = run_async(server, body)
+    assert took < 1.0, f"the next scan came {took:.2f} s later (claim_every={claim_every})"
+    assert pending(r) == {}
 
 
 def test_async_bad_arguments_name_the_class():
