@@ -1087,6 +1087,60 @@ def test_a_mark_from_a_task_or_thread_during_the_request_marks_it():
     assert mw._long_lived == {}  # released as each request ended
 
 
+def test_a_mark_from_a_thread_makes_the_request_s_own_token_current_in_the_request_too():
+    """The request's context holds its record, not a token: once a thread it started marked
+    it, current_token() in the request is the request's own token, which ending the
+    long-lived requests cancels; a second mark, in either context, says True."""
+    seen: dict[str, Any] = {}
+
+    def mark_twice() -> tuple[bool, bool, lifecycle.CancelToken]:
+        return lifecycle.mark_long_lived(), lifecycle.mark_long_lived(), lifecycle.current_token()
+
+    async def inner(scope, receive, send):
+        seen["before"] = lifecycle.current_token()
+        seen["thread"] = await asyncio.to_thread(mark_twice)
+        seen["after"] = lifecycle.current_token()
+        seen["again"] = lifecycle.mark_long_lived()
+        seen["work"] = mw._work()
+        mw._end_long_lived(list(mw._long_lived.values()))
+        seen["cancelled"] = await asyncio.to_thread(seen["after"].wait, BOUND)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        await mw(http_scope("/stream"), receive_nothing, Sent())
+
+    run(main)
+    first, second, in_thread = seen["thread"]
+    assert (first, second, seen["again"]) == (True, True, True)
+    assert seen["after"] is in_thread
+    assert seen["after"] is not seen["before"]
+    assert (seen["work"].ordinary, seen["work"].long_lived) == (0, 1)
+    assert seen["cancelled"] is True
+    assert mw._long_lived == {}
+
+
+def test_current_token_in_a_request_is_the_middleware_s_and_the_callers_after():
+    """Outside any request current_token() is the caller's; inside, the middleware's shared
+    token (the root before the drain), whatever the caller had made current."""
+    seen: list[Any] = []
+
+    async def inner(scope, receive, send):
+        seen.append(lifecycle.current_token())
+
+    mw = ASGIMiddleware(inner)
+    outer = lifecycle.CancelSource().token
+
+    async def main():
+        with lifecycle.use_token(outer):
+            await mw(http_scope(), receive_nothing, Sent())
+            seen.append(lifecycle.current_token())
+
+    run(main)
+    assert seen == [mw._tokens.root, outer]
+
+
 def test_a_mark_from_a_task_after_its_request_ended_returns_false():
     """A task begun in one request that marks while another request runs marks nothing."""
     seen: list[Any] = []

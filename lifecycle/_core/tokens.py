@@ -1854,7 +1854,20 @@ class CancelSource:
 
 
 _NEVER: Final = CancelToken._make((), None, None)
-_current: ContextVar[CancelToken] = ContextVar("lifecycle_current_token")
+CurrentValue = CancelToken | functools.partial[Any]
+"""What `_current` holds: a token, or a request's record (below)."""
+_current: ContextVar[CurrentValue] = ContextVar("lifecycle_current_token")
+# What is current is a token, or a request's record: a ``functools.partial``
+# whose first argument is the server that made it, and which answers
+# ``server._lc_token_of(record)`` (`lifecycle.ASGIMiddleware`'s requests). A
+# server that writes its record there says with one context variable both
+# the request's token and which request the context belongs to (a context
+# copied from it, a thread it started, is told apart from later requests).
+
+
+def _token_of_record(record: functools.partial[Any]) -> CancelToken:
+    token: CancelToken = record.args[0]._lc_token_of(record)
+    return token
 
 
 def current_token() -> CancelToken:
@@ -1872,7 +1885,10 @@ def current_token() -> CancelToken:
             token = lifecycle.current_token()
             return db.execute(sql, timeout=token.remaining())
     """
-    return _current.get(_NEVER)
+    value = _current.get(_NEVER)
+    if value.__class__ is CancelToken:
+        return value
+    return _token_of_record(value)  # type: ignore[arg-type]
 
 
 @contextmanager

@@ -78,6 +78,7 @@ from .._core.log import get_logger
 from .._core.tokens import (
     CancelSource,
     CancelToken,
+    CurrentValue,
     _current,
     cancel_in_background,
     current_token,
@@ -442,7 +443,7 @@ class _Request:
         self._long_lived = False
         self._outer: _Request | None = None
         self._source: CancelSource | None = None
-        self._reset: contextvars.Token[CancelToken] | None = None
+        self._reset: contextvars.Token[CurrentValue] | None = None
 
     def __enter__(self) -> CancelToken:
         conn = self._conn
@@ -465,7 +466,9 @@ class _Request:
             self._reset = _current.set(conn.server._request_token())
         if self._long_lived:
             self.mark()
-        return _get_current()
+        current = _get_current()
+        # Never a request's record here but under an ASGI call nested in the handler.
+        return current if current.__class__ is CancelToken else current_token()
 
     def mark(self) -> None:
         """Make this request long-lived: not waited for at stop; its own token is cancelled."""

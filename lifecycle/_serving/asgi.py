@@ -57,7 +57,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from contextvars import ContextVar
 from functools import partial
 from types import FrameType
 from typing import Any
@@ -112,14 +111,17 @@ def _responding(
 
     Bound per request as ``partial(_responding, mw, scope, send, began)``:
     that partial is the request's record in ``mw._calls`` too (its ``args``
-    say what it is and since when). Also for a request begun before the
-    drain: its response may start after the drain began, and must then
-    announce the close too, or the client's next request on that keep-alive
-    connection races the server's close. It returns the server's awaitable:
-    no coroutine per message. Not the ``send`` of a request begun before the
-    drain when the server announces the close itself
-    (`ASGIMiddleware._announce_close`, as `lifecycle.uvicorn` does): such a
-    request then costs no call of ours per message.
+    say what it is and since when), and what is current in the request's
+    context in place of a token (`ASGIMiddleware._lc_token_of` answers
+    `current_token` from it: the middleware's root token). Four arguments:
+    with the message, as many as a partial passes without allocating. Also
+    for a request begun before the drain: its response may start after the
+    drain began, and must then announce the close too, or the client's next
+    request on that keep-alive connection races the server's close. It
+    returns the server's awaitable: no coroutine per message. Not the
+    ``send`` of a request begun before the drain when the server announces
+    the close itself (`ASGIMiddleware._announce_close`, as `lifecycle.uvicorn`
+    does): such a request then costs no call of ours per message.
     """
     if (
         mw.draining
@@ -130,7 +132,21 @@ def _responding(
     return send(message)
 
 
-_Call = partial  # one request in progress: partial(_responding, mw, scope, send, began)
+def _responding_draining(  # noqa: PLR0917 - bound positionally by one partial per request
+    mw: ASGIMiddleware,
+    scope: Scope,
+    send: Send,
+    began: float,
+    token: CancelToken,
+    message: Message,
+) -> Awaitable[None]:
+    """`_responding` for a request begun during the drain: its record carries its ``token``."""
+    return _responding(mw, scope, send, began, message)
+
+
+# One request in progress: partial(_responding, mw, scope, send, began), or
+# partial(_responding_draining, mw, scope, send, began, token) once draining.
+_Call = partial
 
 
 class _Running:
@@ -185,7 +201,6 @@ class ASGIMiddleware(_Serving):
         "_calls",
         "_http_app",
         "_long_lived",
-        "_note",
         "_own_task",
         "_refusing",
         "_root",
@@ -206,17 +221,10 @@ class ASGIMiddleware(_Serving):
         self._calls: set[_Call[Awaitable[None]]] = set()
         self.last_arrival: float | None = None
         """When the last HTTP request or websocket began (``time.monotonic()``); None before."""
-        # The request of this middleware's that the context belongs to: its
-        # record, held by the context (and any copy of it), so never reused for
-        # another request while a copy could still name it. One variable per
-        # middleware: a request of another one (stacked middlewares, a server's
-        # handler around this one) never overwrites it, so nothing is undone as
-        # a request ends; the next request served in the same context writes
-        # its own.
-        self._noted: ContextVar[_Call[Awaitable[None]] | None] = ContextVar(
-            f"lifecycle_asgi_request:{name}", default=None
-        )
-        self._note = self._noted.set
+        # The request a context belongs to is its record, made current in it in
+        # place of a token (one context variable per request for both): held by
+        # the context and any copy of it, so never reused for another request
+        # while a copy could still name it.
         # The own sources of the requests in progress that are long-lived.
         self._long_lived: dict[_Call[Awaitable[None]], CancelSource] = {}
         self._root = self._tokens.root  # the token of every request begun before the drain
@@ -290,8 +298,8 @@ class ASGIMiddleware(_Serving):
         if scope["type"] == "http":
             # The hot path: one partial (the request's record, and its send
             # unless the server announces the close itself), no token made, no
-            # task lookup, two context variables (the shared token, bound to
-            # this middleware, and the request's record).
+            # task lookup, one context variable (the record: the request, and
+            # through it the shared token).
             call = partial(_responding, self, scope, send, at := _monotonic())
             self.last_arrival = at  # read by an adaptive drain (lifecycle.Drain)
             calls = self._calls
@@ -301,12 +309,15 @@ class ASGIMiddleware(_Serving):
                     calls.discard(call)
                     await self._refuse(scope, send)
                     return
-                reset = _set_current(self._request_token())
+                token = self._request_token()
+                if token is not self._root:  # the record says the drain's token
+                    early = call
+                    call = partial(_responding_draining, self, scope, send, at, token)
+                    calls.add(call)  # before the first leaves: always one in _calls
+                    calls.discard(early)
                 send = call
-            else:
-                reset = _set_current(self._root)
-                if self._announce_close is None:
-                    send = call
+            elif self._announce_close is None:
+                send = call
             app = self._http_app
         elif scope["type"] == "websocket":
             call = partial(_responding, self, scope, send, at := _monotonic())
@@ -317,12 +328,12 @@ class ASGIMiddleware(_Serving):
                 calls.discard(call)
                 await self._refuse(scope, send)
                 return
-            reset = _set_current(self._mark_websocket(call))
+            self._mark_websocket(call)  # its token: the record's own (_lc_token_of)
             app = self._asgi_app
         else:
             await self._asgi_app(scope, receive, send)
             return
-        self._note(call)  # what a copy of this context may mark
+        reset = _set_current(call)  # the request of this context, and its token
         try:
             await app(scope, receive, send)
         finally:
@@ -405,10 +416,30 @@ class ASGIMiddleware(_Serving):
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    def _lc_token_of(self, call: _Call[Awaitable[None]]) -> CancelToken:
+        """`current_token` in a context whose current is ``call``, a request's record.
+
+        The request's own token once it is long-lived (marked from any copy
+        of its context), else the token it began with.
+        """
+        source = self._long_lived.get(call)
+        if source is not None:
+            return source.token
+        args = call.args
+        token: CancelToken = args[4] if len(args) > 4 else self._root
+        return token
+
     def _lc_mark_long_lived(self) -> bool:
-        # The request marked is the one this context noted: its own, or the one
-        # a task or thread was copied from, while that is in progress.
-        call = self._noted.get()
+        # The request marked is the one whose record is current in this
+        # context: its own, or the one a task or thread was copied from, while
+        # that is in progress; or, in a context that marked it already, the one
+        # whose own token is current.
+        current = _current.get(None)
+        call: _Call[Awaitable[None]] | None
+        if current.__class__ is partial:
+            call = current
+        else:
+            call = next((c for c, s in self._long_lived.items() if s.token is current), None)
         if call is None or call not in self._calls:
             return False  # no request of this middleware's, or it ended
         if call not in self._long_lived:

@@ -89,7 +89,7 @@ from typing import Any, ClassVar, Final, NoReturn, cast
 from .._core.errors import DeadlineExceeded
 from .._core.log import get_logger
 from .._core.threads import helper_thread, user_code_thread
-from .._core.tokens import CancelSource, CancelToken, _current, current_token
+from .._core.tokens import CancelSource, CancelToken, CurrentValue, _current, current_token
 from .._core.views import ShutdownView
 from .h1 import (
     DEFAULT_LIMITS,
@@ -1800,7 +1800,7 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
     # unframed responses then close their connection.
     _lc_guard_framing: ClassVar[bool] = False
     # Undoes the token made current for this request only (draining, marked).
-    _lc_token_reset: ContextToken[CancelToken] | None = None
+    _lc_token_reset: ContextToken[CurrentValue] | None = None
     # The user's class's methods that ours wrap, bound per generated class
     # (a direct call is cheaper than super() on the per-request path).
     _lc_next_handle_one_request: Callable[[], None]

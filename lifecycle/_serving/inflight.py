@@ -32,6 +32,7 @@ from .._core.tokens import (
     CancelSource,
     CancelToken,
     DeadlineTimer,
+    _current,
     cancel_in_background,
     current_token,
     on_cancel_inline,
@@ -619,6 +620,10 @@ def current_scope() -> RequestScope | None:
     scope = _scope.get()
     if scope is not None:
         return scope
+    current = _current.get(None)
+    if current.__class__ is functools.partial:  # a request's record: its server is the scope
+        server: RequestScope = current.args[0]
+        return server
     with _scopes_lock:
         ref = _token_scopes.get(current_token())
     return None if ref is None else ref()

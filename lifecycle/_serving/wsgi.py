@@ -40,6 +40,7 @@ Added in 0.1.
 from __future__ import annotations
 
 import contextvars
+import functools
 import socket
 import sys
 import threading
@@ -52,7 +53,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from wsgiref.util import is_hop_by_hop
 
 from .._core.log import get_logger
-from .._core.tokens import _NEVER, CancelSource, CancelToken, _current, current_token
+from .._core.tokens import _NEVER, CancelSource, CancelToken, CurrentValue, _current, current_token
 from .._core.views import ShutdownView
 from .h1 import DEFAULT_LIMITS, Head, Limits, check_response_head
 from .http import (
@@ -394,7 +395,7 @@ class _Lane(Slot):
     )
     # What was current before its streamed body's token, while the server
     # iterates it: set before the body is made.
-    reset: contextvars.Token[CancelToken]
+    reset: contextvars.Token[CurrentValue]
 
     def __init__(self, mw: WSGIMiddleware) -> None:
         super().__init__(self._request_label)
@@ -509,7 +510,7 @@ def _unwind(restored: object) -> None:
     """A close made ``restored`` current again: go past the orphans it uncovers."""
     while restored in _orphans:
         restored = _orphans.pop(restored)
-        _current.set(restored if isinstance(restored, CancelToken) else _NEVER)
+        _current.set(restored if isinstance(restored, (CancelToken, functools.partial)) else _NEVER)
 
 
 # -- the server -------------------------------------------------------------------------
