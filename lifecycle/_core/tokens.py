@@ -1854,19 +1854,24 @@ class CancelSource:
 
 
 _NEVER: Final = CancelToken._make((), None, None)
-CurrentValue = CancelToken | functools.partial[Any]
+CurrentValue = CancelToken | functools.partial[Any] | tuple[Any, ...]
 """What `_current` holds: a token, or a request's record (below)."""
 _current: ContextVar[CurrentValue] = ContextVar("lifecycle_current_token")
-# What is current is a token, or a request's record: a ``functools.partial``
-# whose first argument is the server that made it, and which answers
-# ``server._lc_token_of(record)`` (`lifecycle.ASGIMiddleware`'s requests). A
-# server that writes its record there says with one context variable both
-# the request's token and which request the context belongs to (a context
-# copied from it, a thread it started, is told apart from later requests).
+# What is current is a token, or a request's record: a tuple ``(scope, n,
+# token)`` made per request (`lifecycle.WSGIMiddleware`'s), or a
+# ``functools.partial`` whose first argument is the server that made it and
+# answers ``server._lc_token_of(record)`` (`lifecycle.ASGIMiddleware`'s, whose
+# record is the request's ``send`` too). A server that writes its record there
+# says with one context variable both the request's token and which request
+# the context belongs to (a context copied from it, a thread it started, is
+# told apart from later requests).
 
 
-def _token_of_record(record: functools.partial[Any]) -> CancelToken:
-    token: CancelToken = record.args[0]._lc_token_of(record)
+def _token_of_record(record: functools.partial[Any] | tuple[Any, ...]) -> CancelToken:
+    if record.__class__ is tuple:
+        own: CancelToken = record[2]
+        return own
+    token: CancelToken = record.args[0]._lc_token_of(record)  # type: ignore[union-attr]
     return token
 
 

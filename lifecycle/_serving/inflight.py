@@ -621,6 +621,9 @@ def current_scope() -> RequestScope | None:
     if scope is not None:
         return scope
     current = _current.get(None)
+    if current.__class__ is tuple:  # a request's record: (its scope, n, token)
+        owner: RequestScope = current[0]
+        return owner
     if current.__class__ is functools.partial:  # a request's record: its server is the scope
         server: RequestScope = current.args[0]
         return server

@@ -72,8 +72,6 @@ from .inflight import (
     _on_cancel_inline,
     bind_scope,
     cut_deadline,
-    note_request,
-    noted_request,
 )
 from .stopseq import Waiting, Work, drive_sync
 
@@ -231,7 +229,6 @@ class WSGIMiddleware:
         uses = lane.uses + 1
         lane.uses = uses
         lane.active = True
-        note_request(uses)  # what a copy of this context may mark
         if self._draining:
             shared = self._tokens.draining(self._cut_deadline)
             start_response = _closing_start(environ, start_response)
@@ -239,7 +236,10 @@ class WSGIMiddleware:
             shared = self._root
         if lane.parent is not shared:
             lane.renew(shared)
-        reset = _set_current(lane.token)
+        # One context variable: the request's record, its lane, number and token
+        # (what a copy of this context may mark, and its current_token()).
+        lane.record = record = (lane, uses, lane.token)
+        reset = _set_current(record)
         try:
             result = self.wsgi_app(environ, start_response)
         except BaseException:
@@ -388,6 +388,7 @@ class _Lane(Slot):
         "free",
         "mw",
         "parent",
+        "record",
         "reset",
         "source",
         "token",
@@ -404,6 +405,9 @@ class _Lane(Slot):
         self.parent: CancelToken | None = None  # the shared token the own one descends from
         self.source: CancelSource | None = None
         self.token = mw._tokens.root
+        # What is current in the context of its request in progress (or its
+        # last): (lane, uses, token), made per request.
+        self.record: tuple[_Lane, int, CancelToken] | None = None
         self.tracker = mw.tracker  # these two for the body's close, a lookup less each
         self.free = mw._free
         mw.tracker.open_slot(slot=self)  # closed: begin() refuses its requests
@@ -424,7 +428,8 @@ class _Lane(Slot):
         return "" if environ is None else _label(environ)
 
     def _lc_mark_long_lived(self) -> bool:
-        if not self.active or noted_request() != self.uses:
+        record = _get_current(None)
+        if not self.active or record is not self.record:
             return False  # no request, or not this context's: it ended
         if self.long_lived:
             return True
@@ -478,13 +483,13 @@ class _StreamedBody(chain[bytes]):
             # the first closed first) leaves an orphan that the later close
             # unwinds past.
             reset = lane.reset
-            token = lane.token
-            if _get_current(None) is token:
+            record = lane.record
+            if _get_current(None) is record:
                 _reset_current(reset)
                 if _orphans:
                     _unwind(reset.old_value)
             else:  # out of order, or closed from another context
-                _orphans[token] = reset.old_value
+                _orphans[record] = reset.old_value
                 lane.parent = None  # the lane's next request makes a new token
             # _Lane.end and InFlight.end, inlined: the request is over, the lane free.
             lane.environ = None
@@ -501,16 +506,17 @@ _NO_CLOSE: Final[frozenset[type]] = frozenset(
     type(it) for it in (iter([]), iter(()), iter(""), iter(b""), iter(range(0)), map(str, ()))
 )
 
-# The token of a body closed out of order -> what was current before it. Such
-# a token is never used again (its lane makes a new one): a key is one request.
-_orphans: dict[CancelToken, object] = {}
+# The record of a body closed out of order -> what was current before it. A
+# record is made per request, never current again: a key is one request.
+_orphans: dict[object, object] = {}
 
 
 def _unwind(restored: object) -> None:
     """A close made ``restored`` current again: go past the orphans it uncovers."""
     while restored in _orphans:
         restored = _orphans.pop(restored)
-        _current.set(restored if isinstance(restored, (CancelToken, functools.partial)) else _NEVER)
+        valid = isinstance(restored, (CancelToken, functools.partial, tuple))
+        _current.set(restored if valid else _NEVER)  # type: ignore[arg-type]
 
 
 # -- the server -------------------------------------------------------------------------
