@@ -1121,6 +1121,32 @@ def test_a_mark_from_a_thread_makes_the_request_s_own_token_current_in_the_reque
     assert mw._long_lived == {}
 
 
+def test_a_copy_of_a_long_lived_request_s_context_keeps_its_own_token_once_it_ended():
+    """A thread or copy outliving a websocket, or a request marked long-lived, keeps the
+    request's own token, closed (cancelled) when the request ended: never a live one."""
+    copies: dict[str, contextvars.Context] = {}
+
+    async def inner(scope, receive, send):
+        if scope["type"] == "websocket":
+            copies["websocket"] = contextvars.copy_context()
+            return
+        copies["before the mark"] = contextvars.copy_context()
+        assert lifecycle.mark_long_lived()
+        copies["after the mark"] = contextvars.copy_context()
+
+    mw = ASGIMiddleware(inner)
+
+    async def main():
+        await mw({"type": "websocket", "path": "/ws"}, receive_nothing, Sent())
+        await mw(http_scope("/stream"), receive_nothing, Sent())
+
+    run(main)
+    for name, copy in copies.items():
+        token = copy.run(lifecycle.current_token)
+        assert token is not mw._tokens.root, name
+        assert token.cancelled, name
+
+
 def test_current_token_in_a_request_is_the_middleware_s_and_the_callers_after():
     """Outside any request current_token() is the caller's; inside, the middleware's shared
     token (the root before the drain), whatever the caller had made current."""

@@ -2152,3 +2152,15 @@ def test_realtime_ctrl_c_at_random_points_of_cancels_loses_nothing():
     callback ran once, the callback threads end idle (2 s of rounds, in a child process)."""
     expected: list[object] = []
     assert expected == run_fuzz_in_child("ctrl-c", 2.0)
+
+
+def test_a_token_of_a_subclass_made_current_is_what_current_token_returns():
+    """current_token() tells a request's record from a token by the record's types: a
+    token of a CancelToken subclass made current is returned as it is."""
+
+    class Own(CancelToken):
+        __slots__ = ()
+
+    token = Own._make((), None, None)
+    with use_token(token):
+        assert current_token() is token

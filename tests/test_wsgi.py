@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import http.client
+import http.server
 import json
 import socket
 import socketserver
@@ -1072,3 +1073,76 @@ def test_middleware_request_begun_in_the_drain_answers_before_the_stops_cut():
     assert not client.is_alive()
     assert bodies == [b"late\n"]
     assert answered == [lifecycle.DEADLINE_EXCEEDED]
+
+
+# -- the request's record: what is current in its context -------------------------------
+
+
+def _environ(path: str = "/") -> dict[str, Any]:
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SCRIPT_NAME": "", "wsgi.input": None}
+
+
+def test_a_body_closed_from_another_thread_keeps_neither_the_middleware_nor_the_app_alive():
+    """A server that closes bodies from a writer thread leaves the record behind (the
+    orphans path): the record holds its lane weakly, so dropping the middleware frees it."""
+    import gc  # noqa: PLC0415
+    import weakref  # noqa: PLC0415
+
+    class App:
+        def __call__(self, environ, start_response):
+            start_response("200 OK", [])
+            return (chunk for chunk in [b"x"])
+
+    app = App()
+    mw = WSGIMiddleware(app)
+    for _ in range(3):
+        body = mw(_environ("/s"), lambda *a: None)
+        assert list(body) == [b"x"]
+        closer = threading.Thread(target=body.close)  # type: ignore[attr-defined]
+        closer.start()
+        closer.join(WAIT)
+    refs = weakref.ref(mw), weakref.ref(app)
+    del mw, app, body
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+
+
+def test_a_mark_in_a_middleware_request_inside_an_http_server_marks_the_middleware_s_request():
+    """Nested servers: a WSGIMiddleware called from an HTTPServer handler; mark_long_lived()
+    in the app marks the innermost request (the middleware's), not the connection's."""
+    seen: list[Any] = []
+
+    def app(environ, start_response):
+        seen.append(mark_long_lived())
+        seen.append(mw.tracker.counts())
+        seen.append(srv.tracker.counts())
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    mw = WSGIMiddleware(app)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            status: list[str] = []
+            body = b"".join(mw(_environ(self.path), lambda s, h, e=None: status.append(s)))
+            self.send_response(int(status[0].split()[0]))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):
+            pass
+
+    srv = lifecycle.HTTPServer(Handler, ("127.0.0.1", 0))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.contextmanager(serving)(srv, lambda: None))
+        conn = connect(srv)
+        conn.request("GET", "/x")
+        assert conn.getresponse().read() == b"ok"
+        conn.close()
+    marked, inner, outer = seen
+    assert marked is True
+    assert inner == (0, 1)  # (ordinary, long-lived) of the middleware's requests
+    assert outer == (1, 0)  # the connection's request stays ordinary

@@ -1857,8 +1857,9 @@ _NEVER: Final = CancelToken._make((), None, None)
 CurrentValue = CancelToken | functools.partial[Any] | tuple[Any, ...]
 """What `_current` holds: a token, or a request's record (below)."""
 _current: ContextVar[CurrentValue] = ContextVar("lifecycle_current_token")
-# What is current is a token, or a request's record: a tuple ``(scope, n,
-# token)`` made per request (`lifecycle.WSGIMiddleware`'s), or a
+# What is current is a token, or a request's record: a tuple ``(a weak
+# reference to its scope, n, token)`` made per request
+# (`lifecycle.WSGIMiddleware`'s), or a
 # ``functools.partial`` whose first argument is the server that made it and
 # answers ``server._lc_token_of(record)`` (`lifecycle.ASGIMiddleware`'s, whose
 # record is the request's ``send`` too). A server that writes its record there
@@ -1891,9 +1892,10 @@ def current_token() -> CancelToken:
             return db.execute(sql, timeout=token.remaining())
     """
     value = _current.get(_NEVER)
-    if value.__class__ is CancelToken:
-        return value
-    return _token_of_record(value)  # type: ignore[arg-type]
+    kind = value.__class__
+    if kind is tuple or kind is functools.partial:
+        return _token_of_record(value)  # type: ignore[arg-type]
+    return value  # type: ignore[return-value]
 
 
 @contextmanager

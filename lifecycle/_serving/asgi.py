@@ -420,11 +420,13 @@ class ASGIMiddleware(_Serving):
         """`current_token` in a context whose current is ``call``, a request's record.
 
         The request's own token once it is long-lived (marked from any copy
-        of its context), else the token it began with.
+        of its context), for good: a copy of the context that outlives the
+        request keeps it, closed when the request ended. Else the token it
+        began with.
         """
-        source = self._long_lived.get(call)
-        if source is not None:
-            return source.token
+        own: CancelToken | None = getattr(call, "lc_own_token", None)
+        if own is not None:
+            return own
         args = call.args
         token: CancelToken = args[4] if len(args) > 4 else self._root
         return token
@@ -432,19 +434,13 @@ class ASGIMiddleware(_Serving):
     def _lc_mark_long_lived(self) -> bool:
         # The request marked is the one whose record is current in this
         # context: its own, or the one a task or thread was copied from, while
-        # that is in progress; or, in a context that marked it already, the one
-        # whose own token is current.
-        current = _current.get(None)
-        call: _Call[Awaitable[None]] | None
-        if current.__class__ is partial:
-            call = current
-        else:
-            call = next((c for c, s in self._long_lived.items() if s.token is current), None)
-        if call is None or call not in self._calls:
+        # that is in progress. The record stays current: from now on it
+        # answers the request's own token (_lc_token_of), in every copy.
+        call = _current.get(None)
+        if call.__class__ is not partial or call not in self._calls:
             return False  # no request of this middleware's, or it ended
         if call not in self._long_lived:
             source = self._mark(call)
-            _current.set(source.token)  # for the rest of the request (in this context)
             if call not in self._calls:  # it ended meanwhile (a mark from a thread)
                 self._long_lived.pop(call, None)
                 source.close()
@@ -455,6 +451,9 @@ class ASGIMiddleware(_Serving):
         """Make ``call`` long-lived: a token of its own, cancelled when streams end."""
 
         def keep(source: CancelSource) -> None:
+            # On the record (its instance dictionary, made only for a long-lived
+            # request): what current_token() answers from it, even once ended.
+            call.lc_own_token = source.token  # type: ignore[attr-defined]
             self._long_lived[call] = source
 
         source = self._long_lived_source(keep)

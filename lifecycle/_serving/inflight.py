@@ -614,19 +614,21 @@ def bind_scope(token: CancelToken, scope: RequestScope) -> None:
 def current_scope() -> RequestScope | None:
     """The scope of the request served in this thread or task, or None outside any.
 
-    The scope a server entered (`enter_scope`), else the one bound to
-    `current_token()` (`bind_scope`).
+    The scope of the middleware request whose record is current (innermost:
+    a middleware runs inside a server's connection), else the scope a server
+    entered (`enter_scope`), else the one bound to `current_token()`
+    (`bind_scope`).
     """
-    scope = _scope.get()
-    if scope is not None:
-        return scope
     current = _current.get(None)
-    if current.__class__ is tuple:  # a request's record: (its scope, n, token)
-        owner: RequestScope = current[0]
+    if current.__class__ is tuple:  # a request's record: (a weak ref. to its scope, n, token)
+        owner: RequestScope | None = current[0]()
         return owner
     if current.__class__ is functools.partial:  # a request's record: its server is the scope
         server: RequestScope = current.args[0]
         return server
+    scope = _scope.get()
+    if scope is not None:
+        return scope
     with _scopes_lock:
         ref = _token_scopes.get(current_token())
     return None if ref is None else ref()

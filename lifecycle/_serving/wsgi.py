@@ -44,6 +44,7 @@ import functools
 import socket
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from itertools import chain
 from types import TracebackType
@@ -238,7 +239,7 @@ class WSGIMiddleware:
             lane.renew(shared)
         # One context variable: the request's record, its lane, number and token
         # (what a copy of this context may mark, and its current_token()).
-        lane.record = record = (lane, uses, lane.token)
+        lane.record = record = (lane.ref, uses, lane.token)
         reset = _set_current(record)
         try:
             result = self.wsgi_app(environ, start_response)
@@ -389,6 +390,7 @@ class _Lane(Slot):
         "mw",
         "parent",
         "record",
+        "ref",
         "reset",
         "source",
         "token",
@@ -406,8 +408,11 @@ class _Lane(Slot):
         self.source: CancelSource | None = None
         self.token = mw._tokens.root
         # What is current in the context of its request in progress (or its
-        # last): (lane, uses, token), made per request.
-        self.record: tuple[_Lane, int, CancelToken] | None = None
+        # last): (ref, uses, token), made per request. A weak reference to
+        # the lane: a record kept (by a context, or a body closed out of
+        # order) keeps neither the lane nor the middleware alive.
+        self.ref = weakref.ref(self)
+        self.record: tuple[weakref.ref[_Lane], int, CancelToken] | None = None
         self.tracker = mw.tracker  # these two for the body's close, a lookup less each
         self.free = mw._free
         mw.tracker.open_slot(slot=self)  # closed: begin() refuses its requests
