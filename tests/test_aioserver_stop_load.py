@@ -209,6 +209,10 @@ class RefillingQueue:
     def setsockopt(self, *args: object) -> None:
         """The take-in's socket filter (refusing new handshakes): nothing to refuse here."""
 
+    def getsockopt(self, *args: object) -> int:
+        """Not of a SO_REUSEPORT group (the only option the take-in reads)."""
+        return 0
+
     def accept(self) -> tuple[socket.socket, Any]:
         self.calls += 1
         if self.clock is not None:

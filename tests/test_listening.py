@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import http.server
+import json
+import os
+import shutil
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +123,77 @@ def test_off_linux_nothing_is_refused(monkeypatch: pytest.MonkeyPatch):
     with socket.create_server(("127.0.0.1", 0)) as listener:
         assert refuse_new_connections(listener) is False
         assert _connects(listener.getsockname()[1], 5)
+
+
+def _can_make_a_network_namespace() -> bool:
+    if sys.platform != "linux" or os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        return False
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _can_make_a_network_namespace(), reason="needs root, unshare, ip and /dev/net/tun"
+)
+def test_a_handshake_under_way_when_refusing_begins_completes_and_is_taken_in():
+    """The filter drops SYNs only: a handshake whose SYN was answered before the refusal
+    (its last ACK, with the request, arrives after it) completes, and is accepted with its
+    request; a SYN sent after it gets no answer. Packets in a fixed order, through a tun
+    device in a network namespace of the test's own."""
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.procs.halfopen"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"refused": True, "taken": ["GET / HTTP/1.1\r\nHost: x\r\n\r\n"], "late": None}
+
+
+@linux_only
+def test_a_socket_of_a_reuseport_group_is_not_filtered():
+    """A SYN dropped on one socket of a SO_REUSEPORT group would not go to another."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        assert refuse_new_connections(listener) is False
+        assert _connects(listener.getsockname()[1], 5)
+
+
+def _filter_length(sock: socket.socket) -> int:
+    """Instructions of the socket filter attached to ``sock`` (0: none)."""
+    return len(sock.getsockopt(socket.SOL_SOCKET, 26, 1024))  # SO_GET_FILTER
+
+
+@linux_only
+@pytest.mark.parametrize("given", [False, True])
+def test_the_stop_filters_the_server_s_own_socket_only(given, monkeypatch: pytest.MonkeyPatch):
+    """While the stop takes in the queue: its own socket refuses new handshakes; a socket
+    it was given, which others hold too, is left as it is (it refuses for them otherwise)."""
+    seen: list[int] = []
+    take_queued = lifecycle.HTTPServer._take_queued
+
+    def watching(self, sock):
+        seen.append(_filter_length(sock))
+        return take_queued(self, sock)
+
+    monkeypatch.setattr(lifecycle.HTTPServer, "_take_queued", watching)
+    if given:
+        listener = socket.create_server(("127.0.0.1", 0))
+        kept = listener.dup()  # the other holder's descriptor
+        server = lifecycle.HTTPServer(http.server.BaseHTTPRequestHandler, sock=listener)
+    else:
+        kept = None
+        server = lifecycle.HTTPServer(http.server.BaseHTTPRequestHandler, ("127.0.0.1", 0))
+    server.start(lifecycle.CancelSource().token)
+    server.stop(lifecycle.CancelSource(timeout=5).token)
+    if kept is not None:
+        with kept:
+            assert _filter_length(kept) == 0
+    assert seen == [0] if given else seen == [4]

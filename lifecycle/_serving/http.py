@@ -119,7 +119,7 @@ from .inflight import (
     note_request,
     noted_request,
 )
-from .listening import admit_new_connections, refuse_new_connections
+from .listening import refuse_new_connections
 from .stopseq import CUT_MARGIN, FIRST_REQUEST_GRACE, LOG_CUT_LIMIT, Waiting, Work, drive_sync
 
 __all__ = [
@@ -643,7 +643,6 @@ class _StreamServer:
         assert self._wake is not None
         sock = listener.socket
         sock.setblocking(False)
-        refused = False
         wake = self._wake[0]
         wake.setblocking(False)
         try:
@@ -675,16 +674,18 @@ class _StreamServer:
             # empties, so the taking is bounded by what the queue can hold
             # and by time, and nothing is served until the socket is closed:
             # a client served meanwhile would connect again and refill it.
-            # New handshakes are refused first, so none completes between
-            # the last accept and the close (which would reset it).
-            refused = refuse_new_connections(sock)
+            # New handshakes are refused first, so that only those already
+            # under way can complete between the last accept and the close
+            # (which would reset them). Not on a socket the server was given:
+            # others hold it too, and it stays open (nothing is reset) while
+            # they do; a filter there would refuse for them as well.
+            if self._sock is None:
+                refuse_new_connections(sock)
             self._take_queued(sock)
         except Exception:  # noqa: BLE001 - the loop must end with the listener closed
             _log.exception("accept loop crashed", component=self.name)
         finally:
             self._listening = False
-            if refused and self._sock is not None:
-                admit_new_connections(sock)  # a given socket may serve on elsewhere
             listener.server_close()
             self._spawn_taken()
             self._listener_closed.set()

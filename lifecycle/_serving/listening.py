@@ -7,7 +7,8 @@ so that their names (``KIND:HOST:PORT`` until one is given), their
 Every server's stop takes in what the kernel queued on its listening socket,
 then closes it. A connection the kernel completes between the last
 ``accept()`` and the close would be reset by the close, after its client
-already sent a request; `refuse_new_connections` closes that window.
+already sent a request; `refuse_new_connections` narrows that window to the
+handshakes already under way when the stop began.
 
 Added in 0.2.
 """
@@ -26,8 +27,17 @@ __all__ = ["Listening", "admit_new_connections", "refuse_new_connections"]
 # Linux's socket options for a classic BPF program on a socket (asm-generic/socket.h).
 _SO_ATTACH_FILTER: Final = 26
 _SO_DETACH_FILTER: Final = 27
-# One instruction, BPF_RET | BPF_K with k = 0: keep no byte of any packet.
-_DROP_ALL: Final = bytes([0x06, 0, 0, 0, 0, 0, 0, 0])
+# struct sock_filter {u16 code; u8 jt; u8 jf; u32 k;}. A TCP socket's filter sees
+# each segment from its TCP header on: byte 13 holds the flags.
+_DROP_SYN: Final = b"".join(
+    struct.pack("HBBI", code, jt, jf, k)
+    for code, jt, jf, k in (
+        (0x30, 0, 0, 13),  # BPF_LD | BPF_B | BPF_ABS: A = the flags byte
+        (0x45, 0, 1, 0x02),  # BPF_JMP | BPF_JSET | BPF_K: SYN set? next : skip one
+        (0x06, 0, 0, 0),  # BPF_RET | BPF_K: keep nothing (a new connection attempt)
+        (0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET | BPF_K: keep all (a handshake's last ACK, data)
+    )
+)
 
 
 def refuse_new_connections(sock: socket.socket) -> bool:
@@ -37,9 +47,14 @@ def refuse_new_connections(sock: socket.socket) -> bool:
     client's SYN is dropped, so its handshake never completes on this
     socket: it retries after about a second, and meets the closed listener
     (connection refused, which a client or a load balancer handles) instead
-    of a reset after its request was sent. Linux only (a socket filter that
-    keeps nothing); elsewhere, or if the kernel refuses the filter, False
-    and nothing changes.
+    of a reset after its request was sent. A handshake already under way
+    (its SYN answered) still completes and is queued: only segments with the
+    SYN flag are dropped, its last ACK is not. For a socket the server made
+    itself: a filter replaces any the socket had, and a socket others hold
+    too (one the server was given) would refuse for them as well. Linux
+    only (a socket filter); False, and nothing changes, elsewhere, if the
+    kernel refuses the filter, or for a socket of a ``SO_REUSEPORT`` group
+    (a SYN dropped here would not go to another socket of the group).
 
     Example::
 
@@ -47,10 +62,12 @@ def refuse_new_connections(sock: socket.socket) -> bool:
     """
     if sys.platform != "linux":
         return False
-    program = ctypes.create_string_buffer(_DROP_ALL, len(_DROP_ALL))
+    program = ctypes.create_string_buffer(_DROP_SYN, len(_DROP_SYN))
     # struct sock_fprog {unsigned short len; struct sock_filter *filter;}, native layout.
-    fprog = struct.pack("HP", 1, ctypes.addressof(program))
+    fprog = struct.pack("HP", len(_DROP_SYN) // 8, ctypes.addressof(program))
     try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+            return False
         sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
     except OSError:
         return False
