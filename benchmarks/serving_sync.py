@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         "--direct-rounds", type=int, default=40, help="alternating rounds of the in-process rows"
     )
     parser.add_argument(
-        "--direct-processes", type=int, default=3, help="processes the in-process rows run in"
+        "--direct-processes", type=int, default=7, help="processes the in-process rows run in"
     )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--direct-child", action="store_true", help=argparse.SUPPRESS)
@@ -687,8 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "added: time per request with lifecycle minus without, in process (CPU-bound, no I/O):\n"
         f"best of {args.direct_rounds} alternating rounds of 1000 requests, median over "
-        f"{args.direct_processes} processes\n(each has its own hash seed, which moves attribute "
-        "lookups by a few tenths of a µs).\n"
+        f"{args.direct_processes} processes\n(each has its own hash seed and memory layout, "
+        "which move a row by up to several µs in some processes).\n"
     )
     rows = run(args.rounds, args.seconds, args.clients)
     print(
