@@ -34,7 +34,7 @@ def _checksum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
-    return ~total & 0xFFFF
+    return int(~total & 0xFFFF)
 
 
 class Client:
@@ -47,7 +47,9 @@ class Client:
         subprocess.run(["ip", "addr", "add", "10.9.0.1/24", "dev", "tun0"], check=True)
         subprocess.run(["ip", "link", "set", "tun0", "up"], check=True)
 
-    def send(self, sport: int, dport: int, seq: int, ack: int, flags: int, data: bytes = b"") -> None:
+    def send(
+        self, sport: int, dport: int, seq: int, ack: int, flags: int, data: bytes = b""
+    ) -> None:
         tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + data
         check = _checksum(_CLIENT + _SERVER + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
         tcp = tcp[:16] + struct.pack("!H", check) + tcp[18:]
@@ -79,7 +81,8 @@ def main() -> None:
     port = listener.getsockname()[1]
     client.send(40001, port, 1000, 0, _SYN)  # a handshake begins before the stop
     answer = client.receive(port, 40001)
-    assert answer is not None and answer[1] == _SYN | _ACK, answer
+    assert answer is not None, "no SYN-ACK from the listener"
+    assert answer[1] == _SYN | _ACK, answer
     refused = refuse_new_connections(listener)
     client.send(40001, port, 1001, answer[0] + 1, _PSH | _ACK, _REQUEST)  # its last ACK
     client.send(40002, port, 5000, 0, _SYN)  # a new handshake, after the refusal began
