@@ -62,6 +62,7 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 
 import lifecycle
+from benchmarks._children import in_children
 from lifecycle._serving.aioserver import AsyncStreamServer
 from lifecycle._serving.asgi import ASGIMiddleware
 
@@ -440,16 +441,7 @@ def direct_in_children(processes: int) -> list[tuple[float, float]]:
 
     Returns ``[(plain, through)]`` for `direct_call_cost` and `direct_request_cost`.
     """
-    runs = []
-    for _ in range(processes):
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.serving_async", "--direct-child"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-            timeout=600,
-        )
-        runs.append(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+    runs = in_children("benchmarks.serving_async", ["--direct-child"], processes)
     return [
         (statistics.median(run[i][0] for run in runs), statistics.median(run[i][1] for run in runs))
         for i in range(2)

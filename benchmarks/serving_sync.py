@@ -83,6 +83,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.simple_server import WSGIServer as WsgirefServer
 
+from benchmarks._children import in_children
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.97
 ADDED_TARGET_US = 1.0  # what lifecycle may add per request, in µs of CPU
@@ -617,23 +619,9 @@ def direct(rounds: int, requests: int = 1000) -> list[DirectRow]:
 
 def direct_in_children(rounds: int, processes: int) -> list[DirectRow]:
     """`direct` in ``processes`` fresh child processes; per row, the median of each number."""
-    runs = []
-    for _ in range(processes):
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.serving_sync",
-                "--direct-child",
-                "--direct-rounds",
-                str(rounds),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-            timeout=600,
-        )
-        runs.append(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+    runs = in_children(
+        "benchmarks.serving_sync", ["--direct-child", "--direct-rounds", str(rounds)], processes
+    )
     return [
         DirectRow(
             label,
