@@ -15,7 +15,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.simple_server import WSGIServer as WsgirefServer
@@ -1078,18 +1078,6 @@ def test_middleware_request_begun_in_the_drain_answers_before_the_stops_cut():
 # -- the request's record: what is current in its context -------------------------------
 
 
-def _write(data: bytes) -> None:
-    """The ``write`` a WSGI server returns from ``start_response`` (unused here)."""
-
-
-def _start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], object]:
-    return _write
-
-
-def _environ(path: str = "/") -> dict[str, Any]:
-    return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SCRIPT_NAME": "", "wsgi.input": None}
-
-
 def test_a_body_closed_from_another_thread_keeps_neither_the_middleware_nor_the_app_alive():
     """A server that closes bodies from a writer thread leaves the record behind (the
     orphans path): the record holds its lane weakly, so dropping the middleware frees it."""
@@ -1104,7 +1092,7 @@ def test_a_body_closed_from_another_thread_keeps_neither_the_middleware_nor_the_
     app = App()
     mw = WSGIMiddleware(app)
     for _ in range(3):
-        body = mw(_environ("/s"), _start_response)
+        body = mw(environ_for("/s"), Recorder())
         assert list(body) == [b"x"]
         closer = threading.Thread(target=body.close)  # type: ignore[attr-defined]
         closer.start()
@@ -1133,13 +1121,9 @@ def test_a_mark_in_a_middleware_request_inside_an_http_server_marks_the_middlewa
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
-            status: list[str] = []
-            def start_response(s: str, h: Any, e: Any = None) -> Callable[[bytes], object]:
-                status.append(s)
-                return _write
-
-            body = b"".join(mw(_environ(self.path), start_response))
-            self.send_response(int(status[0].split()[0]))
+            recorder = Recorder()
+            body = b"".join(mw(environ_for(self.path), recorder))
+            self.send_response(int(recorder.calls[0][0].split()[0]))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
