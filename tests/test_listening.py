@@ -15,6 +15,7 @@ import pytest
 
 import lifecycle
 from lifecycle._serving.listening import (
+    _SO_ATTACH_FILTER,
     Listening,
     admit_new_connections,
     refuse_new_connections,
@@ -168,7 +169,7 @@ def test_a_socket_of_a_reuseport_group_is_not_filtered():
 
 def _filter_length(sock: socket.socket) -> int:
     """Instructions of the socket filter attached to ``sock`` (0: none)."""
-    return len(sock.getsockopt(socket.SOL_SOCKET, 26, 1024))  # SO_GET_FILTER
+    return len(sock.getsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, 1024))  # SO_GET_FILTER
 
 
 @linux_only
@@ -196,4 +197,4 @@ def test_the_stop_filters_the_server_s_own_socket_only(given, monkeypatch: pytes
     if kept is not None:
         with kept:
             assert _filter_length(kept) == 0
-    assert seen == [0] if given else seen == [4]
+    assert seen == ([0] if given else [4])
