@@ -11,8 +11,10 @@ keep-alive), inside a lifecycle `App` of its own, and on SIGTERM:
 
 1. readiness turns off at once (`ready` is False; answer your ``/readyz``
    with it) and the drain delay begins: the worker keeps accepting and
-   serving, every response now says ``Connection: close`` and its connection
-   is closed after it, so no client's next request races a close;
+   serving, and once the runner's thread has fired the shutdown token (a
+   moment after the signal handler returns; never inside it) every response
+   says ``Connection: close`` and its connection is closed after it, so no
+   client's next request races a close;
 2. then the worker closes its copy of the listening socket after taking in
    what the kernel had queued, closes idle connections, finishes the
    requests in flight, asks long-lived ones to end (`mark_long_lived`), and

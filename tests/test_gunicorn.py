@@ -51,6 +51,7 @@ class Gunicorn:
         app: str = "lc_gunicorn_worker:application",
     ):
         self.port = free_port()
+        self.clients: list[http.client.HTTPConnection | socket.socket] = []
         self.log_path = tmp / "gunicorn.log"
         argv = [
             sys.executable,
@@ -106,6 +107,29 @@ class Gunicorn:
         finally:
             conn.close()
 
+    def connect(self, timeout: float = BOUND) -> http.client.HTTPConnection:
+        """A client connection, closed with the fixture if the test ends before closing it."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        self.clients.append(conn)
+        return conn
+
+    def connect_raw(self) -> socket.socket:
+        """A connected socket, closed with the fixture if the test ends before closing it."""
+        client = socket.create_connection(("127.0.0.1", self.port), timeout=BOUND)
+        self.clients.append(client)
+        return client
+
+    def connection_header(self, path: str) -> str | None:
+        """The Connection header of the response to GET ``path`` on a new connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            return response.getheader("Connection")
+        finally:
+            conn.close()
+
     def kill(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
@@ -119,6 +143,8 @@ class Gunicorn:
         return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
+        for client in self.clients:
+            client.close()
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
@@ -150,13 +176,17 @@ def test_responses_say_connection_close_during_the_drain(gunicorn):
     closed its copy of the socket (/readyz 503 on them), a kept-alive connection's next
     response says Connection: close and the worker closes it; gunicorn exits 0."""
     g = gunicorn(drain=3.0)
-    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=5)
+    conn = g.connect(timeout=5)
     conn.request("GET", "/work?ms=0")
     before = conn.getresponse()
     before.read()
     assert before.getheader("Connection") is None  # kept alive
     g.kill(signal.SIGTERM)
-    until("/readyz 503 (the worker is draining)", lambda: g.status("/readyz") == 503)
+    # Readiness turns off in the signal handler; the servers learn of the drain
+    # from the shutdown token, fired by another thread a moment later: wait for
+    # that (a new connection's response says close), not for the 503 alone.
+    until("the worker to drain", lambda: g.connection_header("/work?ms=0") == "close")
+    assert g.status("/readyz") == 503
     conn.request("GET", "/work?ms=0")  # the same connection
     during = conn.getresponse()
     assert during.read() == b"done\n"
@@ -170,7 +200,7 @@ def test_a_request_in_flight_at_sigterm_completes(gunicorn, tmp_path):
     """A request in flight when the master gets SIGTERM is answered in full; exit 0."""
     g = gunicorn()
     mark = tmp_path / "in-flight"
-    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=BOUND)
+    conn = g.connect()
     conn.request("GET", f"/hold?ms=1000&mark={mark}")
     until("the request to be in flight", mark.exists)
     g.kill(signal.SIGTERM)
@@ -188,7 +218,7 @@ def test_a_stuck_handler_is_cut_within_graceful_timeout(gunicorn, tmp_path):
     graceful = 3
     g = gunicorn(graceful=graceful)
     mark = tmp_path / "stuck"
-    client = socket.create_connection(("127.0.0.1", g.port), timeout=BOUND)
+    client = g.connect_raw()
     client.sendall(f"GET /hold?ms=60000&mark={mark} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     until("the request to be in flight", mark.exists)
     began = time.monotonic()
@@ -281,7 +311,7 @@ def test_a_quick_stop_keeps_the_whole_budget_for_requests_in_flight(gunicorn, tm
     budget (graceful 6 s less 1 s), not the budget less the drain, and is answered in full."""
     g = gunicorn(drain=2.5, graceful=6)
     mark = tmp_path / "in-flight"
-    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=BOUND)
+    conn = g.connect()
     conn.request("GET", f"/hold?ms=3500&mark={mark}")
     until("the request to be in flight", mark.exists)
     g.kill(signum)
@@ -298,7 +328,7 @@ def test_with_a_drain_delay_the_cut_comes_cut_margin_before_the_budget(gunicorn,
     the budget, counted from SIGTERM -- the drain is inside the budget, nothing more is lost."""
     g = gunicorn(drain=1.0, graceful=4)
     mark = tmp_path / "stuck"
-    client = socket.create_connection(("127.0.0.1", g.port), timeout=BOUND)
+    client = g.connect_raw()
     client.sendall(f"GET /hold?ms=60000&mark={mark} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     until("the request to be in flight", mark.exists)
     began = time.monotonic()
