@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -198,3 +199,36 @@ def test_the_stop_filters_the_server_s_own_socket_only(given, monkeypatch: pytes
         with kept:
             assert _filter_length(kept) == 0
     assert seen == ([0] if given else [4])
+
+
+@linux_only
+@pytest.mark.parametrize("kind", ["HTTPServer", "AsyncStreamServer"])
+def test_a_filter_the_kernel_refuses_is_said_once_in_the_log_naming_the_server(
+    kind, monkeypatch: pytest.MonkeyPatch, log_events
+):
+    """The kernel refusing the filter (a seccomp policy, an old kernel; here an option
+    number it does not know) leaves the stop as it was, and says so, naming the server."""
+    monkeypatch.setattr("lifecycle._serving.listening._SO_ATTACH_FILTER", 0x7FFF)
+    if kind == "HTTPServer":
+        server = lifecycle.HTTPServer(
+            http.server.BaseHTTPRequestHandler, ("127.0.0.1", 0), name="web"
+        )
+        server.start(lifecycle.CancelSource().token)
+        server.stop(lifecycle.CancelSource(timeout=5).token)
+    else:
+
+        async def handle(reader, writer):
+            writer.close()
+
+        async def main():
+            server = lifecycle.AsyncStreamServer(handle, "127.0.0.1", 0, name="web")
+            await server.start(lifecycle.CancelSource().token)
+            await server.stop(lifecycle.CancelSource(timeout=5).token)
+
+        asyncio.run(main())
+    said = [e for e in log_events if e["event"].startswith("listener filter not attached")]
+    assert len(said) == 1, log_events
+    assert said[0]["component"] == "web"
+    assert said[0]["log_level"] == "info"
+    assert "reset" in said[0]["event"]
+    assert said[0]["error"]

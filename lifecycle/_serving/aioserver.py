@@ -1060,7 +1060,7 @@ async def take_in_queued_then_close(
     until = None if timeout is None else time.monotonic() + timeout
     listening = [sock.dup() for sock in listener.sockets]  # sockets we may accept() on
     for sock in listening:  # no handshake completes between the last accept and the close
-        refuse_new_connections(sock)
+        refuse_new_connections(sock, name)
     try:
         queued = [
             conn

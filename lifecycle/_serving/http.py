@@ -680,7 +680,7 @@ class _StreamServer:
             # others hold it too, and it stays open (nothing is reset) while
             # they do; a filter there would refuse for them as well.
             if self._sock is None:
-                refuse_new_connections(sock)
+                refuse_new_connections(sock, self.name)
             self._take_queued(sock)
         except Exception:  # noqa: BLE001 - the loop must end with the listener closed
             _log.exception("accept loop crashed", component=self.name)

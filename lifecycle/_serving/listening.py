@@ -22,7 +22,11 @@ import struct
 import sys
 from typing import ClassVar, Final
 
+from .._core.log import get_logger
+
 __all__ = ["Listening", "admit_new_connections", "refuse_new_connections"]
+
+_log = get_logger()
 
 # Linux's socket options for a classic BPF program on a socket (asm-generic/socket.h).
 _SO_ATTACH_FILTER: Final = 26
@@ -40,7 +44,7 @@ _DROP_SYN: Final = b"".join(
 )
 
 
-def refuse_new_connections(sock: socket.socket) -> bool:
+def refuse_new_connections(sock: socket.socket, name: str | None = None) -> bool:
     """Make the kernel drop new connection attempts to the listening ``sock``; True if it does.
 
     What the kernel already queued stays queued, to be accepted; a new
@@ -54,11 +58,13 @@ def refuse_new_connections(sock: socket.socket) -> bool:
     too (one the server was given) would refuse for them as well. Linux
     only (a socket filter); False, and nothing changes, elsewhere, if the
     kernel refuses the filter, or for a socket of a ``SO_REUSEPORT`` group
-    (a SYN dropped here would not go to another socket of the group).
+    (a SYN dropped here would not go to another socket of the group). When
+    the kernel refuses the filter (a seccomp policy, a kernel without socket
+    filters) one line at INFO says so, naming the server ``name``.
 
     Example::
 
-        refuse_new_connections(listening)   # then accept what is queued, then close
+        refuse_new_connections(listening, "web")   # then accept what is queued, then close
     """
     if sys.platform != "linux":
         return False
@@ -69,7 +75,14 @@ def refuse_new_connections(sock: socket.socket) -> bool:
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
             return False
         sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
-    except OSError:
+    except OSError as error:
+        _log.info(
+            "listener filter not attached: a client whose handshake completes between "
+            "the last accept and the close may be reset",
+            component=name,
+            error=str(error),
+            hint="allow setsockopt(SO_ATTACH_FILTER) to the process (seccomp)",
+        )
         return False
     return True
 
