@@ -478,12 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.weight)
         return 0
+    # The table (or a child's JSON line) goes to stdout; lifecycle's log (the
+    # direct rows run an app) to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     if args.direct_child:
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
         print(json.dumps([direct_call_cost(), direct_request_cost()]))
         return 0
-    # The table goes to stdout; lifecycle's log (the direct rows run an app here) to stderr.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     weights = [w for w in args.weights.split(",") if w]
     unknown = [w for w in weights if w not in WEIGHTS]
     if unknown:

@@ -89,23 +89,24 @@ class Gunicorn:
             print(self.log())
             raise
 
-    def body(self, path: str) -> bytes:
+    def get(self, path: str) -> tuple[http.client.HTTPResponse, bytes]:
+        """GET ``path`` on a new connection, closed after: the response and its body."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
             conn.request("GET", path)
-            return conn.getresponse().read()
+            response = conn.getresponse()
+            return response, response.read()
         finally:
             conn.close()
 
+    def body(self, path: str) -> bytes:
+        return self.get(path)[1]
+
     def status(self, path: str) -> int | None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
-            conn.request("GET", path)
-            return conn.getresponse().status
+            return self.get(path)[0].status
         except OSError:
             return None
-        finally:
-            conn.close()
 
     def connect(self, timeout: float = BOUND) -> http.client.HTTPConnection:
         """A client connection, closed with the fixture if the test ends before closing it."""
@@ -121,14 +122,7 @@ class Gunicorn:
 
     def connection_header(self, path: str) -> str | None:
         """The Connection header of the response to GET ``path`` on a new connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            response.read()
-            return response.getheader("Connection")
-        finally:
-            conn.close()
+        return self.get(path)[0].getheader("Connection")
 
     def kill(self, signum: int) -> None:
         self.proc.send_signal(signum)
