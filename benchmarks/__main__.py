@@ -149,6 +149,14 @@ BENCHES: tuple[Bench, ...] = (
         smoke=("--rounds", "4"),
     ),
     Bench(
+        "counted",
+        "per-request cost counted on a simulated CPU (cachegrind): the same every run",
+        "the same request paths without lifecycle",
+        smoke=None,  # the suite runs every row's request path (tests/test_counted.py)
+        needs=("valgrind",),
+        timeout=3600.0,
+    ),
+    Bench(
         "grpc",
         "lifecycle.grpc.Server per-RPC cost",
         "a plain grpc.server",
