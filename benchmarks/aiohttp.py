@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -183,6 +184,27 @@ def measure(
     return measured, ratios
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def direct_handlers(count: int) -> tuple[Handler, Handler, list[web.Request]]:
+    """In a running loop: the hello-world app's request handler, the same through
+    `lifecycle.aiohttp.Server`'s, and ``count`` prepared requests for them.
+
+    The server's token is made current in the calling context, as it is in a
+    served request's task (which descends from the listener's context).
+    """
+    application = hello_app()
+    server = lifecycle.aiohttp.Server(application, "127.0.0.1", 0)
+    application._set_loop(asyncio.get_running_loop())
+    application.freeze()
+    plain = application._handle
+    server._app_handler = plain  # type: ignore[assignment]
+    requests = [make_mocked_request("GET", "/work", app=application) for _ in range(count)]
+    _current.set(server._tokens.root)
+    return plain, server._handle, requests
+
+
 def direct_cost(calls: int = 2_000, rounds: int = 60) -> tuple[float, float]:
     """CPU microseconds per request handled without sockets: the app's, and through the server.
 
@@ -193,17 +215,7 @@ def direct_cost(calls: int = 2_000, rounds: int = 60) -> tuple[float, float]:
     """
 
     async def both() -> tuple[float, float]:
-        application = hello_app()
-        server = lifecycle.aiohttp.Server(application, "127.0.0.1", 0)
-        application._set_loop(asyncio.get_running_loop())
-        application.freeze()
-        plain_handler = application._handle
-        server._app_handler = plain_handler  # type: ignore[assignment]
-        wrapped_handler = server._handle
-        requests = [make_mocked_request("GET", "/work", app=application) for _ in range(calls)]
-        # A served request's task descends from the listener's context, which holds
-        # the server's token: the same here.
-        _current.set(server._tokens.root)
+        plain_handler, wrapped_handler, requests = direct_handlers(calls)
         plain = wrapped = float("inf")
         for _ in range(rounds):
             began = time.thread_time_ns()

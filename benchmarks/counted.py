@@ -72,7 +72,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -115,16 +114,6 @@ def _wsgi(with_lifecycle: bool, n: int) -> float:
     return serving_sync._handler_run(server._wrap_handler(), server, n)
 
 
-def _untracked(app: Any) -> Any:
-    """``app`` as a WSGI server that is not lifecycle's calls it (its environ says nothing)."""
-
-    def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
-        environ.pop("lifecycle.tracked", None)
-        return app(environ, start_response)
-
-    return wsgi
-
-
 def _wsgi_mw(streamed: bool) -> Callable[[bool, int], float]:
     def side(with_lifecycle: bool, n: int) -> float:
         import lifecycle  # noqa: PLC0415
@@ -134,7 +123,7 @@ def _wsgi_mw(streamed: bool) -> Callable[[bool, int], float]:
         inner = serving_sync.streamed_wsgi_app if streamed else serving_sync.wsgi_app
         app = lifecycle.WSGIMiddleware(inner, lifecycle.App("bench")) if with_lifecycle else inner
         # Served by the WSGI adapter handler bare, the same wrapper on both sides.
-        server = WSGIServer(_untracked(app))
+        server = WSGIServer(serving_sync.hide_tracking(app))
         return serving_sync._handler_run(server.handler_class, None, n)
 
     return side
@@ -164,24 +153,12 @@ def _uvicorn(name: str, *, middleware_only: bool = False) -> Callable[[bool, int
 
 
 def _aiohttp(with_lifecycle: bool, n: int) -> float:
-    from aiohttp.test_utils import make_mocked_request  # noqa: PLC0415
-
-    import lifecycle.aiohttp  # noqa: PLC0415
     from benchmarks import aiohttp as bench  # noqa: PLC0415
-    from lifecycle._core.tokens import _current  # noqa: PLC0415
 
     async def calls() -> float:
-        application = bench.hello_app()
-        server = lifecycle.aiohttp.Server(application, "127.0.0.1", 0)
-        application._set_loop(asyncio.get_running_loop())
-        application.freeze()
-        server._app_handler = application._handle  # type: ignore[assignment]
-        handler = server._handle if with_lifecycle else application._handle
-        prepared = max(n, PREPARED)
-        requests = [make_mocked_request("GET", "/work", app=application) for _ in range(prepared)]
+        plain, wrapped, requests = bench.direct_handlers(max(n, PREPARED))
+        handler = wrapped if with_lifecycle else plain
         requests = requests[:n]
-        # A served request's task descends from the listener's context (the server's token).
-        _current.set(server._tokens.root)
         began = time.thread_time()
         for request in requests:
             await handler(request)
