@@ -51,6 +51,7 @@ import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from typing import Any, ClassVar, Final, TypeVar, cast, overload
@@ -605,7 +606,9 @@ class _GrpcServer:
         self._stopped = False
         # method -> (handler, its behaviour, wrapped handler)
         self._wrapped: dict[str, tuple[Any, Any, Any]] = {}
-        self._free: list[_Call] = []  # slots of RPCs that ended, for the next ones
+        # Slots of RPCs that ended, for the next ones. A deque: atomic pop and append,
+        # no reallocation as it empties and refills RPC after RPC (a list's).
+        self._free: deque[_Call] = deque()
 
     def __repr__(self) -> str:
         if self._stopped:
