@@ -2075,3 +2075,84 @@ def test_the_threaded_runner_renders_a_round_once_its_sync_stops_began(monkeypat
         structlog.reset_defaults()
     assert sorted(began) == [f"s{i}" for i in range(5)]
     assert seen_at_render == [5] * 5  # every STOPPING line rendered after all five began
+
+
+def _stop_tasks(besides: asyncio.Task[Any] | None) -> list[str]:
+    return sorted(
+        task.get_name()
+        for task in asyncio.all_tasks()
+        if task is not besides and task.get_name().endswith(".stop")
+    )
+
+
+def test_asyncio_runner_begins_each_call_before_it_makes_the_next(log_events):
+    """Stops due together begin in turn: the first runs before the others are made.
+
+    Made all at once, they would all begin only after the last was made: the
+    critical path of a graph would pay every layer's making.
+    """
+    app = App()
+    seen: dict[str, list[str]] = {}
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def stop(self, token: CancelToken) -> None:
+            seen[self.name] = _stop_tasks(asyncio.current_task())
+            await asyncio.sleep(0)
+
+    for i in range(5):
+        app.add(Part(f"p{i}"), name=f"p{i}")
+
+    async def main() -> int | None:
+        async with AsyncioRunner(app, signals=None) as runner:
+            pass
+        return runner.exit_code
+
+    assert asyncio.run(main()) == ExitCode.OK
+    assert sorted(seen) == [f"p{i}" for i in range(5)]
+    first = min(seen, key=lambda name: len(seen[name]))
+    assert seen[first] == [], seen
+
+
+def test_asyncio_runner_cancelled_between_calls_still_makes_the_rest(log_events):
+    """The loop's owner cancels the runner as a round's first stop begins: no stop is dropped.
+
+    The round's other stops are still made and the shutdown completes (not
+    abandoned at its deadline); the runner's task then ends cancelled.
+    """
+    app = App(shutdown_timeout=BOUND)
+    called: list[str] = []
+    control: list[asyncio.Task[Any]] = []
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def stop(self, token: CancelToken) -> None:
+            if not called:  # the first of the round: cancel the runner's control task
+                for task in asyncio.all_tasks():
+                    if task.get_name() == f"lifecycle:{app.name}":
+                        task.cancel()
+                        control.append(task)
+            called.append(self.name)
+            await asyncio.sleep(0)
+
+    for i in range(4):
+        app.add(Part(f"p{i}"), name=f"p{i}")
+
+    async def main() -> int | None:
+        runner = AsyncioRunner(app, signals=None)
+        await runner.start()
+        app.request_shutdown("test")
+        code = await asyncio.wait_for(runner.wait(), BOUND)
+        await asyncio.wait(control, timeout=BOUND)
+        return code
+
+    assert asyncio.run(main()) == ExitCode.OK
+    assert len(control) == 1
+    assert control[0].cancelled()
+    assert sorted(called) == [f"p{i}" for i in range(4)]
+    assert app.exit_code == ExitCode.OK
+    assert all(c.state is ComponentState.STOPPED for c in app.components.values())
