@@ -2156,3 +2156,104 @@ def test_asyncio_runner_cancelled_between_calls_still_makes_the_rest(log_events)
     assert sorted(called) == [f"p{i}" for i in range(4)]
     assert app.exit_code == ExitCode.OK
     assert all(c.state is ComponentState.STOPPED for c in app.components.values())
+
+
+def test_asyncio_runner_two_cancels_from_one_round_are_one(log_events):
+    """Two stops of one round each cancel the runner's task: one cancellation, a clean stop.
+
+    As when a round's calls began at once: the rest of the round begins while
+    the first cancellation is handled, so the second is the same one.
+    """
+    app = App(shutdown_timeout=BOUND)
+    called: list[str] = []
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def stop(self, token: CancelToken) -> None:
+            for task in asyncio.all_tasks():
+                if task.get_name() == f"lifecycle:{app.name}":
+                    task.cancel()
+            called.append(self.name)
+            await asyncio.sleep(0)
+
+    for i in range(2):
+        app.add(Part(f"p{i}"), name=f"p{i}")
+
+    async def main() -> int | None:
+        runner = AsyncioRunner(app, signals=None)
+        await runner.start()
+        app.request_shutdown("test")
+        return await asyncio.wait_for(runner.wait(), BOUND)
+
+    assert asyncio.run(main()) == ExitCode.OK
+    assert sorted(called) == ["p0", "p1"]
+    assert all(c.state is ComponentState.STOPPED for c in app.components.values())
+
+
+def test_asyncio_runner_sync_call_does_not_wait_for_an_async_first_step(log_events):
+    """A sync stop goes to its thread at once, not after an earlier async stop's first step.
+
+    The async stop's first step holds the loop until the sync stop has begun
+    (bounded): were the sync stop handed over only after it, that wait would
+    run out, as the sync stop's own deadline does meanwhile.
+    """
+    app = App(shutdown_timeout=BOUND)
+    began = threading.Event()
+    waited: list[bool] = []
+
+    class Flusher:
+        async def stop(self, token: CancelToken) -> None:
+            waited.append(began.wait(BOUND))  # holds the loop: a synchronous flush
+            await asyncio.sleep(0)
+
+    class Client:
+        def stop(self, token: CancelToken) -> None:
+            began.set()
+
+    app.add(Flusher(), name="flusher")
+    app.add(Client(), name="client")
+
+    async def main() -> int | None:
+        async with AsyncioRunner(app, signals=None) as runner:
+            pass
+        return runner.exit_code
+
+    assert asyncio.run(main()) == ExitCode.OK
+    assert waited == [True]
+
+
+def test_asyncio_runner_call_cancelled_before_it_began_is_reported_at_once(log_events):
+    """Plain ``asyncio.run`` ends ``main()`` while a round's stops are made: none waits out the deadline.
+
+    Its teardown cancels every task, a stop's task made but not begun too:
+    that stop is reported ended (cancelled) at once, so the app ends without
+    waiting for its shutdown deadline.
+    """
+    app = App(shutdown_timeout=BOUND * 3)
+    called: list[str] = []
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def stop(self, token: CancelToken) -> None:
+            called.append(self.name)
+            await asyncio.sleep(0.01)
+
+    for i in range(4):
+        app.add(Part(f"p{i}"), name=f"p{i}")
+
+    async def main() -> None:
+        runner = AsyncioRunner(app, signals=None)
+        await runner.start()
+        app.request_shutdown("test")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    began = time.monotonic()
+    asyncio.run(main())
+    assert time.monotonic() - began < BOUND  # not the shutdown deadline (3 x BOUND)
+    assert app.exit_code != ExitCode.TIMEOUT
+    assert all(c.state is not ComponentState.STOPPING for c in app.components.values())
