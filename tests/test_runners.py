@@ -2224,12 +2224,13 @@ def test_asyncio_runner_sync_call_does_not_wait_for_an_async_first_step(log_even
     assert waited == [True]
 
 
-def test_asyncio_runner_call_cancelled_before_it_began_is_reported_at_once(log_events):
-    """Plain ``asyncio.run`` ends ``main()`` while a round's stops are made: none waits out the deadline.
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, 4])
+def test_asyncio_runner_call_cancelled_before_it_began_is_made_again(log_events, turns):
+    """Plain ``asyncio.run`` ends ``main()`` while a round's stops are made: each stop still runs.
 
     Its teardown cancels every task, a stop's task made but not begun too:
-    that stop is reported ended (cancelled) at once, so the app ends without
-    waiting for its shutdown deadline.
+    that stop gets a new task (the control loop finishes the app first), so
+    every stop is called once and none waits out the shutdown deadline.
     """
     app = App(shutdown_timeout=BOUND * 3)
     called: list[str] = []
@@ -2249,11 +2250,12 @@ def test_asyncio_runner_call_cancelled_before_it_began_is_reported_at_once(log_e
         runner = AsyncioRunner(app, signals=None)
         await runner.start()
         app.request_shutdown("test")
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        for _ in range(turns):
+            await asyncio.sleep(0)
 
     began = time.monotonic()
     asyncio.run(main())
     assert time.monotonic() - began < BOUND  # not the shutdown deadline (3 x BOUND)
     assert app.exit_code != ExitCode.TIMEOUT
     assert all(c.state is not ComponentState.STOPPING for c in app.components.values())
+    assert sorted(called) == [f"p{i}" for i in range(4)]

@@ -1819,14 +1819,27 @@ class AsyncioRunner(_Driver):
         task.add_done_callback(functools.partial(self._unbegun, name, phase, handle))
 
     def _unbegun(self, name: str, phase: Phase, handle: _Handle, task: asyncio.Task[None]) -> None:
-        """Report a call whose task was cancelled before its first step as ended.
+        """Make again a call whose task was cancelled before its first step.
 
         The loop's owner cancelling every task (``asyncio.run``'s teardown)
-        can reach a task made but not begun: its body never runs, and the
-        scheduler would otherwise wait for the call until its deadline.
+        can reach a task made but not begun: its body never runs, so the
+        call is never made and the scheduler would wait for it until its
+        deadline. The runner's own cancellations reach only begun tasks. While
+        the run goes on (its control loop finishes the app first, as for the
+        calls it makes after such a cancellation), the call gets a new task,
+        with the same token and deadline; once the run ended, it is reported
+        ended, cancelled.
         """
-        if handle.task is None and task.cancelled():
-            self._ended(name, phase, asyncio.CancelledError())
+        if handle.task is not None or not task.cancelled():
+            return
+        if self.exit_code is None and self._handles.get((name, phase)) is handle:
+            blueprint = self._blueprint
+            assert blueprint is not None
+            call: Call | None = getattr(blueprint.components[name], phase)
+            if call is not None:
+                self._spawn_async(name, phase, call, handle)
+                return
+        self._ended(name, phase, asyncio.CancelledError())
 
     def _stuck_hint(self) -> str:
         return (
@@ -1887,6 +1900,9 @@ class AsyncioRunner(_Driver):
         last sync call the actions are carried out together, as before: a sync
         call goes to its thread at once, never behind an async call's first
         step (which may hold the loop), since its deadline is already running.
+        (With the loop's default task factory: an eager one, such as Python
+        3.12's ``asyncio.eager_task_factory``, runs a task's first step as the
+        task is made, before a sync call later in the round.)
 
         The calls begin before this round's log events are rendered. A
         cancellation of the control loop meanwhile makes the rest of the round
