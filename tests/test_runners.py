@@ -2077,6 +2077,14 @@ def test_the_threaded_runner_renders_a_round_once_its_sync_stops_began(monkeypat
     assert seen_at_render == [5] * 5  # every STOPPING line rendered after all five began
 
 
+def _cancel_runner_task(app: App) -> list[asyncio.Task[Any]]:
+    """Cancel the asyncio runner's control task (as the loop's owner would); the tasks cancelled."""
+    control = [t for t in asyncio.all_tasks() if t.get_name() == f"lifecycle:{app.name}"]
+    for task in control:
+        task.cancel()
+    return control
+
+
 def _stop_tasks(besides: asyncio.Task[Any] | None) -> list[str]:
     return sorted(
         task.get_name()
@@ -2132,10 +2140,7 @@ def test_asyncio_runner_cancelled_between_calls_still_makes_the_rest(log_events)
 
         async def stop(self, token: CancelToken) -> None:
             if not called:  # the first of the round: cancel the runner's control task
-                for task in asyncio.all_tasks():
-                    if task.get_name() == f"lifecycle:{app.name}":
-                        task.cancel()
-                        control.append(task)
+                control.extend(_cancel_runner_task(app))
             called.append(self.name)
             await asyncio.sleep(0)
 
@@ -2172,9 +2177,7 @@ def test_asyncio_runner_two_cancels_from_one_round_are_one(log_events):
             self.name = name
 
         async def stop(self, token: CancelToken) -> None:
-            for task in asyncio.all_tasks():
-                if task.get_name() == f"lifecycle:{app.name}":
-                    task.cancel()
+            _cancel_runner_task(app)
             called.append(self.name)
             await asyncio.sleep(0)
 

@@ -797,12 +797,17 @@ class _Driver:
             # closed at once, starts it now.
             CancelSource(timeout=_WARM_TIMEOUT).close()
 
-    def _call(self, name: str, phase: Phase, deadline: float | None) -> None:
+    def _call_of(self, name: str, phase: Phase) -> Call | None:
+        """The component's call for ``phase`` (None: it has no such method)."""
         assert self._blueprint is not None
+        call: Call | None = getattr(self._blueprint.components[name], phase)
+        return call
+
+    def _call(self, name: str, phase: Phase, deadline: float | None) -> None:
         source = CancelSource(deadline=deadline)
         handle = _Handle(source, self.clock())
         self._handles[(name, phase)] = handle
-        call: Call | None = getattr(self._blueprint.components[name], phase)
+        call = self._call_of(name, phase)
         assert call is not None, f"{name} has no {phase}"
         if call.is_async:
             self._spawn_async(name, phase, call, handle)
@@ -1833,9 +1838,7 @@ class AsyncioRunner(_Driver):
         if handle.task is not None or not task.cancelled():
             return
         if self.exit_code is None and self._handles.get((name, phase)) is handle:
-            blueprint = self._blueprint
-            assert blueprint is not None
-            call: Call | None = getattr(blueprint.components[name], phase)
+            call = self._call_of(name, phase)
             if call is not None:
                 self._spawn_async(name, phase, call, handle)
                 return
@@ -1931,8 +1934,7 @@ class AsyncioRunner(_Driver):
     def _is_sync_call(self, action: Action) -> bool:
         if not isinstance(action, StartComponent | RunComponent | StopComponent):
             return False
-        assert self._blueprint is not None
-        call: Call | None = getattr(self._blueprint.components[action.name], _PHASES[type(action)])
+        call = self._call_of(action.name, _PHASES[type(action)])
         return call is not None and not call.is_async
 
     async def _control_loop(self, actions: list[Action]) -> None:
