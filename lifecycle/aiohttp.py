@@ -227,11 +227,11 @@ class Server(Listening, _Serving):
         self._web_server: web.Server | None = None
         self._app_handler: _Handler = _not_started  # the app's own, once started
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Every request in progress: id(request) -> (request, when it began); aiohttp's
-        # requests are not hashable. Invariant: _long's keys are a subset of _calls'.
-        self._calls: dict[int, tuple[web.BaseRequest, float]] = {}
+        # Every request in progress: its key (_request_key) -> (request, when it
+        # began). Invariant: _long's keys are a subset of _calls'.
+        self._calls: dict[object, tuple[web.BaseRequest, float]] = {}
         self.last_arrival: float | None = None  # when the last request began (a monotonic time)
-        self._long: dict[int, _Call] = {}  # the long-lived ones (websockets, marked)
+        self._long: dict[object, _Call] = {}  # the long-lived ones (websockets, marked)
         self._closers: set[asyncio.Task[Any]] = set()  # websockets being closed with 1001
         self._first_seen: dict[RequestHandler, float] = {}  # silent connections, for the grace
         self._stop_token: CancelToken | None = None
@@ -470,14 +470,15 @@ class Server(Listening, _Serving):
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The request handler of aiohttp's server: every request goes through here.
 
-        The hot path adds about 0.5 us of CPU to a request (0.43 to 0.53 us
-        in six runs on a loaded 2-core machine; 1.3% of aiohttp's own hello
-        world over a socket, 40 us): one dict entry (the request and its start time), one read of
-        a context variable (the token, inherited from the listener's
-        context), plain reads of ``draining`` and of the parser's upgrade
-        flag; nothing made per request for a stop.
+        The hot path adds about 7 700 simulated CPU cycles to a request
+        (``python -m benchmarks.counted --rows aiohttp``: 0.8 us on a 2-core
+        machine where aiohttp's handler alone takes 6.2 us): one dict entry
+        (the request and its start time), one read of a context variable
+        (the token, inherited from the listener's context), plain reads of
+        ``draining`` and of the parser's upgrade flag; nothing made per
+        request for a stop.
         """
-        key = id(request)
+        key = request._payload_writer  # _request_key, inlined
         calls = self._calls
         calls[key] = (request, at := _monotonic())
         self.last_arrival = at  # read by an adaptive drain (lifecycle.Drain)
@@ -498,11 +499,14 @@ class Server(Listening, _Serving):
             # begun before the drain inherits it from the listener's context, and
             # reading it is 0.07 us cheaper than setting it; a connection made in
             # another context (or by a loop that copies none) gets it set here.
-            if _current.get(None) is not token:
+            if _get_current(None) is not token:
                 _current.set(token)
             # A request in progress when the drain begins is told on the loop
             # (_close_in_flight): its response, not yet begun, says close too.
-            return await self._app_handler(request)
+            # (Read, then called: called as a method, an instance attribute is
+            # looked up CPython's unspecialised way each time.)
+            handler = self._app_handler
+            return await handler(request)
         finally:
             del calls[key]
             if self._long:
@@ -542,7 +546,7 @@ class Server(Listening, _Serving):
 
     def _mark(self, key: object) -> _Call | None:
         """Make the request ``key`` long-lived: a token of its own, cancelled when streams end."""
-        if not isinstance(key, int):
+        if key is None:
             return None
         call = self._long.get(key)
         if call is not None:
@@ -668,6 +672,9 @@ async def _not_started(request: web.BaseRequest) -> web.StreamResponse:
 
 _HANDLE_CODE = Server._handle.__code__
 _monotonic = time.monotonic
+# Bound once: `_current` is imported, so ``_current.get(...)`` would not compile to a
+# method call; it would make a bound method object each request.
+_get_current = _current.get
 
 
 class _StopOps:
@@ -889,12 +896,22 @@ async def _going_away(ws: web.WebSocketResponse, name: str) -> None:
         _log.debug("closing a websocket failed", component=name, error=repr(error))
 
 
+def _request_key(request: web.BaseRequest) -> object:
+    """The key of a request in progress in ``Server._calls``: its payload writer.
+
+    aiohttp's requests are not hashable; aiohttp makes a payload writer for
+    each request, which hashes by identity, and cheaper than ``id(request)``
+    (a call that also raises an audit event).
+    """
+    return request._payload_writer
+
+
 def _tasks_serving(calls: list[_Call]) -> dict[_Call, asyncio.Task[Any]]:
     """The task serving each of ``calls``, found at the cut (not recorded per request)."""
     found = {call: call.task for call in calls if call.task is not None}
     if len(found) == len(calls):
         return found
-    by_key = {id(call.request): call for call in calls}
+    by_key = {_request_key(call.request): call for call in calls}
     for task in asyncio.all_tasks():
         for frame in _frames_of(task):
             if frame.f_code is _HANDLE_CODE:

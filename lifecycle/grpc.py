@@ -96,6 +96,9 @@ __all__ = ["HEALTH_SERVICE", "AioServer", "Server", "requests"]
 _T = TypeVar("_T")
 
 _log = get_logger()
+# Bound once: `_current` is imported, so ``_current.set(...)`` would not compile to a
+# method call; it would make a bound method object each RPC.
+_set_current = _current.set
 
 HEALTH_SERVICE: Final = "grpc.health.v1.Health"
 """The name of the health service both servers serve (with grpcio-health-checking)."""
@@ -878,7 +881,7 @@ class _GrpcServer:
             return None
         note_request(call.uses)  # what a copy of this context may mark
         token = self._request_token()
-        _current.set(call.own_token(token) if long_lived else token)
+        _set_current(call.own_token(token) if long_lived else token)
         enter_scope(call)
         return call
 
@@ -1188,7 +1191,7 @@ class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         # grpcio runs the interceptors and then the handler in one context per
         # RPC: the interceptors after this one see the RPC's token too.
-        _current.set(self._server._request_token())
+        _set_current(self._server._request_token())
         handler = continuation(details)
         if handler is None:
             return None
@@ -1202,7 +1205,7 @@ class _AioInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._server = server
 
     async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        _current.set(self._server._request_token())  # as in _Interceptor
+        _set_current(self._server._request_token())  # as in _Interceptor
         handler = await continuation(details)
         if handler is None:
             return None
