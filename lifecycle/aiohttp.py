@@ -915,7 +915,7 @@ def _tasks_serving(calls: list[_Call]) -> dict[_Call, asyncio.Task[Any]]:
     for task in asyncio.all_tasks():
         for frame in _frames_of(task):
             if frame.f_code is _HANDLE_CODE:
-                call = by_key.get(frame.f_locals.get("key"))  # type: ignore[arg-type]
+                call = by_key.get(frame.f_locals.get("key"))
                 if call is not None:
                     found.setdefault(call, task)
                 break
