@@ -1791,6 +1791,7 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
     # Nagle on, every keep-alive response waits ~40 ms for a delayed ACK.
     disable_nagle_algorithm = True
     _lc_core: ClassVar[HTTPServer]
+    _lc_server: HTTPServer  # _lc_core, on the instance from setup() on
 
     _lc_close = False  # lifecycle_close() was called for this request
     # Of the strict reading (`_StrictHandler`, always behind this class): the
@@ -1813,6 +1814,11 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
         conn: _Conn = _tls.conn
         self._lc_conn = conn
         core = self._lc_core
+        # The per-request path reads these from the instance: CPython 3.11
+        # looks up an attribute found only on the class (`_lc_core`, the
+        # default of `_lc_close`) its unspecialised way each time.
+        self._lc_server = core
+        self._lc_close = False
         super().setup()
         # One slot for all the connection's requests; they are named only
         # when someone asks (a log, a cut), from the request line.
@@ -1900,7 +1906,7 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
             self._lc_close = False
         if not self._lc_next_parse_request():
             return False
-        core = self._lc_core
+        core = self._lc_server
         slot = self._lc_slot
         tracker = core.tracker
         if tracker._closed:  # past the stop deadline (begin() counts the refusal)
@@ -1908,7 +1914,8 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(503, "Server shutting down")
             return False
         # InFlight.begin, inlined (a call less per request).
-        tracker.last_arrival = slot.began = tracker.clock()
+        clock = tracker.clock  # read, then called (see InFlight.clock)
+        tracker.last_arrival = slot.began = clock()
         slot.long_lived = False
         uses = slot.uses + 1
         slot.uses = uses

@@ -198,6 +198,9 @@ class InFlight:
         self, name: str = "requests", *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.name = name
+        # An instance attribute: called as ``self.clock()``, CPython 3.11 looks
+        # it up its unspecialised way each time (a method call on an instance
+        # attribute); the request paths read it into a local, then call it.
         self.clock = clock
         self._lock = threading.Lock()
         # Tickets entered and slots opened, in progress or (slots) not.
@@ -297,7 +300,8 @@ class InFlight:
             return False
         if label is not None:
             slot.label = label
-        self.last_arrival = slot.began = self.clock()
+        clock = self.clock  # read, then called: see the note on `clock`
+        self.last_arrival = slot.began = clock()
         slot.long_lived = False
         slot.uses += 1
         slot.active = True

@@ -229,7 +229,8 @@ class WSGIMiddleware:
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"shutting down\n"]
         # InFlight.begin, inlined (a call less on the hot path).
-        tracker.last_arrival = lane.began = tracker.clock()
+        clock = tracker.clock  # read, then called (see InFlight.clock)
+        tracker.last_arrival = lane.began = clock()
         lane.long_lived = False
         uses = lane.uses + 1
         lane.uses = uses
@@ -245,8 +246,9 @@ class WSGIMiddleware:
         # (what a copy of this context may mark, and its current_token()).
         lane.record = record = (lane.ref, uses, lane.token)
         reset = _set_current(record)
+        wsgi_app = self.wsgi_app  # read, then called: an instance attribute
         try:
-            result = self.wsgi_app(environ, start_response)
+            result = wsgi_app(environ, start_response)
         except BaseException:
             _reset_current(reset)
             lane.end()
