@@ -327,6 +327,38 @@ def test_handler_token_is_the_servers_not_the_start_phases(kind, clients):
         assert seen[0].deadline is None  # no shutdown requested yet: no deadline
 
 
+def test_requests_in_progress_together_are_each_counted_once(kind, clients):
+    """The server keys its record of a request by the payload writer aiohttp makes for each
+    request: three held at once (two connections, and a keep-alive one after two requests
+    on it) are three records, named by running(); a key shared by two would lose one."""
+    writers: list[object] = []
+    entered = threading.Condition()
+    gate = Gate()
+
+    async def hold(request: web.Request) -> web.Response:
+        with entered:
+            writers.append(request._payload_writer)
+            entered.notify_all()
+        await gate.wait()
+        return web.Response(text="held")
+
+    with running(kind, hello_app(hold=hold)) as run:
+        first, second, third = clients(run.server), clients(run.server), clients(run.server)
+        assert third.get("/").body == third.get("/").body == b"hello"
+        for client in (first, second, third):
+            client.send("/hold")
+        with entered:
+            assert entered.wait_for(lambda: len(writers) == 3, BOUND)
+        try:
+            assert len({id(writer) for writer in writers}) == 3
+            assert run.server.in_flight == 3
+            assert [line.split(" (")[0] for line in run.server.running()] == ["GET /hold"] * 3
+        finally:
+            gate.release()
+        assert [client.read().body for client in (first, second, third)] == [b"held"] * 3
+        assert run.server.in_flight == 0
+
+
 def test_requests_get_the_servers_token_whatever_context_their_connection_came_from():
     """Before the drain, a request's token is the server's: on a connection the listener
     accepted under a start token, and on one made in a context holding another token."""
