@@ -44,10 +44,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from unittest import mock
 
 import structlog
 from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 
 import lifecycle
@@ -200,7 +202,14 @@ def direct_handlers(count: int) -> tuple[Handler, Handler, list[web.Request]]:
     application.freeze()
     plain = application._handle
     server._app_handler = plain  # type: ignore[assignment]
-    requests = [make_mocked_request("GET", "/work", app=application) for _ in range(count)]
+    # Each with a payload writer of aiohttp's own class, as a served request has (the
+    # server's record of a request is keyed by it): a mock in its place, an object
+    # with a class of its own, costs more to hash and to hold.
+    loop = asyncio.get_running_loop()
+    requests = [
+        make_mocked_request("GET", "/work", app=application, writer=StreamWriter(mock.Mock(), loop))
+        for _ in range(count)
+    ]
     _current.set(server._tokens.root)
     return plain, server._handle, requests
 

@@ -470,9 +470,9 @@ class Server(Listening, _Serving):
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The request handler of aiohttp's server: every request goes through here.
 
-        The hot path adds about 7 700 simulated CPU cycles to a request
-        (``python -m benchmarks.counted --rows aiohttp``: 0.8 us on a 2-core
-        machine where aiohttp's handler alone takes 6.2 us): one dict entry
+        The hot path adds about 8 500 simulated CPU cycles to a request
+        (``python -m benchmarks.counted --rows aiohttp``: 0.85 us on a 2-core
+        machine where aiohttp's handler alone takes 6.3 us): one dict entry
         (the request and its start time), one read of a context variable
         (the token, inherited from the listener's context), plain reads of
         ``draining`` and of the parser's upgrade flag; nothing made per
