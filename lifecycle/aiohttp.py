@@ -900,8 +900,8 @@ def _request_key(request: web.BaseRequest) -> object:
     """The key of a request in progress in ``Server._calls``: its payload writer.
 
     aiohttp's requests are not hashable; aiohttp makes a payload writer for
-    each request, which hashes by identity, and cheaper than ``id(request)``
-    (a call that also raises an audit event).
+    each request, which hashes by identity: cheaper than ``id(request)`` (a
+    call that also raises an audit event).
     """
     return request._payload_writer
 
