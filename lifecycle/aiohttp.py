@@ -53,7 +53,7 @@ except ImportError as _error:  # pragma: no cover - exercised in a child process
     ) from _error
 
 from ._core.log import get_logger
-from ._core.tokens import CancelSource, CancelToken, _current, current_token
+from ._core.tokens import CancelSource, CancelToken, _current, _get_current, current_token
 from ._core.views import ShutdownView
 from ._runtime.stacks import task_stack
 from ._serving.aioserver import _Serving, take_in_queued_then_close
@@ -672,9 +672,6 @@ async def _not_started(request: web.BaseRequest) -> web.StreamResponse:
 
 _HANDLE_CODE = Server._handle.__code__
 _monotonic = time.monotonic
-# Bound once: `_current` is imported, so ``_current.get(...)`` would not compile to a
-# method call; it would make a bound method object each request.
-_get_current = _current.get
 
 
 class _StopOps:

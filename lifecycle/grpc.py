@@ -75,6 +75,7 @@ from ._core.tokens import (
     CancelSource,
     CancelToken,
     _current,
+    _set_current,
     cancel_in_background,
     current_token,
     on_cancel_inline,
@@ -96,9 +97,6 @@ __all__ = ["HEALTH_SERVICE", "AioServer", "Server", "requests"]
 _T = TypeVar("_T")
 
 _log = get_logger()
-# Bound once: `_current` is imported, so ``_current.set(...)`` would not compile to a
-# method call; it would make a bound method object each RPC.
-_set_current = _current.set
 
 HEALTH_SERVICE: Final = "grpc.health.v1.Health"
 """The name of the health service both servers serve (with grpcio-health-checking)."""

@@ -1866,6 +1866,12 @@ _current: ContextVar[CurrentValue] = ContextVar("lifecycle_current_token")
 # says with one context variable both the request's token and which request
 # the context belongs to (a context copied from it, a thread it started, is
 # told apart from later requests).
+# Its methods, bound once for the request paths of the servers: a method call on
+# `_current` imported into another module compiles to an attribute load (CPython
+# 3.11), which makes a bound method object every call; these are called as names.
+_get_current = _current.get
+_set_current = _current.set
+_reset_current = _current.reset
 
 
 def _token_of_record(record: functools.partial[Any] | tuple[Any, ...]) -> CancelToken:

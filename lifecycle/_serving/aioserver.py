@@ -80,6 +80,7 @@ from .._core.tokens import (
     CancelToken,
     CurrentValue,
     _current,
+    _get_current,
     cancel_in_background,
     current_token,
     on_cancel_inline,
@@ -421,9 +422,8 @@ class _Connection:
             self.streams -= 1  # its source stays the handler's token; released at the end
 
 
-# Bound once: the per-request path calls them without an attribute lookup each.
+# Bound once: the per-request path calls it without an attribute lookup each.
 _monotonic = time.monotonic
-_get_current = _current.get
 
 
 class _Request:

@@ -66,6 +66,8 @@ from .._core.tokens import (
     CancelSource,
     CancelToken,
     _current,
+    _reset_current,
+    _set_current,
     current_token,
 )
 from .._core.views import ShutdownView
@@ -90,10 +92,8 @@ _CLOSE = (b"connection", b"close")
 _CONNECTION_HEADER_VERSIONS = frozenset({"1.0", "1.1"})
 _CUT_REASON = "server stop deadline: request cut"
 _GOING_AWAY = 1001  # the websocket close code of a server going down
-# Bound once: the hot path calls them without an attribute lookup each.
+# Bound once: the hot path calls it without an attribute lookup each.
 _monotonic = time.monotonic
-_set_current = _current.set
-_reset_current = _current.reset
 
 
 def _with_connection_close(message: Message) -> Message:

@@ -55,7 +55,17 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from wsgiref.util import is_hop_by_hop
 
 from .._core.log import get_logger
-from .._core.tokens import _NEVER, CancelSource, CancelToken, CurrentValue, _current, current_token
+from .._core.tokens import (
+    _NEVER,
+    CancelSource,
+    CancelToken,
+    CurrentValue,
+    _current,
+    _get_current,
+    _reset_current,
+    _set_current,
+    current_token,
+)
 from .._core.views import ShutdownView
 from .h1 import DEFAULT_LIMITS, Head, Limits, check_response_head
 from .http import (
@@ -356,10 +366,6 @@ class _MiddlewareOps:
 
 
 _END_REASON = "server stopping: long-lived request asked to end"
-# Bound once: the hot path calls them without an attribute lookup each.
-_get_current = _current.get
-_set_current = _current.set
-_reset_current = _current.reset
 _BUILT = frozenset({list, tuple})  # bodies whose sending runs no app code
 
 
