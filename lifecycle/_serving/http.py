@@ -1791,7 +1791,10 @@ class _LifecycleHandler(http.server.BaseHTTPRequestHandler):
     # Nagle on, every keep-alive response waits ~40 ms for a delayed ACK.
     disable_nagle_algorithm = True
     _lc_core: ClassVar[HTTPServer]
-    _lc_server: HTTPServer  # _lc_core, on the instance from setup() on
+    # _lc_core, on the instance from setup() on. Another name: an instance
+    # attribute that shadows a class attribute holding an object (the server)
+    # is looked up CPython 3.11's unspecialised way too.
+    _lc_server: HTTPServer
 
     _lc_close = False  # lifecycle_close() was called for this request
     # Of the strict reading (`_StrictHandler`, always behind this class): the
