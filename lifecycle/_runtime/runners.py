@@ -56,7 +56,6 @@ import collections
 import contextlib
 import enum
 import functools
-import importlib
 import math
 import queue
 import signal
@@ -96,7 +95,7 @@ from .._core.scheduler import (
     StopComponent,
 )
 from .._core.states import AppState, ComponentState, ExitCode
-from .._core.threads import HELPER_BLOCKED
+from .._core.threads import program_mask, sigmask
 from .._core.tokens import CancelSource, _current, cancel_in_background
 from .app import App, Blueprint, check_seconds
 from .components import Call
@@ -1259,13 +1258,14 @@ class _CallThreads:
             return
 
         # The starter runs no user code; the threads it starts do, with the
-        # program's mask: user_code_thread wraps them in the starter, a helper
-        # thread, which knows the program's mask whoever called (the asyncio
-        # runner's loop thread is no helper: wrapped there, they would inherit
-        # the starter's blocked signals and run every call with them).
+        # program's mask, which the starter (a helper thread) knows whoever
+        # called (the asyncio runner's loop thread is no helper). Until its
+        # first call a reserved thread runs no user code either: it keeps the
+        # starter's blocked mask and sets the program's as that call begins.
         def start_all() -> None:
+            program = program_mask()
             for inbox in inboxes:
-                body = user_code_thread(self._worker(inbox, reserved=True))
+                body = self._worker(inbox, program)
                 threading.Thread(target=body, name="lifecycle:idle", daemon=True).start()
 
         threading.Thread(
@@ -1301,21 +1301,22 @@ class _CallThreads:
     def _worker(
         self,
         inbox: queue.SimpleQueue[tuple[Callable[[], None], str] | None],
-        reserved: bool = False,
+        program: set[int] | None = None,
     ) -> Callable[[], None]:
-        return lambda: self._work(inbox, reserved)
+        return lambda: self._work(inbox, program)
 
     def _work(
         self,
         inbox: queue.SimpleQueue[tuple[Callable[[], None], str] | None],
-        reserved: bool,
+        program: set[int] | None,
     ) -> None:
+        """Run the calls handed to ``inbox``; ``program``: the mask to set as the first begins.
+
+        A reserved thread, until its first call, runs no user code: it
+        blocks the asynchronous signals as lifecycle's helpers do (the
+        starter's mask, inherited), and its calls run with the program's.
+        """
         me = threading.current_thread()
-        # A reserved thread, until its first call, runs no user code: it blocks
-        # the asynchronous signals as lifecycle's helpers do, and its calls run
-        # with the mask it began with (the program's, see user_code_thread).
-        # Once only: a change of mask costs about 0.1 ms here.
-        program = _block_helper_signals() if reserved else None
         while True:
             try:
                 item = inbox.get(timeout=self.IDLE)
@@ -1331,7 +1332,7 @@ class _CallThreads:
                 return
             job, me.name = item
             if program is not None:
-                _set_mask(program)
+                sigmask(signal.SIG_SETMASK, program)
                 program = None
             job()  # _thread_body: never raises
             me.name = "lifecycle:idle"
@@ -1339,30 +1340,6 @@ class _CallThreads:
                 if self._closed:
                     return
                 self._idle.append(inbox)
-
-
-# ``signal.pthread_sigmask`` turns the mask it returns into a set of `signal.Signals`,
-# one enum lookup per signal: about 60 us for the 60 that HELPER_BLOCKED holds, paid
-# by each reserved thread as its first call begins (the first wave of stops, one
-# thread after the other). The C function it wraps returns plain ints in microseconds.
-_sigmask: Callable[[int, Iterable[int]], set[int]] = getattr(
-    importlib.import_module("_signal"),
-    "pthread_sigmask",
-    getattr(signal, "pthread_sigmask", lambda how, mask: set()),
-)
-_HELPER_BLOCKED_NUMBERS: frozenset[int] = frozenset(int(s) for s in HELPER_BLOCKED)
-
-
-def _block_helper_signals() -> set[int] | None:
-    """Block `HELPER_BLOCKED` in this thread; the mask it had (None: no masks here)."""
-    if not HELPER_BLOCKED:
-        return None
-    return set(_sigmask(signal.SIG_BLOCK, _HELPER_BLOCKED_NUMBERS))
-
-
-def _set_mask(mask: set[int] | None) -> None:
-    if mask is not None:
-        _sigmask(signal.SIG_SETMASK, mask)
 
 
 _Gathered = tuple[Coroutine[Any, Any, None], str]
