@@ -24,22 +24,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-# ``exec``'s signals, blocked from the moment the command begins until its handlers are
-# installed: as PID 1 a signal without a handler is dropped, and importing the runtime
-# takes 0.2-1.5 s on a loaded machine.
-_EXEC_SIGNALS = frozenset(
-    {
-        signal.SIGTERM,
-        signal.SIGINT,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGWINCH,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-    }
-)
+from ._runtime.exec_signals import HANDLED
+
+# ``exec``'s signals (every one it handles), blocked from the moment the command begins
+# until its handlers are installed: as PID 1 a signal without a handler is dropped,
+# and importing the runtime takes 0.2-1.5 s on a loaded machine.
+_EXEC_SIGNALS = HANDLED
 _MAX_SECONDS = 365 * 86400.0  # lifecycle._runtime.exec.MAX_SECONDS, without importing it
 
 

@@ -126,6 +126,8 @@ def test_child_exiting_by_itself_ends_exec_at_once_with_its_code(run_exec, code)
     """A child that exits on its own: exec exits with its code, without the 60 s drain delay."""
     e = run_exec("--exit", str(code), options=("--drain-delay", "60", "--stop-timeout", "60"))
     assert e.exit_code(timeout=10) == code
+    # The App's summary says its own code (0); a line says the exit code is the child's.
+    assert ("exit code is the child's" in e.stderr()) == (code != 0), e.stderr()
 
 
 def test_child_killed_by_a_signal_exits_128_plus_n(run_exec):
@@ -217,6 +219,33 @@ def test_other_signals_are_forwarded_to_the_child(run_exec):
     assert e.signals() == [s.name for s in sent] + ["SIGQUIT"]
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGRTMIN"), reason="no real-time signals here")
+def test_signals_whose_default_would_end_exec_are_forwarded_and_it_lives_on(run_exec):
+    """SIGALRM, SIGXCPU, a real-time signal: each would end exec (its child orphaned); forwarded."""
+    e = run_exec("--wait")
+    e.wait_line("started")
+    sent = [signal.SIGALRM, signal.SIGXCPU, signal.SIGRTMIN + 5]
+    for n, signum in enumerate(sent, start=1):
+        e.kill(signum)
+        e.wait_line("signal", n)
+    assert e.proc.poll() is None
+    e.kill(signal.SIGTERM)
+    assert e.exit_code() == 0
+    assert e.signals() == ["SIGALRM", "SIGXCPU", "SIGRTMIN+5", "SIGTERM"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGPWR"), reason="no SIGPWR here")
+@pytest.mark.parametrize("signum", ["SIGPWR", "SIGRTMIN+3"])
+def test_the_signals_inits_are_asked_to_shut_down_with_stop_like_sigterm(run_exec, signum):
+    """SIGPWR (lxc-stop) and SIGRTMIN+3 (systemd's halt): the stop, the child gets SIGTERM."""
+    number = signal.SIGPWR if signum == "SIGPWR" else signal.SIGRTMIN + 3
+    e = run_exec("--wait", "--term-exit", "7")
+    e.wait_line("started")
+    e.kill(number)
+    assert e.exit_code() == 7
+    assert e.signals() == ["SIGTERM"]
+
+
 def test_child_ignoring_sigterm_is_killed_after_the_stop_timeout(run_exec):
     """A child that ignores SIGTERM is SIGKILLed after --stop-timeout; exec exits 3 (TIMEOUT)."""
     e = run_exec("--wait", "--ignore-term", options=("--stop-timeout", "0.5"))
@@ -288,6 +317,41 @@ def test_command_that_cannot_be_executed_exits_126(tmp_path):
     )
     assert proc.returncode == NOT_EXECUTABLE
     assert "chmod +x" in proc.stderr
+
+
+def _exec_file(tmp_path: Path, text: str, *options: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script"
+    script.write_text(text)
+    script.chmod(0o755)
+    return subprocess.run(
+        [sys.executable, "-m", "lifecycle", "exec", *options, "--", str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("quiet", [(), ("-q",)])
+def test_a_script_whose_interpreter_is_missing_exits_127_naming_it(tmp_path, quiet):
+    """The file exists, its #! interpreter does not: one line naming the interpreter, 127."""
+    proc = _exec_file(tmp_path, "#!/nonexistent/lc-interp -x\necho hi\n", *quiet)
+    assert proc.returncode == NOT_FOUND
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "its #! line names, /nonexistent/lc-interp, is not found" in line
+    assert "command not found" not in line
+
+
+@pytest.mark.parametrize("quiet", [(), ("-q",)])
+def test_a_file_of_no_executable_format_exits_126_in_one_line(tmp_path, quiet):
+    """Executable bit set, no #! line and no binary format (ENOEXEC): one line, 126."""
+    proc = _exec_file(tmp_path, "echo hi\n", *quiet)
+    assert proc.returncode == NOT_EXECUTABLE
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "cannot execute" in line
 
 
 def test_exec_without_a_command_is_a_usage_error():

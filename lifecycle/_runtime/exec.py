@@ -13,7 +13,8 @@ are the App's:
   PORT``, once a TCP connection to that port on loopback succeeds (the child
   is listening). ``--health PORT`` serves ``/livez``, ``/readyz``,
   ``/startupz`` and ``/status`` (`HealthServer`).
-* SIGTERM or SIGINT: readiness 503 at once; the child keeps serving for the
+* SIGTERM or SIGINT (or SIGPWR and SIGRTMIN+3, what inits are asked to
+  shut down with: `STOPPING`): readiness 503 at once; the child keeps serving for the
   drain delay (load balancers notice); then the stop signal (SIGTERM) goes
   to the child, followed by SIGCONT (a child stopped by SIGTTIN or SIGSTOP
   could not act on it otherwise); up to the stop timeout for it to exit (at
@@ -25,7 +26,9 @@ are the App's:
   child was started (``python -m lifecycle`` blocks them from the moment
   its ``exec`` command begins until the handlers are in place, so that
   none is lost even as PID 1) starts no child: exit 128 + signum.
-* SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGTTIN, SIGTTOU are forwarded
+* SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGTTIN, SIGTTOU, and every
+  other signal whose default action would end lifecycle and orphan the
+  child (SIGALRM, SIGXCPU, the real-time ones ...: `FORWARDED`) are forwarded
   to the child's PID as they come (gunicorn: reload, quick stop, reopen
   logs, upgrade, stop workers, add and remove a worker). Not to the group:
   a master passes them on to its workers as it sees fit, and gunicorn's
@@ -94,6 +97,7 @@ from .children import (
     wait_event,
     wait_or_kill,
 )
+from .exec_signals import FORWARDED, STOPPING
 from .runners import ThreadedRunner
 from .signals import signal_name
 from .systemd import notify_for_process
@@ -106,6 +110,7 @@ __all__ = [
     "NOT_EXECUTABLE",
     "NOT_FOUND",
     "REFUSED_STOP_SIGNALS",
+    "STOPPING",
     "STOP_FLOOR",
     "ChildKilled",
     "ChildProcess",
@@ -133,17 +138,7 @@ MAX_SECONDS: Final = 365 * 86400.0
 """The longest drain delay or stop timeout accepted, in seconds (a year): far below what
 a thread can wait (``threading.TIMEOUT_MAX``)."""
 
-FORWARDED: Final = (
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-)
-"""Signals passed on to the child's PID as they arrive."""
-_STOPPING: Final = (signal.SIGTERM, signal.SIGINT)
+_STOPPING: Final = STOPPING
 # Reset to their defaults in the child: Python ignores SIGPIPE and SIGXFSZ,
 # and a disposition of "ignore" survives exec.
 _RESET_IN_CHILD: Final = (*FORWARDED, *_STOPPING, signal.SIGPIPE, signal.SIGXFSZ)
@@ -266,11 +261,18 @@ class ChildProcess:
         return self.drain_delay + self.stop_timeout + KILL_WAIT
 
     def start(self) -> None:
+        """Spawn the command (unless `spawn` did already)."""
+        if self.pid is None:
+            self.spawn()
+
+    def spawn(self) -> None:
         """Spawn the command in its own process group; start reaping.
 
         Raises:
-            FileNotFoundError: the command is not found.
+            FileNotFoundError: the command, or the interpreter its ``#!`` line
+                names, is not found.
             PermissionError: it cannot be executed.
+            OSError: ENOEXEC, not an executable format; any other spawn error.
         """
         pid = os.posix_spawnp(
             self.argv[0],
@@ -570,6 +572,13 @@ class _Supervisor:
         unusable = self._precheck()
         if unusable is not None:
             return unusable
+        # Spawned here, not in the App's start: a command that cannot be
+        # executed is one line and its exit code (as in a shell), with no
+        # component's traceback and no summary of an App that never ran.
+        try:
+            self.child.spawn()
+        except OSError as error:
+            return self._spawn_failed(error)
         runner = ThreadedRunner(self.app, signals=None)
         notify_for_process(runner)  # exec owns the process: it speaks to systemd (if asked)
         try:
@@ -596,7 +605,10 @@ class _Supervisor:
                 if forced is not None:
                     return forced
         self.child.end_group()
-        return self._exit_code(self.code)
+        code = self._exit_code(self.code)
+        if code != self.code:  # the App's summary said its own code
+            _log.info("exit code is the child's", exit_code=code, command=self.child.command)
+        return code
 
     def _precheck(self) -> int | None:
         """What can be told before the App starts: the command, the health port; else None."""
@@ -654,13 +666,30 @@ class _Supervisor:
 
     def _startup_failed(self, runner: ThreadedRunner) -> int:
         runner.wait()
+        if not self.child.wait_exit(0):  # started, then the App's startup failed
+            self.child.kill_group()
+            self.child.wait_exit(KILL_WAIT)
         error = self.app.components["child"].error
+        print(f"lifecycle exec: {self.child.command}: could not start: {error}", file=sys.stderr)
+        return int(ExitCode.FAILED)
+
+    def _spawn_failed(self, error: OSError) -> int:
         command = self.child.command
         if isinstance(error, FileNotFoundError):
-            return self._not_found()
-        if isinstance(error, PermissionError) or (
-            isinstance(error, OSError) and error.errno in (errno.EACCES, errno.ENOEXEC)
-        ):
+            if os.sep not in command or not os.path.exists(command):
+                return self._not_found()
+            # The file is there: what its #! line names (or, for a binary, its
+            # loader) is not.
+            interpreter = _interpreter(command)
+            needs = (
+                f"the interpreter its #! line names, {interpreter}, is not found; "
+                f"install it or fix that line"
+                if interpreter
+                else "a file it needs to run (its loader) is not found"
+            )
+            print(f"lifecycle exec: {command}: cannot execute: {needs}", file=sys.stderr)
+            return NOT_FOUND
+        if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.ENOEXEC):
             return self._not_executable(str(error.strerror))
         print(f"lifecycle exec: {command}: could not start: {error}", file=sys.stderr)
         return int(ExitCode.FAILED)
@@ -672,6 +701,19 @@ class _Supervisor:
         if child.status is not None:
             return exit_status(child.status)
         return app_code
+
+
+def _interpreter(path: str) -> str | None:
+    """The interpreter a script's ``#!`` line names; None for no such line (or unreadable)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.readline(4096)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split()
+    return words[0].decode(errors="replace") if words else None
 
 
 def exec_command(options: ExecOptions, *, blocked: Iterable[int] = ()) -> int:

@@ -93,10 +93,13 @@ Handler = Callable[[int, FrameType | None], Any]
 
 
 def signal_name(signum: int) -> str:
-    """``"SIGTERM"`` for 15; the number as text for a signal Python has no name for."""
+    """``"SIGTERM"`` for 15, ``"SIGRTMIN+3"`` for a real-time one; else the number as text."""
     try:
         return signal.Signals(signum).name
     except ValueError:
+        low = getattr(signal, "SIGRTMIN", None)
+        if low is not None and low < signum <= getattr(signal, "SIGRTMAX", low):
+            return f"SIGRTMIN+{signum - low}"
         return str(signum)
 
 

@@ -37,6 +37,15 @@ import sys
 import time
 
 RECORDED = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGQUIT", "SIGINT")
+RECORDED_MORE = ("SIGALRM", "SIGXCPU", "SIGPWR")  # where the platform has them
+RECORDED_REALTIME = 5  # SIGRTMIN+5, where there are real-time signals
+
+
+def name_of(signum: int) -> str:
+    low = getattr(signal, "SIGRTMIN", None)
+    if low is not None and signum == low + RECORDED_REALTIME:
+        return f"SIGRTMIN+{RECORDED_REALTIME}"
+    return signal.Signals(signum).name
 
 
 def record(path: str, line: str) -> None:
@@ -80,8 +89,11 @@ def main() -> None:
     reader, writer = socket.socketpair()
     writer.setblocking(False)
     signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    for name in RECORDED:
-        signal.signal(getattr(signal, name), on_signal)
+    for name in RECORDED + RECORDED_MORE:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
+    if hasattr(signal, "SIGRTMIN"):
+        signal.signal(signal.SIGRTMIN + RECORDED_REALTIME, on_signal)
     record(path, f"started {time.monotonic()} {os.getpid()}")
     if args.orphan:
         leave_orphan(path)
@@ -96,7 +108,7 @@ def main() -> None:
         sys.exit(args.exit)
     while True:
         for signum in reader.recv(4096):
-            name = signal.Signals(signum).name
+            name = name_of(signum)
             record(path, f"signal {time.monotonic()} {name}")
             if name == "SIGTERM" and not args.ignore_term:
                 sys.exit(args.term_exit)
