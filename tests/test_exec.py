@@ -344,6 +344,28 @@ def test_a_script_whose_interpreter_is_missing_exits_127_naming_it(tmp_path, qui
     assert "command not found" not in line
 
 
+def test_a_script_found_on_path_whose_interpreter_is_missing_names_it(tmp_path):
+    """Found through PATH, not given as a path: still the interpreter is named, not the script."""
+    script = tmp_path / "lc-script-on-path"
+    script.write_text("#!/nonexistent/lc-interp\necho hi\n")
+    script.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "exec", "-q", "--", script.name],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        check=False,
+    )
+    assert proc.returncode == NOT_FOUND
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "its #! line names, /nonexistent/lc-interp, is not found" in line
+    assert "command not found" not in line
+
+
 @pytest.mark.parametrize("quiet", [(), ("-q",)])
 def test_a_file_of_no_executable_format_exits_126_in_one_line(tmp_path, quiet):
     """Executable bit set, no #! line and no binary format (ENOEXEC): one line, 126."""

@@ -676,11 +676,12 @@ class _Supervisor:
     def _spawn_failed(self, error: OSError) -> int:
         command = self.child.command
         if isinstance(error, FileNotFoundError):
-            if os.sep not in command or not os.path.exists(command):
+            path = command if os.sep in command else shutil.which(command)
+            if path is None or not os.path.exists(path):
                 return self._not_found()
             # The file is there: what its #! line names (or, for a binary, its
             # loader) is not.
-            interpreter = _interpreter(command)
+            interpreter = _interpreter(path)
             needs = (
                 f"the interpreter its #! line names, {interpreter}, is not found; "
                 f"install it or fix that line"
