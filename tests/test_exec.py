@@ -319,46 +319,37 @@ def test_command_that_cannot_be_executed_exits_126(tmp_path):
     assert "chmod +x" in proc.stderr
 
 
-def _exec_file(tmp_path: Path, text: str, *options: str) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "script"
+def _exec_file(
+    tmp_path: Path, text: str, *options: str, on_path: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``lifecycle exec OPTIONS -- SCRIPT`` of an executable file holding ``text``.
+
+    ``on_path``: the script is named as a command found through PATH, not by its path.
+    """
+    script = tmp_path / "lc-script"
     script.write_text(text)
     script.chmod(0o755)
-    return subprocess.run(
-        [sys.executable, "-m", "lifecycle", "exec", *options, "--", str(script)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=BOUND,
-        check=False,
-    )
-
-
-@pytest.mark.parametrize("quiet", [(), ("-q",)])
-def test_a_script_whose_interpreter_is_missing_exits_127_naming_it(tmp_path, quiet):
-    """The file exists, its #! interpreter does not: one line naming the interpreter, 127."""
-    proc = _exec_file(tmp_path, "#!/nonexistent/lc-interp -x\necho hi\n", *quiet)
-    assert proc.returncode == NOT_FOUND
-    assert "Traceback" not in proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
-    assert "its #! line names, /nonexistent/lc-interp, is not found" in line
-    assert "command not found" not in line
-
-
-def test_a_script_found_on_path_whose_interpreter_is_missing_names_it(tmp_path):
-    """Found through PATH, not given as a path: still the interpreter is named, not the script."""
-    script = tmp_path / "lc-script-on-path"
-    script.write_text("#!/nonexistent/lc-interp\necho hi\n")
-    script.chmod(0o755)
+    command = script.name if on_path else str(script)
     env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "lifecycle", "exec", "-q", "--", script.name],
+    return subprocess.run(
+        [sys.executable, "-m", "lifecycle", "exec", *options, "--", command],
         cwd=ROOT,
-        env=env,
+        env=env if on_path else None,
         capture_output=True,
         text=True,
         timeout=BOUND,
         check=False,
     )
+
+
+@pytest.mark.parametrize(("quiet", "on_path"), [((), False), (("-q",), False), (("-q",), True)])
+def test_a_script_whose_interpreter_is_missing_exits_127_naming_it(tmp_path, quiet, on_path):
+    """The file exists, its #! interpreter does not: one line naming the interpreter, 127.
+
+    Also for a script found through PATH, not given as a path: the interpreter
+    is named, not the script.
+    """
+    proc = _exec_file(tmp_path, "#!/nonexistent/lc-interp -x\necho hi\n", *quiet, on_path=on_path)
     assert proc.returncode == NOT_FOUND
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()

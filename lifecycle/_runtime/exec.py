@@ -138,10 +138,9 @@ MAX_SECONDS: Final = 365 * 86400.0
 """The longest drain delay or stop timeout accepted, in seconds (a year): far below what
 a thread can wait (``threading.TIMEOUT_MAX``)."""
 
-_STOPPING: Final = STOPPING
 # Reset to their defaults in the child: Python ignores SIGPIPE and SIGXFSZ,
 # and a disposition of "ignore" survives exec.
-_RESET_IN_CHILD: Final = (*FORWARDED, *_STOPPING, signal.SIGPIPE, signal.SIGXFSZ)
+_RESET_IN_CHILD: Final = (*FORWARDED, *STOPPING, signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class ChildKilled(DeadlineExceeded):
@@ -537,7 +536,7 @@ class _Supervisor:
     def install(self) -> None:
         self._wakeup = _Wakeup()
         self._wakeup.install()
-        for signum in (*_STOPPING, *FORWARDED):
+        for signum in (*STOPPING, *FORWARDED):
             self._previous[signum] = signal.signal(signum, self._on_signal)
         if self._blocked:  # what arrived meanwhile is delivered now, to the handlers
             signal.pthread_sigmask(signal.SIG_UNBLOCK, self._blocked)
@@ -561,7 +560,7 @@ class _Supervisor:
     def _run(self) -> int:
         wakeup = self._wakeup
         assert wakeup is not None
-        early = [signum for signum in wakeup.read(0) if signum in _STOPPING]
+        early = [signum for signum in wakeup.read(0) if signum in STOPPING]
         if early:
             _log.warning(
                 "stopped before the child was started",
@@ -597,10 +596,10 @@ class _Supervisor:
         while not self.finished.is_set():
             batch = wakeup.read(_WAIT_SLICE)
             # Read together, they were pending together: forward first, then stop.
-            for signum in [s for s in batch if s not in _STOPPING]:
+            for signum in [s for s in batch if s not in STOPPING]:
                 if self.child.send(signum):
                     _log.info("signal forwarded", component="child", signal=signal_name(signum))
-            for signum in [s for s in batch if s in _STOPPING]:
+            for signum in [s for s in batch if s in STOPPING]:
                 forced = self._on_stop_signal(signum)
                 if forced is not None:
                     return forced

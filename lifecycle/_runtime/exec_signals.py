@@ -26,7 +26,7 @@ def _realtime() -> tuple[int, ...]:
     return tuple(range(int(low), int(high) + 1))
 
 
-_HALT: Final = tuple(n for n in _realtime()[3:4])  # SIGRTMIN+3
+_HALT: Final = _realtime()[3:4]  # SIGRTMIN+3, where there are real-time signals
 
 STOPPING: Final[tuple[int, ...]] = (
     *_present("SIGTERM", "SIGINT", "SIGPWR"),
